@@ -1,0 +1,1 @@
+//! GGUF reader (memory-mapped) and streaming writer. (being written)

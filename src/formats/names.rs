@@ -1,0 +1,1 @@
+//! Architecture detection and name maps. (being written)

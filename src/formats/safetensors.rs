@@ -1,0 +1,1 @@
+//! safetensors reader (memory-mapped, sharded). (being written)

@@ -1,0 +1,5 @@
+//! nijigen: SDXL text-to-image and Wan2.1 image-to-video on ggml.
+#![deny(unsafe_code)]
+
+pub mod formats;
+pub mod ggml;
