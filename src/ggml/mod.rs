@@ -1,12 +1,41 @@
 //! Safe layer over ggml-sys. This is the only module that calls ggml: every `unsafe` block in
 //! the crate lives here, each with a `// SAFETY:` comment.
+//!
+//! Shapes in this module are ggml's `ne` (innermost first).
 #![allow(unsafe_code)]
 
+mod backend;
+mod context;
+mod mmap;
+mod quant;
 mod types;
+
+#[cfg(test)]
+mod tests;
 
 use std::ffi::CStr;
 
+pub use backend::{
+    devices, init, tensor_get, tensor_get_f32, tensor_set, tensor_set_f32, Backend, Buffer, Device,
+    DeviceKind, GraphAllocator, CPU_BUFFER_ALIGNMENT,
+};
+pub use context::{Context, Graph, Tensor, MAX_DIMS};
+pub use mmap::map_file;
+pub use quant::{can_quantize, dequantize, quantize};
 pub use types::GgmlType;
+
+/// Errors from the ggml layer.
+#[derive(Debug, thiserror::Error)]
+pub enum GgmlError {
+    #[error("out of memory allocating {what} ({bytes} bytes)")]
+    OutOfMemory { what: &'static str, bytes: usize },
+    #[error("{0}")]
+    Backend(String),
+    #[error("graph compute failed (ggml status {0})")]
+    Compute(i32),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
 
 /// ggml's own (block size, type size, name, is_quantized) for `t`.
 pub fn type_traits(t: GgmlType) -> (u64, u64, &'static str, bool) {

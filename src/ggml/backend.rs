@@ -1,0 +1,497 @@
+//! Backends (CPU, CUDA) chosen through ggml's device registry, backend buffers (including a
+//! zero-copy CPU buffer over mapped bytes), the graph allocator and graph compute.
+
+use std::ffi::CStr;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::Once;
+
+use ggml_sys as sys;
+
+use super::context::{Context, Graph, Tensor};
+use super::GgmlError;
+
+/// Kind of a ggml device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Gpu,
+    IntegratedGpu,
+    Accelerator,
+}
+
+/// A device from ggml's registry (static for the life of the program).
+#[derive(Clone, Copy)]
+pub struct Device {
+    ptr: sys::ggml_backend_dev_t,
+}
+
+// SAFETY: registry devices are immutable process-wide singletons; ggml's device queries are
+// thread safe.
+unsafe impl Send for Device {}
+unsafe impl Sync for Device {}
+
+fn cstr(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: ggml returns NUL-terminated static strings for names and descriptions.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+static INIT: Once = Once::new();
+
+/// One-time process init: ggml's CPU tables and log routing into `tracing`.
+pub fn init() {
+    INIT.call_once(|| {
+        // SAFETY: ggml_cpu_init is idempotent and thread safe; log_set installs a static fn.
+        unsafe {
+            sys::ggml_cpu_init();
+            sys::ggml_log_set(Some(log_to_tracing), std::ptr::null_mut());
+        }
+    });
+}
+
+unsafe extern "C" fn log_to_tracing(
+    level: sys::ggml_log_level,
+    text: *const std::os::raw::c_char,
+    _user: *mut std::os::raw::c_void,
+) {
+    let msg = cstr(text);
+    let msg = msg.trim_end();
+    if msg.is_empty() {
+        return;
+    }
+    match level {
+        sys::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "ggml", "{msg}"),
+        sys::GGML_LOG_LEVEL_WARN => tracing::warn!(target: "ggml", "{msg}"),
+        sys::GGML_LOG_LEVEL_INFO => tracing::debug!(target: "ggml", "{msg}"),
+        _ => tracing::trace!(target: "ggml", "{msg}"),
+    }
+}
+
+/// Every device ggml knows in this build (the CPU always; CUDA GPUs when built with `cuda`).
+pub fn devices() -> Vec<Device> {
+    init();
+    // SAFETY: registry queries; indices are within the count.
+    let n = unsafe { sys::ggml_backend_dev_count() };
+    (0..n)
+        .filter_map(|i| {
+            // SAFETY: i < count.
+            let ptr = unsafe { sys::ggml_backend_dev_get(i) };
+            (!ptr.is_null()).then_some(Device { ptr })
+        })
+        .collect()
+}
+
+impl Device {
+    /// ggml's device name ("CPU", "CUDA0").
+    pub fn name(&self) -> String {
+        // SAFETY: live registry device.
+        cstr(unsafe { sys::ggml_backend_dev_name(self.ptr) })
+    }
+
+    pub fn description(&self) -> String {
+        // SAFETY: live registry device.
+        cstr(unsafe { sys::ggml_backend_dev_description(self.ptr) })
+    }
+
+    pub fn kind(&self) -> DeviceKind {
+        // SAFETY: live registry device.
+        match unsafe { sys::ggml_backend_dev_type(self.ptr) } {
+            sys::GGML_BACKEND_DEVICE_TYPE_CPU => DeviceKind::Cpu,
+            sys::GGML_BACKEND_DEVICE_TYPE_GPU => DeviceKind::Gpu,
+            sys::GGML_BACKEND_DEVICE_TYPE_IGPU => DeviceKind::IntegratedGpu,
+            _ => DeviceKind::Accelerator,
+        }
+    }
+
+    /// (free, total) bytes of device memory as the driver reports them.
+    pub fn memory(&self) -> (u64, u64) {
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: live device; out-pointers are valid.
+        unsafe { sys::ggml_backend_dev_memory(self.ptr, &mut free, &mut total) };
+        (free as u64, total as u64)
+    }
+
+    /// Starts a backend on this device.
+    pub fn init_backend(&self) -> Result<Backend, GgmlError> {
+        init();
+        // SAFETY: live device; null params means defaults; returns null on failure.
+        let ptr = unsafe { sys::ggml_backend_dev_init(self.ptr, std::ptr::null()) };
+        NonNull::new(ptr)
+            .map(|ptr| Backend { ptr })
+            .ok_or_else(|| GgmlError::Backend(format!("could not start device {}", self.name())))
+    }
+}
+
+/// A running backend (a compute stream on one device).
+pub struct Backend {
+    ptr: NonNull<sys::ggml_backend>,
+}
+
+// SAFETY: a backend may be moved between threads; it is never used from two at once (&mut for
+// compute, and Backend is not Sync).
+unsafe impl Send for Backend {}
+
+impl Backend {
+    /// The CPU backend with `threads` compute threads.
+    pub fn cpu(threads: usize) -> Result<Backend, GgmlError> {
+        init();
+        // SAFETY: plain constructor, null on failure.
+        let ptr = unsafe { sys::ggml_backend_cpu_init() };
+        let b = NonNull::new(ptr)
+            .map(|ptr| Backend { ptr })
+            .ok_or_else(|| GgmlError::Backend("could not start the CPU backend".into()))?;
+        b.set_threads(threads);
+        Ok(b)
+    }
+
+    /// Backend by device name as `nijigen --device` spells it: "cpu", "cuda", "cuda:N".
+    pub fn from_spec(spec: &str, threads: usize) -> Result<Backend, GgmlError> {
+        let spec_l = spec.to_ascii_lowercase();
+        if spec_l == "cpu" {
+            return Backend::cpu(threads);
+        }
+        let want = if let Some(rest) = spec_l.strip_prefix("cuda") {
+            let idx = rest.trim_start_matches(':');
+            let idx = if idx.is_empty() { "0" } else { idx };
+            format!("cuda{idx}")
+        } else {
+            spec_l.clone()
+        };
+        let devs = devices();
+        let dev = devs
+            .iter()
+            .find(|d| d.name().to_ascii_lowercase() == want)
+            .ok_or_else(|| {
+                let names: Vec<String> = devs.iter().map(|d| d.name()).collect();
+                GgmlError::Backend(format!(
+                    "no device '{spec}' in this build (have: {}){}",
+                    names.join(", "),
+                    if cfg!(nijigen_cuda) {
+                        ""
+                    } else {
+                        "; CUDA needs a build with --features cuda"
+                    }
+                ))
+            })?;
+        let b = dev.init_backend()?;
+        b.set_threads(threads);
+        Ok(b)
+    }
+
+    pub(crate) fn as_ptr(&self) -> sys::ggml_backend_t {
+        self.ptr.as_ptr()
+    }
+
+    pub fn name(&self) -> String {
+        // SAFETY: live backend.
+        cstr(unsafe { sys::ggml_backend_name(self.as_ptr()) })
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        // SAFETY: live backend.
+        unsafe { sys::ggml_backend_is_cpu(self.as_ptr()) }
+    }
+
+    /// Sets the CPU thread count (no effect on other backends).
+    pub fn set_threads(&self, threads: usize) {
+        if self.is_cpu() {
+            // SAFETY: checked that this is the CPU backend.
+            unsafe { sys::ggml_backend_cpu_set_n_threads(self.as_ptr(), threads.max(1) as i32) };
+        }
+    }
+
+    /// Runs the graph to completion.
+    pub fn compute(&mut self, graph: &Graph<'_>) -> Result<(), GgmlError> {
+        // SAFETY: graph tensors all have data (allocated by a buffer or the graph allocator;
+        // ggml checks and fails otherwise); compute is synchronous here.
+        let status = unsafe { sys::ggml_backend_graph_compute(self.as_ptr(), graph.as_ptr()) };
+        if status == sys::GGML_STATUS_SUCCESS {
+            Ok(())
+        } else {
+            Err(GgmlError::Compute(status as i32))
+        }
+    }
+
+    /// Waits for queued work (async copies) to finish.
+    pub fn synchronize(&self) {
+        // SAFETY: live backend.
+        unsafe { sys::ggml_backend_synchronize(self.as_ptr()) }
+    }
+
+    /// Allocates a buffer of `size` bytes on this backend's device.
+    pub fn alloc_buffer(&self, size: usize) -> Result<Buffer<'static>, GgmlError> {
+        // SAFETY: live backend; returns null on failure.
+        let ptr = unsafe {
+            let buft = sys::ggml_backend_get_default_buffer_type(self.as_ptr());
+            sys::ggml_backend_buft_alloc_buffer(buft, size)
+        };
+        NonNull::new(ptr)
+            .map(|ptr| Buffer {
+                ptr,
+                _data: PhantomData,
+            })
+            .ok_or(GgmlError::OutOfMemory {
+                what: "backend buffer",
+                bytes: size,
+            })
+    }
+
+    /// Allocates one buffer for every tensor of `ctx` that has no data yet.
+    pub fn alloc_ctx_tensors(&self, ctx: &Context) -> Result<Buffer<'static>, GgmlError> {
+        // SAFETY: ctx is a live no_alloc context; returns null if there is nothing to allocate
+        // or allocation failed.
+        let ptr = unsafe { sys::ggml_backend_alloc_ctx_tensors(ctx.as_ptr(), self.as_ptr()) };
+        NonNull::new(ptr)
+            .map(|ptr| Buffer {
+                ptr,
+                _data: PhantomData,
+            })
+            .ok_or(GgmlError::OutOfMemory {
+                what: "context tensors",
+                bytes: 0,
+            })
+    }
+
+    /// A graph allocator for this backend's default buffer type.
+    pub fn graph_allocator(&self) -> Result<GraphAllocator, GgmlError> {
+        // SAFETY: live backend; gallocr_new returns null on failure.
+        let ptr = unsafe {
+            sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(self.as_ptr()))
+        };
+        NonNull::new(ptr)
+            .map(|ptr| GraphAllocator { ptr })
+            .ok_or_else(|| GgmlError::Backend("could not create a graph allocator".into()))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // SAFETY: we own the backend.
+        unsafe { sys::ggml_backend_free(self.as_ptr()) }
+    }
+}
+
+/// A backend buffer. `'d` is the lifetime of borrowed host bytes for buffers made over
+/// existing memory (`'static` for buffers that own their memory).
+pub struct Buffer<'d> {
+    ptr: NonNull<sys::ggml_backend_buffer>,
+    _data: PhantomData<&'d [u8]>,
+}
+
+// SAFETY: a buffer is plain memory owned by this handle; moving it between threads is fine.
+unsafe impl Send for Buffer<'_> {}
+
+/// How ggml's CPU backend aligns buffer bases.
+pub const CPU_BUFFER_ALIGNMENT: usize = 32;
+
+impl<'d> Buffer<'d> {
+    /// A CPU buffer over `bytes` without copying (e.g. a memory-mapped weight file). The bytes
+    /// must start 32-byte aligned (page-aligned maps always do). ggml never writes to tensors
+    /// placed in it as long as they are used only as weights (graph sources).
+    pub fn from_host_bytes(bytes: &'d [u8]) -> Result<Buffer<'d>, GgmlError> {
+        if bytes.is_empty() {
+            return Err(GgmlError::Backend(
+                "cannot make a buffer over zero bytes".into(),
+            ));
+        }
+        if bytes.as_ptr() as usize % CPU_BUFFER_ALIGNMENT != 0 {
+            return Err(GgmlError::Backend(
+                "host bytes are not 32-byte aligned".into(),
+            ));
+        }
+        init();
+        // SAFETY: the slice outlives the buffer ('d); ggml treats the memory as borrowed and
+        // does not free it. The pointer is cast to mut as the API requires; weights placed here
+        // are only read by compute.
+        let ptr = unsafe {
+            sys::ggml_backend_cpu_buffer_from_ptr(
+                bytes.as_ptr() as *mut std::os::raw::c_void,
+                bytes.len(),
+            )
+        };
+        NonNull::new(ptr)
+            .map(|ptr| Buffer {
+                ptr,
+                _data: PhantomData,
+            })
+            .ok_or_else(|| GgmlError::Backend("ggml_backend_cpu_buffer_from_ptr failed".into()))
+    }
+
+    pub fn size(&self) -> usize {
+        // SAFETY: live buffer.
+        unsafe { sys::ggml_backend_buffer_get_size(self.ptr.as_ptr()) }
+    }
+
+    pub fn is_host(&self) -> bool {
+        // SAFETY: live buffer.
+        unsafe { sys::ggml_backend_buffer_is_host(self.ptr.as_ptr()) }
+    }
+
+    /// Marks the buffer as holding weights (lets schedulers prefer computing where they live).
+    pub fn set_weights_usage(&self) {
+        // SAFETY: live buffer.
+        unsafe {
+            sys::ggml_backend_buffer_set_usage(
+                self.ptr.as_ptr(),
+                sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS,
+            )
+        }
+    }
+
+    /// Places `tensor` at byte `offset` of this buffer (no copy). The tensor must have no data
+    /// yet, and must not outlive the buffer: `'c` cannot outlive `'b`.
+    pub fn place<'b, 'c>(&'b self, tensor: Tensor<'c>, offset: usize) -> Result<(), GgmlError>
+    where
+        'b: 'c,
+    {
+        let size = tensor.nbytes();
+        let end = offset
+            .checked_add(size)
+            .ok_or_else(|| GgmlError::Backend("offset overflow".into()))?;
+        if end > self.size() {
+            return Err(GgmlError::Backend(format!(
+                "tensor of {size} bytes at offset {offset} does not fit a buffer of {} bytes",
+                self.size()
+            )));
+        }
+        if tensor.has_data() {
+            return Err(GgmlError::Backend("tensor already has data".into()));
+        }
+        // SAFETY: bounds checked above; base + offset lies within the buffer; the tensor has no
+        // data and is not a view (fresh tensors from new_tensor). The lifetime bound keeps the
+        // buffer alive as long as the tensor handle.
+        let status = unsafe {
+            let base = sys::ggml_backend_buffer_get_base(self.ptr.as_ptr()) as *mut u8;
+            sys::ggml_backend_tensor_alloc(
+                self.ptr.as_ptr(),
+                tensor.as_ptr(),
+                base.add(offset) as *mut _,
+            )
+        };
+        if status == sys::GGML_STATUS_SUCCESS {
+            Ok(())
+        } else {
+            Err(GgmlError::Backend(format!(
+                "ggml_backend_tensor_alloc failed ({status})"
+            )))
+        }
+    }
+}
+
+impl Drop for Buffer<'_> {
+    fn drop(&mut self) {
+        // SAFETY: we own the buffer; for host-pointer buffers ggml does not free the memory.
+        unsafe { sys::ggml_backend_buffer_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// Copies `data` into a backend tensor (any backend). Sizes must match exactly.
+pub fn tensor_set(t: Tensor<'_>, data: &[u8]) -> Result<(), GgmlError> {
+    if !t.has_data() {
+        return Err(GgmlError::Backend(
+            "tensor_set on a tensor without data".into(),
+        ));
+    }
+    if data.len() != t.nbytes() {
+        return Err(GgmlError::Backend(format!(
+            "tensor_set: {} bytes for a tensor of {}",
+            data.len(),
+            t.nbytes()
+        )));
+    }
+    // SAFETY: tensor has a buffer and the sizes match.
+    unsafe { sys::ggml_backend_tensor_set(t.as_ptr(), data.as_ptr() as *const _, 0, data.len()) };
+    Ok(())
+}
+
+/// Copies f32 values into an F32 backend tensor.
+pub fn tensor_set_f32(t: Tensor<'_>, data: &[f32]) -> Result<(), GgmlError> {
+    if t.ty() != super::GgmlType::F32 {
+        return Err(GgmlError::Backend(format!(
+            "tensor_set_f32 on a {} tensor",
+            t.ty()
+        )));
+    }
+    tensor_set(t, bytemuck::cast_slice(data))
+}
+
+/// Reads a backend tensor's bytes.
+pub fn tensor_get(t: Tensor<'_>) -> Result<Vec<u8>, GgmlError> {
+    if !t.has_data() {
+        return Err(GgmlError::Backend(
+            "tensor_get on a tensor without data".into(),
+        ));
+    }
+    let mut out = vec![0u8; t.nbytes()];
+    // SAFETY: tensor has data; out has exactly nbytes.
+    unsafe { sys::ggml_backend_tensor_get(t.as_ptr(), out.as_mut_ptr() as *mut _, 0, out.len()) };
+    Ok(out)
+}
+
+/// Reads an F32 backend tensor (contiguous) as f32 values.
+pub fn tensor_get_f32(t: Tensor<'_>) -> Result<Vec<f32>, GgmlError> {
+    if t.ty() != super::GgmlType::F32 {
+        return Err(GgmlError::Backend(format!(
+            "tensor_get_f32 on a {} tensor",
+            t.ty()
+        )));
+    }
+    let bytes = tensor_get(t)?;
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// ggml's graph allocator: plans and allocates the intermediate tensors of a graph, reusing
+/// memory between nodes. Reserve once per shape, then allocate each time the graph is rebuilt.
+pub struct GraphAllocator {
+    ptr: NonNull<sys::ggml_gallocr>,
+}
+
+// SAFETY: owned allocator state, used from one thread at a time (&mut).
+unsafe impl Send for GraphAllocator {}
+
+impl GraphAllocator {
+    /// Sizes the allocator's buffer for `graph` (and graphs like it).
+    pub fn reserve(&mut self, graph: &Graph<'_>) -> Result<(), GgmlError> {
+        // SAFETY: live allocator and graph.
+        if unsafe { sys::ggml_gallocr_reserve(self.ptr.as_ptr(), graph.as_ptr()) } {
+            Ok(())
+        } else {
+            Err(GgmlError::OutOfMemory {
+                what: "graph reserve",
+                bytes: 0,
+            })
+        }
+    }
+
+    /// Allocates every tensor of `graph` that has no data.
+    pub fn alloc_graph(&mut self, graph: &Graph<'_>) -> Result<(), GgmlError> {
+        // SAFETY: live allocator and graph; tensors with data are skipped by ggml.
+        if unsafe { sys::ggml_gallocr_alloc_graph(self.ptr.as_ptr(), graph.as_ptr()) } {
+            Ok(())
+        } else {
+            Err(GgmlError::OutOfMemory {
+                what: "graph allocation",
+                bytes: self.buffer_size(),
+            })
+        }
+    }
+
+    /// Bytes of the allocator's compute buffer.
+    pub fn buffer_size(&self) -> usize {
+        // SAFETY: live allocator; buffer 0 always exists for a single-buffer allocator.
+        unsafe { sys::ggml_gallocr_get_buffer_size(self.ptr.as_ptr(), 0) }
+    }
+}
+
+impl Drop for GraphAllocator {
+    fn drop(&mut self) {
+        // SAFETY: we own the allocator.
+        unsafe { sys::ggml_gallocr_free(self.ptr.as_ptr()) }
+    }
+}

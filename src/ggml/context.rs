@@ -1,0 +1,461 @@
+//! ggml contexts (tensor metadata arenas), tensor handles and the graph-building ops.
+
+use std::ffi::CString;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use ggml_sys as sys;
+
+use super::{GgmlError, GgmlType};
+
+/// Most dims a ggml tensor has.
+pub const MAX_DIMS: usize = 4;
+
+/// A ggml context. With `no_alloc` it only holds tensor metadata (data lives in backend
+/// buffers); otherwise tensors get host memory from the context's arena.
+pub struct Context {
+    ptr: NonNull<sys::ggml_context>,
+}
+
+impl Context {
+    /// Metadata-only context for up to `max_tensors` tensors and one graph of `graph_size`
+    /// nodes. Tensor data is placed later in backend buffers.
+    pub fn new_meta(max_tensors: usize, graph_size: usize) -> Result<Context, GgmlError> {
+        // SAFETY: pure size computations on ggml's side.
+        let mem = unsafe {
+            sys::ggml_tensor_overhead() * max_tensors
+                + sys::ggml_graph_overhead_custom(graph_size, false)
+                + 1024
+        };
+        Self::create(mem, true)
+    }
+
+    /// Context whose tensors get host memory from an arena of `data_bytes` (plus metadata).
+    /// Used for small host-side work such as tests; models use backend buffers.
+    pub fn new_host(data_bytes: usize, max_tensors: usize) -> Result<Context, GgmlError> {
+        // SAFETY: pure size computation.
+        let overhead = unsafe { sys::ggml_tensor_overhead() } * max_tensors;
+        Self::create(data_bytes + overhead + 4096, false)
+    }
+
+    fn create(mem_size: usize, no_alloc: bool) -> Result<Context, GgmlError> {
+        let params = sys::ggml_init_params {
+            mem_size,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc,
+        };
+        // SAFETY: ggml_init allocates its own arena (mem_buffer null); returns null on failure.
+        let ptr = unsafe { sys::ggml_init(params) };
+        NonNull::new(ptr)
+            .map(|ptr| Context { ptr })
+            .ok_or(GgmlError::OutOfMemory {
+                what: "ggml context",
+                bytes: mem_size,
+            })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut sys::ggml_context {
+        self.ptr.as_ptr()
+    }
+
+    /// A new tensor with `ne` (innermost first, 1 to 4 dims).
+    pub fn new_tensor(&self, ty: GgmlType, ne: &[i64]) -> Tensor<'_> {
+        assert!(
+            (1..=MAX_DIMS).contains(&ne.len()),
+            "ggml tensors have 1 to 4 dims, got {ne:?}"
+        );
+        assert!(ne.iter().all(|&n| n > 0), "non-positive dim in {ne:?}");
+        assert!(
+            ne[0] % ty.block_size() as i64 == 0,
+            "row of {} values is not a multiple of the {ty} block size",
+            ne[0]
+        );
+        // SAFETY: ctx is live; ne has ne.len() valid entries; type id is valid. ggml aborts if
+        // the arena is full, which new_meta/new_host size for the caller's declared count.
+        let t = unsafe {
+            sys::ggml_new_tensor(
+                self.as_ptr(),
+                ty as sys::ggml_type,
+                ne.len() as i32,
+                ne.as_ptr(),
+            )
+        };
+        self.wrap(t)
+    }
+
+    pub fn new_f32(&self, ne: &[i64]) -> Tensor<'_> {
+        self.new_tensor(GgmlType::F32, ne)
+    }
+
+    fn wrap(&self, t: *mut sys::ggml_tensor) -> Tensor<'_> {
+        Tensor {
+            ptr: NonNull::new(t).expect("ggml returned a null tensor"),
+            _ctx: PhantomData,
+        }
+    }
+
+    /// A graph with room for `size` nodes.
+    pub fn new_graph(&self, size: usize) -> Graph<'_> {
+        // SAFETY: ctx is live and was sized for a graph by new_meta (or has arena room).
+        let g = unsafe { sys::ggml_new_graph_custom(self.as_ptr(), size, false) };
+        Graph {
+            ptr: NonNull::new(g).expect("ggml returned a null graph"),
+            _ctx: PhantomData,
+        }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: we own the context; tensors and graphs borrowing it are gone (lifetimes).
+        unsafe { sys::ggml_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// A tensor in a [`Context`]. A cheap copyable handle; its lifetime is the context's borrow.
+#[derive(Clone, Copy)]
+pub struct Tensor<'c> {
+    ptr: NonNull<sys::ggml_tensor>,
+    _ctx: PhantomData<&'c Context>,
+}
+
+impl<'c> Tensor<'c> {
+    pub(crate) fn as_ptr(&self) -> *mut sys::ggml_tensor {
+        self.ptr.as_ptr()
+    }
+
+    fn raw(&self) -> &sys::ggml_tensor {
+        // SAFETY: the tensor lives in the context arena for 'c; we only read plain fields.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// Elements per dim, innermost first.
+    pub fn ne(&self) -> [i64; 4] {
+        self.raw().ne
+    }
+
+    /// Byte strides per dim.
+    pub fn nb(&self) -> [usize; 4] {
+        self.raw().nb
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        GgmlType::from_id(self.raw().type_).expect("ggml tensor with a type unknown to nijigen")
+    }
+
+    pub fn n_elements(&self) -> i64 {
+        self.ne().iter().product()
+    }
+
+    /// Bytes of the tensor data.
+    pub fn nbytes(&self) -> usize {
+        // SAFETY: read-only query on a live tensor.
+        unsafe { sys::ggml_nbytes(self.as_ptr()) }
+    }
+
+    /// Whether the tensor has data (a buffer or host memory).
+    pub fn has_data(&self) -> bool {
+        !self.raw().data.is_null()
+    }
+
+    /// Names the tensor for debugging (ggml keeps at most 63 bytes; longer names are cut).
+    pub fn set_name(self, name: &str) -> Self {
+        let cut: String = name.chars().filter(|&c| c != '\0').take(63).collect();
+        let c = CString::new(cut).unwrap_or_default();
+        // SAFETY: ggml copies the string into the tensor's fixed name field (bounded).
+        unsafe { sys::ggml_set_name(self.as_ptr(), c.as_ptr()) };
+        self
+    }
+
+    /// Marks a graph input (the graph allocator gives it its own memory, never reused).
+    pub fn set_input(self) -> Self {
+        // SAFETY: flag update on a live tensor.
+        unsafe { sys::ggml_set_input(self.as_ptr()) };
+        self
+    }
+
+    /// Marks a graph output (its memory is not reused by later nodes).
+    pub fn set_output(self) -> Self {
+        // SAFETY: flag update on a live tensor.
+        unsafe { sys::ggml_set_output(self.as_ptr()) };
+        self
+    }
+}
+
+/// A compute graph in a context.
+pub struct Graph<'c> {
+    ptr: NonNull<sys::ggml_cgraph>,
+    _ctx: PhantomData<&'c Context>,
+}
+
+impl<'c> Graph<'c> {
+    pub(crate) fn as_ptr(&self) -> *mut sys::ggml_cgraph {
+        self.ptr.as_ptr()
+    }
+
+    /// Adds `t` and everything it depends on.
+    pub fn expand(&mut self, t: Tensor<'c>) {
+        // SAFETY: graph and tensor belong to the same live context.
+        unsafe { sys::ggml_build_forward_expand(self.as_ptr(), t.as_ptr()) }
+    }
+
+    pub fn n_nodes(&self) -> usize {
+        // SAFETY: read-only query.
+        unsafe { sys::ggml_graph_n_nodes(self.as_ptr()) as usize }
+    }
+}
+
+macro_rules! unary_ops {
+    ($( $(#[$doc:meta])* $name:ident => $ffi:ident; )*) => {
+        impl Context {
+            $(
+                $(#[$doc])*
+                pub fn $name<'c>(&'c self, a: Tensor<'c>) -> Tensor<'c> {
+                    // SAFETY: a belongs to this live context; the op only reads metadata.
+                    self.wrap(unsafe { sys::$ffi(self.as_ptr(), a.as_ptr()) })
+                }
+            )*
+        }
+    };
+}
+
+unary_ops! {
+    /// Makes a tensor contiguous (copies a permuted view).
+    cont => ggml_cont;
+    gelu => ggml_gelu;
+    /// GELU with the erf formula.
+    gelu_erf => ggml_gelu_erf;
+    silu => ggml_silu;
+    sigmoid => ggml_sigmoid;
+    tanh => ggml_tanh;
+    sqr => ggml_sqr;
+    sqrt => ggml_sqrt;
+    exp => ggml_exp;
+    neg => ggml_neg;
+    /// Transposes the first two dims (a view).
+    transpose => ggml_transpose;
+    /// Softmax over dim 0.
+    soft_max => ggml_soft_max;
+}
+
+fn same_or_broadcast(a: &[i64; 4], b: &[i64; 4]) -> bool {
+    (0..4).all(|i| b[i] > 0 && a[i] % b[i] == 0)
+}
+
+impl Context {
+    /// `a @ b^T` in ggml terms: a [K, N, ...], b [K, M, ...] -> [N, M, ...] (f32).
+    /// `a` is usually the weight; b broadcasts over a's outer dims.
+    pub fn mul_mat<'c>(&'c self, a: Tensor<'c>, b: Tensor<'c>) -> Tensor<'c> {
+        let (na, nb) = (a.ne(), b.ne());
+        assert_eq!(na[0], nb[0], "mul_mat: inner dims differ: {na:?} x {nb:?}");
+        assert!(
+            nb[2] % na[2] == 0 && nb[3] % na[3] == 0,
+            "mul_mat: cannot broadcast {na:?} over {nb:?}"
+        );
+        // SAFETY: both tensors belong to this context; shapes checked above.
+        self.wrap(unsafe { sys::ggml_mul_mat(self.as_ptr(), a.as_ptr(), b.as_ptr()) })
+    }
+
+    /// a + b, b broadcast over a.
+    pub fn add<'c>(&'c self, a: Tensor<'c>, b: Tensor<'c>) -> Tensor<'c> {
+        assert!(
+            same_or_broadcast(&a.ne(), &b.ne()),
+            "add: {:?} + {:?}",
+            a.ne(),
+            b.ne()
+        );
+        // SAFETY: same context; broadcast checked.
+        self.wrap(unsafe { sys::ggml_add(self.as_ptr(), a.as_ptr(), b.as_ptr()) })
+    }
+
+    /// a * b elementwise, b broadcast over a.
+    pub fn mul<'c>(&'c self, a: Tensor<'c>, b: Tensor<'c>) -> Tensor<'c> {
+        assert!(
+            same_or_broadcast(&a.ne(), &b.ne()),
+            "mul: {:?} * {:?}",
+            a.ne(),
+            b.ne()
+        );
+        // SAFETY: same context; broadcast checked.
+        self.wrap(unsafe { sys::ggml_mul(self.as_ptr(), a.as_ptr(), b.as_ptr()) })
+    }
+
+    /// a * s.
+    pub fn scale<'c>(&'c self, a: Tensor<'c>, s: f32) -> Tensor<'c> {
+        // SAFETY: a belongs to this context.
+        self.wrap(unsafe { sys::ggml_scale(self.as_ptr(), a.as_ptr(), s) })
+    }
+
+    /// Layer norm over dim 0 without affine parameters.
+    pub fn norm<'c>(&'c self, a: Tensor<'c>, eps: f32) -> Tensor<'c> {
+        // SAFETY: a belongs to this context.
+        self.wrap(unsafe { sys::ggml_norm(self.as_ptr(), a.as_ptr(), eps) })
+    }
+
+    /// RMS norm over dim 0 without a weight.
+    pub fn rms_norm<'c>(&'c self, a: Tensor<'c>, eps: f32) -> Tensor<'c> {
+        // SAFETY: a belongs to this context.
+        self.wrap(unsafe { sys::ggml_rms_norm(self.as_ptr(), a.as_ptr(), eps) })
+    }
+
+    /// Group norm of a [W, H, C, N] tensor: `groups` groups of C/groups channels.
+    pub fn group_norm<'c>(&'c self, a: Tensor<'c>, groups: usize, eps: f32) -> Tensor<'c> {
+        assert!(
+            groups > 0 && a.ne()[2] % groups as i64 == 0,
+            "group_norm: bad groups"
+        );
+        // SAFETY: a belongs to this context; groups divides the channels.
+        self.wrap(unsafe { sys::ggml_group_norm(self.as_ptr(), a.as_ptr(), groups as i32, eps) })
+    }
+
+    /// softmax(a * scale + mask) over dim 0. Mask (F16 or F32) broadcasts over rows.
+    pub fn soft_max_ext<'c>(
+        &'c self,
+        a: Tensor<'c>,
+        mask: Option<Tensor<'c>>,
+        scale: f32,
+    ) -> Tensor<'c> {
+        let m = mask.map_or(std::ptr::null_mut(), |m| m.as_ptr());
+        // SAFETY: tensors belong to this context; a null mask means none.
+        self.wrap(unsafe { sys::ggml_soft_max_ext(self.as_ptr(), a.as_ptr(), m, scale, 0.0) })
+    }
+
+    /// 2-D convolution. kernel [KW, KH, IC, OC], input [W, H, IC, N] -> [OW, OH, OC, N].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_2d<'c>(
+        &'c self,
+        kernel: Tensor<'c>,
+        input: Tensor<'c>,
+        stride: (i32, i32),
+        pad: (i32, i32),
+        dilation: (i32, i32),
+    ) -> Tensor<'c> {
+        assert_eq!(kernel.ne()[2], input.ne()[2], "conv_2d: channel mismatch");
+        // SAFETY: same context; channels checked.
+        self.wrap(unsafe {
+            sys::ggml_conv_2d(
+                self.as_ptr(),
+                kernel.as_ptr(),
+                input.as_ptr(),
+                stride.0,
+                stride.1,
+                pad.0,
+                pad.1,
+                dilation.0,
+                dilation.1,
+            )
+        })
+    }
+
+    /// 3-D convolution. kernel [KW, KH, KD, IC*OC], input [W, H, D, IC*N] -> [OW, OH, OD, OC*N].
+    /// Strides, padding and dilation are (w, h, d).
+    pub fn conv_3d<'c>(
+        &'c self,
+        kernel: Tensor<'c>,
+        input: Tensor<'c>,
+        in_channels: i64,
+        stride: [i32; 3],
+        pad: [i32; 3],
+        dilation: [i32; 3],
+    ) -> Tensor<'c> {
+        assert!(
+            kernel.ne()[3] % in_channels == 0 && input.ne()[3] % in_channels == 0,
+            "conv_3d: channel mismatch"
+        );
+        // SAFETY: same context; channel counts divide.
+        self.wrap(unsafe {
+            sys::ggml_conv_3d(
+                self.as_ptr(),
+                kernel.as_ptr(),
+                input.as_ptr(),
+                in_channels,
+                stride[0],
+                stride[1],
+                stride[2],
+                pad[0],
+                pad[1],
+                pad[2],
+                dilation[0],
+                dilation[1],
+                dilation[2],
+            )
+        })
+    }
+
+    /// Fused attention. q [D, Nq, H, B], k [D, Nkv, H, B], v [D, Nkv, H, B] (K/V usually F16)
+    /// -> [D, H, Nq, B] (note the permuted result). Accumulates in F32.
+    pub fn flash_attn_ext<'c>(
+        &'c self,
+        q: Tensor<'c>,
+        k: Tensor<'c>,
+        v: Tensor<'c>,
+        mask: Option<Tensor<'c>>,
+        scale: f32,
+    ) -> Tensor<'c> {
+        let (nq, nk, nv) = (q.ne(), k.ne(), v.ne());
+        assert!(
+            nq[0] == nk[0] && nk[1] == nv[1],
+            "flash_attn_ext: {nq:?} {nk:?} {nv:?}"
+        );
+        assert!(nq[2] % nk[2] == 0, "flash_attn_ext: heads do not broadcast");
+        let m = mask.map_or(std::ptr::null_mut(), |m| m.as_ptr());
+        // SAFETY: same context; shapes checked; a null mask means none.
+        let r = unsafe {
+            sys::ggml_flash_attn_ext(
+                self.as_ptr(),
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                m,
+                scale,
+                0.0,
+                0.0,
+            )
+        };
+        // SAFETY: r is a fresh op node; request F32 accumulation.
+        unsafe { sys::ggml_prec_set_acc(r, sys::GGML_PREC_F32) };
+        self.wrap(r)
+    }
+
+    /// Reshape (contiguous tensors only) to `ne` with the same element count.
+    pub fn reshape<'c>(&'c self, a: Tensor<'c>, ne: &[i64]) -> Tensor<'c> {
+        assert_eq!(
+            ne.iter().product::<i64>(),
+            a.n_elements(),
+            "reshape: {:?} -> {ne:?}",
+            a.ne()
+        );
+        // SAFETY: a belongs to this context; element count checked; ggml asserts contiguity.
+        let t = unsafe {
+            match ne.len() {
+                1 => sys::ggml_reshape_1d(self.as_ptr(), a.as_ptr(), ne[0]),
+                2 => sys::ggml_reshape_2d(self.as_ptr(), a.as_ptr(), ne[0], ne[1]),
+                3 => sys::ggml_reshape_3d(self.as_ptr(), a.as_ptr(), ne[0], ne[1], ne[2]),
+                4 => sys::ggml_reshape_4d(self.as_ptr(), a.as_ptr(), ne[0], ne[1], ne[2], ne[3]),
+                n => panic!("reshape to {n} dims"),
+            }
+        };
+        self.wrap(t)
+    }
+
+    /// Permute: dim i of `a` goes to position `axes[i]` (ggml semantics).
+    pub fn permute<'c>(&'c self, a: Tensor<'c>, axes: [i32; 4]) -> Tensor<'c> {
+        // SAFETY: a belongs to this context; ggml asserts axes form a permutation.
+        self.wrap(unsafe {
+            sys::ggml_permute(
+                self.as_ptr(),
+                a.as_ptr(),
+                axes[0],
+                axes[1],
+                axes[2],
+                axes[3],
+            )
+        })
+    }
+
+    /// Converts to `ty` (a copy).
+    pub fn cast<'c>(&'c self, a: Tensor<'c>, ty: GgmlType) -> Tensor<'c> {
+        // SAFETY: a belongs to this context.
+        self.wrap(unsafe { sys::ggml_cast(self.as_ptr(), a.as_ptr(), ty as sys::ggml_type) })
+    }
+}
