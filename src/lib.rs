@@ -3,3 +3,4 @@
 
 pub mod formats;
 pub mod ggml;
+pub mod quantize;
