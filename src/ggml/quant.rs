@@ -42,6 +42,12 @@ pub fn quantize(
             dst.len()
         )));
     }
+    if ty == GgmlType::F32 {
+        for (d, v) in dst.chunks_exact_mut(4).zip(src) {
+            d.copy_from_slice(&v.to_le_bytes());
+        }
+        return Ok(dst.len());
+    }
     let nrows = (src.len() / n_per_row) as i64;
     // SAFETY: src holds nrows*n_per_row floats, dst holds exactly the quantized size (checked);
     // imatrix may be null for types that do not require it (checked by can_quantize).

@@ -1,0 +1,106 @@
+//! Command-line interface: clap definitions (one file per subcommand), logging setup, and the
+//! one place where errors become messages and exit codes.
+
+mod convert;
+mod info;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// nijigen: anime image-to-video on consumer GPUs (SDXL stills, Wan2.1 animation), on ggml.
+#[derive(Debug, Parser)]
+#[command(name = "nijigen", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors; no progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert safetensors (one file or shards) or GGUF to GGUF, quantizing as asked.
+    Convert(convert::ConvertArgs),
+    /// Show a weight file's format, architecture, inferred config, sizes and metadata.
+    Info(info::InfoArgs),
+}
+
+/// Sets up `tracing` on stderr. `RUST_LOG` wins over `-v`.
+pub fn init_tracing(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "nijigen=debug,ggml=info,warn",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 0)
+        .without_time()
+        .try_init();
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Convert(args) => convert::run(args, quiet),
+        Command::Info(args) => info::run(args),
+    }
+}
+
+/// Prints an error as one line (plus a hint line where we have one) and picks the exit code:
+/// 1 for every failure the user can act on; a closed stdout pipe is not an error.
+pub fn report(err: &anyhow::Error) -> ExitCode {
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::BrokenPipe {
+            return ExitCode::SUCCESS;
+        }
+    }
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "error: {err}");
+    if let Some(h) = err.downcast_ref::<WithHint>() {
+        let _ = writeln!(stderr, "hint: {}", h.hint);
+    }
+    ExitCode::from(1)
+}
+
+/// An error with a suggestion for the user, printed as a second line.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct WithHint {
+    pub error: String,
+    pub hint: String,
+}
+
+/// Human-readable byte size (binary units, as people read VRAM: "11.3 GiB").
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Sets rayon's global pool size (0 = all cores).
+pub fn set_threads(threads: usize) {
+    if threads > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
+}
