@@ -5,6 +5,7 @@
 //! Shapes are kept in PyTorch order (outermost first) everywhere in this module; GGUF stores the
 //! reverse (ggml `ne`), and [`TensorInfo::ne`] gives that back.
 
+pub mod float;
 pub mod gguf;
 pub mod names;
 pub mod safetensors;
