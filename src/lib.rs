@@ -1,6 +1,7 @@
 //! nijigen: SDXL text-to-image and Wan2.1 image-to-video on ggml.
 #![deny(unsafe_code)]
 
+pub mod cli;
 pub mod formats;
 pub mod ggml;
 pub mod quantize;

@@ -9,6 +9,7 @@ pub mod float;
 pub mod gguf;
 pub mod names;
 pub mod safetensors;
+pub mod weights;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -122,8 +122,17 @@ pub fn architecture_name(file: &WeightFile) -> String {
     if let Some(a) = file.meta("general.architecture").and_then(|v| v.as_str()) {
         return a.to_string();
     }
+    use names::Architecture as A;
     let det = names::detect(file.tensors(), file.metadata());
-    det.architecture.gguf_name().to_string()
+    match det.architecture {
+        // What city96's files and ComfyUI-GGUF use.
+        A::WanDitI2v | A::WanDitT2v => "wan",
+        A::Umt5 => "t5encoder",
+        A::SdxlCheckpoint | A::SdxlUnet => "sdxl",
+        A::ClipL | A::ClipG => "clip",
+        other => other.name(),
+    }
+    .to_string()
 }
 
 /// Progress events for the caller's progress bar.

@@ -1,0 +1,150 @@
+//! Helpers shared by integration tests: tiny safetensors writers and a CLI runner.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Element type for [`write_safetensors`].
+#[derive(Clone, Copy)]
+pub enum St {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// Writes a safetensors file from (name, shape, values).
+pub fn write_safetensors(path: &Path, tensors: &[(&str, Vec<u64>, Vec<f32>)], ty: St) {
+    let (tag, size) = match ty {
+        St::F32 => ("F32", 4),
+        St::F16 => ("F16", 2),
+        St::Bf16 => ("BF16", 2),
+    };
+    let mut header = String::from("{\"__metadata__\":{\"format\":\"pt\"}");
+    let mut data = Vec::new();
+    for (name, shape, vals) in tensors {
+        assert_eq!(shape.iter().product::<u64>() as usize, vals.len(), "{name}");
+        let start = data.len();
+        for &v in vals {
+            match ty {
+                St::F32 => data.extend_from_slice(&v.to_le_bytes()),
+                St::F16 => data.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+                St::Bf16 => data.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+            }
+        }
+        let _ = size;
+        header.push_str(&format!(
+            ",\"{name}\":{{\"dtype\":\"{tag}\",\"shape\":{shape:?},\"data_offsets\":[{start},{}]}}",
+            data.len()
+        ));
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, bytes).expect("write safetensors");
+}
+
+/// Deterministic values in [-1, 1).
+pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Runs the nijigen binary with `args`.
+pub fn nijigen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nijigen"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run nijigen")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// ||a - b|| / ||b||
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let (mut n, mut d) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        n += ((x - y) as f64).powi(2);
+        d += (*y as f64).powi(2);
+    }
+    (n / d.max(1e-30)).sqrt() as f32
+}
+
+/// A tiny Wan2.1-I2V-shaped DiT (real names, dim 256, 2 blocks) as (name, shape, values).
+pub fn tiny_wan_i2v() -> Vec<(&'static str, Vec<u64>, Vec<f32>)> {
+    let d = 256u64;
+    let ffn = 512u64;
+    let mut t: Vec<(String, Vec<u64>)> = vec![
+        ("patch_embedding.weight".into(), vec![d, 36, 1, 2, 2]),
+        ("patch_embedding.bias".into(), vec![d]),
+        ("text_embedding.0.weight".into(), vec![d, 64]),
+        ("text_embedding.0.bias".into(), vec![d]),
+        ("text_embedding.2.weight".into(), vec![d, d]),
+        ("text_embedding.2.bias".into(), vec![d]),
+        ("time_embedding.0.weight".into(), vec![d, 256]),
+        ("time_embedding.0.bias".into(), vec![d]),
+        ("time_embedding.2.weight".into(), vec![d, d]),
+        ("time_embedding.2.bias".into(), vec![d]),
+        ("time_projection.1.weight".into(), vec![6 * d, d]),
+        ("time_projection.1.bias".into(), vec![6 * d]),
+        ("img_emb.proj.0.weight".into(), vec![128]),
+        ("img_emb.proj.0.bias".into(), vec![128]),
+        ("img_emb.proj.1.weight".into(), vec![d, 128]),
+        ("img_emb.proj.1.bias".into(), vec![d]),
+        ("img_emb.proj.3.weight".into(), vec![d, d]),
+        ("img_emb.proj.3.bias".into(), vec![d]),
+        ("img_emb.proj.4.weight".into(), vec![d]),
+        ("img_emb.proj.4.bias".into(), vec![d]),
+        ("head.modulation".into(), vec![1, 2, d]),
+        ("head.head.weight".into(), vec![64, d]),
+        ("head.head.bias".into(), vec![64]),
+    ];
+    for b in 0..2 {
+        let p = format!("blocks.{b}.");
+        t.push((format!("{p}modulation"), vec![1, 6, d]));
+        for a in ["self_attn", "cross_attn"] {
+            for l in ["q", "k", "v", "o"] {
+                t.push((format!("{p}{a}.{l}.weight"), vec![d, d]));
+                t.push((format!("{p}{a}.{l}.bias"), vec![d]));
+            }
+            t.push((format!("{p}{a}.norm_q.weight"), vec![d]));
+            t.push((format!("{p}{a}.norm_k.weight"), vec![d]));
+        }
+        for l in ["k_img", "v_img"] {
+            t.push((format!("{p}cross_attn.{l}.weight"), vec![d, d]));
+            t.push((format!("{p}cross_attn.{l}.bias"), vec![d]));
+        }
+        t.push((format!("{p}cross_attn.norm_k_img.weight"), vec![d]));
+        t.push((format!("{p}norm3.weight"), vec![d]));
+        t.push((format!("{p}norm3.bias"), vec![d]));
+        t.push((format!("{p}ffn.0.weight"), vec![ffn, d]));
+        t.push((format!("{p}ffn.0.bias"), vec![ffn]));
+        t.push((format!("{p}ffn.2.weight"), vec![d, ffn]));
+        t.push((format!("{p}ffn.2.bias"), vec![d]));
+    }
+    t.into_iter()
+        .enumerate()
+        .map(|(i, (n, s))| {
+            let numel = s.iter().product::<u64>() as usize;
+            let name: &'static str = Box::leak(n.into_boxed_str());
+            (name, s, rand_vec(numel, i as u64 + 1).iter().map(|v| v * 0.1).collect())
+        })
+        .collect()
+}
