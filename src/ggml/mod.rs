@@ -2,10 +2,12 @@
 //! the crate lives here, each with a `// SAFETY:` comment.
 #![allow(unsafe_code)]
 
+mod mmap;
 mod types;
 
 use std::ffi::CStr;
 
+pub use mmap::map_file;
 pub use types::GgmlType;
 
 /// ggml's own (block size, type size, name, is_quantized) for `t`.
