@@ -34,7 +34,11 @@ fn write_model(path: &Path, total_mib: u64) -> std::io::Result<u64> {
         let mut bytes = 0;
         let mut i = 0;
         while bytes < total_mib << 20 {
-            for (n, s) in [("self_attn.q", [dim, dim]), ("self_attn.v", [dim, dim]), ("ffn.0", [13824, dim])] {
+            for (n, s) in [
+                ("self_attn.q", [dim, dim]),
+                ("self_attn.v", [dim, dim]),
+                ("ffn.0", [13824, dim]),
+            ] {
                 v.push((format!("blocks.{i}.{n}.weight"), s));
                 bytes += s[0] * s[1] * 2;
             }
@@ -47,11 +51,18 @@ fn write_model(path: &Path, total_mib: u64) -> std::io::Result<u64> {
     let mut off = 0u64;
     for (k, (name, s)) in shapes.iter().enumerate() {
         let n = s[0] * s[1] * 2;
-        let shape = if s[0] == 1 { format!("[{}]", s[1]) } else { format!("[{},{}]", s[0], s[1]) };
+        let shape = if s[0] == 1 {
+            format!("[{}]", s[1])
+        } else {
+            format!("[{},{}]", s[0], s[1])
+        };
         if k > 0 {
             header.push(',');
         }
-        header.push_str(&format!("\"{name}\":{{\"dtype\":\"F16\",\"shape\":{shape},\"data_offsets\":[{off},{}]}}", off + n));
+        header.push_str(&format!(
+            "\"{name}\":{{\"dtype\":\"F16\",\"shape\":{shape},\"data_offsets\":[{off},{}]}}",
+            off + n
+        ));
         off += n;
     }
     header.push('}');
@@ -81,7 +92,10 @@ fn write_model(path: &Path, total_mib: u64) -> std::io::Result<u64> {
 }
 
 fn main() {
-    let mib: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1024);
+    let mib: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1024);
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("model.safetensors");
     let bytes = write_model(&input, mib).expect("writing the synthetic model");
@@ -90,7 +104,10 @@ fn main() {
         bytes >> 20,
         rayon::current_num_threads()
     );
-    println!("{:<8} {:>9} {:>10} {:>11} {:>16}", "type", "seconds", "MiB/s in", "out MiB", "peak anon MiB");
+    println!(
+        "{:<8} {:>9} {:>10} {:>11} {:>16}",
+        "type", "seconds", "MiB/s in", "out MiB", "peak anon MiB"
+    );
     for ty in ["q8_0", "q4_k_m", "q4_k", "q3_k_s"] {
         let output = dir.path().join(format!("out-{ty}.gguf"));
         let peak = Arc::new(AtomicU64::new(0));

@@ -35,7 +35,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Worker threads for quantization (default: all cores).
-    #[arg(short = 't', long, default_value_t = 0)]
+    #[arg(short = 'j', long, default_value_t = 0)]
     pub threads: usize,
     /// Replace OUT.gguf if it exists.
     #[arg(long)]
@@ -62,7 +62,11 @@ pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<()> {
         overrides: args.tensor_type.clone(),
         overwrite: args.overwrite,
     };
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
@@ -110,9 +114,18 @@ fn dry_run(args: &ConvertArgs) -> anyhow::Result<()> {
     let rules = Rules::new(args.target, args.tensor_type.clone());
     let planned = quantize::plan(&file, &rules)?;
     let mut out = std::io::stdout().lock();
-    let w = planned.iter().map(|p| p.name.len()).max().unwrap_or(4).clamp(4, 80);
-    writeln!(out, "{:<w$}  {:<22}  {:>8}  {:>8}  {:>10}  why", "name", "shape", "from", "to", "bytes")
-        .context("writing the plan")?;
+    let w = planned
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 80);
+    writeln!(
+        out,
+        "{:<w$}  {:<22}  {:>8}  {:>8}  {:>10}  why",
+        "name", "shape", "from", "to", "bytes"
+    )
+    .context("writing the plan")?;
     let (mut tin, mut tout) = (0u64, 0u64);
     for p in &planned {
         let shape = format!("{:?}", p.shape);
@@ -136,7 +149,11 @@ fn dry_run(args: &ConvertArgs) -> anyhow::Result<()> {
         human_bytes(tin),
         human_bytes(tout),
         args.target,
-        if args.tensor_type.is_empty() { String::new() } else { format!("with {} override(s)", args.tensor_type.len()) }
+        if args.tensor_type.is_empty() {
+            String::new()
+        } else {
+            format!("with {} override(s)", args.tensor_type.len())
+        }
     )?;
     Ok(())
 }

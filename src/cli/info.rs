@@ -41,8 +41,11 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     if args.json {
-        let metadata: Map<String, Value> =
-            file.metadata().iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        let metadata: Map<String, Value> = file
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json()))
+            .collect();
         let tensors: Vec<Value> = file
             .tensors()
             .iter()
@@ -73,19 +76,51 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let files: Vec<String> = file.paths().iter().map(|p| p.display().to_string()).collect();
+    let files: Vec<String> = file
+        .paths()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let format = match file.gguf_version() {
         Some(v) => format!("GGUF v{v}"),
-        None => format!("safetensors ({} file{})", files.len(), if files.len() == 1 { "" } else { "s" }),
+        None => format!(
+            "safetensors ({} file{})",
+            files.len(),
+            if files.len() == 1 { "" } else { "s" }
+        ),
     };
     writeln!(out, "file:          {}", files.join(", "))?;
-    writeln!(out, "format:        {format}, {} tensors, {}", file.tensors().len(), human_bytes(file.data_bytes()))?;
-    writeln!(out, "architecture:  {} ({})", det.architecture.name(), det.architecture.description())?;
+    writeln!(
+        out,
+        "format:        {format}, {} tensors, {}",
+        file.tensors().len(),
+        human_bytes(file.data_bytes())
+    )?;
+    writeln!(
+        out,
+        "architecture:  {} ({})",
+        det.architecture.name(),
+        det.architecture.description()
+    )?;
     writeln!(out, "config:        {}", det.summary)?;
-    writeln!(out, "layout:        {}{}", det.layout.name(), det.prefix.as_ref().map(|p| format!(", prefix '{p}'")).unwrap_or_default())?;
+    writeln!(
+        out,
+        "layout:        {}{}",
+        det.layout.name(),
+        det.prefix
+            .as_ref()
+            .map(|p| format!(", prefix '{p}'"))
+            .unwrap_or_default()
+    )?;
     if det.components.len() > 1 {
         for c in &det.components {
-            writeln!(out, "  component:   {} ({} tensors under '{}')", c.architecture.name(), c.tensors, c.prefix)?;
+            writeln!(
+                out,
+                "  component:   {} ({} tensors under '{}')",
+                c.architecture.name(),
+                c.tensors,
+                c.prefix
+            )?;
         }
     }
     writeln!(out, "parameters:   {}", human_count(params))?;
@@ -102,7 +137,14 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     if args.tensors {
         writeln!(out, "tensors:")?;
         for t in file.tensors() {
-            writeln!(out, "  {:<60} {:>8} {:<24} {:>12}", t.name, t.dtype.name(), format!("{:?}", t.shape), t.size)?;
+            writeln!(
+                out,
+                "  {:<60} {:>8} {:<24} {:>12}",
+                t.name,
+                t.dtype.name(),
+                format!("{:?}", t.shape),
+                t.size
+            )?;
         }
     }
     Ok(())
@@ -121,14 +163,21 @@ fn human_count(n: u64) -> String {
 fn short_value(v: &MetaValue) -> String {
     match v {
         MetaValue::String(s) if s.chars().count() > 120 => {
-            format!("{:?}... ({} chars)", s.chars().take(100).collect::<String>(), s.chars().count())
+            format!(
+                "{:?}... ({} chars)",
+                s.chars().take(100).collect::<String>(),
+                s.chars().count()
+            )
         }
         MetaValue::String(s) => format!("{s:?}"),
         MetaValue::Array(a) if a.len() > 8 => {
             let head: Vec<String> = a.iter().take(4).map(short_value).collect();
             format!("[{}, ...] ({} values)", head.join(", "), a.len())
         }
-        MetaValue::Array(a) => format!("[{}]", a.iter().map(short_value).collect::<Vec<_>>().join(", ")),
+        MetaValue::Array(a) => format!(
+            "[{}]",
+            a.iter().map(short_value).collect::<Vec<_>>().join(", ")
+        ),
         other => other.to_json().to_string(),
     }
 }

@@ -39,7 +39,10 @@ pub struct WeightFile {
 /// Sniffs the format of `path` from its first bytes.
 pub fn sniff(path: &Path) -> Result<Format, FormatError> {
     if path.is_dir() {
-        return Err(FormatError::unsupported(path, "is a folder; pass the weight file (or its *.safetensors.index.json)"));
+        return Err(FormatError::unsupported(
+            path,
+            "is a folder; pass the weight file (or its *.safetensors.index.json)",
+        ));
     }
     if path.to_string_lossy().ends_with(".index.json") {
         return Ok(Format::Safetensors);
@@ -61,13 +64,18 @@ pub fn sniff(path: &Path) -> Result<Format, FormatError> {
         return Ok(Format::Gguf);
     }
     if n >= 4 && &head[..4] == b"FUGG" {
-        return Err(FormatError::unsupported(path, "big-endian GGUF is not supported"));
+        return Err(FormatError::unsupported(
+            path,
+            "big-endian GGUF is not supported",
+        ));
     }
     // safetensors: u64 little-endian header length, then a JSON object.
     if n == 9 && head[8] == b'{' {
         return Ok(Format::Safetensors);
     }
-    Err(FormatError::UnknownFormat { path: path.to_path_buf() })
+    Err(FormatError::UnknownFormat {
+        path: path.to_path_buf(),
+    })
 }
 
 impl WeightFile {
@@ -76,21 +84,34 @@ impl WeightFile {
         let first = paths
             .first()
             .ok_or_else(|| FormatError::malformed(Path::new("<none>"), "no input file given"))?;
-        let formats = paths.iter().map(|p| sniff(p)).collect::<Result<Vec<_>, _>>()?;
+        let formats = paths
+            .iter()
+            .map(|p| sniff(p))
+            .collect::<Result<Vec<_>, _>>()?;
         let inner = if paths.len() == 1 {
             match formats[0] {
                 Format::Gguf => Inner::Gguf(GgufFile::open(first)?),
                 Format::Safetensors => Inner::Safetensors(SafetensorsFile::open_any(first)?),
             }
         } else {
-            if let Some((p, _)) = paths.iter().zip(&formats).find(|(_, f)| **f == Format::Gguf) {
+            if let Some((p, _)) = paths
+                .iter()
+                .zip(&formats)
+                .find(|(_, f)| **f == Format::Gguf)
+            {
                 return Err(FormatError::unsupported(
                     p,
                     "several inputs are only accepted as safetensors shards of one model; pass GGUF files one at a time",
                 ));
             }
-            if let Some(p) = paths.iter().find(|p| p.to_string_lossy().ends_with(".index.json")) {
-                return Err(FormatError::unsupported(p, "pass either the index file or the shards, not both"));
+            if let Some(p) = paths
+                .iter()
+                .find(|p| p.to_string_lossy().ends_with(".index.json"))
+            {
+                return Err(FormatError::unsupported(
+                    p,
+                    "pass either the index file or the shards, not both",
+                ));
             }
             Inner::Safetensors(SafetensorsFile::open_many(paths)?)
         };
@@ -142,7 +163,10 @@ impl WeightFile {
     }
 
     pub fn meta(&self, key: &str) -> Option<&MetaValue> {
-        self.metadata().iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.metadata()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// The stored bytes of `t` (a view into the map).

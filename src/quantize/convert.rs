@@ -42,7 +42,11 @@ pub enum ConvertError {
     #[error("{}: exists; pass --overwrite to replace it", path.display())]
     OutputExists { path: PathBuf },
     #[error("{}: tensor '{tensor}': {what}", path.display())]
-    Tensor { path: PathBuf, tensor: String, what: String },
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        what: String,
+    },
 }
 
 /// The decision for one tensor, as `--dry-run` prints it.
@@ -63,12 +67,23 @@ pub fn plan(file: &WeightFile, rules: &Rules) -> Result<Vec<PlannedTensor>, Conv
     file.tensors()
         .iter()
         .map(|t| {
-            let shape = if t.shape.is_empty() { vec![1] } else { t.shape.clone() };
+            let shape = if t.shape.is_empty() {
+                vec![1]
+            } else {
+                t.shape.clone()
+            };
             let choice = rules.choose(&t.name, &shape, t.dtype);
             let out_bytes = TensorDecl::new(t.name.clone(), choice.ty, shape.clone())
                 .byte_size()
                 .map_err(|what| tensor_err(file, t, what))?;
-            Ok(PlannedTensor { name: t.name.clone(), shape, from: t.dtype, choice, in_bytes: t.size, out_bytes })
+            Ok(PlannedTensor {
+                name: t.name.clone(),
+                shape,
+                from: t.dtype,
+                choice,
+                in_bytes: t.size,
+                out_bytes,
+            })
         })
         .collect()
 }
@@ -91,7 +106,10 @@ pub fn output_metadata(file: &WeightFile, rules: &Rules, arch: &str) -> Vec<(Str
         "nijigen.source",
         "nijigen.rules",
     ];
-    let mut md: Vec<(String, MetaValue)> = vec![("general.architecture".into(), MetaValue::String(arch.into()))];
+    let mut md: Vec<(String, MetaValue)> = vec![(
+        "general.architecture".into(),
+        MetaValue::String(arch.into()),
+    )];
     for (k, v) in file.metadata() {
         // safetensors metadata is free-form strings; keep it under a namespace.
         let key = if file.format() == crate::formats::weights::Format::Safetensors {
@@ -103,16 +121,30 @@ pub fn output_metadata(file: &WeightFile, rules: &Rules, arch: &str) -> Vec<(Str
             md.push((key, v.clone()));
         }
     }
-    md.push(("general.file_type".into(), MetaValue::U32(rules.target().file_type())));
+    md.push((
+        "general.file_type".into(),
+        MetaValue::U32(rules.target().file_type()),
+    ));
     md.push(("general.quantization_version".into(), MetaValue::U32(2)));
     let sources = file
         .paths()
         .iter()
-        .map(|p| MetaValue::String(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+        .map(|p| {
+            MetaValue::String(
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            )
+        })
         .collect();
     md.push(("nijigen.source".into(), MetaValue::Array(sources)));
     let mut rule_text = vec![MetaValue::String(format!("--type {}", rules.target()))];
-    rule_text.extend(rules.overrides().iter().map(|o| MetaValue::String(format!("--tensor-type {}", o.text))));
+    rule_text.extend(
+        rules
+            .overrides()
+            .iter()
+            .map(|o| MetaValue::String(format!("--tensor-type {}", o.text))),
+    );
     md.push(("nijigen.rules".into(), MetaValue::Array(rule_text)));
     md
 }
@@ -180,11 +212,15 @@ pub fn convert(
     let file = WeightFile::open(&opts.inputs)?;
     for p in file.paths() {
         if same_file(p, &opts.output) {
-            return Err(ConvertError::OutputIsInput { path: opts.output.clone() });
+            return Err(ConvertError::OutputIsInput {
+                path: opts.output.clone(),
+            });
         }
     }
     if opts.output.exists() && !opts.overwrite {
-        return Err(ConvertError::OutputExists { path: opts.output.clone() });
+        return Err(ConvertError::OutputExists {
+            path: opts.output.clone(),
+        });
     }
     let rules = Rules::new(opts.target, opts.overrides.clone());
     let planned = plan(&file, &rules)?;
@@ -195,16 +231,38 @@ pub fn convert(
         .map(|p| TensorDecl::new(p.name.clone(), p.choice.ty, p.shape.clone()))
         .collect();
 
-    let out_err = |e| ConvertError::Output { path: opts.output.clone(), source: e };
-    let dir = opts.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = opts.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let out_err = |e| ConvertError::Output {
+        path: opts.output.clone(),
+        source: e,
+    };
+    let dir = opts
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = opts
+        .output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut guard = TempGuard { path: tmp.clone(), keep: false };
+    let mut guard = TempGuard {
+        path: tmp.clone(),
+        keep: false,
+    };
     let f = File::create(&tmp).map_err(out_err)?;
-    let mut writer = GgufWriter::new(&opts.output, BufWriter::with_capacity(8 << 20, f), &metadata, &decls)?;
+    let mut writer = GgufWriter::new(
+        &opts.output,
+        BufWriter::with_capacity(8 << 20, f),
+        &metadata,
+        &decls,
+    )?;
 
     let total_out: u64 = planned.iter().map(|p| p.out_bytes).sum();
-    progress(Progress::Start { tensors: planned.len(), bytes: total_out });
+    progress(Progress::Start {
+        tensors: planned.len(),
+        bytes: total_out,
+    });
     let mut in_bytes = 0;
     for (t, p) in file.tensors().iter().zip(&planned) {
         let src = file.data(t);
@@ -216,7 +274,10 @@ pub fn convert(
                 .map_err(|what| tensor_err(&file, t, what))?;
             writer.write_tensor(&p.name, &out)?;
         }
-        progress(Progress::Tensor { name: &p.name, out_bytes: p.out_bytes });
+        progress(Progress::Tensor {
+            name: &p.name,
+            out_bytes: p.out_bytes,
+        });
     }
     let mut buf = writer.finish()?;
     buf.flush().map_err(out_err)?;
@@ -226,21 +287,39 @@ pub fn convert(
     let file_bytes = fs::metadata(&tmp).map_err(out_err)?.len();
     fs::rename(&tmp, &opts.output).map_err(out_err)?;
     guard.keep = true;
-    Ok(ConvertSummary { tensors: planned.len(), in_bytes, out_bytes: total_out, file_bytes })
+    Ok(ConvertSummary {
+        tensors: planned.len(),
+        in_bytes,
+        out_bytes: total_out,
+        file_bytes,
+    })
 }
 
 /// Values per parallel work item (about 4 MiB of f32).
 const CHUNK_VALUES: usize = 1 << 20;
 
 /// Converts one tensor's bytes from `from` to `to`, rows in parallel.
-fn convert_tensor(src: &[u8], from: DType, to: GgmlType, shape: &[u64], out_bytes: u64) -> Result<Vec<u8>, String> {
+fn convert_tensor(
+    src: &[u8],
+    from: DType,
+    to: GgmlType,
+    shape: &[u64],
+    out_bytes: u64,
+) -> Result<Vec<u8>, String> {
     let row = shape.last().copied().unwrap_or(1) as usize;
     let numel: u64 = shape.iter().product();
     let rows = (numel / row as u64) as usize;
-    let in_row = from.bytes_for(row as u64).ok_or("input row is not a whole number of blocks")? as usize;
-    let out_row = to.bytes_for(row as u64).ok_or("output row is not a whole number of blocks")? as usize;
+    let in_row = from
+        .bytes_for(row as u64)
+        .ok_or("input row is not a whole number of blocks")? as usize;
+    let out_row = to
+        .bytes_for(row as u64)
+        .ok_or("output row is not a whole number of blocks")? as usize;
     if in_row * rows != src.len() || out_row as u64 * rows as u64 != out_bytes {
-        return Err(format!("size mismatch: {} bytes for {rows} rows of {row}", src.len()));
+        return Err(format!(
+            "size mismatch: {} bytes for {rows} rows of {row}",
+            src.len()
+        ));
     }
     let rows_per_chunk = (CHUNK_VALUES / row.max(1)).max(1);
     let mut out = vec![0u8; out_bytes as usize];
@@ -259,7 +338,9 @@ fn convert_tensor(src: &[u8], from: DType, to: GgmlType, shape: &[u64], out_byte
 /// Any stored type to f32.
 fn decode(from: DType, bytes: &[u8], out: &mut [f32]) -> Result<(), String> {
     match from {
-        DType::Ggml(t) if t.is_quantized() => ggml::dequantize(t, bytes, out).map_err(|e| e.to_string()),
+        DType::Ggml(t) if t.is_quantized() => {
+            ggml::dequantize(t, bytes, out).map_err(|e| e.to_string())
+        }
         _ => float::to_f32(from, bytes, out).map_err(|e| e.to_string()),
     }
 }

@@ -3,5 +3,7 @@
 pub mod convert;
 pub mod rules;
 
-pub use convert::{convert, plan, ConvertError, ConvertOptions, ConvertSummary, PlannedTensor, Progress};
+pub use convert::{
+    convert, plan, ConvertError, ConvertOptions, ConvertSummary, PlannedTensor, Progress,
+};
 pub use rules::{Choice, Mix, Override, Reason, Rules, Target};

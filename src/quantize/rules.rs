@@ -285,7 +285,9 @@ impl Rules {
         // rest losslessly to F32 (BF16 -> F16 would lose range, as ComfyUI-GGUF notes).
         let keep_ty = match from {
             DType::Ggml(t) if t.is_quantized() => t,
-            DType::Ggml(GgmlType::F16) => GgmlType::F16,
+            // 1-D float tensors are always F32, as ComfyUI-GGUF stores them (tiny, and no
+            // conversion op at run time).
+            DType::Ggml(GgmlType::F16) if shape.len() >= 2 => GgmlType::F16,
             _ => GgmlType::F32,
         };
         let keep = |why| Choice {
@@ -459,6 +461,10 @@ mod tests {
         assert_eq!(
             r.choose("head.head.weight", &[64, 5120], DType::F16).ty,
             GgmlType::F16
+        );
+        assert_eq!(
+            r.choose("head.head.bias", &[64], DType::F16).ty,
+            GgmlType::F32
         );
     }
 

@@ -144,7 +144,14 @@ pub fn tiny_wan_i2v() -> Vec<(&'static str, Vec<u64>, Vec<f32>)> {
         .map(|(i, (n, s))| {
             let numel = s.iter().product::<u64>() as usize;
             let name: &'static str = Box::leak(n.into_boxed_str());
-            (name, s, rand_vec(numel, i as u64 + 1).iter().map(|v| v * 0.1).collect())
+            (
+                name,
+                s,
+                rand_vec(numel, i as u64 + 1)
+                    .iter()
+                    .map(|v| v * 0.1)
+                    .collect(),
+            )
         })
         .collect()
 }

@@ -1,1 +1,0 @@
-//! Architecture detection and name maps. (being written)
