@@ -254,7 +254,7 @@ pub const SDXL_CHECKPOINT_PREFIXES: [(Architecture, &str); 4] = [
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ArchConfig {
-    SdxlCheckpoint(SdxlCheckpointConfig),
+    SdxlCheckpoint(Box<SdxlCheckpointConfig>),
     SdxlUnet(UnetConfig),
     /// CLIP-L or bigG.
     ClipText(ClipTextConfig),
@@ -481,6 +481,13 @@ fn roots(arch: Architecture) -> &'static [&'static [&'static str]] {
     }
 }
 
+fn starts_with_root(arch: Architecture, name: &str) -> bool {
+    let segs: Vec<&str> = name.split('.').collect();
+    roots(arch)
+        .iter()
+        .any(|root| segs.len() >= root.len() && segs.iter().zip(root.iter()).all(|(a, b)| a == b))
+}
+
 fn strip_known_prefix(arch: Architecture, name: &str) -> &str {
     let segs: Vec<&str> = name.split('.').collect();
     let mut offset = 0usize;
@@ -522,7 +529,9 @@ fn map_component(
 }
 
 fn map_plain(ctx: &NameContext, arch: Architecture, layout: Layout, rest: &str) -> Option<NameMap> {
-    if rest.is_empty() {
+    // Only names that start like the architecture's names: another component stored in the
+    // same file (a VAE next to a DiT) is not renamed into this one.
+    if !starts_with_root(arch, rest) {
         return None;
     }
     match arch {
@@ -569,207 +578,52 @@ struct Signature {
     inner: Option<&'static str>,
 }
 
+const fn sig(
+    family: Family,
+    layout: Layout,
+    anchor: &'static str,
+    also: &'static [&'static str],
+    ndim: Option<usize>,
+    inner: Option<&'static str>,
+) -> Signature {
+    Signature {
+        family,
+        layout,
+        anchor,
+        also,
+        ndim,
+        inner,
+    }
+}
+
+#[rustfmt::skip]
 const SIGNATURES: &[Signature] = &[
-    Signature {
-        family: Family::WanDit,
-        layout: Layout::Original,
-        anchor: "blocks.#.self_attn.q.weight",
-        also: &["blocks.#.cross_attn.q.weight"],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::WanDit,
-        layout: Layout::Original,
-        anchor: "patch_embedding.weight",
-        also: &["time_embedding.0.weight"],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::WanDit,
-        layout: Layout::Diffusers,
-        anchor: "blocks.#.attn1.to_q.weight",
-        also: &["blocks.#.ffn.net.0.proj.weight"],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::WanDit,
-        layout: Layout::Diffusers,
-        anchor: "condition_embedder.time_embedder.linear_1.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::Unet,
-        layout: Layout::Original,
-        anchor: "input_blocks.#.0.in_layers.2.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::Unet,
-        layout: Layout::Original,
-        anchor: "output_blocks.#.0.in_layers.2.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::Unet,
-        layout: Layout::Diffusers,
-        anchor: "down_blocks.#.resnets.#.time_emb_proj.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::Unet,
-        layout: Layout::Diffusers,
-        anchor: "up_blocks.#.resnets.#.time_emb_proj.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::SdxlVae,
-        layout: Layout::Original,
-        anchor: "encoder.down.#.block.#.conv1.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::SdxlVae,
-        layout: Layout::Original,
-        anchor: "decoder.up.#.block.#.conv1.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::SdxlVae,
-        layout: Layout::Diffusers,
-        anchor: "encoder.down_blocks.#.resnets.#.conv1.weight",
-        also: &[],
-        ndim: Some(4),
-        inner: None,
-    },
-    Signature {
-        family: Family::SdxlVae,
-        layout: Layout::Diffusers,
-        anchor: "decoder.up_blocks.#.resnets.#.conv1.weight",
-        also: &[],
-        ndim: Some(4),
-        inner: None,
-    },
-    Signature {
-        family: Family::WanVae,
-        layout: Layout::Original,
-        anchor: "encoder.downsamples.#.residual.2.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::WanVae,
-        layout: Layout::Original,
-        anchor: "decoder.upsamples.#.residual.2.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::WanVae,
-        layout: Layout::Diffusers,
-        anchor: "encoder.down_blocks.#.conv1.weight",
-        also: &[],
-        ndim: Some(5),
-        inner: None,
-    },
-    Signature {
-        family: Family::WanVae,
-        layout: Layout::Diffusers,
-        anchor: "decoder.up_blocks.#.resnets.#.conv1.weight",
-        also: &[],
-        ndim: Some(5),
-        inner: None,
-    },
-    Signature {
-        family: Family::HfClipText,
-        layout: Layout::HfTransformers,
-        anchor: "embeddings.token_embedding.weight",
-        also: &[],
-        ndim: None,
-        inner: Some("text_model."),
-    },
-    Signature {
-        family: Family::HfClipText,
-        layout: Layout::HfTransformers,
-        anchor: "encoder.layers.#.self_attn.q_proj.weight",
-        also: &["final_layer_norm.weight"],
-        ndim: None,
-        inner: Some("text_model."),
-    },
-    Signature {
-        family: Family::OpenClipText,
-        layout: Layout::Original,
-        anchor: "transformer.resblocks.#.attn.in_proj_weight",
-        also: &["ln_final.weight"],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::OpenClipText,
-        layout: Layout::Original,
-        anchor: "token_embedding.weight",
-        also: &["positional_embedding"],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::ClipVision,
-        layout: Layout::HfTransformers,
-        anchor: "embeddings.patch_embedding.weight",
-        also: &[],
-        ndim: None,
-        inner: Some("vision_model."),
-    },
-    Signature {
-        family: Family::ClipVision,
-        layout: Layout::HfTransformers,
-        anchor: "encoder.layers.#.self_attn.q_proj.weight",
-        also: &["post_layernorm.weight"],
-        ndim: None,
-        inner: Some("vision_model."),
-    },
-    Signature {
-        family: Family::Umt5,
-        layout: Layout::HfTransformers,
-        anchor: "encoder.block.#.layer.0.SelfAttention.q.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::Umt5,
-        layout: Layout::LlamaCpp,
-        anchor: "enc.blk.#.attn_q.weight",
-        also: &[],
-        ndim: None,
-        inner: None,
-    },
-    Signature {
-        family: Family::Umt5,
-        layout: Layout::LlamaCpp,
-        anchor: "token_embd.weight",
-        also: &["enc.output_norm.weight"],
-        ndim: None,
-        inner: None,
-    },
+    // family, layout, anchor, also, anchor rank, inner prefix
+    sig(Family::WanDit, Layout::Original, "blocks.#.self_attn.q.weight", &["blocks.#.cross_attn.q.weight"], None, None),
+    sig(Family::WanDit, Layout::Original, "patch_embedding.weight", &["time_embedding.0.weight"], None, None),
+    sig(Family::WanDit, Layout::Diffusers, "blocks.#.attn1.to_q.weight", &["blocks.#.ffn.net.0.proj.weight"], None, None),
+    sig(Family::WanDit, Layout::Diffusers, "condition_embedder.time_embedder.linear_1.weight", &[], None, None),
+    sig(Family::Unet, Layout::Original, "input_blocks.#.0.in_layers.2.weight", &[], None, None),
+    sig(Family::Unet, Layout::Original, "output_blocks.#.0.in_layers.2.weight", &[], None, None),
+    sig(Family::Unet, Layout::Diffusers, "down_blocks.#.resnets.#.time_emb_proj.weight", &[], None, None),
+    sig(Family::Unet, Layout::Diffusers, "up_blocks.#.resnets.#.time_emb_proj.weight", &[], None, None),
+    sig(Family::SdxlVae, Layout::Original, "encoder.down.#.block.#.conv1.weight", &[], None, None),
+    sig(Family::SdxlVae, Layout::Original, "decoder.up.#.block.#.conv1.weight", &[], None, None),
+    sig(Family::SdxlVae, Layout::Diffusers, "encoder.down_blocks.#.resnets.#.conv1.weight", &[], Some(4), None),
+    sig(Family::SdxlVae, Layout::Diffusers, "decoder.up_blocks.#.resnets.#.conv1.weight", &[], Some(4), None),
+    sig(Family::WanVae, Layout::Original, "encoder.downsamples.#.residual.2.weight", &[], None, None),
+    sig(Family::WanVae, Layout::Original, "decoder.upsamples.#.residual.2.weight", &[], None, None),
+    sig(Family::WanVae, Layout::Diffusers, "encoder.down_blocks.#.conv1.weight", &[], Some(5), None),
+    sig(Family::WanVae, Layout::Diffusers, "decoder.up_blocks.#.resnets.#.conv1.weight", &[], Some(5), None),
+    sig(Family::HfClipText, Layout::HfTransformers, "embeddings.token_embedding.weight", &[], None, Some("text_model.")),
+    sig(Family::HfClipText, Layout::HfTransformers, "encoder.layers.#.self_attn.q_proj.weight", &["final_layer_norm.weight"], None, Some("text_model.")),
+    sig(Family::OpenClipText, Layout::Original, "transformer.resblocks.#.attn.in_proj_weight", &["ln_final.weight"], None, None),
+    sig(Family::OpenClipText, Layout::Original, "token_embedding.weight", &["positional_embedding"], None, None),
+    sig(Family::ClipVision, Layout::HfTransformers, "embeddings.patch_embedding.weight", &[], None, Some("vision_model.")),
+    sig(Family::ClipVision, Layout::HfTransformers, "encoder.layers.#.self_attn.q_proj.weight", &["post_layernorm.weight"], None, Some("vision_model.")),
+    sig(Family::Umt5, Layout::HfTransformers, "encoder.block.#.layer.0.SelfAttention.q.weight", &[], None, None),
+    sig(Family::Umt5, Layout::LlamaCpp, "enc.blk.#.attn_q.weight", &[], None, None),
+    sig(Family::Umt5, Layout::LlamaCpp, "token_embd.weight", &["enc.output_norm.weight"], None, None),
 ];
 
 #[derive(Clone, Debug)]
@@ -879,19 +733,6 @@ fn canonical_shapes(
         }
     }
     shapes
-}
-
-fn family_arch_guess(family: Family) -> Architecture {
-    match family {
-        Family::WanDit => Architecture::WanDitI2v,
-        Family::Unet => Architecture::SdxlUnet,
-        Family::Umt5 => Architecture::Umt5,
-        Family::OpenClipText => Architecture::ClipG,
-        Family::HfClipText => Architecture::ClipL,
-        Family::ClipVision => Architecture::ClipVisionH,
-        Family::WanVae => Architecture::WanVae,
-        Family::SdxlVae => Architecture::SdxlVae,
-    }
 }
 
 /// Infer the block structure the name maps need from the stored names of one component.
@@ -1202,7 +1043,8 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
     }];
     for c in &candidates {
         if c.family != best.family || c.prefix != best.prefix {
-            let arch = family_arch_guess(c.family);
+            let cctx = infer_context(&entries, c.family, c.layout, &c.prefix);
+            let arch = resolve(&entries, &cctx, c.family, c.layout, &c.prefix, &meta).arch;
             if !components
                 .iter()
                 .any(|x| x.prefix == c.prefix && x.architecture == arch)
@@ -1270,7 +1112,7 @@ fn checkpoint(
 
     // Largest coverage first, so that one component of each kind wins.
     let mut others: Vec<&Candidate> = others.to_vec();
-    others.sort_by(|a, b| b.coverage.cmp(&a.coverage));
+    others.sort_by_key(|c| std::cmp::Reverse(c.coverage));
     let (mut l_sum, mut g_sum, mut v_sum) = (None, None, None);
     for c in others {
         let cctx = infer_context(entries, c.family, c.layout, &c.prefix);
@@ -1316,7 +1158,7 @@ fn checkpoint(
         architecture: Architecture::SdxlCheckpoint,
         layout: unet.layout,
         prefix: None,
-        config: ArchConfig::SdxlCheckpoint(cfg),
+        config: ArchConfig::SdxlCheckpoint(Box::new(cfg)),
         summary: format!("SDXL checkpoint: {}", parts.join("; ")),
         components,
         context: ctx,
