@@ -123,7 +123,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             )?;
         }
     }
-    writeln!(out, "parameters:   {}", human_count(params))?;
+    writeln!(out, "parameters:    {}", human_count(params))?;
     writeln!(out, "types:")?;
     for (ty, (n, b)) in &by_type {
         writeln!(out, "  {ty:<8} {n:>6} tensors  {:>10}", human_bytes(*b))?;
@@ -178,6 +178,7 @@ fn short_value(v: &MetaValue) -> String {
             "[{}]",
             a.iter().map(short_value).collect::<Vec<_>>().join(", ")
         ),
+        MetaValue::F32(f) => f.to_string(),
         other => other.to_json().to_string(),
     }
 }
