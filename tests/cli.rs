@@ -389,3 +389,15 @@ fn bad_files_give_one_clear_line() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("/no/such/file.gguf"));
 }
+
+#[test]
+fn devices_lists_the_cpu() {
+    let o = nijigen(&["devices", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cpu = v.as_array().unwrap().iter().find(|d| d["kind"] == "cpu").expect("no cpu device");
+    assert_eq!(cpu["device"], "cpu");
+    assert!(cpu["total_bytes"].as_u64().unwrap() > 0);
+    let o = nijigen(&["devices"]);
+    assert!(stdout(&o).lines().nth(1).unwrap().starts_with("cpu "), "{}", stdout(&o));
+}

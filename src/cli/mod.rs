@@ -2,6 +2,7 @@
 //! one place where errors become messages and exit codes.
 
 mod convert;
+mod devices;
 mod info;
 
 use std::io::Write;
@@ -29,6 +30,8 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Show a weight file's format, architecture, inferred config, sizes and metadata.
     Info(info::InfoArgs),
+    /// List the compute devices of this build (CPU; CUDA GPUs) with free and total memory.
+    Devices(devices::DevicesArgs),
 }
 
 /// Sets up `tracing` on stderr. `RUST_LOG` wins over `-v`.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Convert(args) => convert::run(args, quiet),
         Command::Info(args) => info::run(args),
+        Command::Devices(args) => devices::run(args),
     }
 }
 
