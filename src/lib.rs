@@ -5,3 +5,4 @@ pub mod cli;
 pub mod formats;
 pub mod ggml;
 pub mod quantize;
+pub mod sampling;
