@@ -5,4 +5,5 @@ pub mod cli;
 pub mod formats;
 pub mod ggml;
 pub mod quantize;
+pub mod sampling;
 pub mod text;

@@ -1,0 +1,646 @@
+//! Noise schedules ("model sampling") and the sigma lists ComfyUI's schedulers build from them.
+//!
+//! Two model families:
+//! * [`DiscreteSchedule`]: SDXL's 1000 training steps with scaled-linear betas
+//!   (`ModelSamplingDiscrete`), sigma = sqrt((1 - alphas_cumprod) / alphas_cumprod), eps- or
+//!   v-prediction.
+//! * [`FlowSchedule`]: Wan's rectified flow (`ModelSamplingDiscreteFlow`, `CONST`):
+//!   sigma(t) = shift t / (1 + (shift - 1) t), model timestep = 1000 sigma.
+//!
+//! The arithmetic follows ComfyUI's tensor code operation by operation, in float32 where ComfyUI
+//! uses float32 tensors (and float64 where it uses Python floats), so the lists agree with
+//! ComfyUI's to the last bit or within one ulp (see `tests/sampling_reference.rs`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::param::Parameterization;
+use super::SamplingError;
+
+/// `torch.linspace(start, end, steps)` for float32 on the CPU (the kernel computes
+/// `start + step * i` for the first half and `end - step * (steps - i - 1)` for the rest, both
+/// as fused multiply-adds).
+pub fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    match steps {
+        0 => Vec::new(),
+        1 => vec![start],
+        _ => {
+            let step = (end - start) / (steps - 1) as f32;
+            let halfway = steps / 2;
+            (0..steps)
+                .map(|i| {
+                    if i < halfway {
+                        step.mul_add(i as f32, start)
+                    } else {
+                        (-step).mul_add((steps - i - 1) as f32, end)
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// `torch.linspace(start, end, steps, dtype=torch.float64)` on the CPU.
+pub fn torch_linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
+    match steps {
+        0 => Vec::new(),
+        1 => vec![start],
+        _ => {
+            let step = (end - start) / (steps - 1) as f64;
+            let halfway = steps / 2;
+            (0..steps)
+                .map(|i| {
+                    if i < halfway {
+                        step.mul_add(i as f64, start)
+                    } else {
+                        (-step).mul_add((steps - i - 1) as f64, end)
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// The discrete (DDPM-style) schedule of SDXL and SD1.x: a table of 1000 sigmas, one per
+/// training timestep, ascending (index 0 = least noise).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiscreteSchedule {
+    sigmas: Vec<f32>,
+    log_sigmas: Vec<f32>,
+    v_prediction: bool,
+}
+
+impl DiscreteSchedule {
+    /// SDXL: 1000 scaled-linear betas from 0.00085 to 0.012, eps-prediction.
+    pub fn sdxl() -> Self {
+        // Constant, valid arguments: cannot fail.
+        Self::build(0.00085, 0.012, 1000)
+    }
+
+    /// A scaled-linear beta schedule (`betas = linspace(sqrt(start), sqrt(end), n)^2`, ComfyUI's
+    /// "linear"), eps-prediction.
+    pub fn scaled_linear(
+        beta_start: f64,
+        beta_end: f64,
+        timesteps: usize,
+    ) -> Result<Self, SamplingError> {
+        let ok = beta_start.is_finite()
+            && beta_end.is_finite()
+            && beta_start > 0.0
+            && beta_end >= beta_start
+            && beta_end < 1.0
+            && timesteps >= 2;
+        if !ok {
+            return Err(SamplingError::InvalidSchedule {
+                reason: format!(
+                    "scaled-linear betas need 0 < start <= end < 1 and at least 2 timesteps \
+                     (got start {beta_start}, end {beta_end}, {timesteps} timesteps)"
+                ),
+            });
+        }
+        Ok(Self::build(beta_start, beta_end, timesteps))
+    }
+
+    fn build(beta_start: f64, beta_end: f64, timesteps: usize) -> Self {
+        // comfy/ldm/modules/diffusionmodules/util.py make_beta_schedule("linear"), in float64.
+        let roots = torch_linspace_f64(beta_start.powf(0.5), beta_end.powf(0.5), timesteps);
+        let mut cumprod = 1.0f64;
+        let mut sigmas = Vec::with_capacity(timesteps);
+        let mut log_sigmas = Vec::with_capacity(timesteps);
+        for r in roots {
+            let beta = r * r;
+            cumprod *= 1.0 - beta;
+            let sigma = ((1.0 - cumprod) / cumprod).sqrt();
+            sigmas.push(sigma as f32);
+            log_sigmas.push(sigma.ln() as f32);
+        }
+        Self {
+            sigmas,
+            log_sigmas,
+            v_prediction: false,
+        }
+    }
+
+    /// Marks the model as v-prediction (Illustrious/NoobAI v-pred checkpoints).
+    pub fn with_v_prediction(mut self, v_prediction: bool) -> Self {
+        self.v_prediction = v_prediction;
+        self
+    }
+
+    /// Whether the model predicts v (else eps).
+    pub fn is_v_prediction(&self) -> bool {
+        self.v_prediction
+    }
+
+    /// The model output's parameterisation.
+    pub fn parameterization(&self) -> Parameterization {
+        if self.v_prediction {
+            Parameterization::V
+        } else {
+            Parameterization::Eps
+        }
+    }
+
+    /// The sigma table, ascending, indexed by training timestep.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// `log(sigma)` per timestep (computed in float64, stored as float32, as ComfyUI does).
+    pub fn log_sigmas(&self) -> &[f32] {
+        &self.log_sigmas
+    }
+
+    /// The smallest sigma (timestep 0).
+    pub fn sigma_min(&self) -> f32 {
+        self.sigmas[0]
+    }
+
+    /// The largest sigma (last timestep; 14.6146 for SDXL).
+    pub fn sigma_max(&self) -> f32 {
+        self.sigmas[self.sigmas.len() - 1]
+    }
+
+    /// ComfyUI `ModelSamplingDiscrete.timestep`: the timestep whose log-sigma is nearest to
+    /// `log(sigma)` (first one on ties). This integer is what the UNet receives.
+    pub fn sigma_to_timestep(&self, sigma: f32) -> usize {
+        let ls = sigma.ln();
+        let mut best = 0;
+        let mut best_d = f32::INFINITY;
+        for (i, &l) in self.log_sigmas.iter().enumerate() {
+            let d = (ls - l).abs();
+            if d < best_d {
+                best_d = d;
+                best = i;
+            }
+        }
+        best
+    }
+
+    /// ComfyUI `ModelSamplingDiscrete.sigma`: log-linear interpolation of the table at a
+    /// (fractional) timestep, clamped to the table.
+    pub fn timestep_to_sigma(&self, timestep: f32) -> f32 {
+        let last = (self.sigmas.len() - 1) as f32;
+        let t = if timestep.is_nan() {
+            timestep
+        } else {
+            timestep.clamp(0.0, last)
+        };
+        let low = t.floor();
+        let high = t.ceil();
+        let w = t - t.trunc();
+        let (li, hi) = (low as usize, high as usize);
+        let (Some(&l), Some(&h)) = (self.log_sigmas.get(li), self.log_sigmas.get(hi)) else {
+            return f32::NAN;
+        };
+        ((1.0 - w) * l + w * h).exp()
+    }
+
+    /// ComfyUI `percent_to_sigma` (start/end percentages of a schedule): 1e9 for `percent <= 0`,
+    /// 0 for `percent >= 1`.
+    pub fn percent_to_sigma(&self, percent: f64) -> f32 {
+        if percent <= 0.0 {
+            return 999_999_999.9;
+        }
+        if percent >= 1.0 {
+            return 0.0;
+        }
+        self.timestep_to_sigma(((1.0 - percent) * 999.0) as f32)
+    }
+}
+
+/// `time_snr_shift(alpha, t)` on a float32 value, as ComfyUI evaluates it on tensors.
+fn time_snr_shift_f32(shift: f64, t: f32) -> f32 {
+    if shift == 1.0 {
+        return t;
+    }
+    let a = shift as f32;
+    let am1 = (shift - 1.0) as f32;
+    a * t / (1.0 + am1 * t)
+}
+
+/// `time_snr_shift(alpha, t)` on Python floats.
+fn time_snr_shift_f64(shift: f64, t: f64) -> f64 {
+    if shift == 1.0 {
+        return t;
+    }
+    shift * t / (1.0 + (shift - 1.0) * t)
+}
+
+/// Wan's flow-matching schedule (`ModelSamplingDiscreteFlow` with multiplier 1000):
+/// `sigma(t) = shift * t / (1 + (shift - 1) * t)` for `t` in (0, 1], model timestep = 1000 sigma.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowSchedule {
+    shift: f64,
+    sigmas: Vec<f32>,
+}
+
+impl FlowSchedule {
+    /// Number of table entries and the timestep multiplier (ComfyUI defaults).
+    const TIMESTEPS: usize = 1000;
+    const MULTIPLIER: f32 = 1000.0;
+
+    /// A flow schedule with the given shift (Wan 2.1 480p: 3.0, 720p: 5.0; ComfyUI's Wan
+    /// default without a ModelSamplingSD3 node: 8.0).
+    pub fn new(shift: f64) -> Result<Self, SamplingError> {
+        if !(shift.is_finite() && shift > 0.0) {
+            return Err(SamplingError::InvalidSchedule {
+                reason: format!("flow shift must be finite and > 0, got {shift}"),
+            });
+        }
+        // ts = sigma((arange(1, 1001) / 1000) * 1000), all float32.
+        let sigmas = (1..=Self::TIMESTEPS)
+            .map(|i| {
+                let t = (i as f32 / Self::TIMESTEPS as f32) * Self::MULTIPLIER;
+                time_snr_shift_f32(shift, t / Self::MULTIPLIER)
+            })
+            .collect();
+        Ok(Self { shift, sigmas })
+    }
+
+    /// Wan 2.1 at 480p (shift 3.0).
+    pub fn wan_480p() -> Self {
+        Self::new(3.0).unwrap_or_else(|_| unreachable!("3.0 is a valid shift"))
+    }
+
+    /// Wan 2.1 at 720p (shift 5.0).
+    pub fn wan_720p() -> Self {
+        Self::new(5.0).unwrap_or_else(|_| unreachable!("5.0 is a valid shift"))
+    }
+
+    /// The shift.
+    pub fn shift(&self) -> f64 {
+        self.shift
+    }
+
+    /// The 1000-entry sigma table, ascending.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// The smallest table sigma (shifted 0.001).
+    pub fn sigma_min(&self) -> f32 {
+        self.sigmas[0]
+    }
+
+    /// The largest table sigma (1.0).
+    pub fn sigma_max(&self) -> f32 {
+        self.sigmas[self.sigmas.len() - 1]
+    }
+
+    /// Model timestep for a sigma: `sigma * 1000`.
+    pub fn sigma_to_timestep(&self, sigma: f32) -> f32 {
+        sigma * Self::MULTIPLIER
+    }
+
+    /// Sigma for a model timestep: `time_snr_shift(shift, timestep / 1000)`.
+    pub fn timestep_to_sigma(&self, timestep: f32) -> f32 {
+        time_snr_shift_f32(self.shift, timestep / Self::MULTIPLIER)
+    }
+
+    /// ComfyUI `percent_to_sigma`: 1 for `percent <= 0`, 0 for `percent >= 1`.
+    pub fn percent_to_sigma(&self, percent: f64) -> f64 {
+        if percent <= 0.0 {
+            return 1.0;
+        }
+        if percent >= 1.0 {
+            return 0.0;
+        }
+        time_snr_shift_f64(self.shift, 1.0 - percent)
+    }
+
+    /// The sigmas of the official Wan 2.1 sampler (`FlowUniPCMultistepScheduler.set_timesteps`
+    /// in wan/utils/fm_solvers_unipc.py): `linspace(0.999, 0, steps + 1)[:-1]` shifted, then 0.
+    /// The official pipeline feeds the model `trunc(1000 sigma)` (see
+    /// [`FlowSchedule::wan_official_timesteps`]).
+    pub fn wan_official_sigmas(&self, steps: usize) -> Result<Vec<f32>, SamplingError> {
+        Ok(self
+            .wan_official_f64(steps)?
+            .into_iter()
+            .map(|s| s as f32)
+            .chain(std::iter::once(0.0))
+            .collect())
+    }
+
+    /// The integer timesteps the official Wan 2.1 pipeline passes to the DiT, one per step.
+    pub fn wan_official_timesteps(&self, steps: usize) -> Result<Vec<i64>, SamplingError> {
+        Ok(self
+            .wan_official_f64(steps)?
+            .into_iter()
+            .map(|s| (s * 1000.0) as i64)
+            .collect())
+    }
+
+    fn wan_official_f64(&self, steps: usize) -> Result<Vec<f64>, SamplingError> {
+        if steps == 0 {
+            return Err(SamplingError::ZeroSteps);
+        }
+        // The training table is built with shift 1: sigma_max = f32(1 - 1/1000), sigma_min = 0.
+        let sigma_max = f64::from((1.0f64 - 1.0 / 1000.0) as f32);
+        let sigma_min = 0.0f64;
+        // numpy.linspace: i * step + start (two roundings).
+        let step = (sigma_min - sigma_max) / steps as f64;
+        let shift = self.shift;
+        Ok((0..steps)
+            .map(|i| {
+                let s = i as f64 * step + sigma_max;
+                shift * s / (1.0 + (shift - 1.0) * s)
+            })
+            .collect())
+    }
+}
+
+/// A model's noise schedule: what the schedulers and samplers need to know about it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelSampling {
+    /// SDXL-style discrete schedule (eps or v prediction).
+    Discrete(DiscreteSchedule),
+    /// Wan-style rectified flow.
+    Flow(FlowSchedule),
+}
+
+impl ModelSampling {
+    /// How to turn the network output into a denoised latent.
+    pub fn parameterization(&self) -> Parameterization {
+        match self {
+            Self::Discrete(d) => d.parameterization(),
+            Self::Flow(_) => Parameterization::Flow,
+        }
+    }
+
+    /// Whether this is a flow model (ComfyUI's `CONST`).
+    pub fn is_flow(&self) -> bool {
+        matches!(self, Self::Flow(_))
+    }
+
+    /// The smallest sigma of the table.
+    pub fn sigma_min(&self) -> f32 {
+        match self {
+            Self::Discrete(d) => d.sigma_min(),
+            Self::Flow(f) => f.sigma_min(),
+        }
+    }
+
+    /// The largest sigma of the table.
+    pub fn sigma_max(&self) -> f32 {
+        match self {
+            Self::Discrete(d) => d.sigma_max(),
+            Self::Flow(f) => f.sigma_max(),
+        }
+    }
+
+    /// The timestep value the network receives for `sigma` (discrete: nearest table index;
+    /// flow: `1000 sigma`).
+    pub fn timestep(&self, sigma: f32) -> f32 {
+        match self {
+            Self::Discrete(d) => d.sigma_to_timestep(sigma) as f32,
+            Self::Flow(f) => f.sigma_to_timestep(sigma),
+        }
+    }
+
+    /// Sigma at a model timestep (inverse of [`ModelSampling::timestep`]).
+    pub fn sigma(&self, timestep: f32) -> f32 {
+        match self {
+            Self::Discrete(d) => d.timestep_to_sigma(timestep),
+            Self::Flow(f) => f.timestep_to_sigma(timestep),
+        }
+    }
+
+    /// ComfyUI `percent_to_sigma`.
+    pub fn percent_to_sigma(&self, percent: f64) -> f64 {
+        match self {
+            Self::Discrete(d) => f64::from(d.percent_to_sigma(percent)),
+            Self::Flow(f) => f.percent_to_sigma(percent),
+        }
+    }
+
+    fn table_len(&self) -> usize {
+        match self {
+            Self::Discrete(d) => d.sigmas().len(),
+            Self::Flow(f) => f.sigmas().len(),
+        }
+    }
+
+    fn table(&self, i: usize) -> f32 {
+        match self {
+            Self::Discrete(d) => d.sigmas()[i],
+            Self::Flow(f) => f.sigmas()[i],
+        }
+    }
+
+    /// The sigma list of `steps` steps for a ComfyUI scheduler, ending with 0.0
+    /// (`steps + 1` values).
+    pub fn sigmas(&self, scheduler: Scheduler, steps: usize) -> Result<Vec<f32>, SamplingError> {
+        if steps == 0 {
+            return Err(SamplingError::ZeroSteps);
+        }
+        Ok(match scheduler {
+            Scheduler::Normal => self.normal_scheduler(steps, false),
+            Scheduler::SgmUniform => self.normal_scheduler(steps, true),
+            Scheduler::Simple => self.simple_scheduler(steps),
+            Scheduler::Karras => karras(
+                steps,
+                f64::from(self.sigma_min()),
+                f64::from(self.sigma_max()),
+                7.0,
+            ),
+            Scheduler::Exponential => exponential(
+                steps,
+                f64::from(self.sigma_min()),
+                f64::from(self.sigma_max()),
+            ),
+        })
+    }
+
+    /// `comfy.samplers.normal_scheduler` (and `sgm_uniform` with `sgm`): uniform in model
+    /// timestep between the largest and the smallest sigma.
+    fn normal_scheduler(&self, steps: usize, sgm: bool) -> Vec<f32> {
+        let start = self.timestep(self.sigma_max());
+        let end = self.timestep(self.sigma_min());
+        let mut append_zero = true;
+        let timesteps = if sgm {
+            let mut t = torch_linspace_f32(start, end, steps + 1);
+            t.pop();
+            t
+        } else {
+            let mut n = steps;
+            if f64::from(self.sigma(end)).abs() <= 0.00001 {
+                n += 1;
+                append_zero = false;
+            }
+            torch_linspace_f32(start, end, n)
+        };
+        let mut sigmas: Vec<f32> = timesteps.into_iter().map(|t| self.sigma(t)).collect();
+        if append_zero {
+            sigmas.push(0.0);
+        }
+        sigmas
+    }
+
+    /// `comfy.samplers.simple_scheduler`: every (1000 / steps)-th table entry from the top.
+    fn simple_scheduler(&self, steps: usize) -> Vec<f32> {
+        let len = self.table_len();
+        let ss = len as f64 / steps as f64;
+        let mut sigmas: Vec<f32> = (0..steps)
+            .map(|x| {
+                let back = 1 + (x as f64 * ss) as usize;
+                self.table(len.saturating_sub(back))
+            })
+            .collect();
+        sigmas.push(0.0);
+        sigmas
+    }
+}
+
+/// k-diffusion `get_sigmas_karras` (float32 tensors, Python-float endpoints), with 0 appended.
+fn karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f32> {
+    let ramp = torch_linspace_f32(0.0, 1.0, n);
+    let min_inv_rho = sigma_min.powf(1.0 / rho);
+    let max_inv_rho = sigma_max.powf(1.0 / rho);
+    let span = (min_inv_rho - max_inv_rho) as f32;
+    let base = max_inv_rho as f32;
+    let rho = rho as f32;
+    ramp.into_iter()
+        .map(|r| (base + r * span).powf(rho))
+        .chain(std::iter::once(0.0))
+        .collect()
+}
+
+/// k-diffusion `get_sigmas_exponential`, with 0 appended.
+fn exponential(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f32> {
+    torch_linspace_f32(sigma_max.ln() as f32, sigma_min.ln() as f32, n)
+        .into_iter()
+        .map(f32::exp)
+        .chain(std::iter::once(0.0))
+        .collect()
+}
+
+/// The ComfyUI schedulers this crate reproduces (by their ComfyUI names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheduler {
+    /// `normal`: uniform in model timestep.
+    Normal,
+    /// `karras`: Karras et al. (2022), rho 7.
+    Karras,
+    /// `exponential`: uniform in log sigma.
+    Exponential,
+    /// `simple`: evenly strided table entries (= diffusers "trailing").
+    Simple,
+    /// `sgm_uniform`: like `normal` with `steps + 1` points, the last dropped.
+    SgmUniform,
+}
+
+impl Scheduler {
+    /// All schedulers, in ComfyUI's menu order.
+    pub const ALL: [Scheduler; 5] = [
+        Scheduler::Normal,
+        Scheduler::Karras,
+        Scheduler::Exponential,
+        Scheduler::SgmUniform,
+        Scheduler::Simple,
+    ];
+
+    /// The ComfyUI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Normal => "normal",
+            Scheduler::Karras => "karras",
+            Scheduler::Exponential => "exponential",
+            Scheduler::Simple => "simple",
+            Scheduler::SgmUniform => "sgm_uniform",
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scheduler {
+    type Err = SamplingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scheduler::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| SamplingError::UnknownScheduler {
+                name: s.to_owned(),
+                expected: Scheduler::ALL.map(Scheduler::name).join(", "),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdxl_table_endpoints() {
+        let d = DiscreteSchedule::sdxl();
+        assert_eq!(d.sigmas().len(), 1000);
+        assert!((d.sigma_min() - 0.029_167_5).abs() < 1e-6);
+        assert!((d.sigma_max() - 14.614_642).abs() < 1e-4);
+        assert_eq!(d.sigma_to_timestep(d.sigma_max()), 999);
+        assert_eq!(d.sigma_to_timestep(d.sigma_min()), 0);
+        assert!((d.timestep_to_sigma(999.0) - d.sigma_max()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn flow_table_and_inverse() {
+        let f = FlowSchedule::new(3.0).unwrap();
+        assert_eq!(f.sigma_max(), 1.0);
+        let t = 0.25f32;
+        let s = f.timestep_to_sigma(t * 1000.0);
+        assert!((s - 0.5).abs() < 1e-6, "{s}");
+        assert_eq!(f.sigma_to_timestep(0.5), 500.0);
+        assert!(FlowSchedule::new(0.0).is_err());
+        assert!(FlowSchedule::new(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn every_list_ends_in_zero_and_decreases() {
+        for ms in [
+            ModelSampling::Discrete(DiscreteSchedule::sdxl()),
+            ModelSampling::Flow(FlowSchedule::wan_480p()),
+        ] {
+            for s in Scheduler::ALL {
+                for steps in [1, 2, 7, 50] {
+                    let v = ms.sigmas(s, steps).unwrap();
+                    assert_eq!(v.len(), steps + 1, "{s} {steps}");
+                    assert_eq!(v[steps], 0.0);
+                    assert!(v.windows(2).all(|w| w[0] >= w[1]), "{s} {steps} {v:?}");
+                }
+                assert!(matches!(ms.sigmas(s, 0), Err(SamplingError::ZeroSteps)));
+            }
+        }
+    }
+
+    #[test]
+    fn scheduler_names_round_trip() {
+        for s in Scheduler::ALL {
+            assert_eq!(s.name().parse::<Scheduler>().unwrap(), s);
+        }
+        let err = "karas".parse::<Scheduler>().unwrap_err().to_string();
+        assert!(err.contains("karras"), "{err}");
+    }
+
+    #[test]
+    fn linspace_endpoints() {
+        let v = torch_linspace_f32(999.0, 0.0, 25);
+        assert_eq!(v[0], 999.0);
+        assert_eq!(v[24], 0.0);
+        assert_eq!(torch_linspace_f32(3.0, 4.0, 1), vec![3.0]);
+        assert!(torch_linspace_f32(3.0, 4.0, 0).is_empty());
+    }
+
+    #[test]
+    fn wan_official_sigmas_shape() {
+        let f = FlowSchedule::wan_480p();
+        let s = f.wan_official_sigmas(40).unwrap();
+        assert_eq!(s.len(), 41);
+        assert_eq!(s[40], 0.0);
+        assert_eq!(f.wan_official_timesteps(40).unwrap()[0], 999);
+    }
+}
