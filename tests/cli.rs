@@ -395,9 +395,18 @@ fn devices_lists_the_cpu() {
     let o = nijigen(&["devices", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let cpu = v.as_array().unwrap().iter().find(|d| d["kind"] == "cpu").expect("no cpu device");
+    let cpu = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "cpu")
+        .expect("no cpu device");
     assert_eq!(cpu["device"], "cpu");
     assert!(cpu["total_bytes"].as_u64().unwrap() > 0);
     let o = nijigen(&["devices"]);
-    assert!(stdout(&o).lines().nth(1).unwrap().starts_with("cpu "), "{}", stdout(&o));
+    assert!(
+        stdout(&o).lines().nth(1).unwrap().starts_with("cpu "),
+        "{}",
+        stdout(&o)
+    );
 }

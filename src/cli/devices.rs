@@ -19,7 +19,9 @@ fn spec_name(ggml_name: &str, kind: DeviceKind) -> String {
     // ggml names CUDA devices "CUDA0", "CUDA1"; `--device` spells them "cuda:0".
     let lower = ggml_name.to_ascii_lowercase();
     match lower.strip_prefix("cuda") {
-        Some(idx) if kind != DeviceKind::Cpu && idx.chars().all(|c| c.is_ascii_digit()) => format!("cuda:{idx}"),
+        Some(idx) if kind != DeviceKind::Cpu && idx.chars().all(|c| c.is_ascii_digit()) => {
+            format!("cuda:{idx}")
+        }
         _ => lower,
     }
 }
@@ -46,7 +48,11 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{:<10} {:<6} {:>12} {:>12}  description", "device", "kind", "free", "total")?;
+    writeln!(
+        out,
+        "{:<10} {:<6} {:>12} {:>12}  description",
+        "device", "kind", "free", "total"
+    )?;
     for d in &devs {
         let (free, total) = d.memory();
         writeln!(
@@ -60,9 +66,15 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
         )?;
     }
     if !cfg!(nijigen_cuda) {
-        writeln!(out, "(this build has no CUDA backend; build with --features cuda for NVIDIA GPUs)")?;
+        writeln!(
+            out,
+            "(this build has no CUDA backend; build with --features cuda for NVIDIA GPUs)"
+        )?;
     } else if !devs.iter().any(|d| d.kind() == DeviceKind::Gpu) {
-        writeln!(out, "(built with CUDA, but no GPU was found: check the driver and CUDA_VISIBLE_DEVICES)")?;
+        writeln!(
+            out,
+            "(built with CUDA, but no GPU was found: check the driver and CUDA_VISIBLE_DEVICES)"
+        )?;
     }
     Ok(())
 }
