@@ -5,5 +5,6 @@ pub mod cli;
 pub mod formats;
 pub mod ggml;
 pub mod quantize;
+pub mod runtime;
 pub mod sampling;
 pub mod text;

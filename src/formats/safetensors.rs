@@ -620,6 +620,11 @@ impl SafetensorsFile {
     }
 
     /// The files, in shard order.
+    /// The whole mapped bytes of shard `shard` (empty if out of range).
+    pub fn map_bytes(&self, shard: usize) -> &[u8] {
+        self.maps.get(shard).map(|m| &m[..]).unwrap_or(&[])
+    }
+
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths
     }

@@ -177,6 +177,20 @@ impl WeightFile {
         }
     }
 
+    /// The whole mapped bytes of file `shard` (tensor offsets are absolute in it).
+    pub fn map(&self, shard: usize) -> &[u8] {
+        match &self.inner {
+            Inner::Gguf(g) => {
+                if shard == 0 {
+                    g.bytes()
+                } else {
+                    &[]
+                }
+            }
+            Inner::Safetensors(s) => s.map_bytes(shard),
+        }
+    }
+
     /// Total bytes of tensor data.
     pub fn data_bytes(&self) -> u64 {
         self.tensors().iter().map(|t| t.size).sum()

@@ -320,6 +320,14 @@ impl<'d> Buffer<'d> {
             .ok_or_else(|| GgmlError::Backend("ggml_backend_cpu_buffer_from_ptr failed".into()))
     }
 
+    /// Takes ownership of a buffer ggml allocated (None if null).
+    pub(crate) fn from_raw(ptr: sys::ggml_backend_buffer_t) -> Option<Buffer<'static>> {
+        NonNull::new(ptr).map(|ptr| Buffer {
+            ptr,
+            _data: PhantomData,
+        })
+    }
+
     pub fn size(&self) -> usize {
         // SAFETY: live buffer.
         unsafe { sys::ggml_backend_buffer_get_size(self.ptr.as_ptr()) }

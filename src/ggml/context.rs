@@ -120,6 +120,14 @@ pub struct Tensor<'c> {
 }
 
 impl<'c> Tensor<'c> {
+    /// Wraps a tensor pointer owned by a context that lives for `'c`.
+    pub(crate) fn from_raw(ptr: NonNull<sys::ggml_tensor>) -> Tensor<'c> {
+        Tensor {
+            ptr,
+            _ctx: PhantomData,
+        }
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut sys::ggml_tensor {
         self.ptr.as_ptr()
     }

@@ -8,6 +8,7 @@ mod backend;
 mod context;
 mod mmap;
 mod quant;
+mod tensor_set;
 mod types;
 
 #[cfg(test)]
@@ -22,6 +23,7 @@ pub use backend::{
 pub use context::{Context, Graph, Tensor, MAX_DIMS};
 pub use mmap::map_file;
 pub use quant::{can_quantize, dequantize, quantize};
+pub use tensor_set::TensorSet;
 pub use types::GgmlType;
 
 /// Errors from the ggml layer.

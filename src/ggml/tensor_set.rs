@@ -1,0 +1,150 @@
+//! A named set of weight tensors: one metadata context, tensors placed without copying into
+//! CPU buffers over borrowed host bytes (memory-mapped files), or copied into owned buffers
+//! when they had to be converted.
+
+use std::collections::HashMap;
+use std::ptr::NonNull;
+
+use ggml_sys as sys;
+
+use super::backend::Buffer;
+use super::context::{Context, Tensor};
+use super::{tensor_set, GgmlError, GgmlType};
+
+/// Weight tensors by name. `'d` is the lifetime of the host bytes the tensors point into.
+pub struct TensorSet<'d> {
+    // Field order is drop order: the context (tensor metadata) goes before the buffers.
+    ctx: Context,
+    index: HashMap<String, NonNull<sys::ggml_tensor>>,
+    order: Vec<String>,
+    /// One zero-copy buffer per distinct host region, keyed by (start address, length).
+    host: Vec<((usize, usize), Buffer<'d>)>,
+    owned: Vec<Buffer<'static>>,
+    bytes: u64,
+}
+
+impl<'d> TensorSet<'d> {
+    /// Room for `max_tensors` tensors.
+    pub fn new(max_tensors: usize) -> Result<TensorSet<'d>, GgmlError> {
+        Ok(TensorSet {
+            ctx: Context::new_meta(max_tensors.max(1), 1)?,
+            index: HashMap::new(),
+            order: Vec::new(),
+            host: Vec::new(),
+            owned: Vec::new(),
+            bytes: 0,
+        })
+    }
+
+    fn declare(&mut self, name: &str, ty: GgmlType, ne: &[i64]) -> Result<Tensor<'_>, GgmlError> {
+        if self.index.contains_key(name) {
+            return Err(GgmlError::Backend(format!("tensor '{name}' added twice")));
+        }
+        if ne.is_empty() || ne.len() > 4 || ne.iter().any(|&n| n <= 0) {
+            return Err(GgmlError::Backend(format!(
+                "tensor '{name}': bad ggml shape {ne:?}"
+            )));
+        }
+        if ne[0] % ty.block_size() as i64 != 0 {
+            return Err(GgmlError::Backend(format!(
+                "tensor '{name}': row of {} is not a multiple of the {ty} block size",
+                ne[0]
+            )));
+        }
+        Ok(self.ctx.new_tensor(ty, ne).set_name(name))
+    }
+
+    /// Adds `name` pointing at `bytes[..]` of `region` (no copy). `region` is the whole mapped
+    /// file (its start must be 32-byte aligned, as page-aligned maps are); `offset` is where
+    /// the tensor's data starts in it.
+    pub fn add_mapped(
+        &mut self,
+        name: &str,
+        ty: GgmlType,
+        ne: &[i64],
+        region: &'d [u8],
+        offset: usize,
+    ) -> Result<(), GgmlError> {
+        let key = (region.as_ptr() as usize, region.len());
+        if !self.host.iter().any(|(k, _)| *k == key) {
+            self.host.push((key, Buffer::from_host_bytes(region)?));
+        }
+        let t = self.declare(name, ty, ne)?;
+        let ptr =
+            NonNull::new(t.as_ptr()).ok_or_else(|| GgmlError::Backend("null tensor".into()))?;
+        let size = t.nbytes();
+        let buf = &self.host.iter().find(|(k, _)| *k == key).map(|(_, b)| b);
+        let buf = buf.ok_or_else(|| GgmlError::Backend("host buffer missing".into()))?;
+        buf.place(Tensor::from_raw(ptr), offset)?;
+        self.finish_add(name, ptr, size);
+        Ok(())
+    }
+
+    /// Adds `name` with a copy of `data` in its own CPU buffer (for tensors that had to be
+    /// converted, e.g. f8 to f16).
+    pub fn add_owned(
+        &mut self,
+        name: &str,
+        ty: GgmlType,
+        ne: &[i64],
+        data: &[u8],
+    ) -> Result<(), GgmlError> {
+        let t = self.declare(name, ty, ne)?;
+        let ptr =
+            NonNull::new(t.as_ptr()).ok_or_else(|| GgmlError::Backend("null tensor".into()))?;
+        let size = t.nbytes();
+        if data.len() != size {
+            return Err(GgmlError::Backend(format!(
+                "tensor '{name}': {} bytes of data for {size}",
+                data.len()
+            )));
+        }
+        // SAFETY: the CPU buffer type is a static singleton; alloc returns null on failure.
+        let raw = unsafe {
+            sys::ggml_backend_buft_alloc_buffer(sys::ggml_backend_cpu_buffer_type(), size)
+        };
+        let buf = Buffer::from_raw(raw).ok_or(GgmlError::OutOfMemory {
+            what: "weight copy",
+            bytes: size,
+        })?;
+        buf.place(Tensor::from_raw(ptr), 0)?;
+        tensor_set(Tensor::from_raw(ptr), data)?;
+        self.owned.push(buf);
+        self.finish_add(name, ptr, size);
+        Ok(())
+    }
+
+    fn finish_add(&mut self, name: &str, ptr: NonNull<sys::ggml_tensor>, size: usize) {
+        self.index.insert(name.to_string(), ptr);
+        self.order.push(name.to_string());
+        self.bytes += size as u64;
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Option<Tensor<'_>> {
+        self.index.get(name).map(|&p| Tensor::from_raw(p))
+    }
+
+    /// Names in the order they were added.
+    pub fn names(&self) -> &[String] {
+        &self.order
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Bytes of tensor data in the set.
+    pub fn data_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Bytes copied into owned buffers (the rest is used in place).
+    pub fn copied_bytes(&self) -> u64 {
+        self.owned.iter().map(|b| b.size() as u64).sum()
+    }
+}
