@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::{rel_err, write_safetensors, St};
+use nijigen::ggml::{GgmlType, TensorSet};
 use nijigen::models::{ClipError, ClipLayout, ClipTextModel};
 use nijigen::nn::Activation;
 use nijigen::runtime::WeightStore;
@@ -294,9 +295,12 @@ fn missing_tensor_is_an_error_naming_it() {
     write(&path, &tensors, St::F32);
     let store = WeightStore::open_path(&path).unwrap();
     let set = store.load_cpu(|_| true).unwrap();
-    let mut model = ClipTextModel::new(&set, "", 1).unwrap();
-    let err = model.forward(&fx.tokens).unwrap_err();
+    let err = match ClipTextModel::new(&set, "", 1) {
+        Err(e) => e,
+        Ok(_) => panic!("a file without {dropped} was accepted"),
+    };
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(
         msg.contains("text_model.encoder.layers.1.mlp.fc2.weight"),
         "{msg}"
@@ -324,4 +328,85 @@ fn bad_token_counts_and_ids_are_errors() {
         ClipTextModel::new(&set, "cond.", 1),
         Err(ClipError::UnknownLayout { .. })
     ));
+}
+
+#[test]
+fn both_encoders_from_one_set_under_sdxl_checkpoint_prefixes() {
+    let (l, g) = (fixture("clip_l"), fixture("clip_g"));
+    let mut tensors: Vec<(String, Vec<u64>, Vec<f32>)> = l
+        .tensors
+        .iter()
+        .map(|(n, s, v)| {
+            let n = n.strip_prefix("text_model.").unwrap_or(n);
+            (
+                format!("conditioner.embedders.0.transformer.text_model.{n}"),
+                s.clone(),
+                v.clone(),
+            )
+        })
+        .collect();
+    tensors.extend(
+        to_open_clip(&g.tensors)
+            .into_iter()
+            .map(|(n, s, v)| (format!("conditioner.embedders.1.model.{n}"), s, v)),
+    );
+    // The weight store keeps these prefixes for SDXL checkpoints (with a UNet); here the set is
+    // built directly, as a checkpoint's text encoders would be loaded.
+    let mut set = TensorSet::new(tensors.len()).unwrap();
+    for (name, shape, vals) in &tensors {
+        let ne: Vec<i64> = shape.iter().rev().map(|&d| d as i64).collect();
+        set.add_owned(name, GgmlType::F32, &ne, bytemuck::cast_slice(vals))
+            .unwrap();
+    }
+
+    let mut clip_l = ClipTextModel::new(&set, "conditioner.embedders.0.transformer.", 2).unwrap();
+    is_clip_l(clip_l.config());
+    let mut clip_g = ClipTextModel::new(&set, "conditioner.embedders.1.model.", 2).unwrap();
+    is_big_g(clip_g.config());
+
+    // One chunk, then two, on the same model: chunks are independent.
+    let chunk = 77 * 128;
+    let one = clip_g.forward(&g.tokens[..77]).unwrap();
+    assert!(rel_err(&one.penultimate, &g.penultimate[..chunk]) < 1e-4);
+    assert!(
+        rel_err(
+            one.pooled.as_ref().unwrap(),
+            &g.pooled.as_ref().unwrap()[..96]
+        ) < 1e-4
+    );
+    let two = clip_g.forward(&g.tokens).unwrap();
+    assert!(rel_err(&two.penultimate, &g.penultimate) < 1e-4);
+    let out = clip_l.forward(&l.tokens).unwrap();
+    assert!(rel_err(&out.penultimate, &l.penultimate) < 1e-4);
+    assert!(rel_err(&out.last, &l.last) < 1e-4);
+}
+
+#[test]
+fn wrong_shape_is_an_error_naming_the_tensor() {
+    let fx = fixture("clip_l");
+    let bad = "encoder.layers.2.layer_norm2.bias";
+    let tensors: Vec<_> = fx
+        .tensors
+        .iter()
+        .map(|(n, s, v)| {
+            if n == bad {
+                (n.clone(), vec![127], v[..127].to_vec())
+            } else {
+                (n.clone(), s.clone(), v.clone())
+            }
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip_l.safetensors");
+    write(&path, &tensors, St::F32);
+    let store = WeightStore::open_path(&path).unwrap();
+    let set = store.load_cpu(|_| true).unwrap();
+    let msg = match ClipTextModel::new(&set, "", 1) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a {bad} of 127 values was accepted"),
+    };
+    assert!(
+        msg.contains("text_model.encoder.layers.2.layer_norm2.bias") && msg.contains("[128]"),
+        "{msg}"
+    );
 }

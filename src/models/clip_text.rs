@@ -9,7 +9,7 @@
 //!
 //! Shapes are ggml `ne` (innermost first): activations [width, tokens, chunks].
 
-use crate::ggml::{self, Backend, Context, GgmlError, GgmlType, Tensor, TensorSet};
+use crate::ggml::{self, Backend, Context, GgmlError, GgmlType, GraphAllocator, Tensor, TensorSet};
 use crate::nn::{self, Activation, NnError, Weights};
 
 /// Tokens per chunk (CLIP's context length).
@@ -208,6 +208,8 @@ pub struct ClipTextModel<'w> {
     weights: Weights<'w>,
     config: ClipTextConfig,
     backend: Backend,
+    /// Reused across calls; its buffer grows to the largest graph seen.
+    alloc: GraphAllocator,
 }
 
 impl<'w> ClipTextModel<'w> {
@@ -230,11 +232,19 @@ impl<'w> ClipTextModel<'w> {
         threads: usize,
     ) -> Result<ClipTextModel<'w>, ClipError> {
         config.validate()?;
-        Ok(ClipTextModel {
+        let backend = Backend::cpu(threads)?;
+        let model = ClipTextModel {
             weights: Weights::new(set, prefix),
             config,
-            backend: Backend::cpu(threads)?,
-        })
+            alloc: backend.graph_allocator()?,
+            backend,
+        };
+        // Build (not run) a one-chunk graph: every tensor is looked up and shape-checked now,
+        // so a bad file fails here rather than at the first prompt.
+        let size = model.graph_size();
+        let ctx = Context::new_meta(size, size)?;
+        model.build(&ctx, 1)?;
+        Ok(model)
     }
 
     pub fn config(&self) -> &ClipTextConfig {
@@ -258,6 +268,14 @@ impl<'w> ClipTextModel<'w> {
         }
         let chunks = tokens.len() / CHUNK_TOKENS;
         let t = CHUNK_TOKENS;
+        let _span = tracing::debug_span!(
+            "clip_text",
+            layout = ?cfg.layout,
+            width = cfg.width,
+            layers = cfg.layers,
+            chunks
+        )
+        .entered();
         // Pooled rows: the first EOS of each chunk (the last token if a chunk has none).
         let eos_rows: Vec<i32> = tokens
             .chunks(t)
@@ -268,7 +286,7 @@ impl<'w> ClipTextModel<'w> {
             })
             .collect();
 
-        let graph_size = 64 * cfg.layers + 256;
+        let graph_size = self.graph_size();
         let ctx = Context::new_meta(graph_size, graph_size)?;
         let g = self.build(&ctx, chunks)?;
         let mut graph = ctx.new_graph(graph_size);
@@ -277,14 +295,18 @@ impl<'w> ClipTextModel<'w> {
         if let Some(p) = g.pooled {
             graph.expand(p);
         }
-        let mut alloc = self.backend.graph_allocator()?;
-        alloc.alloc_graph(&graph)?;
+        self.alloc.alloc_graph(&graph)?;
         let ids: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
         ggml::tensor_set(g.ids, bytemuck::cast_slice(&ids))?;
         ggml::tensor_set_f32(g.mask, &nn::causal_mask(t))?;
         if let Some(e) = g.eos {
             ggml::tensor_set(e, bytemuck::cast_slice(&eos_rows))?;
         }
+        tracing::debug!(
+            nodes = graph.n_nodes(),
+            compute_bytes = self.alloc.buffer_size(),
+            "clip_text graph"
+        );
         self.backend.compute(&graph)?;
         Ok(ClipOutput {
             chunks,
@@ -293,6 +315,10 @@ impl<'w> ClipTextModel<'w> {
             last: ggml::tensor_get_f32(g.last)?,
             pooled: g.pooled.map(ggml::tensor_get_f32).transpose()?,
         })
+    }
+
+    fn graph_size(&self) -> usize {
+        64 * self.config.layers + 256
     }
 
     /// The graph for `chunks` chunks: inputs, then the layers top to bottom.
