@@ -318,7 +318,8 @@ impl<'w> ClipTextModel<'w> {
     }
 
     fn graph_size(&self) -> usize {
-        64 * self.config.layers + 256
+        // About 60 nodes a layer with F16 weights (casts of norms and biases included).
+        128 * self.config.layers + 256
     }
 
     /// The graph for `chunks` chunks: inputs, then the layers top to bottom.
