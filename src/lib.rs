@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod formats;
 pub mod ggml;
+pub mod models;
+pub mod nn;
 pub mod quantize;
 pub mod runtime;
 pub mod sampling;

@@ -461,6 +461,77 @@ impl Context {
         })
     }
 
+    /// Rows of a 2-D `a` picked by `ids`: a [K, R], ids I32 [N] -> [K, N] (F32 for float `a`).
+    pub fn get_rows<'c>(&'c self, a: Tensor<'c>, ids: Tensor<'c>) -> Tensor<'c> {
+        let (na, ni) = (a.ne(), ids.ne());
+        assert!(
+            na[2] == 1 && na[3] == 1,
+            "get_rows: table must be 2-D, got {na:?}"
+        );
+        assert!(
+            ids.ty() == GgmlType::I32 && ni[1] == 1 && ni[2] == 1 && ni[3] == 1,
+            "get_rows: ids must be a 1-D I32 tensor, got {} {ni:?}",
+            ids.ty()
+        );
+        // SAFETY: both tensors belong to this context (or a live weight context); shapes and
+        // the index type checked above. ggml checks the index values at compute time.
+        self.wrap(unsafe { sys::ggml_get_rows(self.as_ptr(), a.as_ptr(), ids.as_ptr()) })
+    }
+
+    /// A view of `a`: `ne` (1 to 4 dims), byte strides `nb` of dims 1.. (`ne.len() - 1` of
+    /// them), starting `offset` bytes into `a`'s data. Panics if the view reaches past `a`.
+    pub fn view<'c>(
+        &'c self,
+        a: Tensor<'c>,
+        ne: &[i64],
+        nb: &[usize],
+        offset: usize,
+    ) -> Tensor<'c> {
+        assert!(
+            (1..=MAX_DIMS).contains(&ne.len()) && nb.len() + 1 == ne.len(),
+            "view: {} dims need {} strides, got {ne:?} {nb:?}",
+            ne.len(),
+            ne.len().saturating_sub(1)
+        );
+        assert!(
+            ne.iter().all(|&n| n > 0),
+            "view: non-positive dim in {ne:?}"
+        );
+        let ty = a.ty();
+        assert!(
+            ne[0] % ty.block_size() as i64 == 0,
+            "view: row of {} is not a multiple of the {ty} block size",
+            ne[0]
+        );
+        let row = (ne[0] as usize / ty.block_size() as usize) * ty.type_size() as usize;
+        let end = offset
+            + row
+            + ne[1..]
+                .iter()
+                .zip(nb)
+                .map(|(&n, &s)| (n as usize - 1) * s)
+                .sum::<usize>();
+        assert!(
+            end <= a.nbytes(),
+            "view: {ne:?} with strides {nb:?} at offset {offset} reaches byte {end} of a {}-byte tensor {:?}",
+            a.nbytes(),
+            a.ne()
+        );
+        // SAFETY: a belongs to a live context; the view stays inside a's data (checked above).
+        let t = unsafe {
+            let (c, p) = (self.as_ptr(), a.as_ptr());
+            match ne.len() {
+                1 => sys::ggml_view_1d(c, p, ne[0], offset),
+                2 => sys::ggml_view_2d(c, p, ne[0], ne[1], nb[0], offset),
+                3 => sys::ggml_view_3d(c, p, ne[0], ne[1], ne[2], nb[0], nb[1], offset),
+                _ => sys::ggml_view_4d(
+                    c, p, ne[0], ne[1], ne[2], ne[3], nb[0], nb[1], nb[2], offset,
+                ),
+            }
+        };
+        self.wrap(t)
+    }
+
     /// Converts to `ty` (a copy).
     pub fn cast<'c>(&'c self, a: Tensor<'c>, ty: GgmlType) -> Tensor<'c> {
         // SAFETY: a belongs to this context.

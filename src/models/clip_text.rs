@@ -1,0 +1,460 @@
+//! CLIP text encoders as SDXL uses them: OpenAI CLIP-L (HF `text_model.*` names, quick GELU) and
+//! OpenCLIP bigG (open_clip `transformer.resblocks.*` names, fused q/k/v, exact GELU).
+//!
+//! Pre-LN transformer with a causal mask:
+//! x = tok_emb[ids] + pos_emb;  per layer: x += out(attn(ln_1(x)));  x += fc2(act(fc1(ln_2(x))))
+//! Outputs: the penultimate layer's hidden states (SDXL's conditioning, no final LN), the last
+//! hidden state after the final LN (transformers' `last_hidden_state`), and, when the weights
+//! have a text projection, the pooled embedding: `final_ln(x)[first EOS] @ text_projection`.
+//!
+//! Shapes are ggml `ne` (innermost first): activations [width, tokens, chunks].
+
+use crate::ggml::{self, Backend, Context, GgmlError, GgmlType, GraphAllocator, Tensor, TensorSet};
+use crate::nn::{self, Activation, NnError, Weights};
+
+/// Tokens per chunk (CLIP's context length).
+pub const CHUNK_TOKENS: usize = 77;
+/// CLIP's end-of-text token; the pooled output is taken at its first position in each chunk.
+pub const EOS_TOKEN: u32 = 49407;
+/// Head size of both CLIP-L and bigG (heads are not stored in the files).
+pub const HEAD_DIM: usize = 64;
+const LN_EPS: f32 = 1e-5;
+
+/// Why a CLIP forward failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClipError {
+    #[error("CLIP text encoder: {0}")]
+    Weights(#[from] NnError),
+    #[error("CLIP text encoder: no token embedding under '{prefix}' (looked for '{prefix}text_model.embeddings.token_embedding.weight' and '{prefix}token_embedding.weight')")]
+    UnknownLayout { prefix: String },
+    #[error("CLIP text encoder: {0}")]
+    Config(String),
+    #[error("CLIP text encoder: {0}")]
+    Tokens(String),
+    #[error("CLIP text encoder: {0}")]
+    Ggml(#[from] GgmlError),
+}
+
+/// How the tensors are named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipLayout {
+    /// transformers names (`text_model.encoder.layers.N.self_attn.q_proj`): CLIP-L canonical.
+    Hf,
+    /// open_clip names (`transformer.resblocks.N.attn.in_proj_weight`): bigG canonical.
+    OpenClip,
+}
+
+/// Hyperparameters, inferred from the weights by [`ClipTextConfig::from_weights`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ClipTextConfig {
+    pub layout: ClipLayout,
+    /// CLIP-L 768, bigG 1280.
+    pub width: usize,
+    /// CLIP-L 12, bigG 32.
+    pub layers: usize,
+    /// width / 64 (CLIP-L 12, bigG 20).
+    pub heads: usize,
+    /// CLIP-L 3072, bigG 5120.
+    pub ffn_dim: usize,
+    pub vocab: usize,
+    pub max_positions: usize,
+    /// Output width of the text projection (bigG 1280), if the weights have one.
+    pub projection_dim: Option<usize>,
+    /// Quick GELU for HF-named (OpenAI CLIP-L) weights, exact GELU for open_clip-named (bigG).
+    pub activation: Activation,
+}
+
+impl ClipTextConfig {
+    /// Reads the shapes of the weights under `prefix` (e.g. "" or an SDXL checkpoint's
+    /// "conditioner.embedders.1.model.").
+    pub fn from_weights(set: &TensorSet<'_>, prefix: &str) -> Result<ClipTextConfig, ClipError> {
+        let w = Weights::new(set, prefix);
+        let layout = if w.contains("text_model.embeddings.token_embedding.weight") {
+            ClipLayout::Hf
+        } else if w.contains("token_embedding.weight") {
+            ClipLayout::OpenClip
+        } else {
+            return Err(ClipError::UnknownLayout { prefix: w.name("") });
+        };
+        let n = Names::of(layout);
+        let tok = w.get(n.token_embedding)?.ne();
+        let pos = w.get(n.position_embedding)?.ne();
+        let (width, vocab) = (tok[0] as usize, tok[1] as usize);
+        let mut layers = 0;
+        while w.contains(&n.layer_probe(layers)) {
+            layers += 1;
+        }
+        let ffn = w.pp(n.layer(0)).pp(n.fc1).get("weight")?.ne()[1] as usize;
+        let projection_dim = match layout {
+            // HF text_projection.weight [proj, width] -> ne [width, proj]
+            ClipLayout::Hf if w.contains("text_projection.weight") => {
+                Some(w.get("text_projection.weight")?.ne()[1] as usize)
+            }
+            // open_clip text_projection [width, proj] -> ne [proj, width]
+            ClipLayout::OpenClip if w.contains("text_projection") => {
+                Some(w.get("text_projection")?.ne()[0] as usize)
+            }
+            _ => None,
+        };
+        let config = ClipTextConfig {
+            layout,
+            width,
+            layers,
+            heads: width / HEAD_DIM,
+            ffn_dim: ffn,
+            vocab,
+            max_positions: pos[1] as usize,
+            projection_dim,
+            activation: match layout {
+                ClipLayout::Hf => Activation::QuickGelu,
+                ClipLayout::OpenClip => Activation::Gelu,
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ClipError> {
+        if self.width == 0 || self.width % HEAD_DIM != 0 || self.heads * HEAD_DIM != self.width {
+            return Err(ClipError::Config(format!(
+                "width {} is not {} heads of {HEAD_DIM}",
+                self.width, self.heads
+            )));
+        }
+        if self.layers < 2 {
+            return Err(ClipError::Config(format!(
+                "{} layers: the penultimate layer needs at least 2",
+                self.layers
+            )));
+        }
+        if self.max_positions < CHUNK_TOKENS {
+            return Err(ClipError::Config(format!(
+                "{} positions, chunks need {CHUNK_TOKENS}",
+                self.max_positions
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Tensor names of one layout, relative to the model prefix.
+struct Names {
+    token_embedding: &'static str,
+    position_embedding: &'static str,
+    layers: &'static str,
+    ln_1: &'static str,
+    ln_2: &'static str,
+    fc1: &'static str,
+    fc2: &'static str,
+    out_proj: &'static str,
+    final_ln: &'static str,
+}
+
+impl Names {
+    fn of(layout: ClipLayout) -> Names {
+        match layout {
+            ClipLayout::Hf => Names {
+                token_embedding: "text_model.embeddings.token_embedding.weight",
+                position_embedding: "text_model.embeddings.position_embedding.weight",
+                layers: "text_model.encoder.layers",
+                ln_1: "layer_norm1",
+                ln_2: "layer_norm2",
+                fc1: "mlp.fc1",
+                fc2: "mlp.fc2",
+                out_proj: "self_attn.out_proj",
+                final_ln: "text_model.final_layer_norm",
+            },
+            ClipLayout::OpenClip => Names {
+                token_embedding: "token_embedding.weight",
+                position_embedding: "positional_embedding",
+                layers: "transformer.resblocks",
+                ln_1: "ln_1",
+                ln_2: "ln_2",
+                fc1: "mlp.c_fc",
+                fc2: "mlp.c_proj",
+                out_proj: "attn.out_proj",
+                final_ln: "ln_final",
+            },
+        }
+    }
+
+    fn layer(&self, i: usize) -> String {
+        format!("{}.{i}", self.layers)
+    }
+
+    fn layer_probe(&self, i: usize) -> String {
+        format!("{}.{i}.{}.weight", self.layers, self.ln_1)
+    }
+}
+
+/// Results of [`ClipTextModel::forward`], row-major.
+#[derive(Clone, Debug)]
+pub struct ClipOutput {
+    pub chunks: usize,
+    pub width: usize,
+    /// Hidden states after layer `layers - 2` (HF `hidden_states[-2]`), [chunks, 77, width].
+    pub penultimate: Vec<f32>,
+    /// Output of the last layer after the final LayerNorm (HF `last_hidden_state`),
+    /// [chunks, 77, width].
+    pub last: Vec<f32>,
+    /// `final_ln(x)[first EOS] @ text_projection`, [chunks, projection_dim], when the weights
+    /// have a projection.
+    pub pooled: Option<Vec<f32>>,
+}
+
+/// A CLIP text encoder over a loaded weight set, computing on the CPU.
+pub struct ClipTextModel<'w> {
+    weights: Weights<'w>,
+    config: ClipTextConfig,
+    backend: Backend,
+    /// Reused across calls; its buffer grows to the largest graph seen.
+    alloc: GraphAllocator,
+}
+
+impl<'w> ClipTextModel<'w> {
+    /// The encoder whose tensors are under `prefix` in `set`, config inferred from the shapes,
+    /// computing with `threads` CPU threads.
+    pub fn new(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        threads: usize,
+    ) -> Result<ClipTextModel<'w>, ClipError> {
+        let config = ClipTextConfig::from_weights(set, prefix)?;
+        Self::with_config(set, prefix, config, threads)
+    }
+
+    /// As [`ClipTextModel::new`] with an explicit config (e.g. another activation).
+    pub fn with_config(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        config: ClipTextConfig,
+        threads: usize,
+    ) -> Result<ClipTextModel<'w>, ClipError> {
+        config.validate()?;
+        let backend = Backend::cpu(threads)?;
+        let model = ClipTextModel {
+            weights: Weights::new(set, prefix),
+            config,
+            alloc: backend.graph_allocator()?,
+            backend,
+        };
+        // Build (not run) a one-chunk graph: every tensor is looked up and shape-checked now,
+        // so a bad file fails here rather than at the first prompt.
+        let size = model.graph_size();
+        let ctx = Context::new_meta(size, size)?;
+        model.build(&ctx, 1)?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &ClipTextConfig {
+        &self.config
+    }
+
+    /// Encodes `tokens`, a whole number of 77-token chunks (each BOS .. EOS, padded).
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<ClipOutput, ClipError> {
+        let cfg = self.config.clone();
+        if tokens.is_empty() || tokens.len() % CHUNK_TOKENS != 0 {
+            return Err(ClipError::Tokens(format!(
+                "{} tokens is not a whole number of {CHUNK_TOKENS}-token chunks",
+                tokens.len()
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
+            return Err(ClipError::Tokens(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                cfg.vocab
+            )));
+        }
+        let chunks = tokens.len() / CHUNK_TOKENS;
+        let t = CHUNK_TOKENS;
+        let _span = tracing::debug_span!(
+            "clip_text",
+            layout = ?cfg.layout,
+            width = cfg.width,
+            layers = cfg.layers,
+            chunks
+        )
+        .entered();
+        // Pooled rows: the first EOS of each chunk (the last token if a chunk has none).
+        let eos_rows: Vec<i32> = tokens
+            .chunks(t)
+            .enumerate()
+            .map(|(c, ch)| {
+                let p = ch.iter().position(|&x| x == EOS_TOKEN).unwrap_or(t - 1);
+                (c * t + p) as i32
+            })
+            .collect();
+
+        let graph_size = self.graph_size();
+        let ctx = Context::new_meta(graph_size, graph_size)?;
+        let g = self.build(&ctx, chunks)?;
+        let mut graph = ctx.new_graph(graph_size);
+        graph.expand(g.penultimate);
+        graph.expand(g.last);
+        if let Some(p) = g.pooled {
+            graph.expand(p);
+        }
+        self.alloc.alloc_graph(&graph)?;
+        let ids: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
+        ggml::tensor_set(g.ids, bytemuck::cast_slice(&ids))?;
+        ggml::tensor_set_f32(g.mask, &nn::causal_mask(t))?;
+        if let Some(e) = g.eos {
+            ggml::tensor_set(e, bytemuck::cast_slice(&eos_rows))?;
+        }
+        tracing::debug!(
+            nodes = graph.n_nodes(),
+            compute_bytes = self.alloc.buffer_size(),
+            "clip_text graph"
+        );
+        self.backend.compute(&graph)?;
+        Ok(ClipOutput {
+            chunks,
+            width: cfg.width,
+            penultimate: ggml::tensor_get_f32(g.penultimate)?,
+            last: ggml::tensor_get_f32(g.last)?,
+            pooled: g.pooled.map(ggml::tensor_get_f32).transpose()?,
+        })
+    }
+
+    fn graph_size(&self) -> usize {
+        // About 60 nodes a layer with F16 weights (casts of norms and biases included).
+        128 * self.config.layers + 256
+    }
+
+    /// The graph for `chunks` chunks: inputs, then the layers top to bottom.
+    fn build<'c>(&self, ctx: &'c Context, chunks: usize) -> Result<ClipGraph<'c>, ClipError>
+    where
+        'w: 'c,
+    {
+        let cfg = &self.config;
+        let w: &Weights<'c> = &self.weights;
+        let n = Names::of(cfg.layout);
+        let (width, t) = (cfg.width as i64, CHUNK_TOKENS as i64);
+        let nc = chunks as i64;
+
+        let ids = ctx
+            .new_tensor(GgmlType::I32, &[t * nc])
+            .set_name("clip.ids")
+            .set_input();
+        let mask = ctx
+            .new_f32(&[t, t])
+            .set_name("clip.causal_mask")
+            .set_input();
+
+        // Embeddings: [W, T*N] -> [W, T, N] + positions [W, T]
+        let tok = w.get_shaped(n.token_embedding, &[width, cfg.vocab as i64])?;
+        let pos = w.get(n.position_embedding)?;
+        let pos = ctx.view(pos, &[width, t], &[pos.nb()[1]], 0);
+        let x = ctx.reshape(ctx.get_rows(tok, ids), &[width, t, nc]);
+        let mut x = ctx.add(x, nn::to_f32(ctx, pos)).set_name("clip.embed");
+
+        let mut penultimate = None;
+        for i in 0..cfg.layers {
+            x = self.layer(ctx, &w.pp(n.layer(i)), &n, i, x, mask)?;
+            if i + 2 == cfg.layers {
+                penultimate = Some(x);
+            }
+        }
+        let penultimate = penultimate
+            .expect("validate() guarantees 2 layers")
+            .set_name("clip.penultimate")
+            .set_output();
+        let last = nn::layer_norm(ctx, &w.pp(n.final_ln), x, LN_EPS)?
+            .set_name("clip.last")
+            .set_output();
+
+        let (eos, pooled) = match cfg.projection_dim {
+            None => (None, None),
+            Some(proj) => {
+                let eos = ctx
+                    .new_tensor(GgmlType::I32, &[nc])
+                    .set_name("clip.eos_rows")
+                    .set_input();
+                let rows = ctx.get_rows(ctx.reshape(last, &[width, t * nc]), eos);
+                let p = proj as i64;
+                let pooled = match cfg.layout {
+                    ClipLayout::Hf => {
+                        let pw = w.get_shaped("text_projection.weight", &[width, p])?;
+                        ctx.mul_mat(pw, rows)
+                    }
+                    ClipLayout::OpenClip => {
+                        let pw = w.get_shaped("text_projection", &[p, width])?;
+                        ctx.mul_mat(ctx.cont(ctx.transpose(pw)), rows)
+                    }
+                };
+                (Some(eos), Some(pooled.set_name("clip.pooled").set_output()))
+            }
+        };
+        Ok(ClipGraph {
+            ids,
+            mask,
+            eos,
+            penultimate,
+            last,
+            pooled,
+        })
+    }
+
+    /// One pre-LN residual block.
+    fn layer<'c>(
+        &self,
+        ctx: &'c Context,
+        w: &Weights<'c>,
+        n: &Names,
+        i: usize,
+        x: Tensor<'c>,
+        mask: Tensor<'c>,
+    ) -> Result<Tensor<'c>, ClipError> {
+        let cfg = &self.config;
+        let [width, t, nc, _] = x.ne();
+        let (d, h) = (HEAD_DIM as i64, cfg.heads as i64);
+
+        let hn = nn::layer_norm(ctx, &w.pp(n.ln_1), x, LN_EPS)?;
+        // q, k, v as [D, H, T, N]
+        let (q, k, v) = match cfg.layout {
+            ClipLayout::Hf => {
+                let sa = w.pp("self_attn");
+                let proj = |name: &str| -> Result<Tensor<'c>, ClipError> {
+                    let y = nn::linear(ctx, &sa.pp(name), hn)?;
+                    Ok(ctx.reshape(y, &[d, h, t, nc]))
+                };
+                (proj("q_proj")?, proj("k_proj")?, proj("v_proj")?)
+            }
+            ClipLayout::OpenClip => {
+                let a = w.pp("attn");
+                let wqkv = a.get_shaped("in_proj_weight", &[width, 3 * width])?;
+                let qkv = nn::linear_with(ctx, &a, wqkv, "in_proj_bias", hn)?; // [3W, T, N]
+                let nb = qkv.nb();
+                let part = |k: usize| {
+                    ctx.view(
+                        qkv,
+                        &[d, h, t, nc],
+                        &[d as usize * nb[0], nb[1], nb[2]],
+                        k * width as usize * nb[0],
+                    )
+                };
+                (part(0), part(1), part(2))
+            }
+        };
+        let attn = nn::multi_head_attention(ctx, q, k, v, Some(mask));
+        let attn = nn::linear(ctx, &w.pp(n.out_proj), attn)?;
+        let x = ctx.add(x, attn).set_name(&format!("clip.{i}.attn_res"));
+
+        let hn = nn::layer_norm(ctx, &w.pp(n.ln_2), x, LN_EPS)?;
+        let f = nn::linear(ctx, &w.pp(n.fc1), hn)?;
+        let f = cfg.activation.apply(ctx, f);
+        let f = nn::linear(ctx, &w.pp(n.fc2), f)?;
+        Ok(ctx.add(x, f).set_name(&format!("clip.{i}.out")))
+    }
+}
+
+/// The tensors of one forward graph.
+struct ClipGraph<'c> {
+    ids: Tensor<'c>,
+    mask: Tensor<'c>,
+    eos: Option<Tensor<'c>>,
+    penultimate: Tensor<'c>,
+    last: Tensor<'c>,
+    pooled: Option<Tensor<'c>>,
+}

@@ -1,0 +1,161 @@
+//! Small graph-building blocks shared by the models: a prefix-scoped view of a weight set
+//! ([`Weights`]), linear layers, layer norm, activations and multi-head attention.
+//!
+//! Shapes are ggml `ne` (innermost first): activations are [C, T, N] (channels, tokens, batch).
+
+mod attention;
+
+pub use attention::{causal_mask, multi_head_attention};
+
+use crate::ggml::{Context, GgmlType, Tensor, TensorSet};
+
+/// Why a graph could not be built from a weight set.
+#[derive(Debug, thiserror::Error)]
+pub enum NnError {
+    #[error("missing tensor '{0}'")]
+    MissingTensor(String),
+    #[error("tensor '{tensor}': expected ggml shape {expected}, found {found:?}")]
+    Shape {
+        tensor: String,
+        expected: String,
+        found: [i64; 4],
+    },
+}
+
+/// A weight set seen under a name prefix, like candle's `VarBuilder::pp`: `w.pp("mlp").pp("fc1")`
+/// names `…mlp.fc1.*`.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    set: &'a TensorSet<'a>,
+    prefix: String,
+}
+
+impl<'a> Weights<'a> {
+    /// The whole set under `prefix` ("" for none; a trailing '.' is added when missing).
+    pub fn new(set: &'a TensorSet<'a>, prefix: &str) -> Weights<'a> {
+        let mut prefix = prefix.to_string();
+        if !prefix.is_empty() && !prefix.ends_with('.') {
+            prefix.push('.');
+        }
+        Weights { set, prefix }
+    }
+
+    /// The same set one level down.
+    pub fn pp(&self, sub: impl std::fmt::Display) -> Weights<'a> {
+        Weights {
+            set: self.set,
+            prefix: format!("{}{sub}.", self.prefix),
+        }
+    }
+
+    /// Full name of `name` under this prefix.
+    pub fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.set.get(&self.name(name)).is_some()
+    }
+
+    /// The tensor `name` under this prefix.
+    pub fn get(&self, name: &str) -> Result<Tensor<'a>, NnError> {
+        let full = self.name(name);
+        self.set.get(&full).ok_or(NnError::MissingTensor(full))
+    }
+
+    /// The tensor `name`, checked to have ggml shape `ne` (missing trailing dims are 1).
+    pub fn get_shaped(&self, name: &str, ne: &[i64]) -> Result<Tensor<'a>, NnError> {
+        let t = self.get(name)?;
+        let mut want = [1i64; 4];
+        want[..ne.len()].copy_from_slice(ne);
+        if t.ne() != want {
+            return Err(NnError::Shape {
+                tensor: self.name(name),
+                expected: format!("{ne:?}"),
+                found: t.ne(),
+            });
+        }
+        Ok(t)
+    }
+}
+
+/// `t` as F32 (a cast node when it is stored otherwise), for elementwise ops with activations.
+pub fn to_f32<'c>(ctx: &'c Context, t: Tensor<'c>) -> Tensor<'c> {
+    if t.ty() == GgmlType::F32 {
+        t
+    } else {
+        ctx.cast(t, GgmlType::F32)
+    }
+}
+
+/// PyTorch `nn.Linear` stored as `{prefix}weight` [out, in] (ggml ne [in, out]) and an optional
+/// `{prefix}bias` [out]: x [in, ...] -> [out, ...].
+pub fn linear<'c>(ctx: &'c Context, w: &Weights<'c>, x: Tensor<'c>) -> Result<Tensor<'c>, NnError> {
+    let weight = w.get("weight")?;
+    linear_with(ctx, w, weight, "bias", x)
+}
+
+/// A linear layer with an explicit weight tensor and bias name (for layouts such as open_clip's
+/// `in_proj_weight` / `in_proj_bias`). The bias is optional.
+pub fn linear_with<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    weight: Tensor<'c>,
+    bias_name: &str,
+    x: Tensor<'c>,
+) -> Result<Tensor<'c>, NnError> {
+    let (wn, xn) = (weight.ne(), x.ne());
+    if wn[0] != xn[0] || wn[2] != 1 || wn[3] != 1 {
+        return Err(NnError::Shape {
+            tensor: w.name("weight"),
+            expected: format!("[{}, out] for input {xn:?}", xn[0]),
+            found: wn,
+        });
+    }
+    let y = ctx.mul_mat(weight, x);
+    if !w.contains(bias_name) {
+        return Ok(y);
+    }
+    let b = w.get_shaped(bias_name, &[wn[1]])?;
+    Ok(ctx.add(y, to_f32(ctx, b)))
+}
+
+/// PyTorch `nn.LayerNorm` over dim 0 with `{prefix}weight` and `{prefix}bias`.
+pub fn layer_norm<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+    eps: f32,
+) -> Result<Tensor<'c>, NnError> {
+    let c = x.ne()[0];
+    let g = w.get_shaped("weight", &[c])?;
+    let b = w.get_shaped("bias", &[c])?;
+    let y = ctx.norm(x, eps);
+    Ok(ctx.add(ctx.mul(y, to_f32(ctx, g)), to_f32(ctx, b)))
+}
+
+/// Activation functions by the names configs use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// x * sigmoid(1.702 x) (OpenAI CLIP, CLIP-L).
+    QuickGelu,
+    /// Exact (erf) GELU, PyTorch's default (OpenCLIP bigG).
+    Gelu,
+    /// GELU with the tanh approximation.
+    GeluTanh,
+}
+
+impl Activation {
+    pub fn apply<'c>(self, ctx: &'c Context, x: Tensor<'c>) -> Tensor<'c> {
+        match self {
+            // Composed rather than ggml_gelu_quick, whose CPU kernel may use an f16 table.
+            Activation::QuickGelu => ctx.mul(x, ctx.sigmoid(ctx.scale(x, 1.702))),
+            Activation::Gelu => ctx.gelu_erf(x),
+            Activation::GeluTanh => ctx.gelu(x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! The blocks against plain Rust math on the CPU backend.
+
+use super::*;
+use crate::ggml::{self, Backend};
+
+fn vals(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let (mut n, mut d) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        n += ((x - y) as f64).powi(2);
+        d += (*y as f64).powi(2);
+    }
+    (n / d.max(1e-30)).sqrt() as f32
+}
+
+/// Causal multi-head attention of q/k/v given as [N][T][H*D] rows (PyTorch layout).
+fn ref_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: usize,
+    h: usize,
+    t: usize,
+    n: usize,
+) -> Vec<f32> {
+    let w = d * h;
+    let mut out = vec![0f32; n * t * w];
+    for b in 0..n {
+        for head in 0..h {
+            for i in 0..t {
+                let at = |m: &[f32], j: usize, c: usize| m[(b * t + j) * w + head * d + c];
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| (at(q, i, c) * at(k, j, c)) as f64)
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let mx = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for c in 0..d {
+                    let acc: f64 = (0..=i).map(|j| e[j] / z * at(v, j, c) as f64).sum();
+                    out[(b * t + i) * w + head * d + c] = acc as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn causal_attention_matches_reference() {
+    let (d, h, t, n) = (64usize, 2usize, 5usize, 2usize);
+    let len = d * h * t * n;
+    let (qv, kv, vv) = (vals(len, 1), vals(len, 2), vals(len, 3));
+    let ctx = Context::new_meta(64, 256).unwrap();
+    let shape = [d as i64, h as i64, t as i64, n as i64];
+    let q = ctx.new_f32(&shape).set_input();
+    let k = ctx.new_f32(&shape).set_input();
+    let v = ctx.new_f32(&shape).set_input();
+    let mask = ctx.new_f32(&[t as i64, t as i64]).set_input();
+    let out = multi_head_attention(&ctx, q, k, v, Some(mask)).set_output();
+    assert_eq!(out.ne(), [(d * h) as i64, t as i64, n as i64, 1]);
+    let mut g = ctx.new_graph(256);
+    g.expand(out);
+    let mut backend = Backend::cpu(2).unwrap();
+    let _buf = backend.alloc_ctx_tensors(&ctx).unwrap();
+    ggml::tensor_set_f32(q, &qv).unwrap();
+    ggml::tensor_set_f32(k, &kv).unwrap();
+    ggml::tensor_set_f32(v, &vv).unwrap();
+    ggml::tensor_set_f32(mask, &causal_mask(t)).unwrap();
+    backend.compute(&g).unwrap();
+    let got = ggml::tensor_get_f32(out).unwrap();
+    let want = ref_attention(&qv, &kv, &vv, d, h, t, n);
+    let e = rel_err(&got, &want);
+    assert!(e < 1e-5, "rel err {e}");
+}
+
+#[test]
+fn causal_mask_blocks_later_keys() {
+    let m = causal_mask(3);
+    assert_eq!(m[0], 0.0);
+    assert!(m[1].is_infinite() && m[2].is_infinite());
+    assert_eq!(&m[6..9], &[0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn missing_tensor_names_the_full_name() {
+    let set = TensorSet::new(1).unwrap();
+    let w = Weights::new(&set, "model").pp("layers").pp(3);
+    match w.get("weight") {
+        Err(NnError::MissingTensor(n)) => assert_eq!(n, "model.layers.3.weight"),
+        _ => panic!("expected a missing tensor error"),
+    }
+}
