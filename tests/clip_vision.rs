@@ -11,7 +11,9 @@ use std::path::Path;
 
 use common::{rel_err, write_safetensors, St};
 use nijigen::ggml::{GgmlType, TensorSet};
-use nijigen::models::clip_vision::{preprocess_wan, resize_bicubic};
+use nijigen::models::clip_vision::{
+    preprocess_comfyui, preprocess_wan, resize_bicubic, Preprocess,
+};
 use nijigen::models::{ClipVision, ClipVisionError};
 use nijigen::nn::Activation;
 use nijigen::runtime::WeightStore;
@@ -269,6 +271,78 @@ fn bicubic_resize_matches_torch() {
         eprintln!("resize {w}x{h} -> {ow}x{oh} antialias {aa}: max abs err {max:.2e}");
         assert!(max < 1e-5, "{w}x{h} -> {ow}x{oh} antialias {aa}: {max}");
     }
+}
+
+#[test]
+fn comfyui_preprocessing_matches_torch() {
+    let index = index();
+    // One 8-bit rounding step (1/255 / std, about 0.015) where torch and we land on opposite
+    // sides of a .5 boundary; allowed for a few values only.
+    let step = 1.0 / 255.0 / 0.26;
+    for case in index["comfyui"].as_array().unwrap() {
+        let (w, h) = (usize_of(&case["w"]), usize_of(&case["h"]));
+        let size = usize_of(&case["size"]);
+        let crop = case["crop"].as_bool().unwrap();
+        let rgb = hash_image(w, h, case["seed"].as_u64().unwrap());
+        let out = preprocess_comfyui(&rgb, w, h, size, crop).unwrap();
+        assert_eq!(out.len(), 3 * size * size);
+        let rows: Vec<usize> = case["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(usize_of)
+            .collect();
+        let cols: Vec<usize> = case["cols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(usize_of)
+            .collect();
+        let want = read_f32(&case["values"]);
+        let (mut k, mut flips, mut max_other) = (0, 0, 0f32);
+        for c in 0..3 {
+            for &y in &rows {
+                for &x in &cols {
+                    let d = (out[(c * size + y) * size + x] - want[k]).abs();
+                    if d > 1e-4 {
+                        assert!(
+                            d < step * 1.01,
+                            "{w}x{h} crop {crop}: off by {d} at {c},{y},{x}"
+                        );
+                        flips += 1;
+                    } else {
+                        max_other = max_other.max(d);
+                    }
+                    k += 1;
+                }
+            }
+        }
+        assert_eq!(k, want.len());
+        eprintln!(
+            "comfyui {w}x{h} -> {size} crop {crop}: {flips} of {k} values one 8-bit step off, \
+             others max abs err {max_other:.2e}"
+        );
+        assert!(
+            flips * 200 <= k,
+            "{flips} of {k} values off by a rounding step"
+        );
+    }
+    // Through the model's API (image size from the config).
+    let fx = fixture();
+    let set = direct_set(&with_wrapper(&fx.tensors));
+    let model = ClipVision::new(&set, "", 1).unwrap();
+    let (w, h, seed) = fx.image;
+    let rgb = hash_image(w, h, seed);
+    assert_eq!(
+        model
+            .preprocess_with(&rgb, w, h, Preprocess::ComfyUi { crop: true })
+            .unwrap(),
+        preprocess_comfyui(&rgb, w, h, 56, true).unwrap()
+    );
+    assert_eq!(
+        model.preprocess_with(&rgb, w, h, Preprocess::Wan).unwrap(),
+        model.preprocess(&rgb, w, h).unwrap()
+    );
 }
 
 #[test]

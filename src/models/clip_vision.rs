@@ -12,7 +12,8 @@
 //! `image_size` x `image_size` with PyTorch's `F.interpolate(mode="bicubic",
 //! align_corners=False)` (no antialias, values not clamped), then CLIP mean/std. ComfyUI's
 //! `clip_preprocess` differs (short side to 224 with `antialias=True`, centre crop, rounding to
-//! 8 bits); [`resize_bicubic`] implements both of torch's bicubic modes.
+//! 8 bits): [`preprocess_comfyui`], selectable with [`Preprocess`]. [`resize_bicubic`]
+//! implements both of torch's bicubic modes (matching torch to about 1e-6).
 //!
 //! Shapes are ggml `ne` (innermost first): patches [P*P*3, G*G], activations [width, tokens].
 
@@ -137,6 +138,19 @@ impl ClipVisionConfig {
     }
 }
 
+/// How an image becomes the model's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preprocess {
+    /// The official Wan code: whole image to S x S, torch bicubic without antialias, no
+    /// rounding ([`preprocess_wan`]).
+    Wan,
+    /// ComfyUI's `clip_preprocess` (the CLIPVisionEncode node): antialiased bicubic, the short
+    /// side to S and a centre crop (`crop`, the node's "center") or the whole image to S x S
+    /// ("none"), rounded to 8 bits ([`preprocess_comfyui`]).
+    ComfyUi { crop: bool },
+}
+
 /// A CLIP vision encoder over a loaded weight set, computing on the CPU.
 pub struct ClipVision<'w> {
     weights: Weights<'w>,
@@ -177,6 +191,21 @@ impl<'w> ClipVision<'w> {
     /// [3, S, S] (planar, row-major), S = `image_size`: the official Wan preprocessing.
     pub fn preprocess(&self, rgb: &[u8], w: usize, h: usize) -> Result<Vec<f32>, ClipVisionError> {
         preprocess_wan(rgb, w, h, self.config.image_size)
+    }
+
+    /// As [`ClipVision::preprocess`] with a choice of preprocessing.
+    pub fn preprocess_with(
+        &self,
+        rgb: &[u8],
+        w: usize,
+        h: usize,
+        how: Preprocess,
+    ) -> Result<Vec<f32>, ClipVisionError> {
+        let size = self.config.image_size;
+        match how {
+            Preprocess::Wan => preprocess_wan(rgb, w, h, size),
+            Preprocess::ComfyUi { crop } => preprocess_comfyui(rgb, w, h, size, crop),
+        }
     }
 
     /// Wan's image features: the hidden states after all but the last block (HF
@@ -366,6 +395,58 @@ pub fn preprocess_wan(
     h: usize,
     size: usize,
 ) -> Result<Vec<f32>, ClipVisionError> {
+    let planar = to_planar(rgb, w, h)?;
+    let mut out = resize_bicubic(&planar, w, h, size, size, false);
+    normalize(&mut out, size);
+    Ok(out)
+}
+
+/// ComfyUI's `clip_preprocess` of an RGB image (`w` x `h`, 8-bit, interleaved) to
+/// [3, size, size]: unless the image already is size x size, an antialiased torch bicubic
+/// resize, of the short side to `size` (Python's `round` of the scaled long side) followed by a
+/// centre crop when `crop`, else of the whole image to size x size; then
+/// `clip(255 x, 0, 255).round() / 255` and (x - mean) / std.
+pub fn preprocess_comfyui(
+    rgb: &[u8],
+    w: usize,
+    h: usize,
+    size: usize,
+    crop: bool,
+) -> Result<Vec<f32>, ClipVisionError> {
+    let planar = to_planar(rgb, w, h)?;
+    let mut out = if w == size && h == size {
+        planar
+    } else {
+        let (rw, rh) = if crop {
+            // Python: scale = size / min(h, w); round(scale * h), round(scale * w) (ties even)
+            let scale = size as f64 / w.min(h) as f64;
+            (
+                // (never below `size`, so the crop fits whatever the rounding)
+                ((scale * w as f64).round_ties_even() as usize).max(size),
+                ((scale * h as f64).round_ties_even() as usize).max(size),
+            )
+        } else {
+            (size, size)
+        };
+        let resized = resize_bicubic(&planar, w, h, rw, rh, true);
+        let (x0, y0) = (rw.saturating_sub(size) / 2, rh.saturating_sub(size) / 2);
+        let mut out = Vec::with_capacity(3 * size * size);
+        for plane in resized.chunks_exact(rw * rh) {
+            for y in y0..y0 + size {
+                out.extend_from_slice(&plane[y * rw + x0..y * rw + x0 + size]);
+            }
+        }
+        out
+    };
+    for v in &mut out {
+        *v = (255.0 * *v).clamp(0.0, 255.0).round_ties_even() / 255.0;
+    }
+    normalize(&mut out, size);
+    Ok(out)
+}
+
+/// Interleaved 8-bit RGB [h, w, 3] as planar [3, h, w] in [0, 1].
+fn to_planar(rgb: &[u8], w: usize, h: usize) -> Result<Vec<f32>, ClipVisionError> {
     if w == 0 || h == 0 || rgb.len() != w * h * 3 {
         return Err(ClipVisionError::Input(format!(
             "an RGB image of {w}x{h} needs {} bytes, got {}",
@@ -373,20 +454,22 @@ pub fn preprocess_wan(
             rgb.len()
         )));
     }
-    // Interleaved HWC u8 -> planar CHW in [0, 1].
     let mut planar = vec![0f32; 3 * w * h];
     for (i, px) in rgb.chunks_exact(3).enumerate() {
         for c in 0..3 {
             planar[c * w * h + i] = px[c] as f32 / 255.0;
         }
     }
-    let mut out = resize_bicubic(&planar, w, h, size, size, false);
-    for (c, plane) in out.chunks_exact_mut(size * size).enumerate() {
+    Ok(planar)
+}
+
+/// (x - mean) / std per channel of planar [3, size, size].
+fn normalize(x: &mut [f32], size: usize) {
+    for (c, plane) in x.chunks_exact_mut(size * size).enumerate() {
         for v in plane {
             *v = (*v - CLIP_MEAN[c]) / CLIP_STD[c];
         }
     }
-    Ok(out)
 }
 
 /// PyTorch's `F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=False,

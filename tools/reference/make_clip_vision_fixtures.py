@@ -17,6 +17,8 @@ Outputs (raw little-endian f32, row-major), listed in index.json:
                   *0.5+0.5, CLIP mean/std)
     penultimate   [17, 160]    hidden_states[-2] for those pixels (all tokens, no post-LN)
     layer1        [17, 160]    hidden_states[1]
+  comfyui cases: ComfyUI's clip_preprocess (short side to `size` with antialiased bicubic and a
+    centre crop, or straight to size x size; rounded to 8 bits; CLIP mean/std), sampled.
   resize cases: torch F.interpolate(mode="bicubic", align_corners=False, antialias=False/True) of
     a hash image (as float in [0, 1], NCHW), sampled at the listed output rows/cols (the whole
     output when it is small).
@@ -104,6 +106,41 @@ def wan_preprocess(img, size):
     return (x - mean) / std
 
 
+def comfyui_preprocess(img, size, crop):
+    """ComfyUI comfy/clip_vision.py clip_preprocess (the CLIPVisionEncode node, crop "center" or
+    "none") on an IMAGE tensor [1, H, W, 3] made from 8-bit RGB."""
+    image = torch.from_numpy(img).float().div(255.0)[None]
+    mean = torch.tensor(MEAN, dtype=image.dtype)
+    std = torch.tensor(STD, dtype=image.dtype)
+    image = image.movedim(-1, 1)
+    if not (image.shape[2] == size and image.shape[3] == size):
+        if crop:
+            scale = size / min(image.shape[2], image.shape[3])
+            scale_size = (round(scale * image.shape[2]), round(scale * image.shape[3]))
+        else:
+            scale_size = (size, size)
+        image = F.interpolate(image, size=scale_size, mode="bicubic", antialias=True)
+        h = (image.shape[2] - size) // 2
+        w = (image.shape[3] - size) // 2
+        image = image[:, :, h:h + size, w:w + size]
+    image = torch.clip((255.0 * image), 0, 255).round() / 255.0
+    return ((image - mean.view([3, 1, 1])) / std.view([3, 1, 1]))[0]
+
+
+def comfyui_cases():
+    cases = []
+    for (w, h, seed, size, crop) in [(70, 45, 77, 56, True), (70, 45, 77, 56, False),
+                                     (40, 60, 5, 224, True), (300, 500, 8, 224, True)]:
+        y = comfyui_preprocess(hash_image(w, h, seed), size, crop)
+        assert list(y.shape) == [3, size, size]
+        rows = cols = sample_idx(size)
+        ys = y[:, rows][:, :, cols].numpy()
+        name = f"comfyui_{w}x{h}_to_{size}_{'crop' if crop else 'nocrop'}.f32"
+        cases.append({"w": w, "h": h, "seed": seed, "size": size, "crop": crop,
+                      "rows": rows, "cols": cols, "values": write(name, ys)})
+    return cases
+
+
 def model_entry():
     cfg = CLIPVisionConfig(
         hidden_size=160,
@@ -136,7 +173,7 @@ def model_entry():
 
 
 def sample_idx(n):
-    if n <= 64:
+    if n <= 32:
         return list(range(n))
     idx = sorted(set(list(range(0, n, 9)) + [1, 2, n - 3, n - 2, n - 1]))
     return idx
@@ -170,6 +207,7 @@ def main():
         "std": STD,
         "models": [model_entry()],
         "resize": resize_cases(),
+        "comfyui": comfyui_cases(),
     }
     with open(os.path.join(OUT, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
