@@ -79,10 +79,9 @@ struct Fixture {
     layer1: Vec<f32>,
 }
 
-fn fixture() -> Fixture {
-    let index = index();
-    let m = &index["models"][0];
-    let tensors = m["tensors"]
+/// The weights of one fixture model, regenerated from its recipe.
+fn model_tensors(m: &Value) -> Tensors {
+    m["tensors"]
         .as_array()
         .unwrap()
         .iter()
@@ -104,7 +103,13 @@ fn fixture() -> Fixture {
                 .collect();
             (t["name"].as_str().unwrap().to_string(), shape, vals)
         })
-        .collect();
+        .collect()
+}
+
+fn fixture() -> Fixture {
+    let index = index();
+    let m = &index["models"][0];
+    let tensors = model_tensors(m);
     let img = &m["image"];
     Fixture {
         tensors,
@@ -409,4 +414,70 @@ fn wrong_input_sizes_are_errors() {
     // The model still works after the errors.
     let pen = model.encode(&fx.pixels).unwrap();
     assert!(rel_err(&pen, &fx.penultimate) < 1e-4);
+}
+
+/// The CLIP-H/14 shapes (width 1280, 16 heads of 80, ffn 5120, 224 px, 257 tokens; 2 layers
+/// instead of 32) on a 832x480 image, from the image through the Wan preprocessing.
+#[test]
+fn clip_h_geometry_matches_transformers() {
+    let index = index();
+    let m = &index["models"][1];
+    assert_eq!(m["kind"], "vit_h_geometry");
+    let set = direct_set(&with_wrapper(&model_tensors(m)));
+    let mut model = ClipVision::new(&set, "", 2).unwrap();
+    let c = model.config();
+    assert_eq!(
+        (
+            c.width,
+            c.heads,
+            c.head_dim,
+            c.ffn_dim,
+            c.image_size,
+            c.tokens()
+        ),
+        (1280, 16, 80, 5120, 224, 257)
+    );
+    let img = &m["image"];
+    let (w, h) = (usize_of(&img["w"]), usize_of(&img["h"]));
+    let rgb = hash_image(w, h, img["seed"].as_u64().unwrap());
+    let pixels = model.preprocess(&rgb, w, h).unwrap();
+    let rows: Vec<usize> = m["pixel_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(usize_of)
+        .collect();
+    let cols: Vec<usize> = m["pixel_cols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(usize_of)
+        .collect();
+    let want = read_f32(&m["pixels_sampled"]);
+    let mut got = Vec::with_capacity(want.len());
+    for c in 0..3 {
+        for &y in &rows {
+            for &x in &cols {
+                got.push(pixels[(c * 224 + y) * 224 + x]);
+            }
+        }
+    }
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let start = std::time::Instant::now();
+    let out = model.encode(&pixels).unwrap();
+    let took = start.elapsed();
+    assert_eq!(out.len(), 257 * 1280);
+    let stride = usize_of(&m["out_stride"]);
+    let got: Vec<f32> = out.iter().step_by(stride).copied().collect();
+    let e = rel_err(&got, &read_f32(&m["penultimate_strided"]));
+    eprintln!(
+        "clip-h geometry: preprocess {w}x{h} -> 224 max abs err {max:.2e}; penultimate rel err \
+         {e:.2e} ({took:.2?} for 2 layers on 2 threads)"
+    );
+    assert!(max < 1e-4, "{max}");
+    assert!(e < 1e-4, "{e}");
 }

@@ -19,6 +19,8 @@ Outputs (raw little-endian f32, row-major), listed in index.json:
     layer1        [17, 160]    hidden_states[1]
   comfyui cases: ComfyUI's clip_preprocess (short side to `size` with antialiased bicubic and a
     centre crop, or straight to size x size; rounded to 8 bits; CLIP mean/std), sampled.
+  model "vit_h_geometry": the CLIP-H/14 shapes with 2 layers; a 832x480 image through the Wan
+    preprocessing (pixels sampled at rows/cols) and hidden_states[-2] (flattened, every 23rd).
   resize cases: torch F.interpolate(mode="bicubic", align_corners=False, antialias=False/True) of
     a hash image (as float in [0, 1], NCHW), sampled at the listed output rows/cols (the whole
     output when it is small).
@@ -172,6 +174,42 @@ def model_entry():
     }
 
 
+def geometry_entry():
+    """CLIP-H/14 geometry (width 1280, 16 heads of 80, ffn 5120, 224 px, 257 tokens) with only 2
+    layers, on a 832x480 image through the Wan preprocessing. Outputs are strided samples."""
+    cfg = CLIPVisionConfig(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=2,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
+    model = CLIPVisionModel(cfg).eval()
+    recipe = build(model, 3000)
+    img_w, img_h, img_seed = 832, 480, 99
+    pixels = wan_preprocess(hash_image(img_w, img_h, img_seed), 224)
+    with torch.no_grad():
+        out = model(pixel_values=pixels, output_hidden_states=True)
+    pen = out.hidden_states[-2][0]
+    assert list(pen.shape) == [257, 1280]
+    stride = 23
+    rows = cols = sample_idx(224)
+    print("vit_h_geometry penultimate std", float(pen.std()))
+    return {
+        "kind": "vit_h_geometry",
+        "image": {"w": img_w, "h": img_h, "seed": img_seed},
+        "tensors": recipe,
+        "pixel_rows": rows,
+        "pixel_cols": cols,
+        "pixels_sampled": write("vit_h_pixels_sampled.f32", pixels[0][:, rows][:, :, cols].numpy()),
+        "out_stride": stride,
+        "penultimate_strided": write("vit_h_penultimate_strided.f32", pen.reshape(-1)[::stride].numpy()),
+    }
+
+
 def sample_idx(n):
     if n <= 32:
         return list(range(n))
@@ -205,7 +243,7 @@ def main():
         "pixels floor((u + 1) * 128)",
         "mean": MEAN,
         "std": STD,
-        "models": [model_entry()],
+        "models": [model_entry(), geometry_entry()],
         "resize": resize_cases(),
         "comfyui": comfyui_cases(),
     }
