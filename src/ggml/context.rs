@@ -538,3 +538,18 @@ impl Context {
         self.wrap(unsafe { sys::ggml_cast(self.as_ptr(), a.as_ptr(), ty as sys::ggml_type) })
     }
 }
+
+impl Context {
+    /// `a` and `b` joined along `dim` (0..4); all other dims must match, and so must the types.
+    pub fn concat<'c>(&'c self, a: Tensor<'c>, b: Tensor<'c>, dim: usize) -> Tensor<'c> {
+        let (na, nb) = (a.ne(), b.ne());
+        assert!(dim < MAX_DIMS, "concat: dim {dim} out of range");
+        assert!(
+            (0..MAX_DIMS).all(|i| i == dim || na[i] == nb[i]),
+            "concat: {na:?} and {nb:?} differ outside dim {dim}"
+        );
+        assert_eq!(a.ty(), b.ty(), "concat: types differ");
+        // SAFETY: same context; shapes and types checked above.
+        self.wrap(unsafe { sys::ggml_concat(self.as_ptr(), a.as_ptr(), b.as_ptr(), dim as i32) })
+    }
+}

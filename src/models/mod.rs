@@ -4,3 +4,6 @@
 pub mod clip_text;
 
 pub use clip_text::{ClipError, ClipLayout, ClipOutput, ClipTextConfig, ClipTextModel};
+pub mod clip_vision;
+
+pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
