@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Gathers a CUDA build of nijigen and the shared libraries it needs into one folder (default
+# gpu-bin/, git-ignored) to carry to a machine with an NVIDIA GPU. cuBLAS is not copied (large):
+# on the GPU machine it comes from its own CUDA / PyTorch environment (see README, CUDA build).
+#   tools/package_cuda.sh [TARGET_DIR] [OUT_DIR]
+set -euo pipefail
+target=${1:-target}
+out=${2:-gpu-bin}
+bin="$target/release/nijigen"
+[ -x "$bin" ] || { echo "no $bin: build with --features cuda first (README, CUDA build)" >&2; exit 1; }
+lib=$(ls -d "$target"/release/build/llama-cpp-sys-2-*/out/lib | head -n 1)
+[ -f "$lib/libggml-cuda.so.0" ] || { echo "$lib has no libggml-cuda.so.0: not a CUDA build" >&2; exit 1; }
+mkdir -p "$out"
+cp -f "$bin" "$out/"
+for l in ggml ggml-base ggml-cpu ggml-cuda; do cp -fL "$lib/lib$l.so.0" "$out/"; done
+cu=${CUDA_PATH:-$(echo "$PWD"/.cuda/lib/python3*/site-packages/nvidia/cu13)}
+[ -f "$cu/lib/libcudart.so.13" ] && cp -fL "$cu/lib/libcudart.so.13" "$out/"
+xz -T0 -3 -f -k "$out/libggml-cuda.so.0"
+ls -la "$out"
+echo "on the GPU machine: unxz -k $out/libggml-cuda.so.0.xz; LD_LIBRARY_PATH=\$PWD/$out:<cuBLAS lib dir> $out/nijigen devices"
