@@ -17,4 +17,4 @@ cu=${CUDA_PATH:-$(echo "$PWD"/.cuda/lib/python3*/site-packages/nvidia/cu13)}
 [ -f "$cu/lib/libcudart.so.13" ] && cp -fL "$cu/lib/libcudart.so.13" "$out/"
 xz -T0 -3 -f -k "$out/libggml-cuda.so.0"
 ls -la "$out"
-echo "on the GPU machine: unxz -k $out/libggml-cuda.so.0.xz; LD_LIBRARY_PATH=\$PWD/$out:<cuBLAS lib dir> $out/nijigen devices"
+echo "on the GPU machine, in the copied folder: unxz -k libggml-cuda.so.0.xz; LD_LIBRARY_PATH=\$PWD:<cuBLAS lib dir> ./nijigen devices"
