@@ -4,3 +4,6 @@
 pub mod clip_text;
 
 pub use clip_text::{ClipError, ClipLayout, ClipOutput, ClipTextConfig, ClipTextModel};
+pub mod vae_sdxl;
+
+pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
