@@ -293,8 +293,9 @@ impl<'w> SdxlVae<'w> {
 
     /// Decodes in overlapping tiles of `tile` x `tile` latent pixels, `overlap` of them shared
     /// with each neighbour, blended linearly across the overlap. Same input and output as
-    /// [`SdxlVae::decode`]. GroupNorm statistics are per tile, so the result differs slightly
-    /// from an untiled decode.
+    /// [`SdxlVae::decode`]. GroupNorm statistics and the mid attention are per tile, so the
+    /// result differs from an untiled decode (as diffusers' and ComfyUI's tiled decodes do).
+    /// ComfyUI's defaults, 512 px tiles with 64 px overlap, are `tile` 64, `overlap` 8.
     pub fn decode_tiled(
         &mut self,
         latent: &[f32],
@@ -503,11 +504,15 @@ impl<'w> SdxlVae<'w> {
         let hn = nn::group_norm(ctx, &w.pp("norm"), x, self.config.groups, NORM_EPS)?;
         // [W, H, C, N] -> [T, C, N] -> [C, T, N]
         let tokens = ctx.cont(ctx.permute(ctx.reshape(hn, &[t, c, n]), [1, 0, 2, 3]));
-        // 1x1 conv weights [1, 1, C, C] as linear weights [C_in, C_out].
+        // 1x1 conv weights [1, 1, C, C] (ldm) as linear weights [C_in, C_out]; a linear
+        // [C, C] as some converted files store it is taken as is.
         let proj = |name: &str, x: Tensor<'c>| -> Result<Tensor<'c>, VaeError> {
             let pw = w.pp(name);
-            let weight = pw.get_shaped("weight", &[1, 1, c, c])?;
-            let weight = ctx.reshape(weight, &[c, c]);
+            let weight = if pw.get("weight")?.ne() == [c, c, 1, 1] {
+                pw.get("weight")?
+            } else {
+                ctx.reshape(pw.get_shaped("weight", &[1, 1, c, c])?, &[c, c])
+            };
             Ok(nn::linear_with(ctx, &pw, weight, "bias", x)?)
         };
         let q = ctx.reshape(proj("q", tokens)?, &[c, 1, t, n]);
