@@ -1,5 +1,5 @@
 //! The SDXL VAE against diffusers' AutoencoderKL on a tiny model (channels [32, 64], 2 res
-//! blocks, 8 groups, 2x instead of 8x).
+//! blocks, 8 groups, 2x instead of 8x) and on SDXL's real shapes with random weights.
 //!
 //! The weights are regenerated here from the recipe in tests/fixtures/vae_sdxl/index.json (the
 //! counter-based hash of tools/reference/make_vae_sdxl_fixtures.py) under diffusers names and
@@ -63,8 +63,18 @@ fn read_f32(entry: &Value) -> (Vec<f32>, Vec<usize>) {
 }
 
 fn fixture() -> Fixture {
+    fixture_of("tiny")
+}
+
+fn fixture_of(kind: &str) -> Fixture {
     let text = std::fs::read_to_string(Path::new(DIR).join("index.json")).unwrap();
     let index: Value = serde_json::from_str(&text).unwrap();
+    let index = index["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["kind"] == kind)
+        .unwrap();
     let tensors = index["tensors"]
         .as_array()
         .unwrap()
@@ -302,4 +312,31 @@ fn ldm_names_under_a_checkpoint_prefix_and_input_errors() {
     let unscaled: Vec<f32> = latent.iter().map(|v| v / SCALE_FACTOR).collect();
     let other = vae.decode(&unscaled, ls[1], ls[2]).unwrap();
     assert!(rel_err(&other, &got) > 1e-2);
+}
+
+#[test]
+fn sdxl_shapes_match_diffusers() {
+    // The real architecture (84M random weights, 335 MB as F32), tiny images: config inference
+    // with 4 levels, the default 32 groups, the 8x factor and the diffusers -> ldm level order.
+    let fx = fixture_of("sdxl");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diffusion_pytorch_model.safetensors");
+    write(&path, &fx.tensors, St::F32);
+    drop(fx.tensors);
+    let store = WeightStore::open_path(&path).unwrap();
+    let set = store.load_cpu(|_| true).unwrap();
+    let mut vae = SdxlVae::new(&set, "", 2).unwrap();
+    let c = vae.config();
+    assert_eq!(c.channels, vec![128, 256, 512, 512]);
+    assert_eq!((c.res_blocks, c.latent_channels, c.groups), (2, 4, 32));
+    assert_eq!(c.downscale(), 8);
+    let (latent, ls) = &fx.latent;
+    let dec = vae.decode(latent, ls[1], ls[2]).unwrap();
+    assert_eq!(fx.decoded.1, vec![3, ls[1] * 8, ls[2] * 8]);
+    let ed = rel_err(&dec, &clamped(&fx.decoded.0));
+    let (image, is) = &fx.image;
+    let enc = vae.encode(image, is[1], is[2]).unwrap();
+    let ee = rel_err(&enc, &fx.encoded.0);
+    eprintln!("sdxl shapes f32: decode rel err {ed:.2e}, encode {ee:.2e}");
+    assert!(ed < 1e-4 && ee < 1e-4, "{ed} {ee}");
 }

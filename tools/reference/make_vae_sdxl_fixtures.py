@@ -10,11 +10,13 @@ tests/vae_sdxl.rs reproduces bit for bit (the same one as make_clip_text_fixture
 
 and the recipe (diffusers name, shape, seed, scale, offset per tensor) goes to index.json.
 
-Files (raw little-endian f32, row-major):
-  latent.f32        [4, 8, 8]    a *scaled* latent, as a sampler produces it
-  decoded.f32       [3, 64, 64]  vae.decode(latent / 0.13025).sample, NOT clamped
-  image.f32         [3, 64, 64]  an input image in [-1, 1]
-  encoded.f32       [4, 8, 8]    vae.encode(image).latent_dist.mean * 0.13025
+Two models: "tiny" (channels [32, 64], 2 res blocks, 8 groups: 2x) and "sdxl" (the real
+shapes: channels [128, 256, 512, 512], 2 res blocks, 32 groups: 8x; 84M random weights).
+Files per model (raw little-endian f32, row-major):
+  <kind>_latent.f32   [4, h, w]      a *scaled* latent, as a sampler produces it
+  <kind>_decoded.f32  [3, H, W]      vae.decode(latent / 0.13025).sample, NOT clamped
+  <kind>_image.f32    [3, H', W']    an input image in [-1, 1]
+  <kind>_encoded.f32  [4, H'/f, W'/f] vae.encode(image).latent_dist.mean * 0.13025
 
 Run: /work/pyref/bin/python tools/reference/make_vae_sdxl_fixtures.py
 """
@@ -74,39 +76,61 @@ def write(name, t):
     return {"file": name, "shape": list(arr.shape)}
 
 
+def run(kind, cfg, base_seed, latent_hw, image_hw):
+    vae = AutoencoderKL(**cfg).eval()
+    recipe = build(vae, base_seed)
+    lh, lw = latent_hw
+    ih, iw = image_hw
+    latent = torch.from_numpy(hash_values(4 * lh * lw, 77).reshape(1, 4, lh, lw) * np.float32(1.5))
+    image = torch.from_numpy(hash_values(3 * ih * iw, 78).reshape(1, 3, ih, iw))
+    with torch.no_grad():
+        decoded = vae.decode(latent / SCALE).sample
+        encoded = vae.encode(image).latent_dist.mean * SCALE
+    print(kind, "decoded std", float(decoded.std()), "outside [-1,1]:",
+          float((decoded.abs() > 1).float().mean()), "encoded std", float(encoded.std()))
+    return {
+        "kind": kind,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+        "groups": cfg["norm_num_groups"],
+        "tensors": recipe,
+        "latent": write(f"{kind}_latent.f32", latent[0]),
+        "decoded": write(f"{kind}_decoded.f32", decoded[0]),
+        "image": write(f"{kind}_image.f32", image[0]),
+        "encoded": write(f"{kind}_encoded.f32", encoded[0]),
+    }
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
-    cfg = dict(
-        in_channels=3,
-        out_channels=3,
+    common = dict(in_channels=3, out_channels=3, latent_channels=4, scaling_factor=SCALE)
+    # Tiny: 2 levels (2x), 8 groups.
+    tiny = dict(
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         block_out_channels=(32, 64),
         layers_per_block=2,
-        latent_channels=4,
         norm_num_groups=8,
         sample_size=64,
-        scaling_factor=SCALE,
+        **common,
     )
-    vae = AutoencoderKL(**cfg).eval()
-    recipe = build(vae, 500)
-    latent = torch.from_numpy(hash_values(4 * 8 * 8, 77).reshape(1, 4, 8, 8) * np.float32(1.5))
-    image = torch.from_numpy(hash_values(3 * 64 * 64, 78).reshape(1, 3, 64, 64))
-    with torch.no_grad():
-        decoded = vae.decode(latent / SCALE).sample
-        encoded = vae.encode(image).latent_dist.mean * SCALE
-    print("decoded std", float(decoded.std()), "outside [-1,1]:", float((decoded.abs() > 1).float().mean()))
-    print("encoded std", float(encoded.std()))
+    # SDXL's real shapes (stabilityai/sdxl-vae config.json), random weights, small images.
+    sdxl = dict(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        norm_num_groups=32,
+        sample_size=1024,
+        **common,
+    )
+    models = [
+        run("tiny", tiny, 500, (8, 8), (64, 64)),
+        run("sdxl", sdxl, 2000, (4, 4), (32, 32)),
+    ]
     index = {
         "generator": "splitmix64(seed * 0x9E3779B97F4A7C15 + i) >> 40, / 2^23 - 1, * scale + offset",
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
-        "groups": cfg["norm_num_groups"],
-        "tensors": recipe,
-        "latent": write("latent.f32", latent[0]),
-        "decoded": write("decoded.f32", decoded[0]),
-        "image": write("image.f32", image[0]),
-        "encoded": write("encoded.f32", encoded[0]),
+        "models": models,
     }
     with open(os.path.join(OUT, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
