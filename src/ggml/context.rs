@@ -553,3 +553,87 @@ impl Context {
         self.wrap(unsafe { sys::ggml_concat(self.as_ptr(), a.as_ptr(), b.as_ptr(), dim as i32) })
     }
 }
+
+// Ops for convolutional decoders (SDXL VAE): padding, nearest upsampling, clamping.
+impl Context {
+    /// Zero padding appended at the end of each dim: `pad[i]` elements after dim i
+    /// (e.g. `[1, 1, 0, 0]` pads the right column and the bottom row of a [W, H, C, N] image).
+    pub fn pad<'c>(&'c self, a: Tensor<'c>, pad: [i32; 4]) -> Tensor<'c> {
+        assert!(pad.iter().all(|&p| p >= 0), "pad: negative padding {pad:?}");
+        // SAFETY: a belongs to this context; paddings are non-negative.
+        self.wrap(unsafe {
+            sys::ggml_pad(self.as_ptr(), a.as_ptr(), pad[0], pad[1], pad[2], pad[3])
+        })
+    }
+
+    /// Nearest-neighbour upsampling of dims 0 and 1 by an integer `factor`
+    /// ([W, H, C, N] -> [W*f, H*f, C, N]), as PyTorch's `interpolate(mode="nearest")`.
+    pub fn upscale_nearest<'c>(&'c self, a: Tensor<'c>, factor: i64) -> Tensor<'c> {
+        assert!(factor >= 1, "upscale_nearest: factor {factor}");
+        let ne = a.ne();
+        // The C enum's Rust type differs by platform (u32 on Linux, i32 on MSVC).
+        #[allow(clippy::unnecessary_cast)]
+        let mode = sys::GGML_SCALE_MODE_NEAREST as u32;
+        // SAFETY: a belongs to this context; the target dims are positive multiples of a's.
+        self.wrap(unsafe {
+            sys::ggml_interpolate(
+                self.as_ptr(),
+                a.as_ptr(),
+                ne[0] * factor,
+                ne[1] * factor,
+                ne[2],
+                ne[3],
+                mode,
+            )
+        })
+    }
+
+    /// 2-D convolution without an im2col tensor (ggml's direct kernel: patches are gathered
+    /// in small batches in the work buffer, in the kernel's type). kernel [KW, KH, IC, OC]
+    /// (F32 or F16), input [W, H, IC, N] F32 -> [OW, OH, OC, N]. With an F32 kernel the whole
+    /// computation is F32, unlike [`Context::conv_2d`], whose im2col is F16.
+    pub fn conv_2d_direct<'c>(
+        &'c self,
+        kernel: Tensor<'c>,
+        input: Tensor<'c>,
+        stride: (i32, i32),
+        pad: (i32, i32),
+        dilation: (i32, i32),
+    ) -> Tensor<'c> {
+        assert_eq!(
+            kernel.ne()[2],
+            input.ne()[2],
+            "conv_2d_direct: channel mismatch: kernel {:?}, input {:?}",
+            kernel.ne(),
+            input.ne()
+        );
+        assert!(
+            matches!(kernel.ty(), GgmlType::F32 | GgmlType::F16) && input.ty() == GgmlType::F32,
+            "conv_2d_direct: kernel {} / input {}: needs an F32 or F16 kernel and F32 input",
+            kernel.ty(),
+            input.ty()
+        );
+        // SAFETY: same context; channels and types checked (ggml asserts the kernel is
+        // contiguous at compute time).
+        self.wrap(unsafe {
+            sys::ggml_conv_2d_direct(
+                self.as_ptr(),
+                kernel.as_ptr(),
+                input.as_ptr(),
+                stride.0,
+                stride.1,
+                pad.0,
+                pad.1,
+                dilation.0,
+                dilation.1,
+            )
+        })
+    }
+
+    /// Elementwise clamp to [min, max].
+    pub fn clamp<'c>(&'c self, a: Tensor<'c>, min: f32, max: f32) -> Tensor<'c> {
+        assert!(min <= max, "clamp: min {min} > max {max}");
+        // SAFETY: a belongs to this context.
+        self.wrap(unsafe { sys::ggml_clamp(self.as_ptr(), a.as_ptr(), min, max) })
+    }
+}

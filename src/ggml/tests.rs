@@ -529,3 +529,77 @@ fn devices_include_cpu() {
         .expect("cuda:7 should not exist here");
     assert!(err.to_string().contains("no device"), "{err}");
 }
+
+#[test]
+fn conv2d_direct_against_reference() {
+    for (s, p, d, kty, tol) in [
+        // The direct kernel gathers patches in the kernel's type: exact F32 for F32 kernels.
+        (1usize, 1usize, 1usize, GgmlType::F32, 1e-6f32),
+        (2, 0, 1, GgmlType::F32, 1e-6),
+        (1, 2, 2, GgmlType::F32, 1e-6),
+        (1, 1, 1, GgmlType::F16, 2e-3),
+    ] {
+        let (n, ic, h, wd, oc, k) = (2usize, 3usize, 7usize, 9usize, 4usize, 3usize);
+        let w = rand_vec(oc * ic * k * k, 5);
+        let x = rand_vec(n * ic * h * wd, 6);
+        let wb = if kty == GgmlType::F16 {
+            f16_bytes(&w)
+        } else {
+            bytemuck::cast_slice(&w).to_vec()
+        };
+        let inputs = [
+            (kty, vec![k as i64, k as i64, ic as i64, oc as i64], wb),
+            f32_input(&[wd as i64, h as i64, ic as i64, n as i64], &x),
+        ];
+        let (y, ne) = run_cpu(&inputs, |ctx, t| {
+            ctx.conv_2d_direct(
+                t[0],
+                t[1],
+                (s as i32, s as i32),
+                (p as i32, p as i32),
+                (d as i32, d as i32),
+            )
+        });
+        let (yr, oh, ow) = ref_conv2d(&w, &x, (n, ic, h, wd), (oc, k, k), s, p, d);
+        assert_eq!(ne, [ow as i64, oh as i64, oc as i64, n as i64]);
+        let e = rel_err(&y, &yr);
+        assert!(e < tol, "conv2d_direct s{s} p{p} d{d} {kty}: rel err {e}");
+    }
+}
+
+#[test]
+fn pad_upscale_nearest_and_clamp() {
+    let (w, h, c) = (3usize, 2usize, 2usize);
+    let x: Vec<f32> = (0..w * h * c).map(|i| i as f32 - 5.0).collect();
+    let inputs = [f32_input(&[w as i64, h as i64, c as i64], &x)];
+
+    let (y, ne) = run_cpu(&inputs, |ctx, t| ctx.pad(t[0], [1, 1, 0, 0]));
+    assert_eq!(ne, [4, 3, 2, 1]);
+    for ci in 0..c {
+        for yy in 0..3 {
+            for xx in 0..4 {
+                let want = if xx < w && yy < h {
+                    x[(ci * h + yy) * w + xx]
+                } else {
+                    0.0
+                };
+                assert_eq!(y[(ci * 3 + yy) * 4 + xx], want, "pad at {ci},{yy},{xx}");
+            }
+        }
+    }
+
+    let (y, ne) = run_cpu(&inputs, |ctx, t| ctx.upscale_nearest(t[0], 2));
+    assert_eq!(ne, [6, 4, 2, 1]);
+    for ci in 0..c {
+        for yy in 0..4 {
+            for xx in 0..6 {
+                let want = x[(ci * h + yy / 2) * w + xx / 2];
+                assert_eq!(y[(ci * 4 + yy) * 6 + xx], want, "upscale at {ci},{yy},{xx}");
+            }
+        }
+    }
+
+    let (y, _) = run_cpu(&inputs, |ctx, t| ctx.clamp(t[0], -1.0, 2.5));
+    let want: Vec<f32> = x.iter().map(|v| v.clamp(-1.0, 2.5)).collect();
+    assert_eq!(y, want);
+}

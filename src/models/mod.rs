@@ -7,3 +7,6 @@ pub use clip_text::{ClipError, ClipLayout, ClipOutput, ClipTextConfig, ClipTextM
 pub mod clip_vision;
 
 pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
+pub mod vae_sdxl;
+
+pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};

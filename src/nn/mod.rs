@@ -159,3 +159,54 @@ impl Activation {
 
 #[cfg(test)]
 mod tests;
+
+/// PyTorch `nn.Conv2d` stored as `{prefix}weight` [OC, IC, KH, KW] (ggml ne [KW, KH, IC, OC])
+/// and an optional `{prefix}bias` [OC]: x [W, H, IC, N] -> [OW, OH, OC, N]. Symmetric `pad`.
+/// Uses ggml's direct convolution (F32 throughout for F32 weights, no im2col tensor); other
+/// weight types (BF16, quantized) are cast to F32 first.
+pub fn conv2d<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+    stride: i32,
+    pad: i32,
+) -> Result<Tensor<'c>, NnError> {
+    let weight = w.get("weight")?;
+    let (wn, xn) = (weight.ne(), x.ne());
+    if wn[2] != xn[2] {
+        return Err(NnError::Shape {
+            tensor: w.name("weight"),
+            expected: format!("[KW, KH, {}, OC] for input {xn:?}", xn[2]),
+            found: wn,
+        });
+    }
+    let weight = match weight.ty() {
+        GgmlType::F32 | GgmlType::F16 => weight,
+        _ => ctx.cast(weight, GgmlType::F32),
+    };
+    let y = ctx.conv_2d_direct(weight, x, (stride, stride), (pad, pad), (1, 1));
+    if !w.contains("bias") {
+        return Ok(y);
+    }
+    let b = w.get_shaped("bias", &[wn[3]])?;
+    let b = ctx.reshape(to_f32(ctx, b), &[1, 1, wn[3], 1]);
+    Ok(ctx.add(y, b))
+}
+
+/// PyTorch `nn.GroupNorm` over a [W, H, C, N] tensor with `{prefix}weight` and `{prefix}bias`
+/// [C].
+pub fn group_norm<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+    groups: usize,
+    eps: f32,
+) -> Result<Tensor<'c>, NnError> {
+    let c = x.ne()[2];
+    let g = w.get_shaped("weight", &[c])?;
+    let b = w.get_shaped("bias", &[c])?;
+    let y = ctx.group_norm(x, groups, eps);
+    let g = ctx.reshape(to_f32(ctx, g), &[1, 1, c, 1]);
+    let b = ctx.reshape(to_f32(ctx, b), &[1, 1, c, 1]);
+    Ok(ctx.add(ctx.mul(y, g), b))
+}

@@ -1,0 +1,681 @@
+//! The SDXL VAE (ldm `AutoencoderKL`, diffusers `AutoencoderKL`): 4 latent channels, 8x.
+//!
+//! Decoder (ldm names, canonical here; diffusers names are mapped by the weight loader):
+//!   z = post_quant_conv(latent / 0.13025)
+//!   x = conv_in(z); x = mid.block_1(x); x = mid.attn_1(x); x = mid.block_2(x)
+//!   for level L-1 .. 0: x = up.i.block.0..=R(x); if i > 0: x = up.i.upsample.conv(nearest2x(x))
+//!   image = clamp(conv_out(silu(norm_out(x))), -1, 1)
+//! Encoder:
+//!   x = conv_in(image)
+//!   for level 0 .. L-1: x = down.i.block.0..R-1(x); if i < L-1: x = down.i.downsample.conv(pad_rb(x))
+//!   x = mid.block_1, mid.attn_1, mid.block_2; moments = quant_conv(conv_out(silu(norm_out(x))))
+//!   latent = moments[:4] * 0.13025 (the mean of the latent distribution)
+//! Resnet block: h = conv1(silu(norm1(x))); h = conv2(silu(norm2(h))); x' = nin_shortcut?(x) + h.
+//! Mid attention: one head over the H*W tokens, q/k/v/proj_out as 1x1 convs, residual.
+//! GroupNorm eps 1e-6; the group count is not stored in the files (32 in SDXL).
+//!
+//! Shapes are ggml `ne` (innermost first): activations [W, H, C, N]; the public API takes and
+//! returns row-major [C, H, W] slices, which are the same memory.
+//!
+//! Attention runs on the exact F32 path (mul_mat, softmax, mul_mat): its score matrix is
+//! (H*W)^2 floats, 1 GiB for a 128x128 latent (1024 px); use [`SdxlVae::decode_tiled`] for larger
+//! images.
+
+use crate::ggml::{self, Backend, Context, GgmlError, GraphAllocator, Tensor, TensorSet};
+use crate::nn::{self, NnError, Weights};
+
+/// SDXL's latent scale factor (diffusers `scaling_factor`); no shift.
+pub const SCALE_FACTOR: f32 = 0.13025;
+/// GroupNorm groups of the real model (diffusers `norm_num_groups`).
+pub const DEFAULT_GROUPS: usize = 32;
+const NORM_EPS: f32 = 1e-6;
+
+/// Why a VAE forward failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VaeError {
+    #[error("SDXL VAE: {0}")]
+    Weights(#[from] NnError),
+    #[error("SDXL VAE: {0}")]
+    Config(String),
+    #[error("SDXL VAE: {0}")]
+    Input(String),
+    #[error("SDXL VAE: the weights under '{prefix}' have no {half} (looked for '{probe}')")]
+    Missing {
+        prefix: String,
+        half: &'static str,
+        probe: String,
+    },
+    #[error("SDXL VAE: {0}")]
+    Ggml(#[from] GgmlError),
+}
+
+/// Hyperparameters, inferred from the weights by [`VaeConfig::from_weights`]. SDXL's values:
+/// channels [128, 256, 512, 512], 2 res blocks per level, 4 latent channels, 32 groups
+/// (diffusers `AutoencoderKL` config of stabilityai/sdxl-vae).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct VaeConfig {
+    /// Output channels of each level, shallowest first (`block_out_channels`).
+    pub channels: Vec<usize>,
+    /// Res blocks per encoder level (`layers_per_block`); decoder levels have one more.
+    pub res_blocks: usize,
+    pub latent_channels: usize,
+    /// Image channels (3).
+    pub image_channels: usize,
+    /// GroupNorm groups: not stored in the files, [`DEFAULT_GROUPS`] unless told otherwise.
+    pub groups: usize,
+    pub has_encoder: bool,
+    pub has_decoder: bool,
+}
+
+impl VaeConfig {
+    /// Reads the shapes of the weights under `prefix` ("" for a VAE file, "first_stage_model."
+    /// in an SDXL checkpoint), with `groups` GroupNorm groups.
+    pub fn from_weights(
+        set: &TensorSet<'_>,
+        prefix: &str,
+        groups: usize,
+    ) -> Result<VaeConfig, VaeError> {
+        let w = Weights::new(set, prefix);
+        let has_decoder = w.contains("decoder.conv_in.weight");
+        let has_encoder = w.contains("encoder.conv_in.weight");
+        if !has_decoder && !has_encoder {
+            return Err(VaeError::Missing {
+                prefix: w.name(""),
+                half: "encoder or decoder",
+                probe: w.name("decoder.conv_in.weight"),
+            });
+        }
+        // [KW, KH, IC, OC]
+        let oc = |name: String| -> Result<usize, VaeError> { Ok(w.get(&name)?.ne()[3] as usize) };
+        let (channels, res_blocks, latent_channels, image_channels);
+        if has_decoder {
+            let mut levels = 0;
+            while w.contains(&format!("decoder.up.{levels}.block.0.norm1.weight")) {
+                levels += 1;
+            }
+            channels = (0..levels)
+                .map(|i| oc(format!("decoder.up.{i}.block.0.conv2.weight")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut blocks = 0usize;
+            while w.contains(&format!("decoder.up.0.block.{blocks}.norm1.weight")) {
+                blocks += 1;
+            }
+            res_blocks = blocks.saturating_sub(1);
+            latent_channels = w.get("decoder.conv_in.weight")?.ne()[2] as usize;
+            image_channels = oc("decoder.conv_out.weight".into())?;
+        } else {
+            let mut levels = 0;
+            while w.contains(&format!("encoder.down.{levels}.block.0.norm1.weight")) {
+                levels += 1;
+            }
+            channels = (0..levels)
+                .map(|i| oc(format!("encoder.down.{i}.block.0.conv2.weight")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut blocks = 0usize;
+            while w.contains(&format!("encoder.down.0.block.{blocks}.norm1.weight")) {
+                blocks += 1;
+            }
+            res_blocks = blocks;
+            latent_channels = oc("encoder.conv_out.weight".into())? / 2;
+            image_channels = w.get("encoder.conv_in.weight")?.ne()[2] as usize;
+        }
+        if has_decoder && has_encoder {
+            // Both halves must agree: encoder levels have one res block fewer.
+            let mut enc_blocks = 0usize;
+            while w.contains(&format!("encoder.down.0.block.{enc_blocks}.norm1.weight")) {
+                enc_blocks += 1;
+            }
+            if enc_blocks != res_blocks {
+                return Err(VaeError::Config(format!(
+                    "the encoder has {enc_blocks} res blocks per level and the decoder {}: \
+                     expected the decoder to have one more",
+                    res_blocks + 1
+                )));
+            }
+        }
+        let config = VaeConfig {
+            channels,
+            res_blocks,
+            latent_channels,
+            image_channels,
+            groups,
+            has_encoder,
+            has_decoder,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), VaeError> {
+        if self.channels.is_empty() {
+            return Err(VaeError::Config("no levels found".into()));
+        }
+        if self.res_blocks == 0 {
+            return Err(VaeError::Config("no res blocks per level".into()));
+        }
+        if self.latent_channels == 0 || self.image_channels == 0 {
+            return Err(VaeError::Config(format!(
+                "{} latent and {} image channels",
+                self.latent_channels, self.image_channels
+            )));
+        }
+        if let Some(c) = self
+            .channels
+            .iter()
+            .find(|&&c| self.groups == 0 || c % self.groups != 0)
+        {
+            return Err(VaeError::Config(format!(
+                "{c} channels are not a whole number of {} GroupNorm groups",
+                self.groups
+            )));
+        }
+        Ok(())
+    }
+
+    /// Image pixels per latent pixel along each side (8 for SDXL's 4 levels).
+    pub fn downscale(&self) -> usize {
+        1 << (self.channels.len() - 1)
+    }
+}
+
+/// An SDXL VAE over a loaded weight set, computing on the CPU.
+pub struct SdxlVae<'w> {
+    weights: Weights<'w>,
+    config: VaeConfig,
+    backend: Backend,
+    /// Reused across calls; its buffer grows to the largest graph seen.
+    alloc: GraphAllocator,
+}
+
+impl<'w> SdxlVae<'w> {
+    /// The VAE whose tensors are under `prefix` in `set` (SDXL's 32 groups), config inferred
+    /// from the shapes, computing with `threads` CPU threads.
+    pub fn new(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        threads: usize,
+    ) -> Result<SdxlVae<'w>, VaeError> {
+        let config = VaeConfig::from_weights(set, prefix, DEFAULT_GROUPS)?;
+        Self::with_config(set, prefix, config, threads)
+    }
+
+    /// As [`SdxlVae::new`] with an explicit config (e.g. another group count).
+    pub fn with_config(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        config: VaeConfig,
+        threads: usize,
+    ) -> Result<SdxlVae<'w>, VaeError> {
+        config.validate()?;
+        let backend = Backend::cpu(threads)?;
+        let vae = SdxlVae {
+            weights: Weights::new(set, prefix),
+            config,
+            alloc: backend.graph_allocator()?,
+            backend,
+        };
+        // Build (not run) small graphs: every tensor is looked up and shape-checked now.
+        let size = GRAPH_SIZE;
+        if vae.config.has_decoder {
+            let ctx = Context::new_meta(size, size)?;
+            vae.build_decoder(&ctx, 1, 1)?;
+        }
+        if vae.config.has_encoder {
+            let ctx = Context::new_meta(size, size)?;
+            let s = vae.config.downscale();
+            vae.build_encoder(&ctx, s, s)?;
+        }
+        Ok(vae)
+    }
+
+    pub fn config(&self) -> &VaeConfig {
+        &self.config
+    }
+
+    /// Decodes a *scaled* latent (as the sampler produces it; divided by [`SCALE_FACTOR`]
+    /// here), row-major [latent_channels, h, w], into an image [3, h*8, w*8] in [-1, 1].
+    pub fn decode(&mut self, latent: &[f32], h: usize, w: usize) -> Result<Vec<f32>, VaeError> {
+        Ok(self
+            .decode_raw(latent, h, w)?
+            .into_iter()
+            .map(|v| v.clamp(-1.0, 1.0))
+            .collect())
+    }
+
+    /// The decoder output before clamping.
+    fn decode_raw(&mut self, latent: &[f32], h: usize, w: usize) -> Result<Vec<f32>, VaeError> {
+        let cfg = &self.config;
+        if !cfg.has_decoder {
+            return Err(VaeError::Missing {
+                prefix: self.weights.name(""),
+                half: "decoder",
+                probe: self.weights.name("decoder.conv_in.weight"),
+            });
+        }
+        if h == 0 || w == 0 || latent.len() != cfg.latent_channels * h * w {
+            return Err(VaeError::Input(format!(
+                "latent of {} values is not [{}, {h}, {w}]",
+                latent.len(),
+                cfg.latent_channels
+            )));
+        }
+        let _span = tracing::debug_span!("vae_decode", h, w).entered();
+        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+        let (input, output) = self.build_decoder(&ctx, h, w)?;
+        self.run(&ctx, input, output, latent)
+    }
+
+    /// Encodes an image, row-major [3, H, W] in [-1, 1] with H and W multiples of 8, into the
+    /// mean of the latent distribution times [`SCALE_FACTOR`], [latent_channels, H/8, W/8].
+    pub fn encode(&mut self, image: &[f32], h: usize, w: usize) -> Result<Vec<f32>, VaeError> {
+        let cfg = &self.config;
+        if !cfg.has_encoder {
+            return Err(VaeError::Missing {
+                prefix: self.weights.name(""),
+                half: "encoder",
+                probe: self.weights.name("encoder.conv_in.weight"),
+            });
+        }
+        let s = cfg.downscale();
+        if h == 0 || w == 0 || h % s != 0 || w % s != 0 || image.len() != cfg.image_channels * h * w
+        {
+            return Err(VaeError::Input(format!(
+                "image of {} values is not [{}, {h}, {w}] with sides multiples of {s}",
+                image.len(),
+                cfg.image_channels
+            )));
+        }
+        let _span = tracing::debug_span!("vae_encode", h, w).entered();
+        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+        let (input, output) = self.build_encoder(&ctx, h, w)?;
+        self.run(&ctx, input, output, image)
+    }
+
+    /// Decodes in overlapping tiles of `tile` x `tile` latent pixels, `overlap` of them shared
+    /// with each neighbour, blended linearly across the overlap. Same input and output as
+    /// [`SdxlVae::decode`]. GroupNorm statistics and the mid attention are per tile, so the
+    /// result differs from an untiled decode (as diffusers' and ComfyUI's tiled decodes do).
+    /// ComfyUI's defaults, 512 px tiles with 64 px overlap, are `tile` 64, `overlap` 8.
+    pub fn decode_tiled(
+        &mut self,
+        latent: &[f32],
+        h: usize,
+        w: usize,
+        tile: usize,
+        overlap: usize,
+    ) -> Result<Vec<f32>, VaeError> {
+        if tile == 0 || overlap >= tile {
+            return Err(VaeError::Input(format!(
+                "tile {tile} with overlap {overlap}: the overlap must be smaller than the tile"
+            )));
+        }
+        if h <= tile && w <= tile {
+            return self.decode(latent, h, w);
+        }
+        let lc = self.config.latent_channels;
+        if latent.len() != lc * h * w {
+            return Err(VaeError::Input(format!(
+                "latent of {} values is not [{lc}, {h}, {w}]",
+                latent.len()
+            )));
+        }
+        let _span = tracing::debug_span!("vae_decode_tiled", h, w, tile, overlap).entered();
+        let s = self.config.downscale();
+        let ic = self.config.image_channels;
+        let mut img = blend_tiles(latent, lc, h, w, tile, overlap, s, ic, |part, th, tw| {
+            self.decode_raw(part, th, tw)
+        })?;
+        for v in &mut img {
+            *v = v.clamp(-1.0, 1.0);
+        }
+        Ok(img)
+    }
+
+    /// Allocates, uploads `data` to `input`, computes and reads `output`.
+    fn run<'c>(
+        &mut self,
+        ctx: &'c Context,
+        input: Tensor<'c>,
+        output: Tensor<'c>,
+        data: &[f32],
+    ) -> Result<Vec<f32>, VaeError> {
+        let mut graph = ctx.new_graph(GRAPH_SIZE);
+        graph.expand(output);
+        self.alloc.alloc_graph(&graph)?;
+        ggml::tensor_set_f32(input, data)?;
+        tracing::debug!(
+            nodes = graph.n_nodes(),
+            compute_bytes = self.alloc.buffer_size(),
+            "vae graph"
+        );
+        self.backend.compute(&graph)?;
+        Ok(ggml::tensor_get_f32(output)?)
+    }
+
+    /// Decoder graph for an [lc, h, w] latent: (input, output [W, H, 3, 1] unclamped).
+    fn build_decoder<'c>(
+        &self,
+        ctx: &'c Context,
+        h: usize,
+        w: usize,
+    ) -> Result<(Tensor<'c>, Tensor<'c>), VaeError>
+    where
+        'w: 'c,
+    {
+        let cfg = &self.config;
+        let wt: &Weights<'c> = &self.weights;
+        let d = wt.pp("decoder");
+        let levels = cfg.channels.len();
+        let input = ctx
+            .new_f32(&[w as i64, h as i64, cfg.latent_channels as i64, 1])
+            .set_name("vae.dec.latent")
+            .set_input();
+        let z = ctx.scale(input, 1.0 / SCALE_FACTOR);
+        let z = if wt.contains("post_quant_conv.weight") {
+            nn::conv2d(ctx, &wt.pp("post_quant_conv"), z, 1, 0)?
+        } else {
+            z
+        };
+        let mut x = nn::conv2d(ctx, &d.pp("conv_in"), z, 1, 1)?.set_name("vae.dec.conv_in");
+        x = self.mid(ctx, &d.pp("mid"), x, "dec")?;
+        for i in (0..levels).rev() {
+            let up = d.pp("up").pp(i);
+            for j in 0..=cfg.res_blocks {
+                x = self.resnet(ctx, &up.pp("block").pp(j), x)?;
+                x = x.set_name(&format!("vae.dec.up.{i}.block.{j}"));
+            }
+            if i > 0 {
+                x = ctx.upscale_nearest(x, 2);
+                x = nn::conv2d(ctx, &up.pp("upsample").pp("conv"), x, 1, 1)?
+                    .set_name(&format!("vae.dec.up.{i}.upsample"));
+            }
+        }
+        let x = nn::group_norm(ctx, &d.pp("norm_out"), x, cfg.groups, NORM_EPS)?;
+        let x = nn::conv2d(ctx, &d.pp("conv_out"), ctx.silu(x), 1, 1)?;
+        Ok((input, x.set_name("vae.dec.image").set_output()))
+    }
+
+    /// Encoder graph for a [3, h, w] image: (input, output [W/8, H/8, lc, 1] scaled mean).
+    fn build_encoder<'c>(
+        &self,
+        ctx: &'c Context,
+        h: usize,
+        w: usize,
+    ) -> Result<(Tensor<'c>, Tensor<'c>), VaeError>
+    where
+        'w: 'c,
+    {
+        let cfg = &self.config;
+        let wt: &Weights<'c> = &self.weights;
+        let e = wt.pp("encoder");
+        let levels = cfg.channels.len();
+        let input = ctx
+            .new_f32(&[w as i64, h as i64, cfg.image_channels as i64, 1])
+            .set_name("vae.enc.image")
+            .set_input();
+        let mut x = nn::conv2d(ctx, &e.pp("conv_in"), input, 1, 1)?.set_name("vae.enc.conv_in");
+        for i in 0..levels {
+            let down = e.pp("down").pp(i);
+            for j in 0..cfg.res_blocks {
+                x = self.resnet(ctx, &down.pp("block").pp(j), x)?;
+                x = x.set_name(&format!("vae.enc.down.{i}.block.{j}"));
+            }
+            if i + 1 < levels {
+                // ldm pads right and bottom by one, then a stride-2 3x3 conv without padding.
+                x = ctx.pad(x, [1, 1, 0, 0]);
+                x = nn::conv2d(ctx, &down.pp("downsample").pp("conv"), x, 2, 0)?
+                    .set_name(&format!("vae.enc.down.{i}.downsample"));
+            }
+        }
+        x = self.mid(ctx, &e.pp("mid"), x, "enc")?;
+        let x = nn::group_norm(ctx, &e.pp("norm_out"), x, cfg.groups, NORM_EPS)?;
+        let mut m = nn::conv2d(ctx, &e.pp("conv_out"), ctx.silu(x), 1, 1)?;
+        if wt.contains("quant_conv.weight") {
+            m = nn::conv2d(ctx, &wt.pp("quant_conv"), m, 1, 0)?;
+        }
+        let [mw, mh, mc, _] = m.ne();
+        let lc = cfg.latent_channels as i64;
+        if mc != 2 * lc {
+            return Err(VaeError::Config(format!(
+                "encoder output has {mc} channels, expected mean and log-variance of {lc}"
+            )));
+        }
+        // The mean: the first lc channels (contiguous planes).
+        let nb = m.nb();
+        let mean = ctx.view(m, &[mw, mh, lc, 1], &[nb[1], nb[2], nb[3]], 0);
+        let out = ctx.scale(ctx.cont(mean), SCALE_FACTOR);
+        Ok((input, out.set_name("vae.enc.latent").set_output()))
+    }
+
+    /// `block_1`, `attn_1`, `block_2` of the middle.
+    fn mid<'c>(
+        &self,
+        ctx: &'c Context,
+        w: &Weights<'c>,
+        x: Tensor<'c>,
+        side: &str,
+    ) -> Result<Tensor<'c>, VaeError> {
+        let x = self.resnet(ctx, &w.pp("block_1"), x)?;
+        let x = self.attention(
+            ctx,
+            &w.pp("attn_1"),
+            x.set_name(&format!("vae.{side}.mid.block_1")),
+        )?;
+        let x = self.resnet(
+            ctx,
+            &w.pp("block_2"),
+            x.set_name(&format!("vae.{side}.mid.attn_1")),
+        )?;
+        Ok(x.set_name(&format!("vae.{side}.mid.block_2")))
+    }
+
+    /// Resnet block: x [W, H, Cin, N] -> [W, H, Cout, N].
+    fn resnet<'c>(
+        &self,
+        ctx: &'c Context,
+        w: &Weights<'c>,
+        x: Tensor<'c>,
+    ) -> Result<Tensor<'c>, VaeError> {
+        let g = self.config.groups;
+        let h = nn::group_norm(ctx, &w.pp("norm1"), x, g, NORM_EPS)?;
+        let h = nn::conv2d(ctx, &w.pp("conv1"), ctx.silu(h), 1, 1)?;
+        let h = nn::group_norm(ctx, &w.pp("norm2"), h, g, NORM_EPS)?;
+        let h = nn::conv2d(ctx, &w.pp("conv2"), ctx.silu(h), 1, 1)?;
+        let skip = if w.contains("nin_shortcut.weight") {
+            nn::conv2d(ctx, &w.pp("nin_shortcut"), x, 1, 0)?
+        } else {
+            if x.ne()[2] != h.ne()[2] {
+                return Err(NnError::MissingTensor(w.name("nin_shortcut.weight")).into());
+            }
+            x
+        };
+        Ok(ctx.add(skip, h))
+    }
+
+    /// Single-head self-attention over the H*W positions, residual: [W, H, C, N] -> same.
+    fn attention<'c>(
+        &self,
+        ctx: &'c Context,
+        w: &Weights<'c>,
+        x: Tensor<'c>,
+    ) -> Result<Tensor<'c>, VaeError> {
+        let [wd, ht, c, n] = x.ne();
+        let t = wd * ht;
+        let hn = nn::group_norm(ctx, &w.pp("norm"), x, self.config.groups, NORM_EPS)?;
+        // [W, H, C, N] -> [T, C, N] -> [C, T, N]
+        let tokens = ctx.cont(ctx.permute(ctx.reshape(hn, &[t, c, n]), [1, 0, 2, 3]));
+        // 1x1 conv weights [1, 1, C, C] (ldm) as linear weights [C_in, C_out]; a linear
+        // [C, C] as some converted files store it is taken as is.
+        let proj = |name: &str, x: Tensor<'c>| -> Result<Tensor<'c>, VaeError> {
+            let pw = w.pp(name);
+            let weight = if pw.get("weight")?.ne() == [c, c, 1, 1] {
+                pw.get("weight")?
+            } else {
+                ctx.reshape(pw.get_shaped("weight", &[1, 1, c, c])?, &[c, c])
+            };
+            Ok(nn::linear_with(ctx, &pw, weight, "bias", x)?)
+        };
+        let q = ctx.reshape(proj("q", tokens)?, &[c, 1, t, n]);
+        let k = ctx.reshape(proj("k", tokens)?, &[c, 1, t, n]);
+        let v = ctx.reshape(proj("v", tokens)?, &[c, 1, t, n]);
+        let a = nn::multi_head_attention(ctx, q, k, v, None); // [C, T, N]
+        let a = proj("proj_out", a)?;
+        // [C, T, N] -> [T, C, N] -> [W, H, C, N]
+        let a = ctx.reshape(ctx.cont(ctx.permute(a, [1, 0, 2, 3])), &[wd, ht, c, n]);
+        Ok(ctx.add(x, a))
+    }
+}
+
+/// Nodes (and tensors) of one graph: about 30 per res block and 60 for an attention, far below
+/// this for SDXL's 25 res blocks a side.
+const GRAPH_SIZE: usize = 4096;
+
+/// Runs `decode` on overlapping `tile` x `tile` crops of a row-major [lc, h, w] input and
+/// blends its [oc, th*s, tw*s] outputs into [oc, h*s, w*s]: inside an overlap band the weights
+/// ramp linearly from one tile to the next; the result is the weighted mean.
+#[allow(clippy::too_many_arguments)]
+fn blend_tiles<E>(
+    input: &[f32],
+    lc: usize,
+    h: usize,
+    w: usize,
+    tile: usize,
+    overlap: usize,
+    s: usize,
+    oc: usize,
+    mut decode: impl FnMut(&[f32], usize, usize) -> Result<Vec<f32>, E>,
+) -> Result<Vec<f32>, E> {
+    let (th, tw) = (tile.min(h), tile.min(w));
+    let ys = tile_starts(h, th, overlap);
+    let xs = tile_starts(w, tw, overlap);
+    let (ih, iw) = (h * s, w * s);
+    let (ph, pw) = (th * s, tw * s);
+    let mut acc = vec![0f32; oc * ih * iw];
+    let mut wsum = vec![0f32; ih * iw];
+    // Pixels shared with the previous / next tile along one axis.
+    let bands = |i: usize, starts: &[usize], len: usize| {
+        let before = (i > 0).then(|| (starts[i - 1] + len - starts[i]) * s);
+        let after = (i + 1 < starts.len()).then(|| (starts[i] + len - starts[i + 1]) * s);
+        (before, after)
+    };
+    let mut part = vec![0f32; lc * th * tw];
+    for (yi, &y0) in ys.iter().enumerate() {
+        for (xi, &x0) in xs.iter().enumerate() {
+            for c in 0..lc {
+                for y in 0..th {
+                    let src = (c * h + y0 + y) * w + x0;
+                    part[(c * th + y) * tw..][..tw].copy_from_slice(&input[src..src + tw]);
+                }
+            }
+            let out = decode(&part, th, tw)?;
+            assert_eq!(out.len(), oc * ph * pw, "tile decoder output size");
+            let (yb, ya) = bands(yi, &ys, th);
+            let (xb, xa) = bands(xi, &xs, tw);
+            for y in 0..ph {
+                let wy = blend_weight(y, ph, yb, ya);
+                for x in 0..pw {
+                    let wt = wy * blend_weight(x, pw, xb, xa);
+                    let (gy, gx) = (y0 * s + y, x0 * s + x);
+                    wsum[gy * iw + gx] += wt;
+                    for c in 0..oc {
+                        acc[(c * ih + gy) * iw + gx] += wt * out[(c * ph + y) * pw + x];
+                    }
+                }
+            }
+        }
+    }
+    for c in 0..oc {
+        for (a, &ws) in acc[c * ih * iw..][..ih * iw].iter_mut().zip(&wsum) {
+            *a /= ws;
+        }
+    }
+    Ok(acc)
+}
+
+/// Start offsets of tiles of `tile` covering `len` with at least `overlap` shared; the last
+/// tile is aligned to the end.
+fn tile_starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
+    if len <= tile {
+        return vec![0];
+    }
+    let stride = tile - overlap;
+    let mut starts: Vec<usize> = (0..)
+        .map(|i| i * stride)
+        .take_while(|&s| s + tile < len)
+        .collect();
+    starts.push(len - tile);
+    starts
+}
+
+/// Weight of pixel `p` of a tile `len` long that shares `before` pixels with the previous tile
+/// and `after` with the next: a linear ramp over each shared band, 1 elsewhere.
+fn blend_weight(p: usize, len: usize, before: Option<usize>, after: Option<usize>) -> f32 {
+    let mut wt = 1f32;
+    if let Some(b) = before.filter(|&b| b > 0) {
+        wt = wt.min((p as f32 + 0.5) / b as f32);
+    }
+    if let Some(a) = after.filter(|&a| a > 0) {
+        wt = wt.min((len as f32 - p as f32 - 0.5) / a as f32);
+    }
+    wt.clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_starts_cover_and_align_to_the_end() {
+        assert_eq!(tile_starts(8, 8, 2), vec![0]);
+        assert_eq!(tile_starts(16, 8, 4), vec![0, 4, 8]);
+        assert_eq!(tile_starts(14, 8, 2), vec![0, 6]);
+        assert_eq!(tile_starts(20, 8, 2), vec![0, 6, 12]);
+    }
+
+    /// A stand-in decoder that is local (nearest 2x upsampling, 2 output channels): tiling must
+    /// not change its output at all.
+    fn upsample2(x: &[f32], h: usize, w: usize) -> Result<Vec<f32>, ()> {
+        let mut out = vec![0f32; 2 * 4 * h * w];
+        for c in 0..2 {
+            for y in 0..2 * h {
+                for xx in 0..2 * w {
+                    out[(c * 2 * h + y) * 2 * w + xx] = x[(y / 2) * w + xx / 2] * (c as f32 + 1.0);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn blending_tiles_of_a_local_decoder_is_exact() {
+        let (h, w) = (13, 21);
+        let x: Vec<f32> = (0..h * w).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+        let want = upsample2(&x, h, w).unwrap();
+        for (tile, overlap) in [(8, 4), (8, 2), (5, 1), (13, 3), (32, 4)] {
+            let mut calls = 0;
+            let got = blend_tiles(&x, 1, h, w, tile, overlap, 2, 2, |p, th, tw| {
+                calls += 1;
+                upsample2(p, th, tw)
+            })
+            .unwrap();
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-4, "tile {tile} overlap {overlap}: max err {err}");
+            assert!(calls >= 1);
+        }
+    }
+
+    #[test]
+    fn blend_weights_of_neighbours_sum_to_one_over_the_overlap() {
+        // Two tiles of 16 sharing 8 pixels: tile A's last 8 and tile B's first 8.
+        for p in 0..8 {
+            let a = blend_weight(8 + p, 16, None, Some(8));
+            let b = blend_weight(p, 16, Some(8), None);
+            assert!((a + b - 1.0).abs() < 1e-6, "{p}: {a} + {b}");
+        }
+        assert_eq!(blend_weight(3, 16, None, None), 1.0);
+    }
+}
