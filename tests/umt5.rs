@@ -253,6 +253,23 @@ fn hf_names_safetensors_f32_matches_transformers() {
 }
 
 #[test]
+fn hf_names_safetensors_f16_matches_transformers() {
+    // As ComfyUI's umt5_xxl_fp16.safetensors: every tensor F16.
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("umt5_fp16.safetensors");
+    let refs: Vec<(&str, Vec<u64>, Vec<f32>)> = fx
+        .tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
+    write_safetensors(&path, &refs, St::F16);
+    let e = run_cases(&fx, &path, "hf safetensors f16");
+    // Measured ~1e-3 (F16 weight rounding and F16 activations in ggml's F16 matmul).
+    assert!(e < 3e-3, "rel err {e}");
+}
+
+#[test]
 fn hf_names_with_tied_embed_tokens_name() {
     // Some exports keep `encoder.embed_tokens.weight` instead of `shared.weight`.
     let fx = fixture();
