@@ -10,3 +10,6 @@ pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
 pub mod vae_sdxl;
 
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
+pub mod umt5;
+
+pub use umt5::{Umt5Config, Umt5Encoder, Umt5Error};
