@@ -10,3 +10,6 @@ pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
 pub mod vae_sdxl;
 
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
+pub mod unet_sdxl;
+
+pub use unet_sdxl::{SdxlUnet, UnetConfig, UnetError};
