@@ -637,3 +637,70 @@ impl Context {
         self.wrap(unsafe { sys::ggml_clamp(self.as_ptr(), a.as_ptr(), min, max) })
     }
 }
+
+/// A metadata context and one graph built in it, kept together so that the graph can be
+/// allocated once and computed many times (e.g. one UNet graph per latent size, reused for
+/// every sampling step). The graph's nodes may point at tensors of other contexts (weights)
+/// that live for `'w`: [`OwnedGraph::build`] only lets the builder use tensors that outlive
+/// `'w`, as `std::thread::scope` does for borrowed data.
+pub struct OwnedGraph<'w> {
+    graph: NonNull<sys::ggml_cgraph>,
+    /// The tensors the builder returned (inputs, outputs), in its order.
+    tensors: Vec<NonNull<sys::ggml_tensor>>,
+    ctx: Context,
+    _weights: PhantomData<&'w ()>,
+}
+
+impl<'w> OwnedGraph<'w> {
+    /// Builds a graph of up to `graph_size` nodes in a fresh metadata context for
+    /// `max_tensors` tensors: `f` creates the nodes and returns the tensors the caller needs
+    /// later; the graph is the expansion of `outputs`.
+    pub fn build<E>(
+        max_tensors: usize,
+        graph_size: usize,
+        f: impl for<'c> FnOnce(
+            &'c Context,
+            PhantomData<&'c &'w ()>,
+        ) -> Result<(Vec<Tensor<'c>>, Vec<Tensor<'c>>), E>,
+    ) -> Result<OwnedGraph<'w>, E>
+    where
+        E: From<GgmlError>,
+    {
+        let ctx = Context::new_meta(max_tensors, graph_size)?;
+        let (graph, tensors) = {
+            let (keep, outputs) = f(&ctx, PhantomData)?;
+            let mut graph = ctx.new_graph(graph_size);
+            for &o in &outputs {
+                graph.expand(o);
+            }
+            (graph.ptr, keep.iter().map(|t| t.ptr).collect())
+        };
+        Ok(OwnedGraph {
+            graph,
+            tensors,
+            ctx,
+            _weights: PhantomData,
+        })
+    }
+
+    /// The graph, borrowed from this owner.
+    pub fn graph(&self) -> Graph<'_> {
+        Graph {
+            ptr: self.graph,
+            _ctx: PhantomData,
+        }
+    }
+
+    /// The `i`-th tensor the builder returned, or `None` past the end.
+    pub fn tensor(&self, i: usize) -> Option<Tensor<'_>> {
+        self.tensors.get(i).map(|&ptr| Tensor {
+            ptr,
+            _ctx: PhantomData,
+        })
+    }
+
+    /// The context the graph lives in.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+}

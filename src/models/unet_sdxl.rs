@@ -24,7 +24,9 @@
 //! Attention runs on the exact F32 path ([`nn::multi_head_attention`]: mul_mat, softmax,
 //! mul_mat), not `flash_attn_ext`, whose CPU kernel wants F16 K/V (about 1e-3 relative error).
 
-use crate::ggml::{self, Backend, Context, GgmlError, GraphAllocator, Tensor, TensorSet};
+use crate::ggml::{
+    self, Backend, Context, GgmlError, GraphAllocator, OwnedGraph, Tensor, TensorSet,
+};
 use crate::nn::{self, NnError, Weights};
 
 /// GroupNorm groups of the real model (not stored in the files).
@@ -243,8 +245,17 @@ pub struct SdxlUnet<'w> {
     weights: Weights<'w>,
     config: UnetConfig,
     backend: Backend,
-    /// Reused across calls; its buffer grows to the largest graph seen.
-    alloc: GraphAllocator,
+    /// The graph of the last (h, w, context tokens), allocated and reused while they stay.
+    cache: Option<CachedGraph<'w>>,
+}
+
+/// A built and allocated forward graph. Its tensors, in order: x, the timestep sinusoid, y
+/// (with `label_emb`), the context (with attention), the output.
+struct CachedGraph<'w> {
+    key: (usize, usize, usize),
+    graph: OwnedGraph<'w>,
+    /// Owns the memory of the graph's intermediates; dropped with the graph.
+    _alloc: GraphAllocator,
 }
 
 /// Graph inputs of one forward.
@@ -276,8 +287,8 @@ impl<'w> SdxlUnet<'w> {
         let unet = SdxlUnet {
             weights: Weights::new(set, prefix),
             config,
-            alloc: backend.graph_allocator()?,
             backend,
+            cache: None,
         };
         let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
         let s = unet.config.downscale();
@@ -332,28 +343,55 @@ impl<'w> SdxlUnet<'w> {
             )));
         }
         let _span = tracing::debug_span!("unet_forward", h, w, tokens, timestep).entered();
-        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-        let (inputs, output) = self.build(&ctx, h, w, tokens.max(1))?;
-        let mut graph = ctx.new_graph(GRAPH_SIZE);
-        graph.expand(output);
-        self.alloc.alloc_graph(&graph)?;
-        ggml::tensor_set_f32(inputs.x, x)?;
+        let key = (h, w, tokens.max(1));
+        if self.cache.as_ref().map(|c| c.key) != Some(key) {
+            // Free the previous graph's memory before allocating the next.
+            self.cache = None;
+            let graph = OwnedGraph::build(GRAPH_SIZE, GRAPH_SIZE, |ctx, _| {
+                let (inputs, output) = self.build(ctx, h, w, key.2)?;
+                let mut keep = vec![inputs.x, inputs.temb];
+                keep.extend(inputs.y);
+                keep.extend(inputs.context);
+                keep.push(output);
+                Ok::<_, UnetError>((keep, vec![output]))
+            })?;
+            let mut alloc = self.backend.graph_allocator()?;
+            alloc.alloc_graph(&graph.graph())?;
+            tracing::debug!(
+                nodes = graph.graph().n_nodes(),
+                compute_bytes = alloc.buffer_size(),
+                "unet graph built"
+            );
+            self.cache = Some(CachedGraph {
+                key,
+                graph,
+                _alloc: alloc,
+            });
+        }
+        let cached = self.cache.as_ref().expect("graph cached above");
+        let g = &cached.graph;
+        let tensor = |i: usize| {
+            g.tensor(i)
+                .ok_or_else(|| UnetError::Config(format!("cached graph has no tensor {i}")))
+        };
+        let mut i = 0;
+        let mut next = || {
+            i += 1;
+            tensor(i - 1)
+        };
+        ggml::tensor_set_f32(next()?, x)?;
         ggml::tensor_set_f32(
-            inputs.temb,
+            next()?,
             &timestep_embedding(timestep, self.config.model_channels),
         )?;
-        if let Some(t) = inputs.y {
-            ggml::tensor_set_f32(t, y)?;
+        if self.config.adm_in.is_some() {
+            ggml::tensor_set_f32(next()?, y)?;
         }
-        if let Some(t) = inputs.context {
-            ggml::tensor_set_f32(t, context)?;
+        if self.config.context_dim > 0 {
+            ggml::tensor_set_f32(next()?, context)?;
         }
-        tracing::debug!(
-            nodes = graph.n_nodes(),
-            compute_bytes = self.alloc.buffer_size(),
-            "unet graph"
-        );
-        self.backend.compute(&graph)?;
+        let output = next()?;
+        self.backend.compute(&g.graph())?;
         Ok(ggml::tensor_get_f32(output)?)
     }
 
