@@ -11,6 +11,7 @@ mod common;
 use std::path::Path;
 
 use common::{rel_err, write_safetensors, St};
+use nijigen::ggml::{GgmlType, TensorSet};
 use nijigen::models::unet_sdxl::{sdxl_added_cond, timestep_embedding};
 use nijigen::models::{SdxlUnet, UnetError};
 use nijigen::runtime::WeightStore;
@@ -198,24 +199,40 @@ fn timestep_embedding_matches_the_reference_convention() {
 #[test]
 fn missing_tensor_is_an_error_naming_it() {
     let fx = fixture();
-    let dropped = "up_blocks.0.attentions.1.transformer_blocks.1.attn2.to_v.weight";
-    let tensors: Tensors = fx
-        .tensors
-        .iter()
-        .filter(|t| t.0 != dropped)
-        .cloned()
-        .collect();
-    assert!(tensors.len() + 1 == fx.tensors.len());
-    let msg = with_unet(&tensors, St::F32, |r| match r {
-        Err(e) => e.to_string(),
-        Ok(_) => panic!("a file without {dropped} was accepted"),
-    });
-    eprintln!("{msg}");
-    // diffusers up_blocks.0.attentions.1 is ldm output_blocks.1.1 (R + 1 = 3 blocks a level).
-    assert!(
-        msg.contains("output_blocks.1.1.transformer_blocks.1.attn2.to_v.weight"),
-        "{msg}"
-    );
+    // diffusers up_blocks.0 is ldm output_blocks 0..3 (R + 1 = 3 blocks a level); mid_block
+    // attention is middle_block.1; down_blocks.1 is input_blocks 4..6.
+    for (dropped, ldm) in [
+        (
+            "up_blocks.0.attentions.1.transformer_blocks.1.attn2.to_v.weight",
+            "output_blocks.1.1.transformer_blocks.1.attn2.to_v.weight",
+        ),
+        (
+            "mid_block.attentions.0.transformer_blocks.1.norm1.weight",
+            "middle_block.1.transformer_blocks.1.norm1.weight",
+        ),
+        (
+            "down_blocks.1.attentions.1.transformer_blocks.0.norm1.weight",
+            "input_blocks.5.1.transformer_blocks.0.norm1.weight",
+        ),
+        (
+            "up_blocks.1.attentions.2.proj_in.weight",
+            "output_blocks.5.1.proj_in.weight",
+        ),
+    ] {
+        let tensors: Tensors = fx
+            .tensors
+            .iter()
+            .filter(|t| t.0 != dropped)
+            .cloned()
+            .collect();
+        assert_eq!(tensors.len() + 1, fx.tensors.len(), "{dropped}");
+        let msg = with_unet(&tensors, St::F32, |r| match r {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a file without {dropped} was accepted"),
+        });
+        eprintln!("{msg}");
+        assert!(msg.contains(ldm), "{dropped}: {msg}");
+    }
 }
 
 #[test]
@@ -236,4 +253,45 @@ fn f16_weights_stay_close() {
     let e = rel_err(&got, &want);
     eprintln!("unet f16 weights t={t}: rel err {e:.2e}");
     assert!(e < 1e-2, "f16 rel err {e}");
+}
+
+#[test]
+fn ldm_names_under_a_checkpoint_prefix() {
+    let fx = fixture();
+    let ix = &fx.index;
+    // Rename through the store once, then build a set of ldm names under SDXL's prefix.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("unet.safetensors");
+    write(&path, &fx.tensors, St::F32);
+    let store = WeightStore::open_path(&path).unwrap();
+    let loaded = store.load_cpu(|_| true).unwrap();
+    let names: Vec<String> = loaded.names().to_vec();
+    assert!(
+        names.iter().any(|n| n == "label_emb.0.0.weight"),
+        "{names:?}"
+    );
+    let mut set = TensorSet::new(names.len()).unwrap();
+    for name in &names {
+        let t = loaded.get(name).unwrap();
+        let vals = nijigen::ggml::tensor_get_f32(t).unwrap();
+        set.add_owned(
+            &format!("model.diffusion_model.{name}"),
+            GgmlType::F32,
+            &t.ne(),
+            bytemuck::cast_slice(&vals),
+        )
+        .unwrap();
+    }
+    assert!(SdxlUnet::new(&set, "", 1).is_err());
+    let mut unet = SdxlUnet::new(&set, "model.diffusion_model.", 2).unwrap();
+    let (x, xs) = read_f32(&ix["x"]);
+    let (context, _) = read_f32(&ix["context"]);
+    let (y, _) = read_f32(&ix["y"]);
+    let case = &ix["cases"][1];
+    let t = case["timestep"].as_f64().unwrap() as f32;
+    let (want, _) = read_f32(&case["out"]);
+    let got = unet.forward(&x, t, &context, &y, xs[1], xs[2]).unwrap();
+    let e = rel_err(&got, &want);
+    eprintln!("ldm names under model.diffusion_model. t={t}: rel err {e:.2e}");
+    assert!(e < 1e-4, "rel err {e}");
 }

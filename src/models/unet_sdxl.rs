@@ -192,10 +192,22 @@ impl UnetConfig {
     }
 }
 
-/// Transformer blocks under a SpatialTransformer prefix (0 when there is none).
+/// Transformer blocks under a SpatialTransformer prefix (0 when there is none). A block counts
+/// when any of its main tensors is there, so that one missing tensor is reported by name
+/// rather than silently dropping the block.
 fn count_transformer_blocks(w: &Weights<'_>) -> usize {
+    const PROBES: [&str; 5] = [
+        "norm1.weight",
+        "attn1.to_q.weight",
+        "attn2.to_q.weight",
+        "norm3.weight",
+        "ff.net.2.weight",
+    ];
     let mut d = 0;
-    while w.contains(&format!("transformer_blocks.{d}.norm1.weight")) {
+    while PROBES
+        .iter()
+        .any(|p| w.contains(&format!("transformer_blocks.{d}.{p}")))
+    {
         d += 1;
     }
     d
@@ -483,7 +495,11 @@ impl<'w> SdxlUnet<'w> {
                 hx = ctx.concat(hx, skip, 2);
                 hx = self.res_block(ctx, &blk.pp(0), hx, emb)?;
                 let mut sub = 1;
-                if count_transformer_blocks(&blk.pp(1)) > 0 {
+                let attn = blk.pp(1);
+                if cfg.transformer_depth[i] > 0
+                    || attn.contains("proj_in.weight")
+                    || count_transformer_blocks(&attn) > 0
+                {
                     hx = self.spatial_transformer(ctx, &blk.pp(1), hx, context)?;
                     sub = 2;
                 }
@@ -564,6 +580,9 @@ impl<'w> SdxlUnet<'w> {
         let mut tok = ctx.cont(ctx.permute(ctx.reshape(hn, &[t, c, n]), [1, 0, 2, 3]));
         tok = nn::linear(ctx, &w.pp("proj_in"), tok)?;
         let depth = count_transformer_blocks(w);
+        if depth == 0 {
+            return Err(NnError::MissingTensor(w.name("transformer_blocks.0.norm1.weight")).into());
+        }
         for d in 0..depth {
             let b = w.pp("transformer_blocks").pp(d);
             let a = nn::layer_norm(ctx, &b.pp("norm1"), tok, LAYER_NORM_EPS)?;
