@@ -13,7 +13,7 @@ use std::path::Path;
 use common::{rel_err, write_safetensors, St};
 use nijigen::ggml::{GgmlType, TensorSet};
 use nijigen::models::unet_sdxl::{sdxl_added_cond, timestep_embedding};
-use nijigen::models::{SdxlUnet, UnetError};
+use nijigen::models::{SdxlUnet, UnetAttention, UnetError};
 use nijigen::runtime::WeightStore;
 use serde_json::Value;
 
@@ -294,4 +294,28 @@ fn ldm_names_under_a_checkpoint_prefix() {
     let e = rel_err(&got, &want);
     eprintln!("ldm names under model.diffusion_model. t={t}: rel err {e:.2e}");
     assert!(e < 1e-4, "rel err {e}");
+}
+
+#[test]
+fn flash_attention_matches_diffusers() {
+    let fx = fixture();
+    let ix = &fx.index;
+    let (x, xs) = read_f32(&ix["x"]);
+    let (context, _) = read_f32(&ix["context"]);
+    let (y, _) = read_f32(&ix["y"]);
+    with_unet(&fx.tensors, St::F32, |unet| {
+        let mut unet = unet.unwrap();
+        for case in ix["cases"].as_array().unwrap() {
+            let t = case["timestep"].as_f64().unwrap() as f32;
+            let (want, _) = read_f32(&case["out"]);
+            unet.set_attention(UnetAttention::MulMat);
+            let plain = unet.forward(&x, t, &context, &y, xs[1], xs[2]).unwrap();
+            unet.set_attention(UnetAttention::Flash);
+            let flash = unet.forward(&x, t, &context, &y, xs[1], xs[2]).unwrap();
+            let e = rel_err(&flash, &want);
+            eprintln!("unet f32 flash attention t={t}: rel err {e:.2e}");
+            assert!(e < 1e-4, "t={t}: rel err {e}");
+            assert!(rel_err(&flash, &plain) < 1e-5);
+        }
+    });
 }

@@ -12,4 +12,4 @@ pub mod vae_sdxl;
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
 pub mod unet_sdxl;
 
-pub use unet_sdxl::{SdxlUnet, UnetConfig, UnetError};
+pub use unet_sdxl::{Attention as UnetAttention, SdxlUnet, UnetConfig, UnetError};

@@ -21,8 +21,9 @@
 //! Shapes are ggml `ne` (innermost first): images [W, H, C, N], tokens [C, T, N]; the public
 //! API takes and returns row-major [C, H, W] and [T, C] slices, which are the same memory.
 //!
-//! Attention runs on the exact F32 path ([`nn::multi_head_attention`]: mul_mat, softmax,
-//! mul_mat), not `flash_attn_ext`, whose CPU kernel wants F16 K/V (about 1e-3 relative error).
+//! Attention ([`Attention`]): by default the plain F32 path ([`nn::multi_head_attention`]:
+//! mul_mat, softmax, mul_mat); optionally ggml's `flash_attn_ext` with F32 K/V, as exact on the
+//! CPU and without the score matrix.
 
 use crate::ggml::{
     self, Backend, Context, GgmlError, GraphAllocator, OwnedGraph, Tensor, TensorSet,
@@ -252,11 +253,26 @@ pub fn sdxl_added_cond(
     Ok(y)
 }
 
+/// How attention is computed. Both keep K and V in F32; on the tiny test model both match
+/// diffusers to 1.5e-6 (ggml's flash kernel with F16 K/V, as GPU backends want it, gives
+/// 3.9e-4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum Attention {
+    /// mul_mat, softmax, mul_mat ([`nn::multi_head_attention`]): materializes the
+    /// [Tk, Tq, heads] scores, 671 MB per self-attention at SDXL's 1024 px (4096 tokens,
+    /// 10 heads).
+    #[default]
+    MulMat,
+    /// ggml's fused `flash_attn_ext` (F32 accumulation): no score matrix.
+    Flash,
+}
+
 /// An SDXL UNet over a loaded weight set, computing on the CPU.
 pub struct SdxlUnet<'w> {
     weights: Weights<'w>,
     config: UnetConfig,
     backend: Backend,
+    attention: Attention,
     /// The graph of the last (h, w, context tokens), allocated and reused while they stay.
     cache: Option<CachedGraph<'w>>,
 }
@@ -300,6 +316,7 @@ impl<'w> SdxlUnet<'w> {
             weights: Weights::new(set, prefix),
             config,
             backend,
+            attention: Attention::default(),
             cache: None,
         };
         let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
@@ -310,6 +327,14 @@ impl<'w> SdxlUnet<'w> {
 
     pub fn config(&self) -> &UnetConfig {
         &self.config
+    }
+
+    /// Chooses how attention is computed (the next forward rebuilds its graph).
+    pub fn set_attention(&mut self, attention: Attention) {
+        if attention != self.attention {
+            self.attention = attention;
+            self.cache = None;
+        }
     }
 
     /// The model output (eps or v) for a latent `x`, row-major [in_channels, h, w] with h and w
@@ -626,7 +651,17 @@ impl<'w> SdxlUnet<'w> {
         let q = ctx.reshape(q, &[d, heads, t, n]);
         let k = ctx.reshape(k, &[d, heads, tk, n]);
         let v = ctx.reshape(v, &[d, heads, tk, n]);
-        let a = nn::multi_head_attention(ctx, q, k, v, None);
+        let a = match self.attention {
+            Attention::MulMat => nn::multi_head_attention(ctx, q, k, v, None),
+            Attention::Flash => {
+                // [D, H, T, N] -> [D, T, H, N]; K and V stay F32 (contiguous copies).
+                let kv = |t: Tensor<'c>| ctx.cont(ctx.permute(t, [0, 2, 1, 3]));
+                let q = ctx.permute(q, [0, 2, 1, 3]);
+                let o = ctx.flash_attn_ext(q, kv(k), kv(v), None, 1.0 / (d as f32).sqrt());
+                // [D, H, T, N] -> [D*H, T, N]
+                ctx.reshape(o, &[d * heads, t, n])
+            }
+        };
         Ok(nn::linear(ctx, &w.pp("to_out").pp(0), a)?)
     }
 
