@@ -319,3 +319,48 @@ fn flash_attention_matches_diffusers() {
         }
     });
 }
+
+#[test]
+fn sdxl_shapes_give_sdxl_config_and_graph() {
+    // The real SDXL UNet's 1680 tensors (diffusers names), renamed to ldm by the name map with
+    // the real block structure, all pointing at one zeroed F16 region: config inference and
+    // a full graph build at SDXL's size, without 5 GB of weights.
+    use nijigen::formats::names::{normalize, Architecture, Layout};
+    let text = std::fs::read_to_string(Path::new(DIR).join("sdxl_shapes.json")).unwrap();
+    let shapes: Vec<(String, Vec<i64>)> = serde_json::from_str(&text).unwrap();
+    let largest = shapes
+        .iter()
+        .map(|(_, s)| s.iter().product::<i64>() as usize * 2)
+        .max()
+        .unwrap();
+    let backing = vec![0u8; largest + 32];
+    let off = backing.as_ptr().align_offset(32);
+    let region = &backing[off..off + largest];
+    let mut set = TensorSet::new(shapes.len()).unwrap();
+    for (name, shape) in &shapes {
+        let ldm = normalize(Architecture::SdxlUnet, Layout::Diffusers, name)
+            .unwrap_or_else(|| panic!("{name} not mapped"));
+        let ne: Vec<i64> = shape.iter().rev().copied().collect();
+        set.add_mapped(ldm.target(), GgmlType::F16, &ne, region, 0)
+            .unwrap();
+    }
+    let unet = SdxlUnet::new(&set, "", 1).unwrap();
+    let c = unet.config();
+    assert_eq!(c.channels, vec![320, 640, 1280]);
+    assert_eq!(c.transformer_depth, vec![0, 2, 10]);
+    assert_eq!(
+        (c.model_channels, c.res_blocks, c.mid_transformer_depth),
+        (320, 2, 10)
+    );
+    assert_eq!(
+        (
+            c.context_dim,
+            c.adm_in,
+            c.time_embed_dim,
+            c.head_dim,
+            c.groups
+        ),
+        (2048, Some(2816), 1280, 64, 32)
+    );
+    assert_eq!(c.downscale(), 4);
+}

@@ -19,6 +19,7 @@ embedding (pooled 32 + 6 x 8 sinusoidal size ids), cross-attention dim 64.
 Files (raw little-endian f32, row-major), per case c in index.json "cases":
   x.f32 [4, 16, 16]; context.f32 [77, 64]; text_embeds.f32 [32]; time_ids.f32 [6]
   out_<t>.f32 [4, 16, 16]   unet(x, t, context, added_cond_kwargs).sample for timestep t
+and sdxl_shapes.json: [diffusers name, shape] of every tensor of the real SDXL UNet.
 
 Run: /work/pyref/bin/python tools/reference/make_unet_sdxl_fixtures.py
 """
@@ -94,6 +95,24 @@ CONFIG = dict(
     norm_num_groups=32,
 )
 
+SDXL_CONFIG = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    use_linear_projection=True,
+    norm_num_groups=32,
+)
+
 
 def main():
     os.makedirs(OUT, exist_ok=True)
@@ -127,6 +146,13 @@ def main():
             index["cases"].append({"timestep": t, "out": write(f"out_{int(t)}.f32", out[0])})
     with open(os.path.join(OUT, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
+    # The real SDXL UNet's tensor names and shapes (no values), for config inference and graph
+    # building at full size (stabilityai/stable-diffusion-xl-base-1.0 unet/config.json).
+    with torch.device("meta"):
+        sdxl = UNet2DConditionModel(**SDXL_CONFIG)
+    shapes = [[k, list(v.shape)] for k, v in sorted(sdxl.state_dict().items())]
+    with open(os.path.join(OUT, "sdxl_shapes.json"), "w") as f:
+        json.dump(shapes, f, separators=(",", ":"))
 
 
 if __name__ == "__main__":
