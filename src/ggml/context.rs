@@ -704,3 +704,41 @@ impl<'w> OwnedGraph<'w> {
         &self.ctx
     }
 }
+
+#[cfg(test)]
+mod owned_graph_tests {
+    use super::*;
+    use crate::ggml::{tensor_get_f32, tensor_set_f32, Backend};
+
+    #[test]
+    fn an_owned_graph_is_allocated_once_and_computed_many_times() {
+        // A weight from another context that outlives the graph.
+        let mut set = crate::ggml::TensorSet::new(1).unwrap();
+        let vals = [1f32, 2.0, 3.0, 4.0];
+        set.add_owned("w", GgmlType::F32, &[4], bytemuck::cast_slice(&vals))
+            .unwrap();
+        let w = set.get("w").unwrap();
+        let owned = OwnedGraph::build(16, 16, |ctx, _| {
+            let x = ctx.new_f32(&[4]).set_input();
+            let y = ctx.add(ctx.scale(x, 2.0), w).set_output();
+            Ok::<_, GgmlError>((vec![x, y], vec![y]))
+        })
+        .unwrap();
+        let mut backend = Backend::cpu(1).unwrap();
+        let mut alloc = backend.graph_allocator().unwrap();
+        alloc.alloc_graph(&owned.graph()).unwrap();
+        let (x, y) = (owned.tensor(0).unwrap(), owned.tensor(1).unwrap());
+        assert!(owned.tensor(2).is_none());
+        for k in 0..3 {
+            let v = k as f32;
+            tensor_set_f32(x, &[v; 4]).unwrap();
+            backend.compute(&owned.graph()).unwrap();
+            let got = tensor_get_f32(y).unwrap();
+            assert_eq!(
+                got,
+                vec![2.0 * v + 1.0, 2.0 * v + 2.0, 2.0 * v + 3.0, 2.0 * v + 4.0]
+            );
+        }
+        assert_eq!(owned.graph().n_nodes(), 2);
+    }
+}
