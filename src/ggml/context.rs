@@ -637,3 +637,108 @@ impl Context {
         self.wrap(unsafe { sys::ggml_clamp(self.as_ptr(), a.as_ptr(), min, max) })
     }
 }
+
+/// A metadata context and one graph built in it, kept together so that the graph can be
+/// allocated once and computed many times (e.g. one UNet graph per latent size, reused for
+/// every sampling step). The graph's nodes may point at tensors of other contexts (weights)
+/// that live for `'w`: [`OwnedGraph::build`] only lets the builder use tensors that outlive
+/// `'w`, as `std::thread::scope` does for borrowed data.
+pub struct OwnedGraph<'w> {
+    graph: NonNull<sys::ggml_cgraph>,
+    /// The tensors the builder returned (inputs, outputs), in its order.
+    tensors: Vec<NonNull<sys::ggml_tensor>>,
+    ctx: Context,
+    _weights: PhantomData<&'w ()>,
+}
+
+impl<'w> OwnedGraph<'w> {
+    /// Builds a graph of up to `graph_size` nodes in a fresh metadata context for
+    /// `max_tensors` tensors: `f` creates the nodes and returns the tensors the caller needs
+    /// later; the graph is the expansion of `outputs`.
+    pub fn build<E>(
+        max_tensors: usize,
+        graph_size: usize,
+        f: impl for<'c> FnOnce(
+            &'c Context,
+            PhantomData<&'c &'w ()>,
+        ) -> Result<(Vec<Tensor<'c>>, Vec<Tensor<'c>>), E>,
+    ) -> Result<OwnedGraph<'w>, E>
+    where
+        E: From<GgmlError>,
+    {
+        let ctx = Context::new_meta(max_tensors, graph_size)?;
+        let (graph, tensors) = {
+            let (keep, outputs) = f(&ctx, PhantomData)?;
+            let mut graph = ctx.new_graph(graph_size);
+            for &o in &outputs {
+                graph.expand(o);
+            }
+            (graph.ptr, keep.iter().map(|t| t.ptr).collect())
+        };
+        Ok(OwnedGraph {
+            graph,
+            tensors,
+            ctx,
+            _weights: PhantomData,
+        })
+    }
+
+    /// The graph, borrowed from this owner.
+    pub fn graph(&self) -> Graph<'_> {
+        Graph {
+            ptr: self.graph,
+            _ctx: PhantomData,
+        }
+    }
+
+    /// The `i`-th tensor the builder returned, or `None` past the end.
+    pub fn tensor(&self, i: usize) -> Option<Tensor<'_>> {
+        self.tensors.get(i).map(|&ptr| Tensor {
+            ptr,
+            _ctx: PhantomData,
+        })
+    }
+
+    /// The context the graph lives in.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+}
+
+#[cfg(test)]
+mod owned_graph_tests {
+    use super::*;
+    use crate::ggml::{tensor_get_f32, tensor_set_f32, Backend};
+
+    #[test]
+    fn an_owned_graph_is_allocated_once_and_computed_many_times() {
+        // A weight from another context that outlives the graph.
+        let mut set = crate::ggml::TensorSet::new(1).unwrap();
+        let vals = [1f32, 2.0, 3.0, 4.0];
+        set.add_owned("w", GgmlType::F32, &[4], bytemuck::cast_slice(&vals))
+            .unwrap();
+        let w = set.get("w").unwrap();
+        let owned = OwnedGraph::build(16, 16, |ctx, _| {
+            let x = ctx.new_f32(&[4]).set_input();
+            let y = ctx.add(ctx.scale(x, 2.0), w).set_output();
+            Ok::<_, GgmlError>((vec![x, y], vec![y]))
+        })
+        .unwrap();
+        let mut backend = Backend::cpu(1).unwrap();
+        let mut alloc = backend.graph_allocator().unwrap();
+        alloc.alloc_graph(&owned.graph()).unwrap();
+        let (x, y) = (owned.tensor(0).unwrap(), owned.tensor(1).unwrap());
+        assert!(owned.tensor(2).is_none());
+        for k in 0..3 {
+            let v = k as f32;
+            tensor_set_f32(x, &[v; 4]).unwrap();
+            backend.compute(&owned.graph()).unwrap();
+            let got = tensor_get_f32(y).unwrap();
+            assert_eq!(
+                got,
+                vec![2.0 * v + 1.0, 2.0 * v + 2.0, 2.0 * v + 3.0, 2.0 * v + 4.0]
+            );
+        }
+        assert_eq!(owned.graph().n_nodes(), 2);
+    }
+}

@@ -59,3 +59,4 @@ pub fn type_traits(t: GgmlType) -> (u64, u64, &'static str, bool) {
 pub fn type_count() -> u32 {
     ggml_sys::GGML_TYPE_COUNT
 }
+pub use context::OwnedGraph;

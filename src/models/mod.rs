@@ -2,14 +2,13 @@
 //! [`crate::runtime::WeightStore`] (canonical names).
 
 pub mod clip_text;
-
-pub use clip_text::{ClipError, ClipLayout, ClipOutput, ClipTextConfig, ClipTextModel};
 pub mod clip_vision;
-
-pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
+pub mod umt5;
+pub mod unet_sdxl;
 pub mod vae_sdxl;
 
-pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
-pub mod umt5;
-
+pub use clip_text::{ClipError, ClipLayout, ClipOutput, ClipTextConfig, ClipTextModel};
+pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
 pub use umt5::{Umt5Config, Umt5Encoder, Umt5Error};
+pub use unet_sdxl::{Attention as UnetAttention, SdxlUnet, UnetConfig, UnetError};
+pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
