@@ -10,3 +10,6 @@ pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
 pub mod vae_sdxl;
 
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
+pub mod wan_vae;
+
+pub use wan_vae::{WanVae, WanVaeConfig, WanVaeError};

@@ -1,0 +1,567 @@
+//! The Wan2.1 video VAE decoder (original Wan names, canonical here; diffusers'
+//! `AutoencoderKLWan` names are mapped by the weight loader, see `formats::names::wan`).
+//!
+//! Decoder, per latent frame (diffusers `AutoencoderKLWan._decode`, one frame per call with a
+//! feature cache carried across calls):
+//!   z = conv2(latent)                         (post-quant, 1x1x1)
+//!   x = decoder.conv1(z)                      (causal 3x3x3)
+//!   x = middle.0 (res), middle.1 (attention per frame), middle.2 (res)
+//!   x = upsamples.0.. (flat: res blocks, then a resample per level but the last)
+//!   frames = head.2(silu(head.0(x)))           (RMS norm, causal 3x3x3 to 3 channels)
+//! Causal conv (kernel time 3): output frame t sees input frames t-2, t-1, t; the two frames
+//! before the chunk come from the cache (the last two input frames of that conv in the previous
+//! chunk), zeros for the first chunk. Diffusers keeps 1 frame plus zero padding when only one has
+//! been seen; that is the same as a 2-frame cache initialised with zeros, which is what we carry.
+//! Residual block: h = shortcut?(x); y = residual.2(silu(residual.0(x)));
+//! y = residual.6(silu(residual.3(y))); out = y + h. RMS norm: x / |x|_channels * sqrt(C) * gamma.
+//! Resample `upsample3d` (`time_conv` present): on every chunk but the first, time_conv (causal
+//! 3x1x1, C -> 2C) doubles the frames (output channel s*C + c is frame 2t+s, channel c); then
+//! nearest 2x and a 3x3 conv (`resample.1`) per frame. `upsample2d`: the latter only.
+//! So latent frame 0 decodes to 1 frame and each later one to 4 (with Wan2.1's two temporal
+//! levels).
+//!
+//! Execution: one ggml graph per latent frame. Its inputs are the latent frame and the 2-frame
+//! cache of every causal conv; its outputs are the decoded frames and the new caches, which are
+//! copied to host `Vec<f32>`s between graphs (a few MB at 480p for the real model, small next
+//! to the activations). The graph's memory therefore depends on (first chunk?, h, w) only, not
+//! on the number of frames: [`WanVae::last_compute_bytes`] reports the allocator's buffer size.
+//! The graph is rebuilt per frame (building is cheap: no data) and the allocator reused.
+//!
+//! Causal 3-D convs are computed as the sum over the time taps of F32 direct 2-D convs (ggml's
+//! `conv_3d` goes through an F16 im2col), so an F32 model stays F32 throughout.
+//!
+//! Shapes are ggml `ne` (innermost first): activations [W, H, C, T]; 5-D conv weights
+//! [OC, IC, KT, KH, KW] are stored folded as [KW, KH, KT, IC*OC].
+
+use crate::ggml::{self, Backend, Context, GgmlError, GgmlType, GraphAllocator, Tensor, TensorSet};
+use crate::nn::{self, NnError, Weights};
+
+/// Wan2.1 latent channel means (diffusers `AutoencoderKLWan` config `latents_mean`, the same
+/// values as `mean` in Wan's `wan/modules/vae.py` `WanVAE`).
+pub const LATENTS_MEAN: [f32; 16] = [
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517,
+    -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+];
+/// Wan2.1 latent channel standard deviations (`latents_std`, Wan's `std`).
+pub const LATENTS_STD: [f32; 16] = [
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
+    1.6382, 1.1253, 2.8251, 1.9160,
+];
+
+/// `F.normalize`'s clamp on the norm is 1e-12; as an epsilon on the mean square it is
+/// negligible for any non-zero pixel.
+const RMS_EPS: f32 = 1e-12;
+/// Frames of each causal conv's cache (diffusers `CACHE_T`).
+const CACHE_T: i64 = 2;
+const GRAPH_SIZE: usize = 8192;
+
+/// Why a Wan VAE forward failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WanVaeError {
+    #[error("Wan VAE: {0}")]
+    Weights(#[from] NnError),
+    #[error("Wan VAE: {0}")]
+    Config(String),
+    #[error("Wan VAE: {0}")]
+    Input(String),
+    #[error("Wan VAE: {0}")]
+    Ggml(#[from] GgmlError),
+}
+
+/// One entry of the flat `decoder.upsamples` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum UpLayer {
+    /// `decoder.upsamples.N` is a residual block.
+    Res(usize),
+    /// A spatial 2x upsampling (`resample.1`).
+    Up2d(usize),
+    /// A spatial 2x and temporal 2x upsampling (`time_conv` and `resample.1`).
+    Up3d(usize),
+}
+
+/// Decoder hyperparameters, inferred from the weights. Wan2.1: z 16, base 96, dim_mult
+/// [1, 2, 4, 4], 3 residual blocks per decoder level (2 + 1), temporal up in the first two.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct WanVaeConfig {
+    pub z_dim: usize,
+    /// Output channels of `decoder.conv1` (the deepest width).
+    pub top_dim: usize,
+    /// Output channels of the last level (`decoder.head.0`).
+    pub out_dim: usize,
+    pub out_channels: usize,
+    pub up: Vec<UpLayer>,
+    /// Whether the post-quant `conv2` is present.
+    pub post_quant: bool,
+}
+
+impl WanVaeConfig {
+    pub fn from_weights(set: &TensorSet<'_>, prefix: &str) -> Result<WanVaeConfig, WanVaeError> {
+        let w = Weights::new(set, prefix);
+        let oc = |name: &str| -> Result<usize, WanVaeError> {
+            Ok(w.get(&format!("{name}.bias"))?.ne()[0] as usize)
+        };
+        let top_dim = oc("decoder.conv1")?;
+        let z_dim = w.get("decoder.conv1.weight")?.ne()[3] as usize / top_dim.max(1);
+        let out_dim = w.get("decoder.head.0.gamma")?.n_elements() as usize;
+        let out_channels = oc("decoder.head.2")?;
+        let mut up = Vec::new();
+        let mut n = 0;
+        loop {
+            let p = w.pp("decoder.upsamples").pp(n);
+            if p.contains("residual.0.gamma") {
+                up.push(UpLayer::Res(n));
+            } else if p.contains("resample.1.weight") {
+                up.push(if p.contains("time_conv.weight") {
+                    UpLayer::Up3d(n)
+                } else {
+                    UpLayer::Up2d(n)
+                });
+            } else {
+                break;
+            }
+            n += 1;
+        }
+        if up.is_empty() {
+            return Err(
+                NnError::MissingTensor(w.name("decoder.upsamples.0.residual.0.gamma")).into(),
+            );
+        }
+        Ok(WanVaeConfig {
+            z_dim,
+            top_dim,
+            out_dim,
+            out_channels,
+            up,
+            post_quant: w.contains("conv2.weight"),
+        })
+    }
+
+    /// Pixels per latent pixel along each side (8 for Wan2.1).
+    pub fn spatial_factor(&self) -> usize {
+        1 << self
+            .up
+            .iter()
+            .filter(|l| !matches!(l, UpLayer::Res(_)))
+            .count()
+    }
+
+    /// Frames decoded from each latent frame after the first (4 for Wan2.1).
+    pub fn temporal_factor(&self) -> usize {
+        1 << self
+            .up
+            .iter()
+            .filter(|l| matches!(l, UpLayer::Up3d(_)))
+            .count()
+    }
+
+    /// Frames decoded from `t` latent frames: 1 + factor * (t - 1).
+    pub fn frames_for(&self, t: usize) -> usize {
+        if t == 0 {
+            0
+        } else {
+            1 + self.temporal_factor() * (t - 1)
+        }
+    }
+}
+
+/// The Wan2.1 VAE over a loaded weight set, computing on the CPU.
+pub struct WanVae<'w> {
+    weights: Weights<'w>,
+    config: WanVaeConfig,
+    backend: Backend,
+    alloc: GraphAllocator,
+    last_compute_bytes: usize,
+}
+
+/// The causal convs of one graph in the order they were built: (cache input, new cache).
+/// `None` for a conv not run in this chunk (time_conv on the first chunk).
+type Slots<'c> = Vec<Option<(Tensor<'c>, Tensor<'c>)>>;
+
+impl<'w> WanVae<'w> {
+    /// The VAE whose tensors are under `prefix` in `set` (original Wan names), config inferred
+    /// from the shapes, computing with `threads` CPU threads.
+    pub fn new(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        threads: usize,
+    ) -> Result<WanVae<'w>, WanVaeError> {
+        let config = WanVaeConfig::from_weights(set, prefix)?;
+        let backend = Backend::cpu(threads)?;
+        let vae = WanVae {
+            weights: Weights::new(set, prefix),
+            config,
+            alloc: backend.graph_allocator()?,
+            backend,
+            last_compute_bytes: 0,
+        };
+        // Build (not run) both chunk kinds on a 1x1 latent: every tensor is looked up and
+        // shape-checked now.
+        for first in [true, false] {
+            let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+            vae.build_decoder(&ctx, first, 1, 1)?;
+        }
+        Ok(vae)
+    }
+
+    pub fn config(&self) -> &WanVaeConfig {
+        &self.config
+    }
+
+    /// Compute-buffer bytes of the graph allocator after the last decoded chunk (it grows to
+    /// the largest graph seen and does not depend on the number of frames).
+    pub fn last_compute_bytes(&self) -> usize {
+        self.last_compute_bytes
+    }
+
+    /// Decodes a raw latent (already de-normalised, see [`denormalize`]), row-major
+    /// [z, t, h, w], into a video [3, 1 + 4*(t-1), 8h, 8w] clamped to [-1, 1].
+    pub fn decode(
+        &mut self,
+        latent: &[f32],
+        t: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, WanVaeError> {
+        let s = self.config.spatial_factor();
+        let (oh, ow) = (h * s, w * s);
+        let frames = self.config.frames_for(t);
+        let oc = self.config.out_channels;
+        let plane = oh * ow;
+        let mut out = vec![0f32; oc * frames * plane];
+        self.decode_frames(latent, t, h, w, |f, img| {
+            for c in 0..oc {
+                out[(c * frames + f) * plane..][..plane]
+                    .copy_from_slice(&img[c * plane..][..plane]);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// As [`WanVae::decode`], handing each decoded frame ([3, 8h, 8w], clamped) to `on_frame`
+    /// with its index as soon as its latent frame is decoded.
+    pub fn decode_frames(
+        &mut self,
+        latent: &[f32],
+        t: usize,
+        h: usize,
+        w: usize,
+        mut on_frame: impl FnMut(usize, &[f32]),
+    ) -> Result<(), WanVaeError> {
+        let z = self.config.z_dim;
+        if t == 0 || h == 0 || w == 0 || latent.len() != z * t * h * w {
+            return Err(WanVaeError::Input(format!(
+                "latent of {} values is not [{z}, {t}, {h}, {w}]",
+                latent.len()
+            )));
+        }
+        let _span = tracing::debug_span!("wan_vae_decode", t, h, w).entered();
+        let plane = h * w;
+        let mut caches: Vec<Option<Vec<f32>>> = Vec::new();
+        let mut next_frame = 0;
+        let mut frame_in = vec![0f32; z * plane];
+        for i in 0..t {
+            for c in 0..z {
+                frame_in[c * plane..][..plane]
+                    .copy_from_slice(&latent[(c * t + i) * plane..][..plane]);
+            }
+            let video = self.decode_chunk(&frame_in, i == 0, h, w, &mut caches)?;
+            // [F, 3, H, W] row-major
+            let oc = self.config.out_channels;
+            let s = self.config.spatial_factor();
+            let fsize = oc * plane * s * s;
+            for img in video.chunks_exact(fsize) {
+                let img: Vec<f32> = img.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+                on_frame(next_frame, &img);
+                next_frame += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// One latent frame [z, h, w] through the decoder with the caches: returns the frames,
+    /// row-major [F, 3, H, W] unclamped, and updates `caches`.
+    fn decode_chunk(
+        &mut self,
+        frame: &[f32],
+        first: bool,
+        h: usize,
+        w: usize,
+        caches: &mut Vec<Option<Vec<f32>>>,
+    ) -> Result<Vec<f32>, WanVaeError> {
+        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+        let (input, output, slots) = self.build_decoder(&ctx, first, h, w)?;
+        let mut graph = ctx.new_graph(GRAPH_SIZE);
+        graph.expand(output);
+        for (_, new) in slots.iter().flatten() {
+            graph.expand(*new);
+        }
+        self.alloc.alloc_graph(&graph)?;
+        self.last_compute_bytes = self.alloc.buffer_size();
+        ggml::tensor_set_f32(input, frame)?;
+        if caches.len() < slots.len() {
+            caches.resize(slots.len(), None);
+        }
+        for (slot, cache) in slots.iter().zip(caches.iter()) {
+            if let Some((cin, _)) = slot {
+                match cache {
+                    Some(v) => ggml::tensor_set_f32(*cin, v)?,
+                    None => ggml::tensor_set_f32(*cin, &vec![0f32; cin.n_elements() as usize])?,
+                }
+            }
+        }
+        tracing::debug!(
+            nodes = graph.n_nodes(),
+            compute_bytes = self.last_compute_bytes,
+            first,
+            "wan vae chunk"
+        );
+        self.backend.compute(&graph)?;
+        for (slot, cache) in slots.iter().zip(caches.iter_mut()) {
+            if let Some((_, new)) = slot {
+                *cache = Some(ggml::tensor_get_f32(*new)?);
+            }
+        }
+        Ok(ggml::tensor_get_f32(output)?)
+    }
+
+    /// The decoder graph of one chunk: (latent frame input [w, h, z, 1], frames [W, H, 3, F],
+    /// cache slots).
+    fn build_decoder<'c>(
+        &self,
+        ctx: &'c Context,
+        first: bool,
+        h: usize,
+        w: usize,
+    ) -> Result<(Tensor<'c>, Tensor<'c>, Slots<'c>), WanVaeError>
+    where
+        'w: 'c,
+    {
+        let cfg = &self.config;
+        let wt: &Weights<'c> = &self.weights;
+        let d = wt.pp("decoder");
+        let mut slots: Slots<'c> = Vec::new();
+        let input = ctx
+            .new_f32(&[w as i64, h as i64, cfg.z_dim as i64, 1])
+            .set_name("wan_vae.dec.latent")
+            .set_input();
+        let mut x = input;
+        if cfg.post_quant {
+            x = causal_conv(ctx, &wt.pp("conv2"), x, 0, &mut slots)?;
+        }
+        x = causal_conv(ctx, &d.pp("conv1"), x, 1, &mut slots)?;
+        x = residual(ctx, &d.pp("middle").pp(0), x, &mut slots)?;
+        x = attention(ctx, &d.pp("middle").pp(1), x)?;
+        x = residual(ctx, &d.pp("middle").pp(2), x, &mut slots)?;
+        for layer in &cfg.up {
+            match *layer {
+                UpLayer::Res(n) => x = residual(ctx, &d.pp("upsamples").pp(n), x, &mut slots)?,
+                UpLayer::Up2d(n) | UpLayer::Up3d(n) => {
+                    let p = d.pp("upsamples").pp(n);
+                    if matches!(layer, UpLayer::Up3d(_)) {
+                        if first {
+                            // Diffusers marks the cache "Rep" and leaves the frame alone.
+                            slots.push(None);
+                        } else {
+                            let [xw, xh, c, t] = x.ne();
+                            let y = causal_conv(ctx, &p.pp("time_conv"), x, 0, &mut slots)?;
+                            if y.ne()[2] != 2 * c {
+                                return Err(WanVaeError::Config(format!(
+                                    "'{}' has {} output channels, expected {}",
+                                    p.name("time_conv.weight"),
+                                    y.ne()[2],
+                                    2 * c
+                                )));
+                            }
+                            // Channel s*C + c of frame t is channel c of frame 2t + s: the same
+                            // memory as [W, H, C, 2T].
+                            x = ctx.reshape(y, &[xw, xh, c, 2 * t]);
+                        }
+                    }
+                    x = ctx.upscale_nearest(x, 2);
+                    x = nn::conv2d(ctx, &p.pp("resample").pp(1), x, 1, 1)?;
+                }
+            }
+        }
+        let x = ctx.silu(rms_norm(ctx, &d.pp("head").pp(0), x)?);
+        let x = causal_conv(ctx, &d.pp("head").pp(2), x, 1, &mut slots)?;
+        Ok((input, x.set_name("wan_vae.dec.frames").set_output(), slots))
+    }
+}
+
+/// Scales and shifts a normalised latent (as the DiT produces it) to the VAE's raw latent, in
+/// place: x * std + mean per channel (diffusers' Wan pipelines do this before `vae.decode`).
+/// `latent` is row-major [z, t*h*w]; `mean` and `std` have z values ([`LATENTS_MEAN`] and
+/// [`LATENTS_STD`] for Wan2.1).
+pub fn denormalize(latent: &mut [f32], mean: &[f32], std: &[f32]) {
+    assert_eq!(
+        mean.len(),
+        std.len(),
+        "denormalize: mean and std lengths differ"
+    );
+    let z = mean.len();
+    assert!(
+        z > 0 && latent.len() % z == 0,
+        "denormalize: {} values for {z} channels",
+        latent.len()
+    );
+    let n = latent.len() / z;
+    for (c, chunk) in latent.chunks_exact_mut(n).enumerate() {
+        for v in chunk {
+            *v = *v * std[c] + mean[c];
+        }
+    }
+}
+
+/// Causal 3-D conv `{w}weight` [KW, KH, KT, IC*OC] + `{w}bias` [OC] on x [W, H, IC, T], with
+/// symmetric spatial padding `pad` and, when KT > 1, the KT-1 frames before x taken from a
+/// cache slot (pushed to `slots`). -> [OW, OH, OC, T].
+fn causal_conv<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+    pad: i32,
+    slots: &mut Slots<'c>,
+) -> Result<Tensor<'c>, WanVaeError> {
+    let weight = w.get("weight")?;
+    let bias = w.get("bias")?;
+    let oc = bias.ne()[0];
+    let [kw, kh, kt, ioc] = weight.ne();
+    let [xw, xh, ic, t] = x.ne();
+    if bias.ne()[1..] != [1, 1, 1] || ioc != ic * oc || kt > CACHE_T + 1 {
+        return Err(NnError::Shape {
+            tensor: w.name("weight"),
+            expected: format!("[KW, KH, KT <= 3, {ic} * {oc}] for input {:?}", x.ne()),
+            found: weight.ne(),
+        }
+        .into());
+    }
+    let weight = match weight.ty() {
+        GgmlType::F32 | GgmlType::F16 => weight,
+        _ => ctx.cast(weight, GgmlType::F32),
+    };
+    let es = weight.nb()[0];
+    let kb = (kw * kh) as usize * es;
+    // Time tap k of the kernel as a 2-D kernel [KW, KH, IC, OC].
+    let tap = |k: i64| {
+        let v = ctx.view(
+            weight,
+            &[kw, kh, ic, oc],
+            &[kw as usize * es, kb * kt as usize, kb * (kt * ic) as usize],
+            k as usize * kb,
+        );
+        ctx.cont(v)
+    };
+    let y = if kt == 1 {
+        ctx.conv_2d_direct(tap(0), x, (1, 1), (pad, pad), (1, 1))
+    } else {
+        let cin = ctx.new_f32(&[xw, xh, ic, CACHE_T]).set_input();
+        let full = ctx.concat(cin, x, 3); // [W, H, IC, T + 2]
+        let nb = full.nb();
+        let new_cache = ctx
+            .cont(ctx.view(
+                full,
+                &[xw, xh, ic, CACHE_T],
+                &[nb[1], nb[2], nb[3]],
+                t as usize * nb[3],
+            ))
+            .set_output();
+        slots.push(Some((cin, new_cache)));
+        let skip = CACHE_T + 1 - kt;
+        let mut acc: Option<Tensor<'c>> = None;
+        for k in 0..kt {
+            let frames = ctx.view(
+                full,
+                &[xw, xh, ic, t],
+                &[nb[1], nb[2], nb[3]],
+                (skip + k) as usize * nb[3],
+            );
+            let yk = ctx.conv_2d_direct(tap(k), frames, (1, 1), (pad, pad), (1, 1));
+            acc = Some(match acc {
+                Some(a) => ctx.add(a, yk),
+                None => yk,
+            });
+        }
+        acc.expect("kt >= 1")
+    };
+    let b = ctx.reshape(nn::to_f32(ctx, bias), &[1, 1, oc, 1]);
+    Ok(ctx.add(y, b))
+}
+
+/// Wan's RMS norm over the channels of x [W, H, C, T] with `{w}gamma` [C] (any trailing 1s).
+fn rms_norm<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+) -> Result<Tensor<'c>, WanVaeError> {
+    let c = x.ne()[2];
+    let g = w.get("gamma")?;
+    if g.n_elements() != c {
+        return Err(NnError::Shape {
+            tensor: w.name("gamma"),
+            expected: format!("[{c}] (and trailing 1s)"),
+            found: g.ne(),
+        }
+        .into());
+    }
+    // [W, H, C, T] -> [C, W, H, T]
+    let xc = ctx.cont(ctx.permute(x, [1, 2, 0, 3]));
+    let y = ctx.rms_norm(xc, RMS_EPS);
+    let y = ctx.mul(y, ctx.reshape(nn::to_f32(ctx, g), &[c, 1, 1, 1]));
+    // [C, W, H, T] -> [W, H, C, T]
+    Ok(ctx.cont(ctx.permute(y, [2, 0, 1, 3])))
+}
+
+/// Residual block `{w}residual.{0,2,3,6}` and optional `{w}shortcut`.
+fn residual<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+    slots: &mut Slots<'c>,
+) -> Result<Tensor<'c>, WanVaeError> {
+    let h = if w.contains("shortcut.weight") {
+        causal_conv(ctx, &w.pp("shortcut"), x, 0, slots)?
+    } else {
+        x
+    };
+    let r = w.pp("residual");
+    let y = ctx.silu(rms_norm(ctx, &r.pp(0), x)?);
+    let y = causal_conv(ctx, &r.pp(2), y, 1, slots)?;
+    let y = ctx.silu(rms_norm(ctx, &r.pp(3), y)?);
+    let y = causal_conv(ctx, &r.pp(6), y, 1, slots)?;
+    if y.ne() != h.ne() {
+        return Err(NnError::MissingTensor(w.name("shortcut.weight")).into());
+    }
+    Ok(ctx.add(h, y))
+}
+
+/// Single-head self-attention over the H*W positions of each frame, residual:
+/// `{w}norm.gamma`, `{w}to_qkv` (1x1, C -> 3C), `{w}proj` (1x1).
+fn attention<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+) -> Result<Tensor<'c>, WanVaeError> {
+    let [xw, xh, c, t] = x.ne();
+    let n = xw * xh;
+    let hn = rms_norm(ctx, &w.pp("norm"), x)?;
+    let qkv = nn::conv2d(ctx, &w.pp("to_qkv"), hn, 1, 0)?; // [W, H, 3C, T]
+    if qkv.ne()[2] != 3 * c {
+        return Err(NnError::Shape {
+            tensor: w.name("to_qkv.weight"),
+            expected: format!("[1, 1, {c}, {}]", 3 * c),
+            found: w.get("to_qkv.weight")?.ne(),
+        }
+        .into());
+    }
+    let qkv = ctx.reshape(qkv, &[n, 3 * c, t]);
+    let nb = qkv.nb();
+    // [N, C, T] part i -> [C, N, T] -> [C, 1, N, T]
+    let part = |i: i64| {
+        let v = ctx.view(qkv, &[n, c, t], &[nb[1], nb[2]], (i * c) as usize * nb[1]);
+        ctx.reshape(ctx.cont(ctx.permute(v, [1, 0, 2, 3])), &[c, 1, n, t])
+    };
+    let a = nn::multi_head_attention(ctx, part(0), part(1), part(2), None); // [C, N, T]
+    let a = ctx.reshape(ctx.cont(ctx.permute(a, [1, 0, 2, 3])), &[xw, xh, c, t]);
+    let a = nn::conv2d(ctx, &w.pp("proj"), a, 1, 0)?;
+    Ok(ctx.add(x, a))
+}
