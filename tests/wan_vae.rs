@@ -59,6 +59,10 @@ struct Fixture {
     latent: (Vec<f32>, Vec<usize>),
     /// [3, frames, H, W], clamped by diffusers
     decoded: (Vec<f32>, Vec<usize>),
+    /// [3, frames, H, W] in [-1, 1]
+    video: (Vec<f32>, Vec<usize>),
+    /// [z, t, h, w], the latent mean
+    encoded: (Vec<f32>, Vec<usize>),
 }
 
 fn fixture() -> Fixture {
@@ -89,6 +93,8 @@ fn fixture() -> Fixture {
         tensors,
         latent: read_f32(&index["latent"]),
         decoded: read_f32(&index["decoded"]),
+        video: read_f32(&index["video"]),
+        encoded: read_f32(&index["encoded"]),
     }
 }
 
@@ -190,6 +196,27 @@ fn decode_matches_diffusers_frame_by_frame_with_flat_memory() {
                 .collect();
             assert!(rel_err(&g, &w) < 1e-4, "frame {f}: {}", rel_err(&g, &w));
         }
+    });
+}
+
+#[test]
+fn encode_matches_diffusers_in_chunks_of_four() {
+    let fx = fixture();
+    let (video, vs) = &fx.video;
+    let (want, ws) = &fx.encoded;
+    assert_eq!(vs, &vec![3, 9, 32, 32]);
+    assert_eq!(ws, &vec![4, 3, 4, 4]);
+    with_set(&fx.tensors, |set| {
+        let mut vae = WanVae::new(set, "", 2).unwrap();
+        assert!(vae.config().has_encoder);
+        let got = vae.encode(video, 9, 32, 32).unwrap();
+        assert_eq!(got.len(), want.len());
+        let e = rel_err(&got, want);
+        eprintln!("wan vae encode 9 frames: rel err {e:.2e}");
+        assert!(e < 1e-4, "encode rel err {e}");
+        // Frames must be 1 + 4k.
+        let err = vae.encode(&video[..3 * 8 * 1024], 8, 32, 32).unwrap_err();
+        assert!(matches!(err, WanVaeError::Input(_)), "{err}");
     });
 }
 

@@ -1,4 +1,4 @@
-//! The Wan2.1 video VAE decoder (original Wan names, canonical here; diffusers'
+//! The Wan2.1 video VAE, decoder and encoder (original Wan names, canonical here; diffusers'
 //! `AutoencoderKLWan` names are mapped by the weight loader, see `formats::names::wan`).
 //!
 //! Decoder, per latent frame (diffusers `AutoencoderKLWan._decode`, one frame per call with a
@@ -19,6 +19,12 @@
 //! nearest 2x and a 3x3 conv (`resample.1`) per frame. `upsample2d`: the latter only.
 //! So latent frame 0 decodes to 1 frame and each later one to 4 (with Wan2.1's two temporal
 //! levels).
+//!
+//! Encoder (diffusers `_encode`): frame 0 alone, then chunks of 4 frames, one graph each:
+//!   x = encoder.conv1(video); x = downsamples.. (res blocks; `resample.1` = pad right/bottom +
+//!   stride-2 3x3 conv; with `time_conv` also a temporal stride-2 kernel-3 conv over
+//!   [last frame of the previous chunk, x], which the first chunk only caches);
+//!   middle.{0,1,2}; head; then `conv1` (quant); the mean is the first z channels.
 //!
 //! Execution: one ggml graph per latent frame. Its inputs are the latent frame and the 2-frame
 //! cache of every causal conv; its outputs are the decoded frames and the new caches, which are
@@ -79,6 +85,18 @@ pub enum UpLayer {
     Up3d(usize),
 }
 
+/// One entry of the flat `encoder.downsamples` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum DownLayer {
+    /// `encoder.downsamples.N` is a residual block.
+    Res(usize),
+    /// A spatial 2x downsampling (`resample.1`, stride 2 after padding right and bottom).
+    Down2d(usize),
+    /// Spatial, then temporal 2x downsampling (`time_conv`, kernel 3, stride 2, fed the last
+    /// frame of the previous chunk).
+    Down3d(usize),
+}
+
 /// Decoder hyperparameters, inferred from the weights. Wan2.1: z 16, base 96, dim_mult
 /// [1, 2, 4, 4], 3 residual blocks per decoder level (2 + 1), temporal up in the first two.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -92,6 +110,10 @@ pub struct WanVaeConfig {
     pub up: Vec<UpLayer>,
     /// Whether the post-quant `conv2` is present.
     pub post_quant: bool,
+    /// The encoder's flat `encoder.downsamples` list; empty without an encoder.
+    pub down: Vec<DownLayer>,
+    /// Whether the encoder (`encoder.conv1`) is present.
+    pub has_encoder: bool,
 }
 
 impl WanVaeConfig {
@@ -126,7 +148,25 @@ impl WanVaeConfig {
                 NnError::MissingTensor(w.name("decoder.upsamples.0.residual.0.gamma")).into(),
             );
         }
+        let has_encoder = w.contains("encoder.conv1.weight");
+        let mut down = Vec::new();
+        for n in (0..).take_while(|_| has_encoder) {
+            let p = w.pp("encoder.downsamples").pp(n);
+            if p.contains("residual.0.gamma") {
+                down.push(DownLayer::Res(n));
+            } else if p.contains("resample.1.weight") {
+                down.push(if p.contains("time_conv.weight") {
+                    DownLayer::Down3d(n)
+                } else {
+                    DownLayer::Down2d(n)
+                });
+            } else {
+                break;
+            }
+        }
         Ok(WanVaeConfig {
+            has_encoder,
+            down,
             z_dim,
             top_dim,
             out_dim,
@@ -173,9 +213,16 @@ pub struct WanVae<'w> {
     last_compute_bytes: usize,
 }
 
-/// The causal convs of one graph in the order they were built: (cache input, new cache).
-/// `None` for a conv not run in this chunk (time_conv on the first chunk).
-type Slots<'c> = Vec<Option<(Tensor<'c>, Tensor<'c>)>>;
+/// A cached conv of one graph: its cache input (absent when the conv does not read its cache
+/// in this chunk) and its new cache (absent when it does not write it).
+#[derive(Clone, Copy, Default)]
+struct Slot<'c> {
+    cin: Option<Tensor<'c>>,
+    cout: Option<Tensor<'c>>,
+}
+
+/// The cached convs of one graph in the order they were built (the same order every chunk).
+type Slots<'c> = Vec<Slot<'c>>;
 
 impl<'w> WanVae<'w> {
     /// The VAE whose tensors are under `prefix` in `set` (original Wan names), config inferred
@@ -199,6 +246,16 @@ impl<'w> WanVae<'w> {
         for first in [true, false] {
             let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
             vae.build_decoder(&ctx, first, 1, 1)?;
+            if vae.config.has_encoder {
+                let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+                let s = vae.config.spatial_factor();
+                let frames = if first {
+                    1
+                } else {
+                    vae.config.temporal_factor()
+                };
+                vae.build_encoder(&ctx, first, frames, s, s)?;
+            }
         }
         Ok(vae)
     }
@@ -290,38 +347,176 @@ impl<'w> WanVae<'w> {
     ) -> Result<Vec<f32>, WanVaeError> {
         let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
         let (input, output, slots) = self.build_decoder(&ctx, first, h, w)?;
+        self.run(&ctx, input, output, &slots, frame, caches)
+    }
+
+    /// Allocates the graph of `output` and the new caches, uploads `data` and the caches (zeros
+    /// for a cache never written), computes, stores the new caches and returns `output`.
+    fn run<'c>(
+        &mut self,
+        ctx: &'c Context,
+        input: Tensor<'c>,
+        output: Tensor<'c>,
+        slots: &Slots<'c>,
+        data: &[f32],
+        caches: &mut Vec<Option<Vec<f32>>>,
+    ) -> Result<Vec<f32>, WanVaeError> {
         let mut graph = ctx.new_graph(GRAPH_SIZE);
         graph.expand(output);
-        for (_, new) in slots.iter().flatten() {
-            graph.expand(*new);
+        for new in slots.iter().filter_map(|s| s.cout) {
+            graph.expand(new);
         }
         self.alloc.alloc_graph(&graph)?;
         self.last_compute_bytes = self.alloc.buffer_size();
-        ggml::tensor_set_f32(input, frame)?;
+        ggml::tensor_set_f32(input, data)?;
         if caches.len() < slots.len() {
             caches.resize(slots.len(), None);
         }
         for (slot, cache) in slots.iter().zip(caches.iter()) {
-            if let Some((cin, _)) = slot {
+            if let Some(cin) = slot.cin {
                 match cache {
-                    Some(v) => ggml::tensor_set_f32(*cin, v)?,
-                    None => ggml::tensor_set_f32(*cin, &vec![0f32; cin.n_elements() as usize])?,
+                    Some(v) => ggml::tensor_set_f32(cin, v)?,
+                    None => ggml::tensor_set_f32(cin, &vec![0f32; cin.n_elements() as usize])?,
                 }
             }
         }
         tracing::debug!(
             nodes = graph.n_nodes(),
             compute_bytes = self.last_compute_bytes,
-            first,
             "wan vae chunk"
         );
         self.backend.compute(&graph)?;
         for (slot, cache) in slots.iter().zip(caches.iter_mut()) {
-            if let Some((_, new)) = slot {
-                *cache = Some(ggml::tensor_get_f32(*new)?);
+            if let Some(new) = slot.cout {
+                *cache = Some(ggml::tensor_get_f32(new)?);
             }
         }
         Ok(ggml::tensor_get_f32(output)?)
+    }
+
+    /// Encodes a video, row-major [3, frames, H, W] in [-1, 1] with frames = 1 + 4k and H, W
+    /// multiples of 8, into the mean of the latent distribution, raw (not normalised),
+    /// [z, 1 + k, H/8, W/8]. Frame 0 is encoded alone, then chunks of 4 frames, one graph each,
+    /// with the causal cache carried between them (diffusers `AutoencoderKLWan._encode`).
+    pub fn encode(
+        &mut self,
+        video: &[f32],
+        frames: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, WanVaeError> {
+        let cfg = &self.config;
+        if !cfg.has_encoder {
+            return Err(NnError::MissingTensor(self.weights.name("encoder.conv1.weight")).into());
+        }
+        let (s, tf, ic) = (cfg.spatial_factor(), cfg.temporal_factor(), 3usize);
+        if frames == 0
+            || (frames - 1) % tf != 0
+            || h == 0
+            || w == 0
+            || h % s != 0
+            || w % s != 0
+            || video.len() != ic * frames * h * w
+        {
+            return Err(WanVaeError::Input(format!(
+                "video of {} values is not [{ic}, {frames}, {h}, {w}] with 1 + {tf}k frames and \
+                 sides multiples of {s}",
+                video.len()
+            )));
+        }
+        let _span = tracing::debug_span!("wan_vae_encode", frames, h, w).entered();
+        let z = cfg.z_dim;
+        let t_lat = 1 + (frames - 1) / tf;
+        let (lh, lw) = (h / s, w / s);
+        let (plane, lplane) = (h * w, lh * lw);
+        let mut out = vec![0f32; z * t_lat * lplane];
+        let mut caches: Vec<Option<Vec<f32>>> = Vec::new();
+        for i in 0..t_lat {
+            let (f0, n) = if i == 0 {
+                (0, 1)
+            } else {
+                (1 + tf * (i - 1), tf)
+            };
+            let mut chunk = vec![0f32; ic * n * plane];
+            for f in 0..n {
+                for c in 0..ic {
+                    // ggml [W, H, C, T]: frame-major
+                    chunk[(f * ic + c) * plane..][..plane]
+                        .copy_from_slice(&video[(c * frames + f0 + f) * plane..][..plane]);
+                }
+            }
+            let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+            let (input, output, slots) = self.build_encoder(&ctx, i == 0, n, h, w)?;
+            let mean = self.run(&ctx, input, output, &slots, &chunk, &mut caches)?;
+            if mean.len() != z * lplane {
+                return Err(WanVaeError::Config(format!(
+                    "chunk {i} encoded to {} values, expected one latent frame of {}",
+                    mean.len(),
+                    z * lplane
+                )));
+            }
+            for c in 0..z {
+                out[(c * t_lat + i) * lplane..][..lplane]
+                    .copy_from_slice(&mean[c * lplane..][..lplane]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The encoder graph of one chunk of `frames` frames: (video input [w, h, 3, frames], mean
+    /// [w/8, h/8, z, 1], cache slots).
+    fn build_encoder<'c>(
+        &self,
+        ctx: &'c Context,
+        first: bool,
+        frames: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(Tensor<'c>, Tensor<'c>, Slots<'c>), WanVaeError>
+    where
+        'w: 'c,
+    {
+        let cfg = &self.config;
+        let wt: &Weights<'c> = &self.weights;
+        let e = wt.pp("encoder");
+        let mut slots: Slots<'c> = Vec::new();
+        let input = ctx
+            .new_f32(&[w as i64, h as i64, 3, frames as i64])
+            .set_name("wan_vae.enc.video")
+            .set_input();
+        let mut x = causal_conv(ctx, &e.pp("conv1"), input, 1, &mut slots)?;
+        for layer in &cfg.down {
+            match *layer {
+                DownLayer::Res(n) => x = residual(ctx, &e.pp("downsamples").pp(n), x, &mut slots)?,
+                DownLayer::Down2d(n) | DownLayer::Down3d(n) => {
+                    let p = e.pp("downsamples").pp(n);
+                    x = ctx.pad(x, [1, 1, 0, 0]);
+                    x = nn::conv2d(ctx, &p.pp("resample").pp(1), x, 2, 0)?;
+                    if matches!(layer, DownLayer::Down3d(_)) {
+                        x = time_down(ctx, &p.pp("time_conv"), x, first, &mut slots)?;
+                    }
+                }
+            }
+        }
+        x = residual(ctx, &e.pp("middle").pp(0), x, &mut slots)?;
+        x = attention(ctx, &e.pp("middle").pp(1), x)?;
+        x = residual(ctx, &e.pp("middle").pp(2), x, &mut slots)?;
+        let x = ctx.silu(rms_norm(ctx, &e.pp("head").pp(0), x)?);
+        let mut m = causal_conv(ctx, &e.pp("head").pp(2), x, 1, &mut slots)?;
+        if wt.contains("conv1.weight") {
+            m = causal_conv(ctx, &wt.pp("conv1"), m, 0, &mut slots)?;
+        }
+        let [mw, mh, mc, mt] = m.ne();
+        let z = cfg.z_dim as i64;
+        if mc != 2 * z || mt != 1 {
+            return Err(WanVaeError::Config(format!(
+                "encoder output {:?}: expected mean and log-variance of {z} channels, 1 frame",
+                m.ne()
+            )));
+        }
+        let nb = m.nb();
+        let mean = ctx.cont(ctx.view(m, &[mw, mh, z, 1], &[nb[1], nb[2], nb[3]], 0));
+        Ok((input, mean.set_name("wan_vae.enc.mean").set_output(), slots))
     }
 
     /// The decoder graph of one chunk: (latent frame input [w, h, z, 1], frames [W, H, 3, F],
@@ -360,7 +555,7 @@ impl<'w> WanVae<'w> {
                     if matches!(layer, UpLayer::Up3d(_)) {
                         if first {
                             // Diffusers marks the cache "Rep" and leaves the frame alone.
-                            slots.push(None);
+                            slots.push(Slot::default());
                         } else {
                             let [xw, xh, c, t] = x.ne();
                             let y = causal_conv(ctx, &p.pp("time_conv"), x, 0, &mut slots)?;
@@ -465,7 +660,10 @@ fn causal_conv<'c>(
                 t as usize * nb[3],
             ))
             .set_output();
-        slots.push(Some((cin, new_cache)));
+        slots.push(Slot {
+            cin: Some(cin),
+            cout: Some(new_cache),
+        });
         let skip = CACHE_T + 1 - kt;
         let mut acc: Option<Tensor<'c>> = None;
         for k in 0..kt {
@@ -485,6 +683,82 @@ fn causal_conv<'c>(
     };
     let b = ctx.reshape(nn::to_f32(ctx, bias), &[1, 1, oc, 1]);
     Ok(ctx.add(y, b))
+}
+
+/// Temporal 2x downsampling `{w}weight` [1, 1, 3, C*C] (stride 2, no padding) of x
+/// [W, H, C, T] preceded by the last frame of the previous chunk (a 1-frame cache). The first
+/// chunk only stores its last frame and passes x through (diffusers' `downsample3d`).
+fn time_down<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+    first: bool,
+    slots: &mut Slots<'c>,
+) -> Result<Tensor<'c>, WanVaeError> {
+    let [xw, xh, c, t] = x.ne();
+    let last = |src: Tensor<'c>, frame: i64| {
+        let nb = src.nb();
+        ctx.cont(ctx.view(
+            src,
+            &[xw, xh, c, 1],
+            &[nb[1], nb[2], nb[3]],
+            frame as usize * nb[3],
+        ))
+        .set_output()
+    };
+    if first {
+        slots.push(Slot {
+            cin: None,
+            cout: Some(last(x, t - 1)),
+        });
+        return Ok(x);
+    }
+    let weight = w.get("weight")?;
+    let bias = w.get_shaped("bias", &[c])?;
+    let [kw, kh, kt, ioc] = weight.ne();
+    if [kw, kh, kt, ioc] != [1, 1, 3, c * c] {
+        return Err(NnError::Shape {
+            tensor: w.name("weight"),
+            expected: format!("[1, 1, 3, {c} * {c}]"),
+            found: weight.ne(),
+        }
+        .into());
+    }
+    let weight = match weight.ty() {
+        GgmlType::F32 | GgmlType::F16 => weight,
+        _ => ctx.cast(weight, GgmlType::F32),
+    };
+    let cin = ctx.new_f32(&[xw, xh, c, 1]).set_input();
+    let full = ctx.concat(cin, x, 3); // [W, H, C, T + 1]
+    slots.push(Slot {
+        cin: Some(cin),
+        cout: Some(last(full, t)),
+    });
+    let t_out = (t + 1 - 3) / 2 + 1;
+    let es = weight.nb()[0];
+    let nb = full.nb();
+    let mut acc: Option<Tensor<'c>> = None;
+    for k in 0..3i64 {
+        let wk = ctx.cont(ctx.view(
+            weight,
+            &[1, 1, c, c],
+            &[es, 3 * es, 3 * c as usize * es],
+            k as usize * es,
+        ));
+        let frames = ctx.cont(ctx.view(
+            full,
+            &[xw, xh, c, t_out],
+            &[nb[1], nb[2], 2 * nb[3]],
+            k as usize * nb[3],
+        ));
+        let yk = ctx.conv_2d_direct(wk, frames, (1, 1), (0, 0), (1, 1));
+        acc = Some(match acc {
+            Some(a) => ctx.add(a, yk),
+            None => yk,
+        });
+    }
+    let b = ctx.reshape(nn::to_f32(ctx, bias), &[1, 1, c, 1]);
+    Ok(ctx.add(acc.expect("3 taps"), b))
 }
 
 /// Wan's RMS norm over the channels of x [W, H, C, T] with `{w}gamma` [C] (any trailing 1s).

@@ -17,6 +17,9 @@ Files (raw little-endian f32, row-major):
   latent.f32   [4, 5, 4, 4]       a raw latent (no mean/std normalisation: diffusers does that
                                   in the pipeline, outside the VAE)
   decoded.f32  [3, 17, 32, 32]    vae.decode(latent).sample (per-frame cached decode, clamped)
+  video.f32    [3, 9, 32, 32]     an input video in [-1, 1]
+  encoded.f32  [4, 3, 4, 4]       vae.encode(video).latent_dist.mean (frame 0, then chunks of 4;
+                                  raw, not normalised)
 
 Run: /work/pyref/bin/python tools/reference/make_wan_vae_fixtures.py
 """
@@ -86,6 +89,9 @@ def main():
     latent = torch.from_numpy(hash_values(z * t * h * w, 79).reshape(1, z, t, h, w) * np.float32(1.5))
     with torch.no_grad():
         decoded = vae.decode(latent).sample
+        video = torch.from_numpy(hash_values(3 * 9 * 32 * 32, 80).reshape(1, 3, 9, 32, 32))
+        encoded = vae.encode(video).latent_dist.mean
+    print("encoded", tuple(encoded.shape), "std", float(encoded.std()))
     print("decoded", tuple(decoded.shape), "std", float(decoded.std()), "at +-1:",
           float((decoded.abs() >= 1).float().mean()))
     index = {
@@ -94,6 +100,8 @@ def main():
         "tensors": recipe,
         "latent": write("latent.f32", latent[0]),
         "decoded": write("decoded.f32", decoded[0]),
+        "video": write("video.f32", video[0]),
+        "encoded": write("encoded.f32", encoded[0]),
     }
     with open(os.path.join(OUT, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
