@@ -66,7 +66,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let text = std::fs::read_to_string(Path::new(DIR).join("index.json")).unwrap();
+    fixture_of("index.json")
+}
+
+fn fixture_of(index: &str) -> Fixture {
+    let text = std::fs::read_to_string(Path::new(DIR).join(index)).unwrap();
     let index: Value = serde_json::from_str(&text).unwrap();
     let tensors = index["tensors"]
         .as_array()
@@ -217,6 +221,36 @@ fn encode_matches_diffusers_in_chunks_of_four() {
         // Frames must be 1 + 4k.
         let err = vae.encode(&video[..3 * 8 * 1024], 8, 32, 32).unwrap_err();
         assert!(matches!(err, WanVaeError::Input(_)), "{err}");
+    });
+}
+
+/// Wan2.1's real z_dim (16) and residual blocks (2 per encoder level, 3 per decoder level:
+/// the diffusers -> original name map depends on it) at a third of its width.
+#[test]
+fn z16_two_res_blocks_decode_and_encode_match_diffusers() {
+    let fx = fixture_of("z16_index.json");
+    let (latent, ls) = &fx.latent;
+    let (want, ws) = &fx.decoded;
+    let (video, vs) = &fx.video;
+    let (want_enc, es) = &fx.encoded;
+    assert_eq!(ls, &vec![16, 2, 2, 2]);
+    assert_eq!(ws, &vec![3, 5, 16, 16]);
+    with_set(&fx.tensors, |set| {
+        let mut vae = WanVae::new(set, "", 2).unwrap();
+        let c = vae.config().clone();
+        assert_eq!((c.z_dim, c.top_dim, c.out_dim), (16, 128, 32));
+        // 4 levels x 3 res blocks + 3 resamples.
+        assert_eq!(c.up.len(), 15);
+        assert_eq!(c.down.len(), 11);
+        let got = vae.decode(latent, 2, 2, 2).unwrap();
+        let e = rel_err(&got, want);
+        eprintln!("wan vae z16 decode: rel err {e:.2e}");
+        assert!(e < 1e-4, "z16 decode rel err {e}");
+        let got = vae.encode(video, vs[1], vs[2], vs[3]).unwrap();
+        assert_eq!(got.len(), es.iter().product::<usize>());
+        let e = rel_err(&got, want_enc);
+        eprintln!("wan vae z16 encode: rel err {e:.2e}");
+        assert!(e < 1e-4, "z16 encode rel err {e}");
     });
 }
 

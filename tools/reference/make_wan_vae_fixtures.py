@@ -21,6 +21,9 @@ Files (raw little-endian f32, row-major):
   encoded.f32  [4, 3, 4, 4]       vae.encode(video).latent_dist.mean (frame 0, then chunks of 4;
                                   raw, not normalised)
 
+Second model, z16_*.f32 and z16_index.json: Wan2.1's real z_dim 16 and num_res_blocks 2 at
+base_dim 32; latent [16, 2, 2, 2] -> [3, 5, 16, 16]; video [3, 5, 16, 16] -> [16, 2, 2, 2].
+
 Run: /work/pyref/bin/python tools/reference/make_wan_vae_fixtures.py
 """
 
@@ -78,33 +81,44 @@ def write(name, t):
     return {"file": name, "shape": list(arr.shape)}
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    torch.manual_seed(0)
-    cfg = dict(base_dim=16, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-               attn_scales=[], temperal_downsample=[False, True, True])
+def run(prefix, cfg, base_seed, latent_shape, video_shape):
     vae = AutoencoderKLWan(**cfg).eval()
-    recipe = build(vae, 3000)
-    z, t, h, w = 4, 5, 4, 4
+    recipe = build(vae, base_seed)
+    z, t, h, w = latent_shape
     latent = torch.from_numpy(hash_values(z * t * h * w, 79).reshape(1, z, t, h, w) * np.float32(1.5))
+    c, f, vh, vw = video_shape
+    video = torch.from_numpy(hash_values(c * f * vh * vw, 80).reshape(1, c, f, vh, vw))
     with torch.no_grad():
         decoded = vae.decode(latent).sample
-        video = torch.from_numpy(hash_values(3 * 9 * 32 * 32, 80).reshape(1, 3, 9, 32, 32))
         encoded = vae.encode(video).latent_dist.mean
-    print("encoded", tuple(encoded.shape), "std", float(encoded.std()))
-    print("decoded", tuple(decoded.shape), "std", float(decoded.std()), "at +-1:",
-          float((decoded.abs() >= 1).float().mean()))
-    index = {
+    print(prefix or "tiny", "decoded", tuple(decoded.shape), "std", float(decoded.std()), "at +-1:",
+          float((decoded.abs() >= 1).float().mean()), "encoded", tuple(encoded.shape),
+          "std", float(encoded.std()))
+    return {
         "generator": "splitmix64(seed * 0x9E3779B97F4A7C15 + i) >> 40, / 2^23 - 1, * scale + offset",
         "config": cfg,
         "tensors": recipe,
-        "latent": write("latent.f32", latent[0]),
-        "decoded": write("decoded.f32", decoded[0]),
-        "video": write("video.f32", video[0]),
-        "encoded": write("encoded.f32", encoded[0]),
+        "latent": write(f"{prefix}latent.f32", latent[0]),
+        "decoded": write(f"{prefix}decoded.f32", decoded[0]),
+        "video": write(f"{prefix}video.f32", video[0]),
+        "encoded": write(f"{prefix}encoded.f32", encoded[0]),
     }
-    with open(os.path.join(OUT, "index.json"), "w") as f:
-        json.dump(index, f, indent=1)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    torch.manual_seed(0)
+    tiny = dict(base_dim=16, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                attn_scales=[], temperal_downsample=[False, True, True])
+    # Wan2.1's real z (16) and res blocks (2), a third of its width (32 instead of 96).
+    z16 = dict(base_dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+               attn_scales=[], temperal_downsample=[False, True, True])
+    for name, index in [
+        ("index.json", run("", tiny, 3000, (4, 5, 4, 4), (3, 9, 32, 32))),
+        ("z16_index.json", run("z16_", z16, 5000, (16, 2, 2, 2), (3, 5, 16, 16))),
+    ]:
+        with open(os.path.join(OUT, name), "w") as f:
+            json.dump(index, f, indent=1)
 
 
 if __name__ == "__main__":
