@@ -104,13 +104,22 @@ fn fixture_of(index: &str) -> Fixture {
 
 /// Loads `tensors` (diffusers names) through the weight store and runs `f` on the result.
 fn with_set<R>(tensors: &Tensors, f: impl FnOnce(&nijigen::ggml::TensorSet<'_>) -> R) -> R {
+    with_set_as(tensors, St::F32, f)
+}
+
+/// As [`with_set`], the file storing `ty` values.
+fn with_set_as<R>(
+    tensors: &Tensors,
+    ty: St,
+    f: impl FnOnce(&nijigen::ggml::TensorSet<'_>) -> R,
+) -> R {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("diffusion_pytorch_model.safetensors");
     let refs: Vec<(&str, Vec<u64>, Vec<f32>)> = tensors
         .iter()
         .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
         .collect();
-    write_safetensors(&path, &refs, St::F32);
+    write_safetensors(&path, &refs, ty);
     let store = WeightStore::open_path(&path).unwrap();
     let set = store.load_cpu(|_| true).unwrap();
     f(&set)
@@ -252,6 +261,24 @@ fn z16_two_res_blocks_decode_and_encode_match_diffusers() {
         eprintln!("wan vae z16 encode: rel err {e:.2e}");
         assert!(e < 1e-4, "z16 encode rel err {e}");
     });
+}
+
+/// BF16 and F16 files (as ComfyUI's `wan_2.1_vae.safetensors` is stored): the weights are cast
+/// to F32 (BF16) or used as F16 kernels; the error is the weights' rounding.
+#[test]
+fn half_precision_weights_stay_close() {
+    let fx = fixture_of("z16_index.json");
+    let (latent, _) = &fx.latent;
+    let (want, _) = &fx.decoded;
+    for (ty, name) in [(St::Bf16, "bf16"), (St::F16, "f16")] {
+        with_set_as(&fx.tensors, ty, |set| {
+            let mut vae = WanVae::new(set, "", 2).unwrap();
+            let got = vae.decode(latent, 2, 2, 2).unwrap();
+            let e = rel_err(&got, want);
+            eprintln!("wan vae z16 decode, {name} weights: rel err {e:.2e}");
+            assert!(e < 3e-2, "{name} rel err {e}");
+        });
+    }
 }
 
 #[test]
