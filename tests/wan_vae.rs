@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::{rel_err, write_safetensors, St};
-use nijigen::models::wan_vae::{denormalize, UpLayer, LATENTS_MEAN, LATENTS_STD};
+use nijigen::models::wan_vae::{denormalize, normalize, UpLayer, LATENTS_MEAN, LATENTS_STD};
 use nijigen::models::{WanVae, WanVaeError};
 use nijigen::runtime::WeightStore;
 use serde_json::Value;
@@ -321,4 +321,6 @@ fn denormalize_scales_then_shifts_per_channel() {
             assert!((v - (LATENTS_STD[c] + LATENTS_MEAN[c])).abs() < 1e-6);
         }
     }
+    normalize(&mut x, &LATENTS_MEAN, &LATENTS_STD);
+    assert!(x.iter().all(|v| (v - 1.0).abs() < 1e-5), "{x:?}");
 }

@@ -36,6 +36,14 @@
 //! Causal 3-D convs are computed as the sum over the time taps of F32 direct 2-D convs (ggml's
 //! `conv_3d` goes through an F16 im2col), so an F32 model stays F32 throughout.
 //!
+//! Weights: F32 and F16 kernels are used as stored (ggml's direct conv gathers patches in the
+//! kernel's type, so F16 weights also round activations to F16: 1.1e-3 on the test model);
+//! BF16 and quantized kernels are cast to F32 in the graph.
+//!
+//! Latents: [`WanVae::decode`] takes the VAE's raw latent and [`WanVae::encode`] returns one;
+//! the DiT works on normalised latents, converted with [`denormalize`] / [`normalize`] and
+//! [`LATENTS_MEAN`] / [`LATENTS_STD`] (as diffusers' pipelines do outside the VAE).
+//!
 //! Shapes are ggml `ne` (innermost first): activations [W, H, C, T]; 5-D conv weights
 //! [OC, IC, KT, KH, KW] are stored folded as [KW, KH, KT, IC*OC].
 
@@ -603,6 +611,28 @@ pub fn denormalize(latent: &mut [f32], mean: &[f32], std: &[f32]) {
     for (c, chunk) in latent.chunks_exact_mut(n).enumerate() {
         for v in chunk {
             *v = *v * std[c] + mean[c];
+        }
+    }
+}
+
+/// The inverse of [`denormalize`]: (x - mean) / std per channel, in place, for an encoded
+/// latent going to the DiT (diffusers' Wan I2V pipeline does this to `vae.encode`'s mean).
+pub fn normalize(latent: &mut [f32], mean: &[f32], std: &[f32]) {
+    assert_eq!(
+        mean.len(),
+        std.len(),
+        "normalize: mean and std lengths differ"
+    );
+    let z = mean.len();
+    assert!(
+        z > 0 && latent.len() % z == 0,
+        "normalize: {} values for {z} channels",
+        latent.len()
+    );
+    let n = latent.len() / z;
+    for (c, chunk) in latent.chunks_exact_mut(n).enumerate() {
+        for v in chunk {
+            *v = (*v - mean[c]) / std[c];
         }
     }
 }
