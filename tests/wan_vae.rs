@@ -193,6 +193,7 @@ fn decode_matches_diffusers_frame_by_frame_with_flat_memory() {
         // are fixed-size too).
         eprintln!("wan vae compute buffer: T=3 {s3} bytes, T=5 {s5} bytes");
         assert_eq!(s3, s5);
+        assert_eq!(vae5.decode_compute_bytes(4, 4).unwrap(), s5);
         assert_eq!(got.len(), want.len());
         assert!(got.iter().all(|v| (-1.0..=1.0).contains(v)));
         let e = rel_err(&got, want);
@@ -255,6 +256,9 @@ fn z16_two_res_blocks_decode_and_encode_match_diffusers() {
         let e = rel_err(&got, want);
         eprintln!("wan vae z16 decode: rel err {e:.2e}");
         assert!(e < 1e-4, "z16 decode rel err {e}");
+        // Planned (not computed) at 480x832 (a 60x104 latent): 1/3 of Wan2.1's width.
+        let big = vae.decode_compute_bytes(60, 104).unwrap();
+        eprintln!("wan vae z16 (base 32) compute buffer per chunk at 480x832: {big} bytes");
         let got = vae.encode(video, vs[1], vs[2], vs[3]).unwrap();
         assert_eq!(got.len(), es.iter().product::<usize>());
         let e = rel_err(&got, want_enc);

@@ -32,6 +32,11 @@
 //! to the activations). The graph's memory therefore depends on (first chunk?, h, w) only, not
 //! on the number of frames: [`WanVae::last_compute_bytes`] reports the allocator's buffer size.
 //! The graph is rebuilt per frame (building is cheap: no data) and the allocator reused.
+//! Measured plan ([`WanVae::decode_compute_bytes`]) at 480x832 for base 32 (a third of
+//! Wan2.1's width): 4.7 GB per chunk, 1.26 GB of it the new caches (held in the compute buffer
+//! until copied out, and again on the host between chunks); activations scale with the width,
+//! so expect about 3x for the real model. Keeping the caches in a persistent backend buffer
+//! (updated in place by the graph) and spatial tiling are the ways down.
 //!
 //! Causal 3-D convs are computed as the sum over the time taps of F32 direct 2-D convs (ggml's
 //! `conv_3d` goes through an F16 im2col), so an F32 model stays F32 throughout.
@@ -276,6 +281,32 @@ impl<'w> WanVae<'w> {
     /// the largest graph seen and does not depend on the number of frames).
     pub fn last_compute_bytes(&self) -> usize {
         self.last_compute_bytes
+    }
+
+    /// Compute-buffer bytes one decoder chunk needs for an [z, h, w] latent frame (a later chunk,
+    /// the larger kind), planned by a fresh graph allocator without computing: what
+    /// [`WanVae::last_compute_bytes`] will report after decoding at that size. The weights and
+    /// the host caches come on top.
+    pub fn decode_compute_bytes(&self, h: usize, w: usize) -> Result<usize, WanVaeError> {
+        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+        let (_, output, slots) = self.build_decoder(&ctx, false, h, w)?;
+        let mut graph = ctx.new_graph(GRAPH_SIZE);
+        graph.expand(output);
+        for new in slots.iter().filter_map(|s| s.cout) {
+            graph.expand(new);
+        }
+        let mut alloc = self.backend.graph_allocator()?;
+        alloc.reserve(&graph)?;
+        tracing::debug!(
+            cache_bytes = slots
+                .iter()
+                .filter_map(|s| s.cout)
+                .map(|t| t.nbytes())
+                .sum::<usize>(),
+            compute_bytes = alloc.buffer_size(),
+            "wan vae decoder chunk plan"
+        );
+        Ok(alloc.buffer_size())
     }
 
     /// Decodes a raw latent (already de-normalised, see [`denormalize`]), row-major
