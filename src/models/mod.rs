@@ -12,3 +12,6 @@ pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
 pub use umt5::{Umt5Config, Umt5Encoder, Umt5Error};
 pub use unet_sdxl::{Attention as UnetAttention, SdxlUnet, UnetConfig, UnetError};
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
+pub mod wan_vae;
+
+pub use wan_vae::{WanVae, WanVaeConfig, WanVaeError};

@@ -1,0 +1,902 @@
+//! The Wan2.1 video VAE, decoder and encoder (original Wan names, canonical here; diffusers'
+//! `AutoencoderKLWan` names are mapped by the weight loader, see `formats::names::wan`).
+//!
+//! Decoder, per latent frame (diffusers `AutoencoderKLWan._decode`, one frame per call with a
+//! feature cache carried across calls):
+//!   z = conv2(latent)                         (post-quant, 1x1x1)
+//!   x = decoder.conv1(z)                      (causal 3x3x3)
+//!   x = middle.0 (res), middle.1 (attention per frame), middle.2 (res)
+//!   x = upsamples.0.. (flat: res blocks, then a resample per level but the last)
+//!   frames = head.2(silu(head.0(x)))           (RMS norm, causal 3x3x3 to 3 channels)
+//! Causal conv (kernel time 3): output frame t sees input frames t-2, t-1, t; the two frames
+//! before the chunk come from the cache (the last two input frames of that conv in the previous
+//! chunk), zeros for the first chunk. Diffusers keeps 1 frame plus zero padding when only one has
+//! been seen; that is the same as a 2-frame cache initialised with zeros, which is what we carry.
+//! Residual block: h = shortcut?(x); y = residual.2(silu(residual.0(x)));
+//! y = residual.6(silu(residual.3(y))); out = y + h. RMS norm: x / |x|_channels * sqrt(C) * gamma.
+//! Resample `upsample3d` (`time_conv` present): on every chunk but the first, time_conv (causal
+//! 3x1x1, C -> 2C) doubles the frames (output channel s*C + c is frame 2t+s, channel c); then
+//! nearest 2x and a 3x3 conv (`resample.1`) per frame. `upsample2d`: the latter only.
+//! So latent frame 0 decodes to 1 frame and each later one to 4 (with Wan2.1's two temporal
+//! levels).
+//!
+//! Encoder (diffusers `_encode`): frame 0 alone, then chunks of 4 frames, one graph each:
+//!   x = encoder.conv1(video); x = downsamples.. (res blocks; `resample.1` = pad right/bottom +
+//!   stride-2 3x3 conv; with `time_conv` also a temporal stride-2 kernel-3 conv over
+//!   [last frame of the previous chunk, x], which the first chunk only caches);
+//!   middle.{0,1,2}; head; then `conv1` (quant); the mean is the first z channels.
+//!
+//! Execution: one ggml graph per latent frame. Its inputs are the latent frame and the 2-frame
+//! cache of every causal conv; its outputs are the decoded frames and the new caches, which are
+//! copied to host `Vec<f32>`s between graphs (a few MB at 480p for the real model, small next
+//! to the activations). The graph's memory therefore depends on (first chunk?, h, w) only, not
+//! on the number of frames: [`WanVae::last_compute_bytes`] reports the allocator's buffer size.
+//! The graph is rebuilt per frame (building is cheap: no data) and the allocator reused.
+//! Measured plan ([`WanVae::decode_compute_bytes`]) at 480x832 for base 32 (a third of
+//! Wan2.1's width): 4.7 GB per chunk, 1.26 GB of it the new caches (held in the compute buffer
+//! until copied out, and again on the host between chunks); activations scale with the width,
+//! so expect about 3x for the real model. Keeping the caches in a persistent backend buffer
+//! (updated in place by the graph) and spatial tiling are the ways down.
+//!
+//! Causal 3-D convs are computed as the sum over the time taps of F32 direct 2-D convs (ggml's
+//! `conv_3d` goes through an F16 im2col), so an F32 model stays F32 throughout.
+//!
+//! Weights: F32 and F16 kernels are used as stored (ggml's direct conv gathers patches in the
+//! kernel's type, so F16 weights also round activations to F16: 1.1e-3 on the test model);
+//! BF16 and quantized kernels are cast to F32 in the graph.
+//!
+//! Latents: [`WanVae::decode`] takes the VAE's raw latent and [`WanVae::encode`] returns one;
+//! the DiT works on normalised latents, converted with [`denormalize`] / [`normalize`] and
+//! [`LATENTS_MEAN`] / [`LATENTS_STD`] (as diffusers' pipelines do outside the VAE).
+//!
+//! Shapes are ggml `ne` (innermost first): activations [W, H, C, T]; 5-D conv weights
+//! [OC, IC, KT, KH, KW] are stored folded as [KW, KH, KT, IC*OC].
+
+use crate::ggml::{self, Backend, Context, GgmlError, GgmlType, GraphAllocator, Tensor, TensorSet};
+use crate::nn::{self, NnError, Weights};
+
+/// Wan2.1 latent channel means (diffusers `AutoencoderKLWan` config `latents_mean`, the same
+/// values as `mean` in Wan's `wan/modules/vae.py` `WanVAE`).
+pub const LATENTS_MEAN: [f32; 16] = [
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517,
+    -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+];
+/// Wan2.1 latent channel standard deviations (`latents_std`, Wan's `std`).
+pub const LATENTS_STD: [f32; 16] = [
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
+    1.6382, 1.1253, 2.8251, 1.9160,
+];
+
+/// `F.normalize`'s clamp on the norm is 1e-12; as an epsilon on the mean square it is
+/// negligible for any non-zero pixel.
+const RMS_EPS: f32 = 1e-12;
+/// Frames of each causal conv's cache (diffusers `CACHE_T`).
+const CACHE_T: i64 = 2;
+const GRAPH_SIZE: usize = 8192;
+
+/// Why a Wan VAE forward failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WanVaeError {
+    #[error("Wan VAE: {0}")]
+    Weights(#[from] NnError),
+    #[error("Wan VAE: {0}")]
+    Config(String),
+    #[error("Wan VAE: {0}")]
+    Input(String),
+    #[error("Wan VAE: {0}")]
+    Ggml(#[from] GgmlError),
+}
+
+/// One entry of the flat `decoder.upsamples` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum UpLayer {
+    /// `decoder.upsamples.N` is a residual block.
+    Res(usize),
+    /// A spatial 2x upsampling (`resample.1`).
+    Up2d(usize),
+    /// A spatial 2x and temporal 2x upsampling (`time_conv` and `resample.1`).
+    Up3d(usize),
+}
+
+/// One entry of the flat `encoder.downsamples` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum DownLayer {
+    /// `encoder.downsamples.N` is a residual block.
+    Res(usize),
+    /// A spatial 2x downsampling (`resample.1`, stride 2 after padding right and bottom).
+    Down2d(usize),
+    /// Spatial, then temporal 2x downsampling (`time_conv`, kernel 3, stride 2, fed the last
+    /// frame of the previous chunk).
+    Down3d(usize),
+}
+
+/// Decoder hyperparameters, inferred from the weights. Wan2.1: z 16, base 96, dim_mult
+/// [1, 2, 4, 4], 3 residual blocks per decoder level (2 + 1), temporal up in the first two.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct WanVaeConfig {
+    pub z_dim: usize,
+    /// Output channels of `decoder.conv1` (the deepest width).
+    pub top_dim: usize,
+    /// Output channels of the last level (`decoder.head.0`).
+    pub out_dim: usize,
+    pub out_channels: usize,
+    pub up: Vec<UpLayer>,
+    /// Whether the post-quant `conv2` is present.
+    pub post_quant: bool,
+    /// The encoder's flat `encoder.downsamples` list; empty without an encoder.
+    pub down: Vec<DownLayer>,
+    /// Whether the encoder (`encoder.conv1`) is present.
+    pub has_encoder: bool,
+}
+
+impl WanVaeConfig {
+    pub fn from_weights(set: &TensorSet<'_>, prefix: &str) -> Result<WanVaeConfig, WanVaeError> {
+        let w = Weights::new(set, prefix);
+        let oc = |name: &str| -> Result<usize, WanVaeError> {
+            Ok(w.get(&format!("{name}.bias"))?.ne()[0] as usize)
+        };
+        let top_dim = oc("decoder.conv1")?;
+        let z_dim = w.get("decoder.conv1.weight")?.ne()[3] as usize / top_dim.max(1);
+        let out_dim = w.get("decoder.head.0.gamma")?.n_elements() as usize;
+        let out_channels = oc("decoder.head.2")?;
+        let mut up = Vec::new();
+        let mut n = 0;
+        loop {
+            let p = w.pp("decoder.upsamples").pp(n);
+            if p.contains("residual.0.gamma") {
+                up.push(UpLayer::Res(n));
+            } else if p.contains("resample.1.weight") {
+                up.push(if p.contains("time_conv.weight") {
+                    UpLayer::Up3d(n)
+                } else {
+                    UpLayer::Up2d(n)
+                });
+            } else {
+                break;
+            }
+            n += 1;
+        }
+        if up.is_empty() {
+            return Err(
+                NnError::MissingTensor(w.name("decoder.upsamples.0.residual.0.gamma")).into(),
+            );
+        }
+        let has_encoder = w.contains("encoder.conv1.weight");
+        let mut down = Vec::new();
+        for n in (0..).take_while(|_| has_encoder) {
+            let p = w.pp("encoder.downsamples").pp(n);
+            if p.contains("residual.0.gamma") {
+                down.push(DownLayer::Res(n));
+            } else if p.contains("resample.1.weight") {
+                down.push(if p.contains("time_conv.weight") {
+                    DownLayer::Down3d(n)
+                } else {
+                    DownLayer::Down2d(n)
+                });
+            } else {
+                break;
+            }
+        }
+        Ok(WanVaeConfig {
+            has_encoder,
+            down,
+            z_dim,
+            top_dim,
+            out_dim,
+            out_channels,
+            up,
+            post_quant: w.contains("conv2.weight"),
+        })
+    }
+
+    /// Pixels per latent pixel along each side (8 for Wan2.1).
+    pub fn spatial_factor(&self) -> usize {
+        1 << self
+            .up
+            .iter()
+            .filter(|l| !matches!(l, UpLayer::Res(_)))
+            .count()
+    }
+
+    /// Frames decoded from each latent frame after the first (4 for Wan2.1).
+    pub fn temporal_factor(&self) -> usize {
+        1 << self
+            .up
+            .iter()
+            .filter(|l| matches!(l, UpLayer::Up3d(_)))
+            .count()
+    }
+
+    /// Frames decoded from `t` latent frames: 1 + factor * (t - 1).
+    pub fn frames_for(&self, t: usize) -> usize {
+        if t == 0 {
+            0
+        } else {
+            1 + self.temporal_factor() * (t - 1)
+        }
+    }
+}
+
+/// The Wan2.1 VAE over a loaded weight set, computing on the CPU.
+pub struct WanVae<'w> {
+    weights: Weights<'w>,
+    config: WanVaeConfig,
+    backend: Backend,
+    alloc: GraphAllocator,
+    last_compute_bytes: usize,
+}
+
+/// A cached conv of one graph: its cache input (absent when the conv does not read its cache
+/// in this chunk) and its new cache (absent when it does not write it).
+#[derive(Clone, Copy, Default)]
+struct Slot<'c> {
+    cin: Option<Tensor<'c>>,
+    cout: Option<Tensor<'c>>,
+}
+
+/// The cached convs of one graph in the order they were built (the same order every chunk).
+type Slots<'c> = Vec<Slot<'c>>;
+
+impl<'w> WanVae<'w> {
+    /// The VAE whose tensors are under `prefix` in `set` (original Wan names), config inferred
+    /// from the shapes, computing with `threads` CPU threads.
+    pub fn new(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        threads: usize,
+    ) -> Result<WanVae<'w>, WanVaeError> {
+        let config = WanVaeConfig::from_weights(set, prefix)?;
+        let backend = Backend::cpu(threads)?;
+        let vae = WanVae {
+            weights: Weights::new(set, prefix),
+            config,
+            alloc: backend.graph_allocator()?,
+            backend,
+            last_compute_bytes: 0,
+        };
+        // Build (not run) both chunk kinds on a 1x1 latent: every tensor is looked up and
+        // shape-checked now.
+        for first in [true, false] {
+            let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+            vae.build_decoder(&ctx, first, 1, 1)?;
+            if vae.config.has_encoder {
+                let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+                let s = vae.config.spatial_factor();
+                let frames = if first {
+                    1
+                } else {
+                    vae.config.temporal_factor()
+                };
+                vae.build_encoder(&ctx, first, frames, s, s)?;
+            }
+        }
+        Ok(vae)
+    }
+
+    pub fn config(&self) -> &WanVaeConfig {
+        &self.config
+    }
+
+    /// Compute-buffer bytes of the graph allocator after the last decoded chunk (it grows to
+    /// the largest graph seen and does not depend on the number of frames).
+    pub fn last_compute_bytes(&self) -> usize {
+        self.last_compute_bytes
+    }
+
+    /// Compute-buffer bytes one decoder chunk needs for an [z, h, w] latent frame (a later chunk,
+    /// the larger kind), planned by a fresh graph allocator without computing: what
+    /// [`WanVae::last_compute_bytes`] will report after decoding at that size. The weights and
+    /// the host caches come on top.
+    pub fn decode_compute_bytes(&self, h: usize, w: usize) -> Result<usize, WanVaeError> {
+        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+        let (_, output, slots) = self.build_decoder(&ctx, false, h, w)?;
+        let mut graph = ctx.new_graph(GRAPH_SIZE);
+        graph.expand(output);
+        for new in slots.iter().filter_map(|s| s.cout) {
+            graph.expand(new);
+        }
+        let mut alloc = self.backend.graph_allocator()?;
+        alloc.reserve(&graph)?;
+        tracing::debug!(
+            cache_bytes = slots
+                .iter()
+                .filter_map(|s| s.cout)
+                .map(|t| t.nbytes())
+                .sum::<usize>(),
+            compute_bytes = alloc.buffer_size(),
+            "wan vae decoder chunk plan"
+        );
+        Ok(alloc.buffer_size())
+    }
+
+    /// Decodes a raw latent (already de-normalised, see [`denormalize`]), row-major
+    /// [z, t, h, w], into a video [3, 1 + 4*(t-1), 8h, 8w] clamped to [-1, 1].
+    pub fn decode(
+        &mut self,
+        latent: &[f32],
+        t: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, WanVaeError> {
+        let s = self.config.spatial_factor();
+        let (oh, ow) = (h * s, w * s);
+        let frames = self.config.frames_for(t);
+        let oc = self.config.out_channels;
+        let plane = oh * ow;
+        let mut out = vec![0f32; oc * frames * plane];
+        self.decode_frames(latent, t, h, w, |f, img| {
+            for c in 0..oc {
+                out[(c * frames + f) * plane..][..plane]
+                    .copy_from_slice(&img[c * plane..][..plane]);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// As [`WanVae::decode`], handing each decoded frame ([3, 8h, 8w], clamped) to `on_frame`
+    /// with its index as soon as its latent frame is decoded.
+    pub fn decode_frames(
+        &mut self,
+        latent: &[f32],
+        t: usize,
+        h: usize,
+        w: usize,
+        mut on_frame: impl FnMut(usize, &[f32]),
+    ) -> Result<(), WanVaeError> {
+        let z = self.config.z_dim;
+        if t == 0 || h == 0 || w == 0 || latent.len() != z * t * h * w {
+            return Err(WanVaeError::Input(format!(
+                "latent of {} values is not [{z}, {t}, {h}, {w}]",
+                latent.len()
+            )));
+        }
+        let _span = tracing::debug_span!("wan_vae_decode", t, h, w).entered();
+        let plane = h * w;
+        let mut caches: Vec<Option<Vec<f32>>> = Vec::new();
+        let mut next_frame = 0;
+        let mut frame_in = vec![0f32; z * plane];
+        for i in 0..t {
+            for c in 0..z {
+                frame_in[c * plane..][..plane]
+                    .copy_from_slice(&latent[(c * t + i) * plane..][..plane]);
+            }
+            let video = self.decode_chunk(&frame_in, i == 0, h, w, &mut caches)?;
+            // [F, 3, H, W] row-major
+            let oc = self.config.out_channels;
+            let s = self.config.spatial_factor();
+            let fsize = oc * plane * s * s;
+            for img in video.chunks_exact(fsize) {
+                let img: Vec<f32> = img.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+                on_frame(next_frame, &img);
+                next_frame += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// One latent frame [z, h, w] through the decoder with the caches: returns the frames,
+    /// row-major [F, 3, H, W] unclamped, and updates `caches`.
+    fn decode_chunk(
+        &mut self,
+        frame: &[f32],
+        first: bool,
+        h: usize,
+        w: usize,
+        caches: &mut Vec<Option<Vec<f32>>>,
+    ) -> Result<Vec<f32>, WanVaeError> {
+        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+        let (input, output, slots) = self.build_decoder(&ctx, first, h, w)?;
+        self.run(&ctx, input, output, &slots, frame, caches)
+    }
+
+    /// Allocates the graph of `output` and the new caches, uploads `data` and the caches (zeros
+    /// for a cache never written), computes, stores the new caches and returns `output`.
+    fn run<'c>(
+        &mut self,
+        ctx: &'c Context,
+        input: Tensor<'c>,
+        output: Tensor<'c>,
+        slots: &Slots<'c>,
+        data: &[f32],
+        caches: &mut Vec<Option<Vec<f32>>>,
+    ) -> Result<Vec<f32>, WanVaeError> {
+        let mut graph = ctx.new_graph(GRAPH_SIZE);
+        graph.expand(output);
+        for new in slots.iter().filter_map(|s| s.cout) {
+            graph.expand(new);
+        }
+        self.alloc.alloc_graph(&graph)?;
+        self.last_compute_bytes = self.alloc.buffer_size();
+        ggml::tensor_set_f32(input, data)?;
+        if caches.len() < slots.len() {
+            caches.resize(slots.len(), None);
+        }
+        for (slot, cache) in slots.iter().zip(caches.iter()) {
+            if let Some(cin) = slot.cin {
+                match cache {
+                    Some(v) => ggml::tensor_set_f32(cin, v)?,
+                    None => ggml::tensor_set_f32(cin, &vec![0f32; cin.n_elements() as usize])?,
+                }
+            }
+        }
+        tracing::debug!(
+            nodes = graph.n_nodes(),
+            compute_bytes = self.last_compute_bytes,
+            "wan vae chunk"
+        );
+        self.backend.compute(&graph)?;
+        for (slot, cache) in slots.iter().zip(caches.iter_mut()) {
+            if let Some(new) = slot.cout {
+                *cache = Some(ggml::tensor_get_f32(new)?);
+            }
+        }
+        Ok(ggml::tensor_get_f32(output)?)
+    }
+
+    /// Encodes a video, row-major [3, frames, H, W] in [-1, 1] with frames = 1 + 4k and H, W
+    /// multiples of 8, into the mean of the latent distribution, raw (not normalised),
+    /// [z, 1 + k, H/8, W/8]. Frame 0 is encoded alone, then chunks of 4 frames, one graph each,
+    /// with the causal cache carried between them (diffusers `AutoencoderKLWan._encode`).
+    pub fn encode(
+        &mut self,
+        video: &[f32],
+        frames: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, WanVaeError> {
+        let cfg = &self.config;
+        if !cfg.has_encoder {
+            return Err(NnError::MissingTensor(self.weights.name("encoder.conv1.weight")).into());
+        }
+        let (s, tf, ic) = (cfg.spatial_factor(), cfg.temporal_factor(), 3usize);
+        if frames == 0
+            || (frames - 1) % tf != 0
+            || h == 0
+            || w == 0
+            || h % s != 0
+            || w % s != 0
+            || video.len() != ic * frames * h * w
+        {
+            return Err(WanVaeError::Input(format!(
+                "video of {} values is not [{ic}, {frames}, {h}, {w}] with 1 + {tf}k frames and \
+                 sides multiples of {s}",
+                video.len()
+            )));
+        }
+        let _span = tracing::debug_span!("wan_vae_encode", frames, h, w).entered();
+        let z = cfg.z_dim;
+        let t_lat = 1 + (frames - 1) / tf;
+        let (lh, lw) = (h / s, w / s);
+        let (plane, lplane) = (h * w, lh * lw);
+        let mut out = vec![0f32; z * t_lat * lplane];
+        let mut caches: Vec<Option<Vec<f32>>> = Vec::new();
+        for i in 0..t_lat {
+            let (f0, n) = if i == 0 {
+                (0, 1)
+            } else {
+                (1 + tf * (i - 1), tf)
+            };
+            let mut chunk = vec![0f32; ic * n * plane];
+            for f in 0..n {
+                for c in 0..ic {
+                    // ggml [W, H, C, T]: frame-major
+                    chunk[(f * ic + c) * plane..][..plane]
+                        .copy_from_slice(&video[(c * frames + f0 + f) * plane..][..plane]);
+                }
+            }
+            let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+            let (input, output, slots) = self.build_encoder(&ctx, i == 0, n, h, w)?;
+            let mean = self.run(&ctx, input, output, &slots, &chunk, &mut caches)?;
+            if mean.len() != z * lplane {
+                return Err(WanVaeError::Config(format!(
+                    "chunk {i} encoded to {} values, expected one latent frame of {}",
+                    mean.len(),
+                    z * lplane
+                )));
+            }
+            for c in 0..z {
+                out[(c * t_lat + i) * lplane..][..lplane]
+                    .copy_from_slice(&mean[c * lplane..][..lplane]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The encoder graph of one chunk of `frames` frames: (video input [w, h, 3, frames], mean
+    /// [w/8, h/8, z, 1], cache slots).
+    fn build_encoder<'c>(
+        &self,
+        ctx: &'c Context,
+        first: bool,
+        frames: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(Tensor<'c>, Tensor<'c>, Slots<'c>), WanVaeError>
+    where
+        'w: 'c,
+    {
+        let cfg = &self.config;
+        let wt: &Weights<'c> = &self.weights;
+        let e = wt.pp("encoder");
+        let mut slots: Slots<'c> = Vec::new();
+        let input = ctx
+            .new_f32(&[w as i64, h as i64, 3, frames as i64])
+            .set_name("wan_vae.enc.video")
+            .set_input();
+        let mut x = causal_conv(ctx, &e.pp("conv1"), input, 1, &mut slots)?;
+        for layer in &cfg.down {
+            match *layer {
+                DownLayer::Res(n) => x = residual(ctx, &e.pp("downsamples").pp(n), x, &mut slots)?,
+                DownLayer::Down2d(n) | DownLayer::Down3d(n) => {
+                    let p = e.pp("downsamples").pp(n);
+                    x = ctx.pad(x, [1, 1, 0, 0]);
+                    x = nn::conv2d(ctx, &p.pp("resample").pp(1), x, 2, 0)?;
+                    if matches!(layer, DownLayer::Down3d(_)) {
+                        x = time_down(ctx, &p.pp("time_conv"), x, first, &mut slots)?;
+                    }
+                }
+            }
+        }
+        x = residual(ctx, &e.pp("middle").pp(0), x, &mut slots)?;
+        x = attention(ctx, &e.pp("middle").pp(1), x)?;
+        x = residual(ctx, &e.pp("middle").pp(2), x, &mut slots)?;
+        let x = ctx.silu(rms_norm(ctx, &e.pp("head").pp(0), x)?);
+        let mut m = causal_conv(ctx, &e.pp("head").pp(2), x, 1, &mut slots)?;
+        if wt.contains("conv1.weight") {
+            m = causal_conv(ctx, &wt.pp("conv1"), m, 0, &mut slots)?;
+        }
+        let [mw, mh, mc, mt] = m.ne();
+        let z = cfg.z_dim as i64;
+        if mc != 2 * z || mt != 1 {
+            return Err(WanVaeError::Config(format!(
+                "encoder output {:?}: expected mean and log-variance of {z} channels, 1 frame",
+                m.ne()
+            )));
+        }
+        let nb = m.nb();
+        let mean = ctx.cont(ctx.view(m, &[mw, mh, z, 1], &[nb[1], nb[2], nb[3]], 0));
+        Ok((input, mean.set_name("wan_vae.enc.mean").set_output(), slots))
+    }
+
+    /// The decoder graph of one chunk: (latent frame input [w, h, z, 1], frames [W, H, 3, F],
+    /// cache slots).
+    fn build_decoder<'c>(
+        &self,
+        ctx: &'c Context,
+        first: bool,
+        h: usize,
+        w: usize,
+    ) -> Result<(Tensor<'c>, Tensor<'c>, Slots<'c>), WanVaeError>
+    where
+        'w: 'c,
+    {
+        let cfg = &self.config;
+        let wt: &Weights<'c> = &self.weights;
+        let d = wt.pp("decoder");
+        let mut slots: Slots<'c> = Vec::new();
+        let input = ctx
+            .new_f32(&[w as i64, h as i64, cfg.z_dim as i64, 1])
+            .set_name("wan_vae.dec.latent")
+            .set_input();
+        let mut x = input;
+        if cfg.post_quant {
+            x = causal_conv(ctx, &wt.pp("conv2"), x, 0, &mut slots)?;
+        }
+        x = causal_conv(ctx, &d.pp("conv1"), x, 1, &mut slots)?;
+        x = residual(ctx, &d.pp("middle").pp(0), x, &mut slots)?;
+        x = attention(ctx, &d.pp("middle").pp(1), x)?;
+        x = residual(ctx, &d.pp("middle").pp(2), x, &mut slots)?;
+        for layer in &cfg.up {
+            match *layer {
+                UpLayer::Res(n) => x = residual(ctx, &d.pp("upsamples").pp(n), x, &mut slots)?,
+                UpLayer::Up2d(n) | UpLayer::Up3d(n) => {
+                    let p = d.pp("upsamples").pp(n);
+                    if matches!(layer, UpLayer::Up3d(_)) {
+                        if first {
+                            // Diffusers marks the cache "Rep" and leaves the frame alone.
+                            slots.push(Slot::default());
+                        } else {
+                            let [xw, xh, c, t] = x.ne();
+                            let y = causal_conv(ctx, &p.pp("time_conv"), x, 0, &mut slots)?;
+                            if y.ne()[2] != 2 * c {
+                                return Err(WanVaeError::Config(format!(
+                                    "'{}' has {} output channels, expected {}",
+                                    p.name("time_conv.weight"),
+                                    y.ne()[2],
+                                    2 * c
+                                )));
+                            }
+                            // Channel s*C + c of frame t is channel c of frame 2t + s: the same
+                            // memory as [W, H, C, 2T].
+                            x = ctx.reshape(y, &[xw, xh, c, 2 * t]);
+                        }
+                    }
+                    x = ctx.upscale_nearest(x, 2);
+                    x = nn::conv2d(ctx, &p.pp("resample").pp(1), x, 1, 1)?;
+                }
+            }
+        }
+        let x = ctx.silu(rms_norm(ctx, &d.pp("head").pp(0), x)?);
+        let x = causal_conv(ctx, &d.pp("head").pp(2), x, 1, &mut slots)?;
+        Ok((input, x.set_name("wan_vae.dec.frames").set_output(), slots))
+    }
+}
+
+/// Scales and shifts a normalised latent (as the DiT produces it) to the VAE's raw latent, in
+/// place: x * std + mean per channel (diffusers' Wan pipelines do this before `vae.decode`).
+/// `latent` is row-major [z, t*h*w]; `mean` and `std` have z values ([`LATENTS_MEAN`] and
+/// [`LATENTS_STD`] for Wan2.1).
+pub fn denormalize(latent: &mut [f32], mean: &[f32], std: &[f32]) {
+    assert_eq!(
+        mean.len(),
+        std.len(),
+        "denormalize: mean and std lengths differ"
+    );
+    let z = mean.len();
+    assert!(
+        z > 0 && latent.len() % z == 0,
+        "denormalize: {} values for {z} channels",
+        latent.len()
+    );
+    let n = latent.len() / z;
+    for (c, chunk) in latent.chunks_exact_mut(n).enumerate() {
+        for v in chunk {
+            *v = *v * std[c] + mean[c];
+        }
+    }
+}
+
+/// The inverse of [`denormalize`]: (x - mean) / std per channel, in place, for an encoded
+/// latent going to the DiT (diffusers' Wan I2V pipeline does this to `vae.encode`'s mean).
+pub fn normalize(latent: &mut [f32], mean: &[f32], std: &[f32]) {
+    assert_eq!(
+        mean.len(),
+        std.len(),
+        "normalize: mean and std lengths differ"
+    );
+    let z = mean.len();
+    assert!(
+        z > 0 && latent.len() % z == 0,
+        "normalize: {} values for {z} channels",
+        latent.len()
+    );
+    let n = latent.len() / z;
+    for (c, chunk) in latent.chunks_exact_mut(n).enumerate() {
+        for v in chunk {
+            *v = (*v - mean[c]) / std[c];
+        }
+    }
+}
+
+/// Causal 3-D conv `{w}weight` [KW, KH, KT, IC*OC] + `{w}bias` [OC] on x [W, H, IC, T], with
+/// symmetric spatial padding `pad` and, when KT > 1, the KT-1 frames before x taken from a
+/// cache slot (pushed to `slots`). -> [OW, OH, OC, T].
+fn causal_conv<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+    pad: i32,
+    slots: &mut Slots<'c>,
+) -> Result<Tensor<'c>, WanVaeError> {
+    let weight = w.get("weight")?;
+    let bias = w.get("bias")?;
+    let oc = bias.ne()[0];
+    let [kw, kh, kt, ioc] = weight.ne();
+    let [xw, xh, ic, t] = x.ne();
+    if bias.ne()[1..] != [1, 1, 1] || ioc != ic * oc || kt > CACHE_T + 1 {
+        return Err(NnError::Shape {
+            tensor: w.name("weight"),
+            expected: format!("[KW, KH, KT <= 3, {ic} * {oc}] for input {:?}", x.ne()),
+            found: weight.ne(),
+        }
+        .into());
+    }
+    let weight = match weight.ty() {
+        GgmlType::F32 | GgmlType::F16 => weight,
+        _ => ctx.cast(weight, GgmlType::F32),
+    };
+    let es = weight.nb()[0];
+    let kb = (kw * kh) as usize * es;
+    // Time tap k of the kernel as a 2-D kernel [KW, KH, IC, OC].
+    let tap = |k: i64| {
+        let v = ctx.view(
+            weight,
+            &[kw, kh, ic, oc],
+            &[kw as usize * es, kb * kt as usize, kb * (kt * ic) as usize],
+            k as usize * kb,
+        );
+        ctx.cont(v)
+    };
+    let y = if kt == 1 {
+        ctx.conv_2d_direct(tap(0), x, (1, 1), (pad, pad), (1, 1))
+    } else {
+        let cin = ctx.new_f32(&[xw, xh, ic, CACHE_T]).set_input();
+        let full = ctx.concat(cin, x, 3); // [W, H, IC, T + 2]
+        let nb = full.nb();
+        let new_cache = ctx
+            .cont(ctx.view(
+                full,
+                &[xw, xh, ic, CACHE_T],
+                &[nb[1], nb[2], nb[3]],
+                t as usize * nb[3],
+            ))
+            .set_output();
+        slots.push(Slot {
+            cin: Some(cin),
+            cout: Some(new_cache),
+        });
+        let skip = CACHE_T + 1 - kt;
+        let mut acc: Option<Tensor<'c>> = None;
+        for k in 0..kt {
+            let frames = ctx.view(
+                full,
+                &[xw, xh, ic, t],
+                &[nb[1], nb[2], nb[3]],
+                (skip + k) as usize * nb[3],
+            );
+            let yk = ctx.conv_2d_direct(tap(k), frames, (1, 1), (pad, pad), (1, 1));
+            acc = Some(match acc {
+                Some(a) => ctx.add(a, yk),
+                None => yk,
+            });
+        }
+        acc.expect("kt >= 1")
+    };
+    let b = ctx.reshape(nn::to_f32(ctx, bias), &[1, 1, oc, 1]);
+    Ok(ctx.add(y, b))
+}
+
+/// Temporal 2x downsampling `{w}weight` [1, 1, 3, C*C] (stride 2, no padding) of x
+/// [W, H, C, T] preceded by the last frame of the previous chunk (a 1-frame cache). The first
+/// chunk only stores its last frame and passes x through (diffusers' `downsample3d`).
+fn time_down<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+    first: bool,
+    slots: &mut Slots<'c>,
+) -> Result<Tensor<'c>, WanVaeError> {
+    let [xw, xh, c, t] = x.ne();
+    let last = |src: Tensor<'c>, frame: i64| {
+        let nb = src.nb();
+        ctx.cont(ctx.view(
+            src,
+            &[xw, xh, c, 1],
+            &[nb[1], nb[2], nb[3]],
+            frame as usize * nb[3],
+        ))
+        .set_output()
+    };
+    if first {
+        slots.push(Slot {
+            cin: None,
+            cout: Some(last(x, t - 1)),
+        });
+        return Ok(x);
+    }
+    let weight = w.get("weight")?;
+    let bias = w.get_shaped("bias", &[c])?;
+    let [kw, kh, kt, ioc] = weight.ne();
+    if [kw, kh, kt, ioc] != [1, 1, 3, c * c] {
+        return Err(NnError::Shape {
+            tensor: w.name("weight"),
+            expected: format!("[1, 1, 3, {c} * {c}]"),
+            found: weight.ne(),
+        }
+        .into());
+    }
+    let weight = match weight.ty() {
+        GgmlType::F32 | GgmlType::F16 => weight,
+        _ => ctx.cast(weight, GgmlType::F32),
+    };
+    let cin = ctx.new_f32(&[xw, xh, c, 1]).set_input();
+    let full = ctx.concat(cin, x, 3); // [W, H, C, T + 1]
+    slots.push(Slot {
+        cin: Some(cin),
+        cout: Some(last(full, t)),
+    });
+    let t_out = (t + 1 - 3) / 2 + 1;
+    let es = weight.nb()[0];
+    let nb = full.nb();
+    let mut acc: Option<Tensor<'c>> = None;
+    for k in 0..3i64 {
+        let wk = ctx.cont(ctx.view(
+            weight,
+            &[1, 1, c, c],
+            &[es, 3 * es, 3 * c as usize * es],
+            k as usize * es,
+        ));
+        let frames = ctx.cont(ctx.view(
+            full,
+            &[xw, xh, c, t_out],
+            &[nb[1], nb[2], 2 * nb[3]],
+            k as usize * nb[3],
+        ));
+        let yk = ctx.conv_2d_direct(wk, frames, (1, 1), (0, 0), (1, 1));
+        acc = Some(match acc {
+            Some(a) => ctx.add(a, yk),
+            None => yk,
+        });
+    }
+    let b = ctx.reshape(nn::to_f32(ctx, bias), &[1, 1, c, 1]);
+    Ok(ctx.add(acc.expect("3 taps"), b))
+}
+
+/// Wan's RMS norm over the channels of x [W, H, C, T] with `{w}gamma` [C] (any trailing 1s).
+fn rms_norm<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+) -> Result<Tensor<'c>, WanVaeError> {
+    let c = x.ne()[2];
+    let g = w.get("gamma")?;
+    if g.n_elements() != c {
+        return Err(NnError::Shape {
+            tensor: w.name("gamma"),
+            expected: format!("[{c}] (and trailing 1s)"),
+            found: g.ne(),
+        }
+        .into());
+    }
+    // [W, H, C, T] -> [C, W, H, T]
+    let xc = ctx.cont(ctx.permute(x, [1, 2, 0, 3]));
+    let y = ctx.rms_norm(xc, RMS_EPS);
+    let y = ctx.mul(y, ctx.reshape(nn::to_f32(ctx, g), &[c, 1, 1, 1]));
+    // [C, W, H, T] -> [W, H, C, T]
+    Ok(ctx.cont(ctx.permute(y, [2, 0, 1, 3])))
+}
+
+/// Residual block `{w}residual.{0,2,3,6}` and optional `{w}shortcut`.
+fn residual<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+    slots: &mut Slots<'c>,
+) -> Result<Tensor<'c>, WanVaeError> {
+    let h = if w.contains("shortcut.weight") {
+        causal_conv(ctx, &w.pp("shortcut"), x, 0, slots)?
+    } else {
+        x
+    };
+    let r = w.pp("residual");
+    let y = ctx.silu(rms_norm(ctx, &r.pp(0), x)?);
+    let y = causal_conv(ctx, &r.pp(2), y, 1, slots)?;
+    let y = ctx.silu(rms_norm(ctx, &r.pp(3), y)?);
+    let y = causal_conv(ctx, &r.pp(6), y, 1, slots)?;
+    if y.ne() != h.ne() {
+        return Err(NnError::MissingTensor(w.name("shortcut.weight")).into());
+    }
+    Ok(ctx.add(h, y))
+}
+
+/// Single-head self-attention over the H*W positions of each frame, residual:
+/// `{w}norm.gamma`, `{w}to_qkv` (1x1, C -> 3C), `{w}proj` (1x1).
+fn attention<'c>(
+    ctx: &'c Context,
+    w: &Weights<'c>,
+    x: Tensor<'c>,
+) -> Result<Tensor<'c>, WanVaeError> {
+    let [xw, xh, c, t] = x.ne();
+    let n = xw * xh;
+    let hn = rms_norm(ctx, &w.pp("norm"), x)?;
+    let qkv = nn::conv2d(ctx, &w.pp("to_qkv"), hn, 1, 0)?; // [W, H, 3C, T]
+    if qkv.ne()[2] != 3 * c {
+        return Err(NnError::Shape {
+            tensor: w.name("to_qkv.weight"),
+            expected: format!("[1, 1, {c}, {}]", 3 * c),
+            found: w.get("to_qkv.weight")?.ne(),
+        }
+        .into());
+    }
+    let qkv = ctx.reshape(qkv, &[n, 3 * c, t]);
+    let nb = qkv.nb();
+    // [N, C, T] part i -> [C, N, T] -> [C, 1, N, T]
+    let part = |i: i64| {
+        let v = ctx.view(qkv, &[n, c, t], &[nb[1], nb[2]], (i * c) as usize * nb[1]);
+        ctx.reshape(ctx.cont(ctx.permute(v, [1, 0, 2, 3])), &[c, 1, n, t])
+    };
+    let a = nn::multi_head_attention(ctx, part(0), part(1), part(2), None); // [C, N, T]
+    let a = ctx.reshape(ctx.cont(ctx.permute(a, [1, 0, 2, 3])), &[xw, xh, c, t]);
+    let a = nn::conv2d(ctx, &w.pp("proj"), a, 1, 0)?;
+    Ok(ctx.add(x, a))
+}
