@@ -6,12 +6,11 @@ pub mod clip_vision;
 pub mod umt5;
 pub mod unet_sdxl;
 pub mod vae_sdxl;
+pub mod wan_vae;
 
 pub use clip_text::{ClipError, ClipLayout, ClipOutput, ClipTextConfig, ClipTextModel};
 pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
 pub use umt5::{Umt5Config, Umt5Encoder, Umt5Error};
 pub use unet_sdxl::{Attention as UnetAttention, SdxlUnet, UnetConfig, UnetError};
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
-pub mod wan_vae;
-
 pub use wan_vae::{WanVae, WanVaeConfig, WanVaeError};
