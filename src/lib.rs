@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod formats;
 pub mod ggml;
+pub mod media;
 pub mod models;
 pub mod nn;
 pub mod quantize;
