@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::{rel_err, write_safetensors, St};
-use nijigen::models::{WanDit, WanDitError};
+use nijigen::models::{WanAttention, WanDit, WanDitError};
 use nijigen::runtime::WeightStore;
 use serde_json::Value;
 
@@ -91,7 +91,8 @@ fn with_dit<R>(tensors: &Tensors, f: impl FnOnce(Result<WanDit<'_>, WanDitError>
     f(WanDit::new(&set, "", 2))
 }
 
-fn run_case(kind: &str) -> f32 {
+/// Relative errors vs diffusers with flash attention (the default) and with mul_mat attention.
+fn run_case(kind: &str) -> (f32, f32) {
     let ix = index();
     let case = &ix[kind];
     let (x, xs) = read_f32(&case["x"]);
@@ -105,45 +106,50 @@ fn run_case(kind: &str) -> f32 {
         let c = dit.config().clone();
         assert_eq!((c.dim, c.heads, c.layers, c.ffn_dim), (256, 2, 2, 512));
         assert_eq!((c.out_channels, c.text_dim, c.freq_dim), (16, 64, 256));
-        let got = if kind == "i2v" {
-            assert_eq!((c.in_channels, c.image_dim), (36, Some(48)));
-            // diffusers splits the context at len - 512: the text is zero-padded to 512 rows.
-            let mut padded = text.clone();
-            padded.resize(512 * 64, 0.0);
-            assert!(matches!(
-                dit.forward(&x, t, &padded, None, f, h, w),
-                Err(WanDitError::Input(_))
-            ));
-            dit.forward(&x, t, &padded, Some(&image), f, h, w).unwrap()
-        } else {
-            assert_eq!((c.in_channels, c.image_dim), (16, None));
-            assert!(matches!(
-                dit.forward(&x, t, &text, Some(&image), f, h, w),
-                Err(WanDitError::Input(_))
-            ));
-            assert!(matches!(
-                dit.forward(&x, t, &text, None, f, h + 1, w),
-                Err(WanDitError::Input(_))
-            ));
-            dit.forward(&x, t, &text, None, f, h, w).unwrap()
+        let mut run = |dit: &mut WanDit<'_>| {
+            if kind == "i2v" {
+                assert_eq!((c.in_channels, c.image_dim), (36, Some(48)));
+                // diffusers splits the context at len - 512: the text is zero-padded to 512 rows.
+                let mut padded = text.clone();
+                padded.resize(512 * 64, 0.0);
+                assert!(matches!(
+                    dit.forward(&x, t, &padded, None, f, h, w),
+                    Err(WanDitError::Input(_))
+                ));
+                dit.forward(&x, t, &padded, Some(&image), f, h, w).unwrap()
+            } else {
+                assert_eq!((c.in_channels, c.image_dim), (16, None));
+                assert!(matches!(
+                    dit.forward(&x, t, &text, Some(&image), f, h, w),
+                    Err(WanDitError::Input(_))
+                ));
+                assert!(matches!(
+                    dit.forward(&x, t, &text, None, f, h + 1, w),
+                    Err(WanDitError::Input(_))
+                ));
+                dit.forward(&x, t, &text, None, f, h, w).unwrap()
+            }
         };
-        assert_eq!(got.len(), want.len());
-        rel_err(&got, &want)
+        let flash = run(&mut dit);
+        dit.set_attention(WanAttention::MulMat);
+        let plain = run(&mut dit);
+        assert_eq!(flash.len(), want.len());
+        (rel_err(&flash, &want), rel_err(&plain, &want))
     })
 }
 
 #[test]
 fn t2v_f32_matches_diffusers() {
-    let e = run_case("t2v");
-    eprintln!("wan dit t2v f32: rel err {e:.2e}");
-    assert!(e < 1e-4, "rel err {e}");
+    let (e, p) = run_case("t2v");
+    eprintln!("wan dit t2v f32: rel err {e:.2e} flash, {p:.2e} mul_mat");
+    assert!(e < 1e-4 && p < 1e-4, "rel err {e} / {p}");
 }
 
 #[test]
 fn i2v_f32_matches_diffusers() {
-    let e = run_case("i2v");
-    eprintln!("wan dit i2v f32: rel err {e:.2e}");
-    assert!(e < 1e-4, "rel err {e}");
+    let (e, p) = run_case("i2v");
+    eprintln!("wan dit i2v f32: rel err {e:.2e} flash, {p:.2e} mul_mat");
+    assert!(e < 1e-4 && p < 1e-4, "rel err {e} / {p}");
 }
 
 #[test]

@@ -14,5 +14,5 @@ pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
 pub use umt5::{Umt5Config, Umt5Encoder, Umt5Error};
 pub use unet_sdxl::{Attention as UnetAttention, SdxlUnet, UnetConfig, UnetError};
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
-pub use wan_dit::{WanDit, WanDitConfig, WanDitError};
+pub use wan_dit::{Attention as WanAttention, WanDit, WanDitConfig, WanDitError};
 pub use wan_vae::{WanVae, WanVaeConfig, WanVaeError};

@@ -16,8 +16,10 @@
 //! ADJACENT pairs, cos/sin tables computed here in f64 and fed as inputs.
 //!
 //! Shapes are ggml `ne` (innermost first): tokens [dim, T], heads [128, H, T]; the public API
-//! takes row-major [C, F, H, W] and [L, C] slices. Attention is the exact F32 path
-//! ([`nn::multi_head_attention`]: mul_mat, softmax, mul_mat).
+//! takes row-major [C, F, H, W] and [L, C] slices. Attention ([`Attention`]): by default ggml's
+//! `flash_attn_ext` with F32 K/V and F32 accumulation (no [T, T] score matrix, which the real
+//! size could not hold: 32760 tokens at 480x832x81); optionally the plain F32 path
+//! ([`nn::multi_head_attention`]: mul_mat, softmax, mul_mat). Both match diffusers at ~1e-6.
 
 use crate::ggml::{self, Backend, Context, GgmlError, GraphAllocator, Tensor, TensorSet};
 use crate::models::unet_sdxl::timestep_embedding;
@@ -162,10 +164,21 @@ pub fn rope_tables(head_dim: usize, f: usize, h: usize, w: usize) -> (Vec<f32>, 
     (cos, sin)
 }
 
+/// How attention is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum Attention {
+    /// ggml's fused `flash_attn_ext` (F32 K/V, F32 accumulation): no score matrix.
+    #[default]
+    Flash,
+    /// mul_mat, softmax, mul_mat in F32 (holds the [Tk, Tq, H] scores).
+    MulMat,
+}
+
 /// A Wan DiT over a loaded weight set (canonical names), computing on the CPU.
 pub struct WanDit<'w> {
     weights: Weights<'w>,
     config: WanDitConfig,
+    attention: Attention,
     backend: Backend,
     alloc: GraphAllocator,
 }
@@ -187,6 +200,7 @@ impl<'w> WanDit<'w> {
         let model = WanDit {
             weights: Weights::new(set, prefix),
             config,
+            attention: Attention::default(),
             alloc: backend.graph_allocator()?,
             backend,
         };
@@ -200,6 +214,33 @@ impl<'w> WanDit<'w> {
 
     pub fn config(&self) -> &WanDitConfig {
         &self.config
+    }
+
+    /// Chooses the attention kernel for later forwards.
+    pub fn set_attention(&mut self, attention: Attention) {
+        self.attention = attention;
+    }
+
+    /// q, k, v [128, H, T, 1] -> [128 * H, Tq, 1].
+    fn attend<'c>(
+        &self,
+        ctx: &'c Context,
+        q: Tensor<'c>,
+        k: Tensor<'c>,
+        v: Tensor<'c>,
+    ) -> Tensor<'c> {
+        match self.attention {
+            Attention::MulMat => nn::multi_head_attention(ctx, q, k, v, None),
+            Attention::Flash => {
+                let [d, h, t, n] = q.ne();
+                // [D, H, T, N] -> [D, T, H, N]; K and V stay F32 (contiguous copies).
+                let kv = |x: Tensor<'c>| ctx.cont(ctx.permute(x, [0, 2, 1, 3]));
+                let q = ctx.permute(q, [0, 2, 1, 3]);
+                let o = ctx.flash_attn_ext(q, kv(k), kv(v), None, 1.0 / (d as f32).sqrt());
+                // [D, H, T, N] -> [D*H, T, N]
+                ctx.reshape(o, &[d * h, t, n])
+            }
+        }
     }
 
     fn graph_size(&self) -> usize {
@@ -441,7 +482,7 @@ impl<'w> WanDit<'w> {
         let v = nn::linear(ctx, &sa.pp("v"), y)?;
         let q = rope(ctx, self.heads(ctx, q), cos, sin);
         let k = rope(ctx, self.heads(ctx, k), cos, sin);
-        let a = nn::multi_head_attention(ctx, q, k, self.heads(ctx, v), None);
+        let a = self.attend(ctx, q, k, self.heads(ctx, v));
         let a = ctx.reshape(a, &[d, x.ne()[1]]);
         let a = nn::linear(ctx, &sa.pp("o"), a)?;
         let x = ctx
@@ -459,7 +500,7 @@ impl<'w> WanDit<'w> {
             nn::linear(ctx, &ca.pp("k"), context)?,
         )?;
         let v = nn::linear(ctx, &ca.pp("v"), context)?;
-        let mut a = nn::multi_head_attention(ctx, q, self.heads(ctx, k), self.heads(ctx, v), None);
+        let mut a = self.attend(ctx, q, self.heads(ctx, k), self.heads(ctx, v));
         if let Some(img) = img {
             let k = rms(
                 ctx,
@@ -467,7 +508,7 @@ impl<'w> WanDit<'w> {
                 nn::linear(ctx, &ca.pp("k_img"), img)?,
             )?;
             let v = nn::linear(ctx, &ca.pp("v_img"), img)?;
-            let ai = nn::multi_head_attention(ctx, q, self.heads(ctx, k), self.heads(ctx, v), None);
+            let ai = self.attend(ctx, q, self.heads(ctx, k), self.heads(ctx, v));
             a = ctx.add(a, ai);
         }
         let a = ctx.reshape(a, &[d, x.ne()[1]]);
