@@ -106,7 +106,7 @@ fn run_case(kind: &str) -> (f32, f32) {
         let c = dit.config().clone();
         assert_eq!((c.dim, c.heads, c.layers, c.ffn_dim), (256, 2, 2, 512));
         assert_eq!((c.out_channels, c.text_dim, c.freq_dim), (16, 64, 256));
-        let mut run = |dit: &mut WanDit<'_>| {
+        let run = |dit: &mut WanDit<'_>| {
             if kind == "i2v" {
                 assert_eq!((c.in_channels, c.image_dim), (36, Some(48)));
                 // diffusers splits the context at len - 512: the text is zero-padded to 512 rows.
