@@ -220,3 +220,91 @@ fn f16_weights_and_other_shapes() {
         assert_eq!(again, got);
     });
 }
+
+#[test]
+fn wan_14b_i2v_shapes_give_its_config_and_graph() {
+    // The real Wan2.1-I2V-14B tensor shapes (original names, ggml ne), all pointing at one
+    // zeroed F16 region: config inference and a graph build at full size, without 28 GB.
+    use nijigen::ggml::{GgmlType, TensorSet};
+    let (d, ffn, layers) = (5120i64, 13824i64, 40);
+    let mut shapes: Vec<(String, Vec<i64>)> = vec![
+        ("patch_embedding.weight".into(), vec![2, 2, 1, 36 * d]),
+        ("patch_embedding.bias".into(), vec![d]),
+        ("text_embedding.0.weight".into(), vec![4096, d]),
+        ("text_embedding.0.bias".into(), vec![d]),
+        ("text_embedding.2.weight".into(), vec![d, d]),
+        ("text_embedding.2.bias".into(), vec![d]),
+        ("time_embedding.0.weight".into(), vec![256, d]),
+        ("time_embedding.0.bias".into(), vec![d]),
+        ("time_embedding.2.weight".into(), vec![d, d]),
+        ("time_embedding.2.bias".into(), vec![d]),
+        ("time_projection.1.weight".into(), vec![d, 6 * d]),
+        ("time_projection.1.bias".into(), vec![6 * d]),
+        ("head.head.weight".into(), vec![d, 64]),
+        ("head.head.bias".into(), vec![64]),
+        ("head.modulation".into(), vec![d, 2, 1]),
+        ("img_emb.proj.0.weight".into(), vec![1280]),
+        ("img_emb.proj.0.bias".into(), vec![1280]),
+        ("img_emb.proj.1.weight".into(), vec![1280, 1280]),
+        ("img_emb.proj.1.bias".into(), vec![1280]),
+        ("img_emb.proj.3.weight".into(), vec![1280, d]),
+        ("img_emb.proj.3.bias".into(), vec![d]),
+        ("img_emb.proj.4.weight".into(), vec![d]),
+        ("img_emb.proj.4.bias".into(), vec![d]),
+    ];
+    for i in 0..layers {
+        let b = format!("blocks.{i}");
+        shapes.push((format!("{b}.modulation"), vec![d, 6, 1]));
+        shapes.push((format!("{b}.norm3.weight"), vec![d]));
+        shapes.push((format!("{b}.norm3.bias"), vec![d]));
+        for (attn, lins, norms) in [
+            (
+                "self_attn",
+                &["q", "k", "v", "o"][..],
+                &["norm_q", "norm_k"][..],
+            ),
+            (
+                "cross_attn",
+                &["q", "k", "v", "o", "k_img", "v_img"][..],
+                &["norm_q", "norm_k", "norm_k_img"][..],
+            ),
+        ] {
+            for l in lins {
+                shapes.push((format!("{b}.{attn}.{l}.weight"), vec![d, d]));
+                shapes.push((format!("{b}.{attn}.{l}.bias"), vec![d]));
+            }
+            for n in norms {
+                shapes.push((format!("{b}.{attn}.{n}.weight"), vec![d]));
+            }
+        }
+        shapes.push((format!("{b}.ffn.0.weight"), vec![d, ffn]));
+        shapes.push((format!("{b}.ffn.0.bias"), vec![ffn]));
+        shapes.push((format!("{b}.ffn.2.weight"), vec![ffn, d]));
+        shapes.push((format!("{b}.ffn.2.bias"), vec![d]));
+    }
+    let largest = shapes
+        .iter()
+        .map(|(_, s)| s.iter().product::<i64>() as usize * 2)
+        .max()
+        .unwrap();
+    let backing = vec![0u8; largest + 32];
+    let off = backing.as_ptr().align_offset(32);
+    let region = &backing[off..off + largest];
+    let mut set = TensorSet::new(shapes.len()).unwrap();
+    for (name, ne) in &shapes {
+        set.add_mapped(name, GgmlType::F16, ne, region, 0).unwrap();
+    }
+    let dit = WanDit::new(&set, "", 1).unwrap();
+    let c = dit.config();
+    assert_eq!((c.dim, c.heads, c.layers, c.ffn_dim), (5120, 40, 40, 13824));
+    assert_eq!(
+        (
+            c.in_channels,
+            c.out_channels,
+            c.text_dim,
+            c.freq_dim,
+            c.image_dim
+        ),
+        (36, 16, 4096, 256, Some(1280))
+    );
+}
