@@ -6,6 +6,7 @@ pub mod clip_vision;
 pub mod umt5;
 pub mod unet_sdxl;
 pub mod vae_sdxl;
+pub mod wan_dit;
 pub mod wan_vae;
 
 pub use clip_text::{ClipError, ClipLayout, ClipOutput, ClipTextConfig, ClipTextModel};
@@ -13,4 +14,5 @@ pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
 pub use umt5::{Umt5Config, Umt5Encoder, Umt5Error};
 pub use unet_sdxl::{Attention as UnetAttention, SdxlUnet, UnetConfig, UnetError};
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
+pub use wan_dit::{Attention as WanAttention, WanDit, WanDitConfig, WanDitError};
 pub use wan_vae::{WanVae, WanVaeConfig, WanVaeError};

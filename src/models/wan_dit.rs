@@ -1,0 +1,594 @@
+//! The Wan2.1 DiT (original `WanModel`, diffusers `WanTransformer3DModel`), T2V and I2V, on ggml.
+//!
+//! Original Wan names are canonical (diffusers names are mapped by the weight store):
+//!   tokens = patch_embedding(x)            patch (1, 2, 2), done here as a linear on host patches
+//!   e  = time_embedding.2(silu(time_embedding.0(sinusoid(t, freq_dim))))   cos first
+//!   e0 = time_projection.1(silu(e)) -> 6 vectors of dim
+//!   ctx = text_embedding.2(gelu_tanh(text_embedding.0(text)))
+//!   img = img_emb.proj.4(proj.3(gelu(proj.1(proj.0(image)))))            I2V only (LNs eps 1e-5)
+//!   per block (shift, scale, gate, c_shift, c_scale, c_gate = modulation + e0):
+//!     x += gate * o(self_attn(LN(x) * (1 + scale) + shift))      q, k RMS-normed over dim, RoPE
+//!     x += o(attn(q, k(ctx), v(ctx)) + attn(q, norm_k_img(k_img(img)), v_img(img)))  q of norm3(x)
+//!     x += c_gate * ffn.2(gelu_tanh(ffn.0(LN(x) * (1 + c_scale) + c_shift)))
+//!   out = head.head(LN(x) * (1 + scale) + shift), (shift, scale) = head.modulation + e; unpatchify
+//! LN without affine, eps 1e-6. Head dim 128. RoPE: head dim split t/h/w as diffusers'
+//! `WanRotaryPosEmbed` (h = w = 2 * (d / 6), t the rest: 44/42/42 for 128), theta 10000, on
+//! ADJACENT pairs, cos/sin tables computed here in f64 and fed as inputs.
+//!
+//! Shapes are ggml `ne` (innermost first): tokens [dim, T], heads [128, H, T]; the public API
+//! takes row-major [C, F, H, W] and [L, C] slices. Attention ([`Attention`]): by default ggml's
+//! `flash_attn_ext` with F32 K/V and F32 accumulation (no [T, T] score matrix, which the real
+//! size could not hold: 32760 tokens at 480x832x81); optionally the plain F32 path
+//! ([`nn::multi_head_attention`]: mul_mat, softmax, mul_mat). Both match diffusers at ~1e-6.
+
+use crate::ggml::{self, Backend, Context, GgmlError, GraphAllocator, Tensor, TensorSet};
+use crate::models::unet_sdxl::timestep_embedding;
+use crate::nn::{self, to_f32, NnError, Weights};
+
+/// Attention head size of every Wan2.1 DiT (MODELS.md); heads = dim / 128.
+pub const HEAD_DIM: usize = 128;
+/// RoPE base.
+pub const ROPE_THETA: f64 = 10000.0;
+const EPS: f32 = 1e-6;
+const IMG_LN_EPS: f32 = 1e-5;
+
+/// Why a DiT forward failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WanDitError {
+    #[error("Wan DiT: {0}")]
+    Weights(#[from] NnError),
+    #[error("Wan DiT: {0}")]
+    Config(String),
+    #[error("Wan DiT: {0}")]
+    Input(String),
+    #[error("Wan DiT: {0}")]
+    Ggml(#[from] GgmlError),
+}
+
+/// Hyperparameters inferred from the weights. Wan2.1-I2V-14B: dim 5120, 40 heads, 40 layers,
+/// ffn 13824, in 36, out 16, text 4096, freq 256, image 1280 (Wan-Video/Wan2.1 configs).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct WanDitConfig {
+    pub dim: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub ffn_dim: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub text_dim: usize,
+    pub freq_dim: usize,
+    /// Image (CLIP) token width when the model is I2V (`img_emb` present).
+    pub image_dim: Option<usize>,
+}
+
+impl WanDitConfig {
+    pub fn from_weights(set: &TensorSet<'_>, prefix: &str) -> Result<WanDitConfig, WanDitError> {
+        let w = Weights::new(set, prefix);
+        let ne = |name: &str| -> Result<[i64; 4], WanDitError> { Ok(w.get(name)?.ne()) };
+        // linear ne [in, out]
+        let te = ne("time_embedding.0.weight")?;
+        let (freq_dim, dim) = (te[0] as usize, te[1] as usize);
+        let text_dim = ne("text_embedding.0.weight")?[0] as usize;
+        let head = ne("head.head.weight")?;
+        let out_channels = head[1] as usize / 4;
+        let pe = ne("patch_embedding.weight")?;
+        let total: i64 = pe.iter().product();
+        if pe[0] != 2 || pe[1] != 2 || dim == 0 || total % (4 * dim as i64) != 0 {
+            return Err(WanDitError::Config(format!(
+                "'{}' has ne {pe:?}: only patch (1, 2, 2) with {dim} outputs is supported",
+                w.name("patch_embedding.weight")
+            )));
+        }
+        let in_channels = (total / (4 * dim as i64)) as usize;
+        let mut layers = 0;
+        while w.contains(&format!("blocks.{layers}.self_attn.q.weight"))
+            || w.contains(&format!("blocks.{layers}.modulation"))
+        {
+            layers += 1;
+        }
+        if layers == 0 {
+            return Err(NnError::MissingTensor(w.name("blocks.0.self_attn.q.weight")).into());
+        }
+        let ffn_dim = ne("blocks.0.ffn.0.weight")?[1] as usize;
+        let image_dim = if w.contains("img_emb.proj.1.weight") {
+            Some(ne("img_emb.proj.1.weight")?[0] as usize)
+        } else {
+            None
+        };
+        let c = WanDitConfig {
+            dim,
+            heads: dim / HEAD_DIM,
+            layers,
+            ffn_dim,
+            in_channels,
+            out_channels,
+            text_dim,
+            freq_dim,
+            image_dim,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), WanDitError> {
+        let c = self;
+        if c.dim == 0 || c.dim % HEAD_DIM != 0 {
+            return Err(WanDitError::Config(format!(
+                "dim {} is not a whole number of {HEAD_DIM}-wide heads",
+                c.dim
+            )));
+        }
+        if c.freq_dim % 2 != 0 || c.out_channels == 0 || c.ffn_dim == 0 {
+            return Err(WanDitError::Config(format!("degenerate config {c:?}")));
+        }
+        Ok(())
+    }
+
+    pub fn is_i2v(&self) -> bool {
+        self.image_dim.is_some()
+    }
+}
+
+/// (t, h, w) widths of the head dim given to each RoPE axis (diffusers `WanRotaryPosEmbed`).
+pub fn rope_split(head_dim: usize) -> [usize; 3] {
+    let hw = 2 * (head_dim / 6);
+    [head_dim - 2 * hw, hw, hw]
+}
+
+/// RoPE tables for an (f, h, w) token grid, token-major: `cos[t * d + i]`, `sin` with the
+/// rotation sign folded in (-sin on even, +sin on odd lanes), so that
+/// rope(x) = x * cos + swap_pairs(x) * sin.
+pub fn rope_tables(head_dim: usize, f: usize, h: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
+    let split = rope_split(head_dim);
+    let n = f * h * w;
+    let (mut cos, mut sin) = (
+        Vec::with_capacity(n * head_dim),
+        Vec::with_capacity(n * head_dim),
+    );
+    for fi in 0..f {
+        for hi in 0..h {
+            for wi in 0..w {
+                for (axis, &d) in split.iter().enumerate() {
+                    let pos = [fi, hi, wi][axis] as f64;
+                    for j in 0..d / 2 {
+                        let freq = 1.0 / ROPE_THETA.powf((2 * j) as f64 / d as f64);
+                        let (s, c) = (pos * freq).sin_cos();
+                        let (s, c) = (s as f32, c as f32);
+                        cos.extend_from_slice(&[c, c]);
+                        sin.extend_from_slice(&[-s, s]);
+                    }
+                }
+            }
+        }
+    }
+    (cos, sin)
+}
+
+/// How attention is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum Attention {
+    /// ggml's fused `flash_attn_ext` (F32 K/V, F32 accumulation): no score matrix.
+    #[default]
+    Flash,
+    /// mul_mat, softmax, mul_mat in F32 (holds the [Tk, Tq, H] scores).
+    MulMat,
+}
+
+/// A Wan DiT over a loaded weight set (canonical names), computing on the CPU.
+pub struct WanDit<'w> {
+    weights: Weights<'w>,
+    config: WanDitConfig,
+    attention: Attention,
+    backend: Backend,
+    alloc: GraphAllocator,
+}
+
+struct Inputs<'c> {
+    patches: Tensor<'c>,
+    temb: Tensor<'c>,
+    text: Tensor<'c>,
+    image: Option<Tensor<'c>>,
+    cos: Tensor<'c>,
+    sin: Tensor<'c>,
+    out: Tensor<'c>,
+}
+
+impl<'w> WanDit<'w> {
+    pub fn new(set: &'w TensorSet<'w>, prefix: &str, threads: usize) -> Result<Self, WanDitError> {
+        let config = WanDitConfig::from_weights(set, prefix)?;
+        let backend = Backend::cpu(threads)?;
+        let model = WanDit {
+            weights: Weights::new(set, prefix),
+            config,
+            attention: Attention::default(),
+            alloc: backend.graph_allocator()?,
+            backend,
+        };
+        // Build (not run) a tiny graph so that every tensor is looked up and checked now.
+        let size = model.graph_size();
+        let ctx = Context::new_meta(size, size)?;
+        let img = model.config.image_dim.map(|_| 1);
+        model.build(&ctx, (1, 1, 1), 1, img)?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &WanDitConfig {
+        &self.config
+    }
+
+    /// Chooses the attention kernel for later forwards.
+    pub fn set_attention(&mut self, attention: Attention) {
+        self.attention = attention;
+    }
+
+    /// q, k, v [128, H, T, 1] -> [128 * H, Tq, 1].
+    fn attend<'c>(
+        &self,
+        ctx: &'c Context,
+        q: Tensor<'c>,
+        k: Tensor<'c>,
+        v: Tensor<'c>,
+    ) -> Tensor<'c> {
+        match self.attention {
+            Attention::MulMat => nn::multi_head_attention(ctx, q, k, v, None),
+            Attention::Flash => {
+                let [d, h, t, n] = q.ne();
+                // [D, H, T, N] -> [D, T, H, N]; K and V stay F32 (contiguous copies).
+                let kv = |x: Tensor<'c>| ctx.cont(ctx.permute(x, [0, 2, 1, 3]));
+                let q = ctx.permute(q, [0, 2, 1, 3]);
+                let o = ctx.flash_attn_ext(q, kv(k), kv(v), None, 1.0 / (d as f32).sqrt());
+                // [D, H, T, N] -> [D*H, T, N]
+                ctx.reshape(o, &[d * h, t, n])
+            }
+        }
+    }
+
+    fn graph_size(&self) -> usize {
+        160 * self.config.layers + 512
+    }
+
+    /// The velocity for latent `x` (row-major [in_channels, f, h, w]; h and w even) at
+    /// `timestep`, with `text` [Lt, text_dim] (already padded as the pipeline wants) and, for
+    /// I2V, `image` [Li, image_dim]. Returns row-major [out_channels, f, h, w].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &mut self,
+        x: &[f32],
+        timestep: f32,
+        text: &[f32],
+        image: Option<&[f32]>,
+        f: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, WanDitError> {
+        let cfg = self.config.clone();
+        if f == 0 || h == 0 || w == 0 || h % 2 != 0 || w % 2 != 0 {
+            return Err(WanDitError::Input(format!(
+                "latent {f}x{h}x{w}: frames must be > 0 and height, width even"
+            )));
+        }
+        let c = cfg.in_channels;
+        if x.len() != c * f * h * w {
+            return Err(WanDitError::Input(format!(
+                "latent has {} values, expected {c} x {f} x {h} x {w}",
+                x.len()
+            )));
+        }
+        if text.is_empty() || text.len() % cfg.text_dim != 0 {
+            return Err(WanDitError::Input(format!(
+                "text has {} values, not a whole number of {}-wide tokens",
+                text.len(),
+                cfg.text_dim
+            )));
+        }
+        let img_len = match (cfg.image_dim, image) {
+            (Some(d), Some(img)) if !img.is_empty() && img.len() % d == 0 => Some(img.len() / d),
+            (Some(d), Some(img)) => {
+                return Err(WanDitError::Input(format!(
+                    "image has {} values, not a whole number of {d}-wide tokens",
+                    img.len()
+                )))
+            }
+            (Some(_), None) => {
+                return Err(WanDitError::Input("an I2V model needs image tokens".into()))
+            }
+            (None, Some(_)) => {
+                return Err(WanDitError::Input(
+                    "image tokens given to a T2V model (no img_emb)".into(),
+                ))
+            }
+            (None, None) => None,
+        };
+        let (hp, wp) = (h / 2, w / 2);
+        let tokens = f * hp * wp;
+        let _span = tracing::debug_span!("wan_dit", dim = cfg.dim, tokens).entered();
+
+        let size = self.graph_size();
+        let ctx = Context::new_meta(size, size)?;
+        let g = self.build(&ctx, (f, hp, wp), text.len() / cfg.text_dim, img_len)?;
+        let mut graph = ctx.new_graph(size);
+        graph.expand(g.out);
+        self.alloc.alloc_graph(&graph)?;
+
+        // Patches: token (f, hp, wp) row-major, features (c, kh, kw) as the conv kernel.
+        let mut patches = Vec::with_capacity(tokens * c * 4);
+        for fi in 0..f {
+            for hi in 0..hp {
+                for wi in 0..wp {
+                    for ci in 0..c {
+                        for kh in 0..2 {
+                            for kw in 0..2 {
+                                let idx = ((ci * f + fi) * h + 2 * hi + kh) * w + 2 * wi + kw;
+                                patches.push(x[idx]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        ggml::tensor_set_f32(g.patches, &patches)?;
+        ggml::tensor_set_f32(g.temb, &timestep_embedding(timestep, cfg.freq_dim))?;
+        ggml::tensor_set_f32(g.text, text)?;
+        if let (Some(t), Some(img)) = (g.image, image) {
+            ggml::tensor_set_f32(t, img)?;
+        }
+        let (cos, sin) = rope_tables(HEAD_DIM, f, hp, wp);
+        ggml::tensor_set_f32(g.cos, &cos)?;
+        ggml::tensor_set_f32(g.sin, &sin)?;
+        tracing::debug!(nodes = graph.n_nodes(), "wan dit graph");
+        self.backend.compute(&graph)?;
+        let y = ggml::tensor_get_f32(g.out)?; // [(kh, kw, c), token]
+        let oc = cfg.out_channels;
+        let mut out = vec![0f32; oc * f * h * w];
+        for fi in 0..f {
+            for hi in 0..hp {
+                for wi in 0..wp {
+                    let t = (fi * hp + hi) * wp + wi;
+                    for kh in 0..2 {
+                        for kw in 0..2 {
+                            for ci in 0..oc {
+                                let v = y[t * 4 * oc + (kh * 2 + kw) * oc + ci];
+                                out[((ci * f + fi) * h + 2 * hi + kh) * w + 2 * wi + kw] = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn build<'c>(
+        &self,
+        ctx: &'c Context,
+        (f, hp, wp): (usize, usize, usize),
+        text_len: usize,
+        image_len: Option<usize>,
+    ) -> Result<Inputs<'c>, WanDitError>
+    where
+        'w: 'c,
+    {
+        let cfg = &self.config;
+        let w: &Weights<'c> = &self.weights;
+        let d = cfg.dim as i64;
+        let t = (f * hp * wp) as i64;
+        let cin = cfg.in_channels as i64;
+        let input = |name: &str, ne: &[i64]| ctx.new_f32(ne).set_name(name).set_input();
+        let patches = input("wan.patches", &[4 * cin, t]);
+        let temb = input("wan.t_sinusoid", &[cfg.freq_dim as i64]);
+        let text = input("wan.text", &[cfg.text_dim as i64, text_len as i64]);
+        let image = match (cfg.image_dim, image_len) {
+            (Some(di), Some(l)) => Some(input("wan.image", &[di as i64, l as i64])),
+            _ => None,
+        };
+        let hd = HEAD_DIM as i64;
+        let cos = input("wan.rope_cos", &[hd, 1, t]);
+        let sin = input("wan.rope_sin", &[hd, 1, t]);
+
+        // Patch embedding: the [OC, IC, 1, 2, 2] kernel is a [4 IC, OC] linear on patches.
+        let pw = w.get("patch_embedding.weight")?;
+        let pw = ctx.reshape(pw, &[4 * cin, d]);
+        let mut x = ctx.mul_mat(pw, patches);
+        let pb = w.get_shaped("patch_embedding.bias", &[d])?;
+        x = ctx.add(x, to_f32(ctx, pb)).set_name("wan.x_embed"); // [D, T]
+
+        let e = nn::linear(ctx, &w.pp("time_embedding.0"), temb)?;
+        let e = nn::linear(ctx, &w.pp("time_embedding.2"), ctx.silu(e))?.set_name("wan.e");
+        let e0 = nn::linear(ctx, &w.pp("time_projection.1"), ctx.silu(e))?;
+        let e0 = ctx.reshape(e0, &[d, 6]).set_name("wan.e0");
+
+        let c = nn::linear(ctx, &w.pp("text_embedding.0"), text)?;
+        let c =
+            nn::linear(ctx, &w.pp("text_embedding.2"), gelu_tanh(ctx, c))?.set_name("wan.context");
+        let img = match image {
+            Some(im) => {
+                let p = w.pp("img_emb.proj");
+                let y = nn::layer_norm(ctx, &p.pp(0), im, IMG_LN_EPS)?;
+                let y = nn::linear(ctx, &p.pp(1), y)?;
+                let y = nn::linear(ctx, &p.pp(3), ctx.gelu_erf(y))?;
+                Some(nn::layer_norm(ctx, &p.pp(4), y, IMG_LN_EPS)?.set_name("wan.image_context"))
+            }
+            None => None,
+        };
+
+        for i in 0..cfg.layers {
+            x = self.block(
+                ctx,
+                &w.pp(format!("blocks.{i}")),
+                i,
+                x,
+                e0,
+                c,
+                img,
+                cos,
+                sin,
+            )?;
+        }
+
+        // Head.
+        let hm = w.get("head.modulation")?;
+        let hm = ctx.add(
+            ctx.reshape(to_f32(ctx, hm), &[d, 2]),
+            ctx.reshape(e, &[d, 1]),
+        );
+        let (shift, scale) = (row(ctx, hm, 0), row(ctx, hm, 1));
+        let y = modulate(ctx, ctx.norm(x, EPS), shift, scale);
+        let out = nn::linear(ctx, &w.pp("head.head"), y)?
+            .set_name("wan.out")
+            .set_output();
+        Ok(Inputs {
+            patches,
+            temb,
+            text,
+            image,
+            cos,
+            sin,
+            out,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block<'c>(
+        &self,
+        ctx: &'c Context,
+        w: &Weights<'c>,
+        i: usize,
+        x: Tensor<'c>,
+        e0: Tensor<'c>,
+        context: Tensor<'c>,
+        img: Option<Tensor<'c>>,
+        cos: Tensor<'c>,
+        sin: Tensor<'c>,
+    ) -> Result<Tensor<'c>, WanDitError> {
+        let cfg = &self.config;
+        let d = cfg.dim as i64;
+        let m = w.get("modulation")?;
+        if m.n_elements() != 6 * d {
+            return Err(NnError::Shape {
+                tensor: w.name("modulation"),
+                expected: format!("[{d}, 6]"),
+                found: m.ne(),
+            }
+            .into());
+        }
+        let m = ctx.add(ctx.reshape(to_f32(ctx, m), &[d, 6]), e0);
+        let r = |k| row(ctx, m, k);
+
+        // Self-attention.
+        let y = modulate(ctx, ctx.norm(x, EPS), r(0), r(1));
+        let sa = w.pp("self_attn");
+        let q = rms(ctx, &sa.pp("norm_q"), nn::linear(ctx, &sa.pp("q"), y)?)?;
+        let k = rms(ctx, &sa.pp("norm_k"), nn::linear(ctx, &sa.pp("k"), y)?)?;
+        let v = nn::linear(ctx, &sa.pp("v"), y)?;
+        let q = rope(ctx, self.heads(ctx, q), cos, sin);
+        let k = rope(ctx, self.heads(ctx, k), cos, sin);
+        let a = self.attend(ctx, q, k, self.heads(ctx, v));
+        let a = ctx.reshape(a, &[d, x.ne()[1]]);
+        let a = nn::linear(ctx, &sa.pp("o"), a)?;
+        let x = ctx
+            .add(x, ctx.mul(a, r(2)))
+            .set_name(&format!("wan.{i}.self_attn"));
+
+        // Cross-attention.
+        let y = nn::layer_norm(ctx, &w.pp("norm3"), x, EPS)?;
+        let ca = w.pp("cross_attn");
+        let q = rms(ctx, &ca.pp("norm_q"), nn::linear(ctx, &ca.pp("q"), y)?)?;
+        let q = self.heads(ctx, q);
+        let k = rms(
+            ctx,
+            &ca.pp("norm_k"),
+            nn::linear(ctx, &ca.pp("k"), context)?,
+        )?;
+        let v = nn::linear(ctx, &ca.pp("v"), context)?;
+        let mut a = self.attend(ctx, q, self.heads(ctx, k), self.heads(ctx, v));
+        if let Some(img) = img {
+            let k = rms(
+                ctx,
+                &ca.pp("norm_k_img"),
+                nn::linear(ctx, &ca.pp("k_img"), img)?,
+            )?;
+            let v = nn::linear(ctx, &ca.pp("v_img"), img)?;
+            let ai = self.attend(ctx, q, self.heads(ctx, k), self.heads(ctx, v));
+            a = ctx.add(a, ai);
+        }
+        let a = ctx.reshape(a, &[d, x.ne()[1]]);
+        let a = nn::linear(ctx, &ca.pp("o"), a)?;
+        let x = ctx.add(x, a).set_name(&format!("wan.{i}.cross_attn"));
+
+        // FFN.
+        let y = modulate(ctx, ctx.norm(x, EPS), r(3), r(4));
+        let y = nn::linear(ctx, &w.pp("ffn.0"), y)?;
+        let y = nn::linear(ctx, &w.pp("ffn.2"), gelu_tanh(ctx, y))?;
+        Ok(ctx
+            .add(x, ctx.mul(y, r(5)))
+            .set_name(&format!("wan.{i}.out")))
+    }
+
+    /// [dim, T] -> [128, H, T, 1].
+    fn heads<'c>(&self, ctx: &'c Context, x: Tensor<'c>) -> Tensor<'c> {
+        let x = if x.nb()[1] == x.ne()[0] as usize * 4 {
+            x
+        } else {
+            ctx.cont(x)
+        };
+        ctx.reshape(
+            x,
+            &[HEAD_DIM as i64, self.config.heads as i64, x.ne()[1], 1],
+        )
+    }
+}
+
+/// Row `k` of a contiguous [dim, n] F32 tensor, as [dim, 1].
+fn row<'c>(ctx: &'c Context, m: Tensor<'c>, k: usize) -> Tensor<'c> {
+    let d = m.ne()[0];
+    ctx.view(m, &[d, 1], &[m.nb()[1]], k * m.nb()[1])
+}
+
+/// y * (1 + scale) + shift.
+fn modulate<'c>(
+    ctx: &'c Context,
+    y: Tensor<'c>,
+    shift: Tensor<'c>,
+    scale: Tensor<'c>,
+) -> Tensor<'c> {
+    ctx.add(ctx.add(y, ctx.mul(y, scale)), shift)
+}
+
+/// RMSNorm over dim 0 with `{prefix}weight`, eps 1e-6.
+fn rms<'c>(ctx: &'c Context, w: &Weights<'c>, x: Tensor<'c>) -> Result<Tensor<'c>, WanDitError> {
+    let g = w.get_shaped("weight", &[x.ne()[0]])?;
+    Ok(ctx.mul(ctx.rms_norm(x, EPS), to_f32(ctx, g)))
+}
+
+/// Rotates adjacent pairs of x [128, H, T, 1] by the per-token tables [128, 1, T].
+fn rope<'c>(ctx: &'c Context, x: Tensor<'c>, cos: Tensor<'c>, sin: Tensor<'c>) -> Tensor<'c> {
+    let [hd, h, t, _] = x.ne();
+    let pairs = ctx.reshape(x, &[2, hd / 2, h, t]);
+    let nb = pairs.nb();
+    let ne = [1, hd / 2, h, t];
+    let even = ctx.cont(ctx.view(pairs, &ne, &[nb[1], nb[2], nb[3]], 0));
+    let odd = ctx.cont(ctx.view(pairs, &ne, &[nb[1], nb[2], nb[3]], nb[0]));
+    let swapped = ctx.reshape(ctx.concat(odd, even, 0), &[hd, h, t, 1]);
+    let cos = ctx.reshape(cos, &[hd, 1, t, 1]);
+    let sin = ctx.reshape(sin, &[hd, 1, t, 1]);
+    ctx.add(ctx.mul(x, cos), ctx.mul(swapped, sin))
+}
+
+/// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) from exact F32 ops (see umt5).
+fn gelu_tanh<'c>(ctx: &'c Context, x: Tensor<'c>) -> Tensor<'c> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt() as f32;
+    let x3 = ctx.mul(x, ctx.sqr(x));
+    let inner = ctx.scale(ctx.add(x, ctx.scale(x3, 0.044715)), c);
+    let half = ctx.scale(x, 0.5);
+    ctx.add(half, ctx.mul(half, ctx.tanh(inner)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_split_matches_diffusers() {
+        assert_eq!(rope_split(128), [44, 42, 42]);
+    }
+}
