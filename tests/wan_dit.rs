@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{rel_err, write_safetensors, St};
+use common::{hash_values, rel_err, write_safetensors, St};
 use nijigen::models::{WanAttention, WanDit, WanDitError};
 use nijigen::runtime::WeightStore;
 use serde_json::Value;
@@ -16,21 +16,6 @@ use serde_json::Value;
 const DIR: &str = "tests/fixtures/wan_dit";
 
 type Tensors = Vec<(String, Vec<u64>, Vec<f32>)>;
-
-/// Same generator as the Python script: splitmix64 of (seed * golden + i).
-fn hash_values(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
-    let base = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..n as u64)
-        .map(|i| {
-            let mut z = base.wrapping_add(i).wrapping_add(0x9E37_79B9_7F4A_7C15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-            u * scale + offset
-        })
-        .collect()
-}
 
 fn read_f32(entry: &Value) -> (Vec<f32>, Vec<usize>) {
     let file = entry["file"].as_str().unwrap();
