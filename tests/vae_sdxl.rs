@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{hash_values, rel_err, write_safetensors, St};
+use common::{read_f32_entry, recipe_tensors, rel_err, write_safetensors, St};
 use nijigen::ggml::{GgmlType, TensorSet};
 use nijigen::models::vae_sdxl::SCALE_FACTOR;
 use nijigen::models::{SdxlVae, VaeConfig, VaeError};
@@ -31,20 +31,7 @@ struct Fixture {
 }
 
 fn read_f32(entry: &Value) -> (Vec<f32>, Vec<usize>) {
-    let file = entry["file"].as_str().unwrap();
-    let bytes = std::fs::read(Path::new(DIR).join(file)).unwrap();
-    let shape: Vec<usize> = entry["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap() as usize)
-        .collect();
-    assert_eq!(bytes.len(), shape.iter().product::<usize>() * 4, "{file}");
-    let vals = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (vals, shape)
+    read_f32_entry(DIR, entry)
 }
 
 fn fixture() -> Fixture {
@@ -60,27 +47,7 @@ fn fixture_of(kind: &str) -> Fixture {
         .iter()
         .find(|m| m["kind"] == kind)
         .unwrap();
-    let tensors = index["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let shape: Vec<u64> = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap())
-                .collect();
-            let n = shape.iter().product::<u64>() as usize;
-            let vals = hash_values(
-                n,
-                t["seed"].as_u64().unwrap(),
-                t["scale"].as_f64().unwrap() as f32,
-                t["offset"].as_f64().unwrap() as f32,
-            );
-            (t["name"].as_str().unwrap().to_string(), shape, vals)
-        })
-        .collect();
+    let tensors = recipe_tensors(&index["tensors"]);
     Fixture {
         tensors,
         groups: index["groups"].as_u64().unwrap() as usize,

@@ -172,3 +172,46 @@ pub fn hash_values(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Reads a fixture array `{"file": ..., "shape": [...]}` of little-endian f32 from `dir`.
+pub fn read_f32_entry(dir: &str, entry: &serde_json::Value) -> (Vec<f32>, Vec<usize>) {
+    let file = entry["file"].as_str().expect("fixture entry without file");
+    let bytes = std::fs::read(Path::new(dir).join(file)).expect("fixture file");
+    let shape: Vec<usize> = entry["shape"]
+        .as_array()
+        .expect("fixture entry without shape")
+        .iter()
+        .map(|d| d.as_u64().expect("dim") as usize)
+        .collect();
+    assert_eq!(bytes.len(), shape.iter().product::<usize>() * 4, "{file}");
+    let vals = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (vals, shape)
+}
+
+/// The weights a fixture index describes as `[{"name", "shape", "seed", "scale", "offset"}]`,
+/// regenerated with [`hash_values`].
+pub fn recipe_tensors(list: &serde_json::Value) -> Vec<(String, Vec<u64>, Vec<f32>)> {
+    list.as_array()
+        .expect("tensor list")
+        .iter()
+        .map(|t| {
+            let shape: Vec<u64> = t["shape"]
+                .as_array()
+                .expect("shape")
+                .iter()
+                .map(|d| d.as_u64().expect("dim"))
+                .collect();
+            let n = shape.iter().product::<u64>() as usize;
+            let vals = hash_values(
+                n,
+                t["seed"].as_u64().expect("seed"),
+                t["scale"].as_f64().expect("scale") as f32,
+                t["offset"].as_f64().expect("offset") as f32,
+            );
+            (t["name"].as_str().expect("name").to_string(), shape, vals)
+        })
+        .collect()
+}
