@@ -52,6 +52,11 @@ pub fn init() {
     });
 }
 
+/// ggml's log callback.
+///
+/// # Safety
+/// Called by ggml only, with `text` null or a NUL-terminated string valid for the call
+/// (`cstr` handles both); it keeps no pointer after returning.
 unsafe extern "C" fn log_to_tracing(
     level: sys::ggml_log_level,
     text: *const std::os::raw::c_char,
