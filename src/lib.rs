@@ -7,6 +7,7 @@ pub mod ggml;
 pub mod media;
 pub mod models;
 pub mod nn;
+pub mod pipeline;
 pub mod quantize;
 pub mod runtime;
 pub mod sampling;
