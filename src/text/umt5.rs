@@ -243,6 +243,7 @@ struct Parts {
     mode: Mode,
 }
 
+#[cfg(test)]
 fn byte_piece(b: u8) -> String {
     format!("<0x{b:02X}>")
 }
@@ -500,13 +501,14 @@ impl Umt5Tokenizer {
             Umt5TokenizerError::malformed(path, "no end token (tokenizer.ggml.eos_token_id)")
         })?;
         let pad_id = id("padding_token_id", find("<pad>"))?.unwrap_or(0);
-        let byte_fallback = (0..=255u8).all(|b| {
-            let text = byte_piece(b);
-            pieces
-                .iter()
-                .zip(&kinds)
-                .any(|(p, &k)| k == PieceKind::Byte && *p == text)
-        });
+        // No flag in GGUF: byte fallback is on when all 256 byte pieces are there.
+        let mut seen = [false; 256];
+        for (p, &k) in pieces.iter().zip(&kinds) {
+            if let (PieceKind::Byte, Some(b)) = (k, parse_byte_piece(p)) {
+                seen[b as usize] = true;
+            }
+        }
+        let byte_fallback = seen.iter().all(|&s| s);
         let user_defined = user_defined_trie(&pieces, &kinds);
         Self::build(
             path,
