@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod formats;
 pub mod ggml;
+pub mod lora;
 pub mod media;
 pub mod models;
 pub mod nn;
