@@ -4,9 +4,11 @@
 //! This module knows no networks: it moves RGB8 pixels and strings between memory and files.
 
 pub mod image;
+pub mod mp4;
 pub mod output;
 pub mod params;
 pub mod png;
+pub mod video;
 
 use std::path::PathBuf;
 
