@@ -108,8 +108,8 @@ pub enum VideoFormat {
 }
 
 impl VideoFormat {
-    /// The format for `path`'s extension (case-insensitive), or an error naming the supported
-    /// ones.
+    /// The format for `path`'s extension (case-insensitive; `.m4v` is taken as MP4), or an
+    /// error naming the supported ones.
     pub fn from_path(path: &Path) -> Result<Self> {
         let ext = path
             .extension()
@@ -520,18 +520,10 @@ impl Mp4Sink {
                 message: "the encoder emitted no SPS/PPS".into(),
             });
         };
-        let too_large = |what: u32| VideoError::TooLarge {
-            path: path.to_path_buf(),
-            format: "MP4",
-            width: what,
-            height: what,
-            max_width: u32::from(u16::MAX),
-            max_height: u32::from(u16::MAX),
-        };
+        // `new` checked the size against H264_MAX (3840x2160), so both sides fit in u16.
         let track = Track {
-            width: u16::try_from(self.enc_width).map_err(|_| too_large(self.enc_width as u32))?,
-            height: u16::try_from(self.enc_height)
-                .map_err(|_| too_large(self.enc_height as u32))?,
+            width: u16::try_from(self.enc_width).unwrap_or(u16::MAX),
+            height: u16::try_from(self.enc_height).unwrap_or(u16::MAX),
             timescale: self.timescale,
             sps,
             pps,
