@@ -118,16 +118,7 @@ pub struct ImageArgs {
 }
 
 fn parse_lora(s: &str) -> Result<(PathBuf, f32), String> {
-    // FILE[:WEIGHT]; a Windows drive letter ("C:\...") is not a weight.
-    if let Some((file, w)) = s.rsplit_once(':') {
-        if let Ok(w) = w.parse::<f32>() {
-            if !w.is_finite() {
-                return Err(format!("LoRA weight {w} is not a number"));
-            }
-            return Ok((PathBuf::from(file), w));
-        }
-    }
-    Ok((PathBuf::from(s), 1.0))
+    crate::lora::parse_lora_spec(s).map_err(|e| e.to_string())
 }
 
 fn parse_pair(s: &str) -> Result<(u32, u32), String> {
@@ -343,23 +334,6 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lora_argument_forms() {
-        assert_eq!(
-            parse_lora("a.safetensors").unwrap(),
-            ("a.safetensors".into(), 1.0)
-        );
-        assert_eq!(
-            parse_lora("dir/a.safetensors:0.7").unwrap(),
-            ("dir/a.safetensors".into(), 0.7)
-        );
-        assert_eq!(
-            parse_lora("C:\\loras\\a.safetensors").unwrap(),
-            ("C:\\loras\\a.safetensors".into(), 1.0)
-        );
-        assert_eq!(parse_lora("a.safetensors:-1").unwrap().1, -1.0);
-    }
 
     #[test]
     fn size_pairs() {

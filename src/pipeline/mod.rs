@@ -34,6 +34,10 @@ pub enum PipelineError {
     #[error("{0}")]
     Request(String),
     #[error(transparent)]
+    Lora(#[from] crate::lora::LoraError),
+    #[error(transparent)]
+    Nn(#[from] crate::nn::NnError),
+    #[error(transparent)]
     Clip(#[from] ClipError),
     #[error(transparent)]
     Unet(#[from] UnetError),

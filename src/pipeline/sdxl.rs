@@ -25,6 +25,7 @@ use std::time::Instant;
 use super::{describe, Event, PipelineError, RunOptions, Timings};
 use crate::formats::names::{ArchConfig, Architecture, SDXL_CHECKPOINT_PREFIXES};
 use crate::ggml::TensorSet;
+use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
 use crate::models::unet_sdxl::sdxl_added_cond;
 use crate::models::{ClipTextModel, SdxlUnet, SdxlVae, UnetAttention};
 use crate::runtime::WeightStore;
@@ -394,11 +395,24 @@ pub fn with_models<R>(
     let t0 = Instant::now();
     events(Event::Stage { name: "load" });
     let stores = Stores::open(files)?;
-    if !files.loras.is_empty() {
-        return Err(PipelineError::Request(
-            "LoRA files are not supported by this build yet".into(),
-        ));
-    }
+    let lora_files = files
+        .loras
+        .iter()
+        .map(|(path, _)| {
+            let f = LoraFile::open(path)?;
+            f.check_targets(&[
+                LoraTarget::Unet,
+                LoraTarget::TextEncoder1,
+                LoraTarget::TextEncoder2,
+            ])?;
+            Ok(f)
+        })
+        .collect::<Result<Vec<_>, LoraError>>()?;
+    let pairs: Vec<(&LoraFile, f32)> = lora_files
+        .iter()
+        .zip(&files.loras)
+        .map(|(f, (_, w))| (f, *w))
+        .collect();
     let threads = opts.cpu_threads();
     let sets = [
         stores.load(&stores.clip_l, "clip_l", events)?,
@@ -406,8 +420,22 @@ pub fn with_models<R>(
         stores.load(&stores.unet, "unet", events)?,
         stores.load(&stores.vae, "vae", events)?,
     ];
-    let clip_l = ClipTextModel::new(&sets[0], &stores.clip_l.prefix, threads)?;
-    let clip_g = ClipTextModel::new(&sets[1], &stores.clip_g.prefix, threads)?;
+    let adapters = if pairs.is_empty() {
+        None
+    } else {
+        let build = |i: usize, source: &Source, target| {
+            Adapters::build(&sets[i], &source.prefix, target, &pairs)
+        };
+        let a = [
+            build(0, &stores.clip_l, LoraTarget::TextEncoder1)?,
+            build(1, &stores.clip_g, LoraTarget::TextEncoder2)?,
+            build(2, &stores.unet, LoraTarget::Unet)?,
+        ];
+        report_adapters(&a);
+        Some(a)
+    };
+    let mut clip_l = ClipTextModel::new(&sets[0], &stores.clip_l.prefix, threads)?;
+    let mut clip_g = ClipTextModel::new(&sets[1], &stores.clip_g.prefix, threads)?;
     if clip_g.config().projection_dim.is_none() {
         return Err(PipelineError::Mismatch(format!(
             "{}: the bigG text encoder has no text_projection (pooled output); is it a CLIP-L?",
@@ -416,6 +444,11 @@ pub fn with_models<R>(
     }
     let mut unet = SdxlUnet::new(&sets[2], &stores.unet.prefix, threads)?;
     unet.set_attention(UnetAttention::Flash);
+    if let Some(a) = &adapters {
+        clip_l.set_adapters(Some(&a[0]))?;
+        clip_g.set_adapters(Some(&a[1]))?;
+        unet.set_adapters(Some(&a[2]))?;
+    }
     let vae = SdxlVae::new(&sets[3], &stores.vae.prefix, threads)?;
     let (lw, gw, cw) = (
         clip_l.config().width,
@@ -453,6 +486,31 @@ pub fn with_models<R>(
         "stage 1 models loaded"
     );
     f(&mut models, events)
+}
+
+/// Logs what each LoRA file did to each model (applied modules, keys that matched nothing).
+fn report_adapters(adapters: &[Adapters]) {
+    for a in adapters {
+        for r in a.reports() {
+            if r.applied > 0 {
+                tracing::info!(
+                    file = %r.file.display(),
+                    target = r.target.name(),
+                    modules = r.applied,
+                    multiplier = r.multiplier,
+                    "LoRA applied"
+                );
+            }
+            if !r.unsupported.is_empty() {
+                tracing::warn!(
+                    file = %r.file.display(),
+                    keys = r.unsupported.len(),
+                    first = %r.unsupported[0],
+                    "LoRA keys of an unsupported kind (LoHa/LoKr/Tucker/DoRA) were skipped"
+                );
+            }
+        }
+    }
 }
 
 /// Loads the models, generates the images of `req` and releases the models.
