@@ -4,9 +4,11 @@
 pub mod cli;
 pub mod formats;
 pub mod ggml;
+pub mod lora;
 pub mod media;
 pub mod models;
 pub mod nn;
+pub mod pipeline;
 pub mod quantize;
 pub mod runtime;
 pub mod sampling;

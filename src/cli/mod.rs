@@ -3,7 +3,9 @@
 
 mod convert;
 mod devices;
+mod image;
 mod info;
+pub mod progress;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -30,6 +32,8 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Show a weight file's format, architecture, inferred config, sizes and metadata.
     Info(info::InfoArgs),
+    /// Draw a still with an SDXL-family model (SDXL, Illustrious, AnimagineXL, NoobAI).
+    Image(Box<image::ImageArgs>),
     /// List the compute devices of this build (CPU; CUDA GPUs) with free and total memory.
     Devices(devices::DevicesArgs),
 }
@@ -59,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => convert::run(args, quiet),
         Command::Info(args) => info::run(args),
         Command::Devices(args) => devices::run(args),
+        Command::Image(args) => image::run(*args, quiet),
     }
 }
 
@@ -70,12 +75,15 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
+    let interrupted = err
+        .downcast_ref::<crate::pipeline::PipelineError>()
+        .is_some_and(|e| matches!(e, crate::pipeline::PipelineError::Interrupted));
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(stderr, "error: {err}");
     if let Some(h) = err.downcast_ref::<WithHint>() {
         let _ = writeln!(stderr, "hint: {}", h.hint);
     }
-    ExitCode::from(1)
+    ExitCode::from(if interrupted { 130 } else { 1 })
 }
 
 /// An error with a suggestion for the user, printed as a second line.

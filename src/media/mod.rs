@@ -1,12 +1,16 @@
 //! Still-image media: PNG output with A1111-style `parameters` metadata, image loading for
 //! img2img / I2V, resizing, and safe output naming (temp file + rename).
 //!
+//! Video (MP4/H.264, GIF, WebP, PNG frame folders) is in [`video`], its MP4 muxer in [`mp4`].
+//!
 //! This module knows no networks: it moves RGB8 pixels and strings between memory and files.
 
 pub mod image;
+pub mod mp4;
 pub mod output;
 pub mod params;
 pub mod png;
+pub mod video;
 
 use std::path::PathBuf;
 

@@ -458,3 +458,17 @@ struct ClipGraph<'c> {
     last: Tensor<'c>,
     pooled: Option<Tensor<'c>>,
 }
+
+// LoRA at run time (src/lora): kept at the end of the file so that it merges trivially.
+impl<'w> ClipTextModel<'w> {
+    /// Attaches LoRA adapters built for this encoder's weight set (`None` detaches them).
+    /// Base weights are left as they are: the adapters add their terms to the layers' outputs
+    /// (for bigG's fused q/k/v, to the third they adapt).
+    pub fn set_adapters(
+        &mut self,
+        adapters: Option<&'w crate::lora::Adapters>,
+    ) -> Result<(), ClipError> {
+        self.weights = self.weights.clone().with_adapters(adapters)?;
+        Ok(())
+    }
+}

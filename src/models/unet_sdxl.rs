@@ -693,6 +693,21 @@ impl<'w> SdxlUnet<'w> {
 /// res blocks (~25 each), about 5,000 in all.
 const GRAPH_SIZE: usize = 16384;
 
+// LoRA at run time (src/lora): kept at the end of the file so that it merges trivially.
+impl<'w> SdxlUnet<'w> {
+    /// Attaches LoRA adapters built for this UNet's weight set (`None` detaches them); the
+    /// next forward rebuilds its graph. Base weights are left as they are (quantized stays
+    /// quantized): the adapters add their terms to the layers' outputs.
+    pub fn set_adapters(
+        &mut self,
+        adapters: Option<&'w crate::lora::Adapters>,
+    ) -> Result<(), UnetError> {
+        self.weights = self.weights.clone().with_adapters(adapters)?;
+        self.cache = None;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -583,6 +583,20 @@ fn gelu_tanh<'c>(ctx: &'c Context, x: Tensor<'c>) -> Tensor<'c> {
     ctx.add(half, ctx.mul(half, ctx.tanh(inner)))
 }
 
+// LoRA at run time (src/lora): kept at the end of the file so that it merges trivially.
+impl<'w> WanDit<'w> {
+    /// Attaches LoRA adapters built for this DiT's weight set (`None` detaches them), e.g. a
+    /// lightx2v / CausVid distill LoRA. Base weights are left as they are (quantized stays
+    /// quantized): the adapters add their terms to the layers' outputs.
+    pub fn set_adapters(
+        &mut self,
+        adapters: Option<&'w crate::lora::Adapters>,
+    ) -> Result<(), WanDitError> {
+        self.weights = self.weights.clone().with_adapters(adapters)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

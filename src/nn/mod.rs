@@ -8,6 +8,7 @@ mod attention;
 pub use attention::{causal_mask, multi_head_attention};
 
 use crate::ggml::{Context, GgmlType, Tensor, TensorSet};
+use crate::lora::Adapters;
 
 /// Why a graph could not be built from a weight set.
 #[derive(Debug, thiserror::Error)]
@@ -20,14 +21,18 @@ pub enum NnError {
         expected: String,
         found: [i64; 4],
     },
+    #[error("LoRA adapters for {0} were built from another weight set than this model's")]
+    ForeignAdapters(&'static str),
 }
 
 /// A weight set seen under a name prefix, like candle's `VarBuilder::pp`: `w.pp("mlp").pp("fc1")`
-/// names `…mlp.fc1.*`.
+/// names `…mlp.fc1.*`. Optionally with LoRA [`Adapters`], whose terms [`linear`],
+/// [`linear_with`] and [`conv2d`] add to the layers they adapt.
 #[derive(Clone)]
 pub struct Weights<'a> {
     set: &'a TensorSet<'a>,
     prefix: String,
+    adapters: Option<&'a Adapters>,
 }
 
 impl<'a> Weights<'a> {
@@ -37,7 +42,27 @@ impl<'a> Weights<'a> {
         if !prefix.is_empty() && !prefix.ends_with('.') {
             prefix.push('.');
         }
-        Weights { set, prefix }
+        Weights {
+            set,
+            prefix,
+            adapters: None,
+        }
+    }
+
+    /// The same view with LoRA adapters (`None` removes them). They must have been built from
+    /// this weight set ([`Adapters::fits`]).
+    pub fn with_adapters(self, adapters: Option<&'a Adapters>) -> Result<Weights<'a>, NnError> {
+        if let Some(a) = adapters {
+            if !a.fits(self.set) {
+                return Err(NnError::ForeignAdapters(a.target().name()));
+            }
+        }
+        Ok(Weights { adapters, ..self })
+    }
+
+    /// The adapters attached, if any.
+    pub fn adapters(&self) -> Option<&'a Adapters> {
+        self.adapters
     }
 
     /// The same set one level down.
@@ -45,6 +70,7 @@ impl<'a> Weights<'a> {
         Weights {
             set: self.set,
             prefix: format!("{}{sub}.", self.prefix),
+            adapters: self.adapters,
         }
     }
 
@@ -57,9 +83,13 @@ impl<'a> Weights<'a> {
         self.set.get(&self.name(name)).is_some()
     }
 
-    /// The tensor `name` under this prefix.
+    /// The tensor `name` under this prefix (a LoRA-merged copy for the few vectors that
+    /// `diff`/`diff_b` adapters change).
     pub fn get(&self, name: &str) -> Result<Tensor<'a>, NnError> {
         let full = self.name(name);
+        if let Some(t) = self.adapters.and_then(|a| a.replacement(&full)) {
+            return Ok(t);
+        }
         self.set.get(&full).ok_or(NnError::MissingTensor(full))
     }
 
@@ -113,6 +143,10 @@ pub fn linear_with<'c>(
         });
     }
     let y = ctx.mul_mat(weight, x);
+    let y = match w.adapters {
+        Some(a) => a.apply_linear(ctx, weight, x, y),
+        None => y,
+    };
     if !w.contains(bias_name) {
         return Ok(y);
     }
@@ -180,11 +214,16 @@ pub fn conv2d<'c>(
             found: wn,
         });
     }
+    let stored = weight;
     let weight = match weight.ty() {
         GgmlType::F32 | GgmlType::F16 => weight,
         _ => ctx.cast(weight, GgmlType::F32),
     };
     let y = ctx.conv_2d_direct(weight, x, (stride, stride), (pad, pad), (1, 1));
+    let y = match w.adapters {
+        Some(a) => a.apply_conv(ctx, stored, x, y, stride, pad),
+        None => y,
+    };
     if !w.contains("bias") {
         return Ok(y);
     }

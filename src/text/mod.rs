@@ -6,6 +6,8 @@
 //!   weighted segments (and, optionally, A1111's `[text]`).
 //! - [`sdxl`]: ComfyUI's SDXL tokenisation: weighted segments into chunks of 77 tokens for
 //!   CLIP-L (padded with the end token) and OpenCLIP bigG (padded with 0).
+//! - [`umt5`]: the umT5 SentencePiece Unigram tokenizer for Wan2.1 (from a GGUF's
+//!   `tokenizer.ggml.*`, a `tokenizer.json` or a `spiece.model`), with Wan's prompt cleaning.
 //!
 //! ```
 //! use nijigen::text::{clip::ClipTokenizer, sdxl::SdxlTokenizer};
@@ -21,6 +23,7 @@
 pub mod clip;
 pub mod prompt;
 pub mod sdxl;
+pub mod umt5;
 
 /// Why a CLIP vocabulary could not be loaded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,180 @@
+//! Progress display for the generating commands, the end-of-run summary, Ctrl-C handling.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::pipeline::{Event, Timings};
+
+/// The end-of-run summary (`--json` prints it as one object).
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub outputs: Vec<PathBuf>,
+    pub seed: u64,
+    pub timings: Timings,
+    pub total_s: f64,
+    /// Peak resident memory of the process (Linux `VmHWM`).
+    pub peak_ram_bytes: Option<u64>,
+}
+
+/// Peak resident set size of this process, from /proc/self/status (`None` elsewhere).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The process-wide stop flag, set by the first Ctrl-C (the second one exits at once).
+pub fn cancel_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        let installed = ctrlc::set_handler(move || {
+            if f.swap(true, Ordering::SeqCst) {
+                eprintln!("\ninterrupted");
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after the current step (Ctrl-C again to quit now)");
+        });
+        if let Err(e) = installed {
+            tracing::debug!("no Ctrl-C handler: {e}");
+        }
+        flag
+    })
+    .clone()
+}
+
+/// Progress bars on stderr driven by pipeline [`Event`]s.
+pub struct Progress {
+    quiet: bool,
+    bar: Option<ProgressBar>,
+    stage: &'static str,
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// "3.21 s/it" or "2.5 it/s", as people read sampler speed.
+pub fn rate(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 || s == 0.0 {
+        format!("{s:.2} s/it")
+    } else {
+        format!("{:.2} it/s", 1.0 / s)
+    }
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Progress {
+        Progress {
+            quiet,
+            bar: None,
+            stage: "",
+        }
+    }
+
+    fn spinner(&mut self, msg: &str) {
+        self.finish();
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(style("{spinner} {msg} [{elapsed}]"));
+        bar.set_message(msg.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.bar = Some(bar);
+    }
+
+    fn counted(&mut self, label: &str, total: u64) -> &ProgressBar {
+        if self.bar.as_ref().and_then(|b| b.length()) != Some(total) {
+            self.finish();
+            let bar = ProgressBar::new(total);
+            bar.set_style(style(&format!(
+                "{label:>7} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {{msg}} (eta {{eta}})"
+            )));
+            self.bar = Some(bar);
+        }
+        self.bar.get_or_insert_with(ProgressBar::hidden)
+    }
+
+    /// Shows one event.
+    pub fn event(&mut self, e: Event) {
+        if self.quiet {
+            return;
+        }
+        match e {
+            Event::Stage { name } => {
+                self.stage = name;
+                match name {
+                    "load" => self.spinner("loading models"),
+                    "encode" => self.spinner("encoding the prompt"),
+                    "decode" => self.spinner("decoding"),
+                    _ => self.finish(),
+                }
+            }
+            Event::Loaded {
+                component,
+                path,
+                bytes,
+            } => {
+                if let Some(b) = &self.bar {
+                    b.set_message(format!(
+                        "loading models: {component} from {} ({})",
+                        path.display(),
+                        super::human_bytes(bytes)
+                    ));
+                }
+            }
+            Event::Step {
+                step,
+                total,
+                elapsed,
+                ..
+            } => {
+                let bar = self.counted("steps", total as u64);
+                bar.set_position(step as u64);
+                bar.set_message(rate(elapsed));
+            }
+            Event::Decoded { index, total } => {
+                if total > 1 {
+                    let bar = self.counted("decode", total as u64);
+                    bar.set_position(index as u64);
+                }
+            }
+        }
+    }
+
+    /// Clears the current bar.
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_naturally() {
+        assert_eq!(rate(Duration::from_millis(3210)), "3.21 s/it");
+        assert_eq!(rate(Duration::from_millis(400)), "2.50 it/s");
+    }
+
+    #[test]
+    fn peak_rss_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes().unwrap() > 1024 * 1024);
+        }
+    }
+}

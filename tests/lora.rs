@@ -1,0 +1,677 @@
+//! LoRA applied at run time against PyTorch models with the LoRA merged into their weights
+//! (tools/reference/make_lora_fixtures.py): the tiny SDXL UNet (kohya ldm names with LoCon
+//! convs, kohya diffusers names, ComfyUI diff/diff_b, two files with multipliers), CLIP-L (te1),
+//! bigG (te2, q/k/v thirds of the fused projection), and the tiny Wan T2V DiT (PEFT, ComfyUI,
+//! kohya). Base weights and LoRA tensors are regenerated from the recipes of the fixtures.
+//!
+//! Tolerances (relative L2 error against the merged reference): F32 1e-4 (measured ~1e-6, as
+//! the base models alone), F16 LoRA tensors 2e-3, BF16 2e-2, Q8_0 base weights 3e-2 (measured
+//! ~2e-2, the same as the Q8_0 base alone: ggml's CPU mul_mat also quantizes the activations),
+//! and the LoRA's contribution on the Q8_0 base (output minus the Q8_0 base output) 1e-1 of the
+//! reference contribution.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{read_f32_entry, recipe_tensors, rel_err, write_safetensors, St};
+use nijigen::ggml::{self, GgmlType, TensorSet};
+use nijigen::lora::{Adapters, LoraError, LoraFile, LoraTarget};
+use nijigen::models::unet_sdxl::sdxl_added_cond;
+use nijigen::models::{ClipLayout, ClipTextModel, SdxlUnet, WanDit};
+use nijigen::runtime::WeightStore;
+use serde_json::Value;
+
+type Tensors = Vec<(String, Vec<u64>, Vec<f32>)>;
+
+const DIR: &str = "tests/fixtures/lora";
+
+fn index(dir: &str) -> Value {
+    let text = std::fs::read_to_string(Path::new(dir).join("index.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn write(path: &Path, tensors: &Tensors, ty: St) {
+    let refs: Vec<(&str, Vec<u64>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
+    write_safetensors(path, &refs, ty);
+}
+
+/// Writes the LoRA of `recipe` to `dir/name` as `ty` and opens it.
+fn lora_file(dir: &Path, name: &str, recipe: &Value, ty: St) -> LoraFile {
+    let path = dir.join(name);
+    write(&path, &recipe_tensors(recipe), ty);
+    LoraFile::open(&path).unwrap()
+}
+
+fn store_of(dir: &Path, name: &str, tensors: &Tensors) -> WeightStore {
+    let path = dir.join(name);
+    write(&path, tensors, St::F32);
+    WeightStore::open_path(&path).unwrap()
+}
+
+/// The same set with every matrix whose rows are whole Q8_0 blocks quantized to Q8_0.
+fn quantized_copy(set: &TensorSet<'_>) -> (TensorSet<'static>, usize) {
+    let mut out = TensorSet::new(set.len()).unwrap();
+    let mut n = 0;
+    for name in set.names() {
+        let t = set.get(name).unwrap();
+        let ne = t.ne();
+        let vals = ggml::tensor_get_f32(t).unwrap();
+        let dims = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+        let ne = &ne[..dims];
+        if dims == 2 && ne[0] % 32 == 0 {
+            let bytes = GgmlType::Q8_0.bytes_for(vals.len() as u64).unwrap() as usize;
+            let mut q = vec![0u8; bytes];
+            ggml::quantize(GgmlType::Q8_0, &vals, ne[0] as usize, &mut q).unwrap();
+            out.add_owned(name, GgmlType::Q8_0, ne, &q).unwrap();
+            n += 1;
+        } else {
+            out.add_owned(name, GgmlType::F32, ne, bytemuck::cast_slice(&vals))
+                .unwrap();
+        }
+    }
+    (out, n)
+}
+
+struct UnetInputs {
+    x: Vec<f32>,
+    context: Vec<f32>,
+    y: Vec<f32>,
+    h: usize,
+    w: usize,
+    base_out: Vec<f32>,
+}
+
+fn unet_inputs(ix: &Value) -> UnetInputs {
+    let d = "tests/fixtures/unet_sdxl";
+    let (x, xs) = read_f32_entry(d, &ix["x"]);
+    let (context, _) = read_f32_entry(d, &ix["context"]);
+    let (pooled, _) = read_f32_entry(d, &ix["text_embeds"]);
+    let (ids, _) = read_f32_entry(d, &ix["time_ids"]);
+    let case = ix["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["timestep"].as_f64() == Some(500.0))
+        .unwrap();
+    let (base_out, _) = read_f32_entry(d, &case["out"]);
+    let y = sdxl_added_cond(&pooled, ids.try_into().unwrap(), 80).unwrap();
+    UnetInputs {
+        x,
+        context,
+        y,
+        h: xs[1],
+        w: xs[2],
+        base_out,
+    }
+}
+
+#[test]
+fn unet_kohya_locon_and_two_loras_match_merged_diffusers() {
+    let fx = index(DIR);
+    let case = &fx["unet"];
+    let uix = index("tests/fixtures/unet_sdxl");
+    let inp = unet_inputs(&uix);
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_of(
+        dir.path(),
+        "unet.safetensors",
+        &recipe_tensors(&uix["tensors"]),
+    );
+    let set = store.load_cpu(|_| true).unwrap();
+    let a = lora_file(dir.path(), "a.safetensors", &case["lora_a"], St::F32);
+    let b = lora_file(dir.path(), "b.safetensors", &case["lora_b"], St::F32);
+    assert_eq!(
+        a.targets().into_iter().collect::<Vec<_>>(),
+        [LoraTarget::Unet]
+    );
+
+    let only_a = Adapters::build(&set, "", LoraTarget::Unet, &[(&a, 1.0)]).unwrap();
+    let rep = &only_a.reports()[0];
+    assert_eq!(rep.applied, 8);
+    assert_eq!(only_a.len(), 8);
+    // Unknown keys are reported (both tensors of each unknown module), not fatal.
+    let mut unknown: Vec<String> = case["unknown_a"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|k| {
+            let k = k.as_str().unwrap();
+            [
+                format!("{k}.lora_down.weight"),
+                format!("{k}.lora_up.weight"),
+            ]
+        })
+        .collect();
+    unknown.sort();
+    let mut got: Vec<String> = only_a
+        .unmatched_keys()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, unknown);
+    assert!(only_a
+        .adapted_weights()
+        .contains(&"input_blocks.4.0.in_layers.2.weight"));
+
+    let ma = case["mult_a"].as_f64().unwrap() as f32;
+    let mb = case["mult_b"].as_f64().unwrap() as f32;
+    let both = Adapters::build(&set, "", LoraTarget::Unet, &[(&a, ma), (&b, mb)]).unwrap();
+    assert_eq!(
+        both.reports()[1].applied,
+        4,
+        "3 kohya diffusers + diff/diff_b"
+    );
+    assert!(both.reports()[1].unmatched.is_empty());
+
+    let mut unet = SdxlUnet::new(&set, "", 2).unwrap();
+    let run = |unet: &mut SdxlUnet<'_>| {
+        unet.forward(&inp.x, 500.0, &inp.context, &inp.y, inp.h, inp.w)
+            .unwrap()
+    };
+    let base = run(&mut unet);
+    let eb = rel_err(&base, &inp.base_out);
+    unet.set_adapters(Some(&only_a)).unwrap();
+    let out_a = run(&mut unet);
+    let (want_a, _) = read_f32_entry(DIR, &case["out_a"]);
+    let ea = rel_err(&out_a, &want_a);
+    unet.set_adapters(Some(&both)).unwrap();
+    let out_ab = run(&mut unet);
+    let (want_ab, _) = read_f32_entry(DIR, &case["out_ab"]);
+    let eab = rel_err(&out_ab, &want_ab);
+    // Detaching rebuilds the graph without the adapters.
+    unet.set_adapters(None).unwrap();
+    let again = run(&mut unet);
+    eprintln!(
+        "unet lora f32: A rel err {ea:.2e}, A+B {eab:.2e} (base {eb:.2e}; LoRA A changes the \
+         output by {:.2e})",
+        rel_err(&want_a, &inp.base_out)
+    );
+    assert!(
+        rel_err(&want_a, &inp.base_out) > 0.1,
+        "the LoRA must matter"
+    );
+    assert!(ea < 1e-4, "A: {ea}");
+    assert!(eab < 1e-4, "A+B: {eab}");
+    assert_eq!(again, base);
+}
+
+#[test]
+fn unet_q8_0_base_stays_quantized_with_lora() {
+    let fx = index(DIR);
+    let case = &fx["unet"];
+    let uix = index("tests/fixtures/unet_sdxl");
+    let inp = unet_inputs(&uix);
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_of(
+        dir.path(),
+        "unet.safetensors",
+        &recipe_tensors(&uix["tensors"]),
+    );
+    let f32_set = store.load_cpu(|_| true).unwrap();
+    let (set, quantized) = quantized_copy(&f32_set);
+    assert!(quantized > 20, "{quantized} quantized matrices");
+    let q_name = "input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight";
+    assert_eq!(set.get(q_name).unwrap().ty(), GgmlType::Q8_0);
+    let a = lora_file(dir.path(), "a.safetensors", &case["lora_a"], St::F32);
+    let ad = Adapters::build(&set, "", LoraTarget::Unet, &[(&a, 1.0)]).unwrap();
+    assert!(ad.adapted_weights().contains(&q_name));
+    // Adapters built for another set (same names, other tensors) are refused.
+    let other = Adapters::build(&f32_set, "", LoraTarget::Unet, &[(&a, 1.0)]).unwrap();
+    let mut unet = SdxlUnet::new(&set, "", 2).unwrap();
+    assert!(unet.set_adapters(Some(&other)).is_err());
+    let run = |unet: &mut SdxlUnet<'_>| {
+        unet.forward(&inp.x, 500.0, &inp.context, &inp.y, inp.h, inp.w)
+            .unwrap()
+    };
+    let base_q = run(&mut unet);
+    unet.set_adapters(Some(&ad)).unwrap();
+    let out = run(&mut unet);
+    assert_eq!(set.get(q_name).unwrap().ty(), GgmlType::Q8_0);
+    let (want, _) = read_f32_entry(DIR, &case["out_a"]);
+    let e = rel_err(&out, &want);
+    // The LoRA's contribution alone, against the reference's.
+    let got_d: Vec<f32> = out.iter().zip(&base_q).map(|(a, b)| a - b).collect();
+    let want_d: Vec<f32> = want.iter().zip(&inp.base_out).map(|(a, b)| a - b).collect();
+    let ed = rel_err(&got_d, &want_d);
+    let eq = rel_err(&base_q, &inp.base_out);
+    eprintln!(
+        "unet lora on q8_0: rel err {e:.2e} (q8_0 base alone {eq:.2e}), LoRA delta rel err {ed:.2e}"
+    );
+    assert!(e < 3e-2, "{e}");
+    assert!(ed < 1e-1, "{ed}");
+}
+
+/// HF bigG tensors (recipe names) under open_clip names, q/k/v fused, as SDXL checkpoints
+/// store them.
+fn to_open_clip(tensors: &Tensors) -> Tensors {
+    let get = |n: &str| {
+        tensors
+            .iter()
+            .find(|t| t.0 == n)
+            .unwrap_or_else(|| panic!("{n}"))
+            .clone()
+    };
+    let mut out: Tensors = Vec::new();
+    for (from, to) in [
+        (
+            "text_model.embeddings.token_embedding.weight",
+            "token_embedding.weight",
+        ),
+        (
+            "text_model.embeddings.position_embedding.weight",
+            "positional_embedding",
+        ),
+        ("text_model.final_layer_norm.weight", "ln_final.weight"),
+        ("text_model.final_layer_norm.bias", "ln_final.bias"),
+    ] {
+        let (_, s, v) = get(from);
+        out.push((to.into(), s, v));
+    }
+    let (_, s, v) = get("text_projection.weight");
+    let (p, w) = (s[0] as usize, s[1] as usize);
+    let mut tv = vec![0f32; p * w];
+    for i in 0..p {
+        for j in 0..w {
+            tv[j * p + i] = v[i * w + j];
+        }
+    }
+    out.push(("text_projection".into(), vec![w as u64, p as u64], tv));
+    let mut l = 0;
+    while tensors
+        .iter()
+        .any(|t| t.0.starts_with(&format!("text_model.encoder.layers.{l}.")))
+    {
+        let hf = |s: &str| format!("text_model.encoder.layers.{l}.{s}");
+        let oc = |s: &str| format!("transformer.resblocks.{l}.{s}");
+        for wb in ["weight", "bias"] {
+            let (mut shape, mut vals) = (Vec::new(), Vec::new());
+            for part in ["q_proj", "k_proj", "v_proj"] {
+                let (_, s, v) = get(&hf(&format!("self_attn.{part}.{wb}")));
+                shape = s;
+                vals.extend(v);
+            }
+            shape[0] *= 3;
+            out.push((oc(&format!("attn.in_proj_{wb}")), shape, vals));
+            for (from, to) in [
+                ("self_attn.out_proj", "attn.out_proj"),
+                ("layer_norm1", "ln_1"),
+                ("layer_norm2", "ln_2"),
+                ("mlp.fc1", "mlp.c_fc"),
+                ("mlp.fc2", "mlp.c_proj"),
+            ] {
+                let (_, s, v) = get(&hf(&format!("{from}.{wb}")));
+                out.push((oc(&format!("{to}.{wb}")), s, v));
+            }
+        }
+        l += 1;
+    }
+    out
+}
+
+/// Runs one CLIP fixture model with its LoRA; returns (last rel err, pooled rel err,
+/// rel change of `last` made by the LoRA).
+fn clip_case(kind: &str, target: LoraTarget) -> (f32, Option<f32>, f32) {
+    let fx = index(DIR);
+    let cix = index("tests/fixtures/clip_text");
+    let m = cix["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["kind"] == kind)
+        .unwrap();
+    let mut tensors = recipe_tensors(&m["tensors"]);
+    if kind == "clip_g" {
+        tensors = to_open_clip(&tensors);
+    }
+    let tokens: Vec<u32> = m["tokens"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_of(dir.path(), "te.safetensors", &tensors);
+    let set = store.load_cpu(|_| true).unwrap();
+    let lora = lora_file(
+        dir.path(),
+        "te.safetensors.lora",
+        &fx[kind]["lora"],
+        St::F32,
+    );
+    let ad = Adapters::build(&set, "", target, &[(&lora, 1.0)]).unwrap();
+    let rep = &ad.reports()[0];
+    assert!(rep.unmatched.is_empty(), "{:?}", rep.unmatched);
+    assert_eq!(rep.applied, lora.modules());
+    let mut model = ClipTextModel::new(&set, "", 2).unwrap();
+    let expect_layout = if kind == "clip_g" {
+        ClipLayout::OpenClip
+    } else {
+        ClipLayout::Hf
+    };
+    assert_eq!(model.config().layout, expect_layout);
+    let base = model.forward(&tokens).unwrap();
+    model.set_adapters(Some(&ad)).unwrap();
+    let out = model.forward(&tokens).unwrap();
+    let (want, _) = read_f32_entry(DIR, &fx[kind]["last"]);
+    let e = rel_err(&out.last, &want);
+    let change = rel_err(&base.last, &want);
+    let pooled = fx[kind].get("pooled").map(|p| {
+        let (want, _) = read_f32_entry(DIR, p);
+        let got = out.pooled.as_ref().unwrap();
+        rel_err(&got[..want.len() / 2], &want[..want.len() / 2])
+    });
+    (e, pooled, change)
+}
+
+#[test]
+fn clip_l_te1_lora_matches_merged_transformers() {
+    let (e, _, change) = clip_case("clip_l", LoraTarget::TextEncoder1);
+    eprintln!("clip-l te1 lora f32: last rel err {e:.2e} (LoRA changes it by {change:.2e})");
+    assert!(change > 1e-2);
+    assert!(e < 1e-4, "{e}");
+}
+
+#[test]
+fn bigg_te2_lora_on_fused_qkv_matches_merged_transformers() {
+    let (e, pooled, change) = clip_case("clip_g", LoraTarget::TextEncoder2);
+    let p = pooled.unwrap();
+    eprintln!(
+        "bigG te2 lora f32: last rel err {e:.2e}, pooled {p:.2e} (LoRA changes last by {change:.2e})"
+    );
+    assert!(change > 1e-2);
+    assert!(e < 1e-4, "{e}");
+    assert!(p < 1e-4, "{p}");
+}
+
+fn wan_case(ty: St) -> (f32, f32) {
+    let fx = index(DIR);
+    let wix = index("tests/fixtures/wan_dit");
+    let case = &wix["t2v"];
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_of(
+        dir.path(),
+        "dit.safetensors",
+        &recipe_tensors(&case["tensors"]),
+    );
+    let set = store.load_cpu(|_| true).unwrap();
+    let lora = lora_file(dir.path(), "wan_lora.safetensors", &fx["wan"]["lora"], ty);
+    let mult = fx["wan"]["multiplier"].as_f64().unwrap() as f32;
+    let ad = Adapters::build(&set, "", LoraTarget::WanDit, &[(&lora, mult)]).unwrap();
+    let rep = &ad.reports()[0];
+    assert!(rep.unmatched.is_empty(), "{:?}", rep.unmatched);
+    assert_eq!(rep.applied, 6);
+    let (x, xs) = read_f32_entry("tests/fixtures/wan_dit", &case["x"]);
+    let (text, _) = read_f32_entry("tests/fixtures/wan_dit", &wix["text"]);
+    let (base_want, _) = read_f32_entry("tests/fixtures/wan_dit", &case["out"]);
+    let t = case["timestep"].as_f64().unwrap() as f32;
+    let mut dit = WanDit::new(&set, "", 2).unwrap();
+    dit.set_adapters(Some(&ad)).unwrap();
+    let out = dit
+        .forward(&x, t, &text, None, xs[1], xs[2], xs[3])
+        .unwrap();
+    let (want, _) = read_f32_entry(DIR, &fx["wan"]["out"]);
+    (rel_err(&out, &want), rel_err(&base_want, &want))
+}
+
+#[test]
+fn wan_peft_comfy_kohya_lora_matches_merged_diffusers() {
+    let (e, change) = wan_case(St::F32);
+    let (e16, _) = wan_case(St::F16);
+    let (ebf, _) = wan_case(St::Bf16);
+    eprintln!(
+        "wan lora: f32 rel err {e:.2e}, f16 LoRA {e16:.2e}, bf16 LoRA {ebf:.2e} (LoRA changes \
+         the output by {change:.2e})"
+    );
+    assert!(change > 1e-2);
+    assert!(e < 1e-4, "{e}");
+    assert!(e16 < 2e-3, "{e16}");
+    assert!(ebf < 2e-2, "{ebf}");
+}
+
+#[test]
+fn lora_for_another_model_is_reported_or_refused() {
+    let fx = index(DIR);
+    let uix = index("tests/fixtures/unet_sdxl");
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_of(
+        dir.path(),
+        "unet.safetensors",
+        &recipe_tensors(&uix["tensors"]),
+    );
+    let set = store.load_cpu(|_| true).unwrap();
+    let wan = lora_file(dir.path(), "wan.safetensors", &fx["wan"]["lora"], St::F32);
+    // A Wan LoRA for the SDXL pipeline: refused up front, naming what it adapts.
+    let sdxl = [
+        LoraTarget::Unet,
+        LoraTarget::TextEncoder1,
+        LoraTarget::TextEncoder2,
+    ];
+    let err = wan.check_targets(&sdxl).unwrap_err();
+    assert!(matches!(err, LoraError::WrongModel { .. }));
+    assert!(err.to_string().contains("adapts wan"), "{err}");
+    assert!(wan.check_targets(&[LoraTarget::WanDit]).is_ok());
+    // Building anyway applies nothing and says why.
+    let ad = Adapters::build(&set, "", LoraTarget::Unet, &[(&wan, 1.0)]).unwrap();
+    assert!(ad.is_empty());
+    assert_eq!(ad.reports()[0].applied, 0);
+    assert_eq!(ad.reports()[0].other_targets, wan.modules());
+    // A UNet LoRA whose names match but shapes do not (another model size) is an error.
+    let mut bad = recipe_tensors(&fx["unet"]["lora_a"]);
+    for t in bad
+        .iter_mut()
+        .filter(|t| t.0.ends_with("attn1_to_q.lora_down.weight"))
+    {
+        t.1 = vec![4, 32];
+        t.2.truncate(128);
+    }
+    let path = dir.path().join("bad.safetensors");
+    write(&path, &bad, St::F32);
+    let bad = LoraFile::open(&path).unwrap();
+    let err = Adapters::build(&set, "", LoraTarget::Unet, &[(&bad, 1.0)])
+        .err()
+        .unwrap();
+    assert!(matches!(err, LoraError::Shape { .. }), "{err}");
+    assert!(err.to_string().contains("attn1.to_q.weight"), "{err}");
+    // Not a LoRA at all.
+    let err = LoraFile::open(&dir.path().join("unet.safetensors"))
+        .err()
+        .unwrap();
+    assert!(matches!(err, LoraError::NotALora { .. }), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key resolution over the names fixtures (tools/reference/dump_names.py): every LoRA key of the
+// fixture files resolves to a weight of the matching base layout.
+
+const NAMES: &str = "tests/fixtures/names";
+
+fn names_fixture(file: &str) -> Vec<(String, Vec<u64>)> {
+    std::fs::read_to_string(Path::new(NAMES).join(file))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, shape) = l.split_once('\t').unwrap_or((l, ""));
+            let shape = shape
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|d| d.trim().parse().unwrap())
+                .collect();
+            (name.to_string(), shape)
+        })
+        .collect()
+}
+
+/// A zero-filled set with the names and shapes of a names fixture.
+fn zeros_set(entries: &[(String, Vec<u64>)]) -> TensorSet<'static> {
+    let mut set = TensorSet::new(entries.len()).unwrap();
+    for (name, shape) in entries {
+        let mut ne: Vec<i64> = shape.iter().rev().map(|&d| d as i64).collect();
+        if ne.is_empty() {
+            ne.push(1);
+        }
+        if ne.len() > 4 {
+            // Wan's 5-D patch embedding: merge the outer dims.
+            let outer: i64 = ne[3..].iter().product();
+            ne.truncate(3);
+            ne.push(outer);
+        }
+        let n: i64 = ne.iter().product();
+        set.add_owned(name, GgmlType::F32, &ne, &vec![0u8; n as usize * 4])
+            .unwrap();
+    }
+    set
+}
+
+/// Writes a names fixture as a LoRA file of small values.
+fn names_lora(dir: &Path, file: &str) -> PathBuf {
+    let tensors: Tensors = names_fixture(file)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (n, s))| {
+            let len = s.iter().product::<u64>() as usize;
+            let vals = common::rand_vec(len, i as u64 + 7);
+            (n, s, vals)
+        })
+        .collect();
+    let path = dir.join(file.replace(".txt", ".safetensors"));
+    write(&path, &tensors, St::F32);
+    path
+}
+
+/// The base names of `base` with the canonical names the weight store gives them.
+fn canonical_set(base: &str) -> TensorSet<'static> {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors: Tensors = names_fixture(base)
+        .into_iter()
+        .map(|(n, s)| {
+            let len = s.iter().product::<u64>() as usize;
+            (n, s, vec![0.0; len])
+        })
+        .collect();
+    let store = store_of(dir.path(), "base.safetensors", &tensors);
+    let entries: Vec<(String, Vec<u64>)> = {
+        let set = store.load_cpu(|_| true).unwrap();
+        set.names()
+            .iter()
+            .map(|n| {
+                let t = set.get(n).unwrap();
+                let ne = t.ne();
+                let dims = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+                (
+                    n.clone(),
+                    ne[..dims].iter().rev().map(|&d| d as u64).collect(),
+                )
+            })
+            .collect()
+    };
+    zeros_set(&entries)
+}
+
+/// (modules applied, unmatched keys, unsupported keys) of the names-fixture LoRA `lora` on the
+/// base layout `base`. Shapes are checked too unless `names_only` (the fixtures' te2 LoRA was
+/// dumped over a narrower encoder than clip_g_openclip.txt): then only the matching is run.
+fn resolve_all(
+    lora: &str,
+    base: &str,
+    target: LoraTarget,
+    names_only: bool,
+) -> (usize, Vec<String>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = names_lora(dir.path(), lora);
+    let file = LoraFile::open(&path).unwrap();
+    let set = canonical_set(base);
+    if names_only {
+        let keys = Adapters::resolve_keys(&set, "", target, &file);
+        let unmatched = keys
+            .iter()
+            .filter(|(_, w)| w.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let weights: std::collections::BTreeSet<_> =
+            keys.iter().filter_map(|(_, w)| w.clone()).collect();
+        return (weights.len(), unmatched, Vec::new());
+    }
+    let ad = Adapters::build(&set, "", target, &[(&file, 1.0)]).unwrap();
+    let r = &ad.reports()[0];
+    (r.applied, r.unmatched.clone(), r.unsupported.clone())
+}
+
+#[test]
+fn names_fixture_kohya_sdxl_keys_resolve() {
+    let (unet, um, _) = resolve_all(
+        "lora_sdxl_kohya.txt",
+        "sdxl_unet_ldm.txt",
+        LoraTarget::Unet,
+        false,
+    );
+    assert!(
+        unet > 0 && um.is_empty(),
+        "{unet} applied, unmatched {um:?}"
+    );
+    let (te1, um1, _) = resolve_all(
+        "lora_sdxl_kohya.txt",
+        "clip_l_hf.txt",
+        LoraTarget::TextEncoder1,
+        false,
+    );
+    assert!(
+        te1 > 0 && um1.is_empty(),
+        "{te1} applied, unmatched {um1:?}"
+    );
+    let (te2, um2, _) = resolve_all(
+        "lora_sdxl_kohya.txt",
+        "clip_g_openclip.txt",
+        LoraTarget::TextEncoder2,
+        true,
+    );
+    assert!(
+        te2 > 0 && um2.is_empty(),
+        "{te2} applied, unmatched {um2:?}"
+    );
+    // The same UNet keys against diffusers-named base weights (loaded as ldm).
+    let (unet_d, umd, _) = resolve_all(
+        "lora_sdxl_kohya.txt",
+        "sdxl_unet_diffusers.txt",
+        LoraTarget::Unet,
+        false,
+    );
+    assert_eq!((unet_d, umd.len()), (unet, 0));
+}
+
+#[test]
+fn names_fixture_loha_is_reported_unsupported() {
+    let (applied, um, unsupported) = resolve_all(
+        "lora_sdxl_loha.txt",
+        "sdxl_unet_ldm.txt",
+        LoraTarget::Unet,
+        false,
+    );
+    assert_eq!(applied, 0);
+    assert!(um.is_empty(), "{um:?}");
+    assert!(!unsupported.is_empty());
+}
+
+#[test]
+fn names_fixture_wan_keys_resolve() {
+    for (lora, base) in [
+        ("lora_wan_peft.txt", "wan_dit_i2v_original.txt"),
+        ("lora_wan_comfy.txt", "wan_dit_i2v_original.txt"),
+        ("lora_wan_diffusers.txt", "wan_dit_i2v_diffusers.txt"),
+        ("lora_wan_peft.txt", "wan_dit_i2v_diffusers.txt"),
+    ] {
+        let (applied, um, unsupported) = resolve_all(lora, base, LoraTarget::WanDit, false);
+        eprintln!("{lora} on {base}: {applied} modules");
+        assert!(applied > 0, "{lora}");
+        assert!(um.is_empty(), "{lora} on {base}: unmatched {um:?}");
+        assert!(
+            unsupported.is_empty(),
+            "{lora}: unsupported {unsupported:?}"
+        );
+    }
+}
