@@ -90,6 +90,18 @@ Files (raw little-endian f32, row-major; all listed in index.json with their sha
                                                encoded + noise * sigma(499)
   i2i_step{i}.f32 [4, 4, 8], i2i_decoded.f32 [3, 32, 64] (uint8 image: as for t2i)
 
+For tests/sdxl_layouts.rs (own files, so the ones above stay byte-identical):
+  diffusers_names.json   per file of a diffusers folder (unet/, text_encoder/, text_encoder_2/,
+                         vae/), [diffusers name, ldm name without prefix, how?] for every tensor:
+                         the maps checked above against diffusers' converters, so a test can
+                         write the folder (and ComfyUI's HF-named clip_g.safetensors) without
+                         our own name map. how: "squeeze" [o, i, 1, 1] -> [o, i], "T"
+                         transpose, "slice K/N" part K of N of a fused q/k/v; absent: a copy.
+  vpred.json             the same model as v-prediction (prediction_type="v_prediction"; in
+                         ComfyUI a `v_pred` key in the checkpoint), txt2img 64 x 32, otherwise
+                         the t2i settings; vpred_latent.f32 [4, 4, 8] (final latent) and
+                         vpred_image_u8.bin [32, 64, 3]
+
 Run (deterministic; rerunning gives identical files):
 
     pip download --no-deps open_clip_torch   # ships bpe_simple_vocab_16e6.txt.gz
