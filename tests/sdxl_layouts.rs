@@ -967,3 +967,51 @@ fn batch_of_two_writes_numbered_files_and_starts_with_the_single_image() {
     eprintln!("batch image 2 vs 1: u8 worst {worst}, {n} differ");
     assert!(n > first.len() / 2, "{worst} {n}");
 }
+
+/// ComfyUI also reads a `ztsnr` key, next to `v_pred` only (NoobAI-style zero-terminal-SNR
+/// v-prediction checkpoints): the schedule is rescaled to zero terminal SNR (sigma_max
+/// 4518.76 instead of 14.61). `ztsnr` without `v_pred` changes nothing, as in ComfyUI. The
+/// rescaled table itself is checked against ComfyUI and diffusers in src/sampling/schedule.rs.
+#[test]
+fn ztsnr_key_rescales_v_prediction_schedules_only() {
+    static BOTH: OnceLock<PathBuf> = OnceLock::new();
+    static ZTSNR: OnceLock<PathBuf> = OnceLock::new();
+    let unet_with = |cell, name, keys: &'static [&'static str]| {
+        once(cell, name, move |p| {
+            let mut t = component(UNET);
+            t.extend(keys.iter().map(|k| (k.to_string(), vec![], vec![0.0])));
+            write(p, &t, St::F32)
+        })
+    };
+    let opts = RunOptions {
+        threads: THREADS,
+        ..RunOptions::default()
+    };
+    for (unet, v, sigma_max) in [
+        (
+            unet_with(&BOTH, "unet_vpred_ztsnr.safetensors", &["v_pred", "ztsnr"]),
+            true,
+            4518.76,
+        ),
+        (
+            unet_with(&ZTSNR, "unet_ztsnr.safetensors", &["ztsnr"]),
+            false,
+            14.6146,
+        ),
+    ] {
+        let files = SdxlFiles {
+            model: unet.clone(),
+            clip_l: Some(clip_l_file()),
+            clip_g: Some(clip_g_file()),
+            vae: Some(vae_file(St::F32)),
+            loras: Vec::new(),
+        };
+        let (got_v, got_max) = sdxl::with_models(&files, &opts, &mut |_| {}, |m, _| {
+            Ok((m.v_prediction(), m.sampling().sigma_max()))
+        })
+        .unwrap();
+        eprintln!("{}: v {got_v}, sigma_max {got_max}", unet.display());
+        assert_eq!(got_v, v);
+        assert!((got_max - sigma_max).abs() < 1e-3 * sigma_max, "{got_max}");
+    }
+}
