@@ -189,6 +189,7 @@ struct Stores {
     clip_g: Source,
     vae: Source,
     v_prediction: bool,
+    zero_terminal_snr: bool,
 }
 
 /// The component files of a diffusers folder (`unet/`, `text_encoder/`, ...).
@@ -244,12 +245,15 @@ fn component_prefix(store: &WeightStore, wanted: Architecture) -> Option<String>
     None
 }
 
-fn v_prediction(store: &WeightStore) -> bool {
-    match &store.detection().config {
-        ArchConfig::SdxlUnet(c) => c.v_pred,
-        ArchConfig::SdxlCheckpoint(c) => c.unet.as_ref().is_some_and(|u| u.v_pred),
-        _ => false,
-    }
+/// (v-prediction, zero terminal SNR) from the `v_pred` / `ztsnr` keys, as ComfyUI's
+/// `SDXL.model_type` reads them: `ztsnr` counts only next to `v_pred`.
+fn v_prediction(store: &WeightStore) -> (bool, bool) {
+    let unet = match &store.detection().config {
+        ArchConfig::SdxlUnet(c) => Some(c),
+        ArchConfig::SdxlCheckpoint(c) => c.unet.as_ref(),
+        _ => None,
+    };
+    unet.map_or((false, false), |u| (u.v_pred, u.v_pred && u.ztsnr))
 }
 
 impl Stores {
@@ -272,7 +276,7 @@ impl Stores {
                 wanted: "an SDXL checkpoint or UNet",
             });
         };
-        let v_prediction = v_prediction(main);
+        let (v_prediction, zero_terminal_snr) = v_prediction(main);
         let unet = Source {
             store: 0,
             prefix: unet_prefix,
@@ -340,6 +344,7 @@ impl Stores {
             clip_g,
             vae,
             v_prediction,
+            zero_terminal_snr,
         })
     }
 
@@ -462,7 +467,12 @@ pub fn with_models<R>(
             vae.config().latent_channels
         )));
     }
-    let schedule = DiscreteSchedule::sdxl().with_v_prediction(stores.v_prediction);
+    let schedule = if stores.zero_terminal_snr {
+        DiscreteSchedule::sdxl_zero_terminal_snr()
+    } else {
+        DiscreteSchedule::sdxl()
+    }
+    .with_v_prediction(stores.v_prediction);
     let mut models = SdxlModels {
         clip_l,
         clip_g,
@@ -476,6 +486,7 @@ pub fn with_models<R>(
     tracing::info!(
         seconds = t0.elapsed().as_secs_f64(),
         v_prediction = stores.v_prediction,
+        zero_terminal_snr = stores.zero_terminal_snr,
         "stage 1 models loaded"
     );
     f(&mut models, events)

@@ -102,23 +102,60 @@ impl DiscreteSchedule {
     }
 
     fn build(beta_start: f64, beta_end: f64, timesteps: usize) -> Self {
+        Self::from_sigmas(&Self::sigmas_f64(beta_start, beta_end, timesteps))
+    }
+
+    /// The float64 sigma table of a scaled-linear schedule (before ComfyUI's `.float()`).
+    fn sigmas_f64(beta_start: f64, beta_end: f64, timesteps: usize) -> Vec<f64> {
         // comfy/ldm/modules/diffusionmodules/util.py make_beta_schedule("linear"), in float64.
         let roots = torch_linspace_f64(beta_start.powf(0.5), beta_end.powf(0.5), timesteps);
         let mut cumprod = 1.0f64;
-        let mut sigmas = Vec::with_capacity(timesteps);
-        let mut log_sigmas = Vec::with_capacity(timesteps);
-        for r in roots {
-            let beta = r * r;
-            cumprod *= 1.0 - beta;
-            let sigma = ((1.0 - cumprod) / cumprod).sqrt();
-            sigmas.push(sigma as f32);
-            log_sigmas.push(sigma.ln() as f32);
-        }
+        roots
+            .into_iter()
+            .map(|r| {
+                cumprod *= 1.0 - r * r;
+                ((1.0 - cumprod) / cumprod).sqrt()
+            })
+            .collect()
+    }
+
+    fn from_sigmas(sigmas: &[f64]) -> Self {
         Self {
-            sigmas,
-            log_sigmas,
+            sigmas: sigmas.iter().map(|&s| s as f32).collect(),
+            log_sigmas: sigmas.iter().map(|&s| s.ln() as f32).collect(),
             v_prediction: false,
         }
+    }
+
+    /// SDXL rescaled to zero terminal SNR (ComfyUI's `zsnr`, set by a `ztsnr` key next to
+    /// `v_pred` in NoobAI-style checkpoints; Lin et al. 2023): `sqrt(alphas_cumprod)` shifted so
+    /// the last timestep is 0 and scaled so the first keeps its value, the last alphas_cumprod
+    /// then set to 4.8973451890853435e-08 (sigma_max ~4518.9 instead of 14.6), in float64 as
+    /// `rescale_zero_terminal_snr_sigmas` (comfy/model_sampling.py) does. v-prediction is kept
+    /// as it is (ComfyUI applies zsnr to v-prediction models only).
+    pub fn sdxl_zero_terminal_snr() -> Self {
+        let sigmas = Self::sigmas_f64(0.00085, 0.012, 1000);
+        let sqrt_ac: Vec<f64> = sigmas
+            .iter()
+            .map(|s| (1.0 / (s * s + 1.0)).sqrt())
+            .collect();
+        let (first, last) = (sqrt_ac[0], sqrt_ac[sqrt_ac.len() - 1]);
+        let scale = first / (first - last);
+        let n = sqrt_ac.len();
+        let rescaled: Vec<f64> = sqrt_ac
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let ac = if i + 1 == n {
+                    4.897_345_189_085_343_5e-8
+                } else {
+                    let a = (a - last) * scale;
+                    a * a
+                };
+                ((1.0 - ac) / ac).sqrt()
+            })
+            .collect();
+        Self::from_sigmas(&rescaled)
     }
 
     /// Marks the model as v-prediction (Illustrious/NoobAI v-pred checkpoints).
@@ -585,6 +622,58 @@ mod tests {
         assert_eq!(d.sigma_to_timestep(d.sigma_max()), 999);
         assert_eq!(d.sigma_to_timestep(d.sigma_min()), 0);
         assert!((d.timestep_to_sigma(999.0) - d.sigma_max()).abs() < 1e-5);
+    }
+
+    /// Against ComfyUI's `rescale_zero_terminal_snr_sigmas` on its float64 SDXL table, then
+    /// `.float()` (values computed with torch), and diffusers' `rescale_betas_zero_snr=True`
+    /// (float32 betas, so ~2e-5 apart; diffusers also sets the last alphas_cumprod to 2^-24,
+    /// sigma 4096, where ComfyUI has 4.897e-8, sigma 4518.76).
+    #[test]
+    fn zero_terminal_snr_matches_comfyui_and_diffusers() {
+        let d = DiscreteSchedule::sdxl_zero_terminal_snr().with_v_prediction(true);
+        let idx = [0usize, 1, 2, 100, 500, 900, 990, 998, 999];
+        let comfy = [
+            0.029_167_158_529_162_407,
+            0.042_067_565_023_899_08,
+            0.051_909_390_836_954_12,
+            0.357_350_260_019_302_37,
+            1.774_557_471_275_329_6,
+            18.351_919_174_194_336,
+            245.954_559_326_171_88,
+            2_254.238_037_109_375,
+            4_518.763_671_875,
+        ];
+        let diffusers = [
+            0.029_167_533_165_554_22,
+            0.042_066_957_481_341_975,
+            0.051_909_307_868_927_05,
+            0.357_350_645_285_608_8,
+            1.774_558_176_347_716_7,
+            18.351_925_732_279_11,
+            245.954_576_794_931_65,
+            2_254.194_851_010_114,
+        ];
+        for (k, &i) in idx.iter().enumerate() {
+            let got = f64::from(d.sigmas()[i]);
+            assert!(
+                (got - comfy[k]).abs() <= 1e-6 * comfy[k],
+                "{i}: {got} vs {}",
+                comfy[k]
+            );
+            if let Some(&want) = diffusers.get(k) {
+                assert!(
+                    (got - want).abs() <= 5e-5 * want,
+                    "{i}: {got} vs diffusers {want}"
+                );
+            }
+        }
+        assert_eq!(d.sigma_max(), d.sigmas()[999]);
+        assert_eq!(d.sigma_to_timestep(d.sigma_max()), 999);
+        assert!(d.is_v_prediction());
+        // The first sigma keeps its value; the plain table is not rescaled.
+        let plain = DiscreteSchedule::sdxl();
+        assert!((d.sigma_min() - plain.sigma_min()).abs() < 1e-7);
+        assert!(plain.sigma_max() < 15.0);
     }
 
     #[test]

@@ -215,3 +215,12 @@ pub fn recipe_tensors(list: &serde_json::Value) -> Vec<(String, Vec<u64>, Vec<f3
         })
         .collect()
 }
+
+/// [`write_safetensors`] for owned (name, shape, values) triples.
+pub fn write_tensors(path: &Path, tensors: &[(String, Vec<u64>, Vec<f32>)], ty: St) {
+    let refs: Vec<(&str, Vec<u64>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
+    write_safetensors(path, &refs, ty);
+}

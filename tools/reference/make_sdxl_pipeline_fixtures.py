@@ -90,6 +90,18 @@ Files (raw little-endian f32, row-major; all listed in index.json with their sha
                                                encoded + noise * sigma(499)
   i2i_step{i}.f32 [4, 4, 8], i2i_decoded.f32 [3, 32, 64] (uint8 image: as for t2i)
 
+For tests/sdxl_layouts.rs (own files, so the ones above stay byte-identical):
+  diffusers_names.json   per file of a diffusers folder (unet/, text_encoder/, text_encoder_2/,
+                         vae/), [diffusers name, ldm name without prefix, how?] for every tensor:
+                         the maps checked above against diffusers' converters, so a test can
+                         write the folder (and ComfyUI's HF-named clip_g.safetensors) without
+                         our own name map. how: "squeeze" [o, i, 1, 1] -> [o, i], "T"
+                         transpose, "slice K/N" part K of N of a fused q/k/v; absent: a copy.
+  vpred.json             the same model as v-prediction (prediction_type="v_prediction"; in
+                         ComfyUI a `v_pred` key in the checkpoint), txt2img 64 x 32, otherwise
+                         the t2i settings; vpred_latent.f32 [4, 4, 8] (final latent) and
+                         vpred_image_u8.bin [32, 64, 3]
+
 Run (deterministic; rerunning gives identical files):
 
     pip download --no-deps open_clip_torch   # ships bpe_simple_vocab_16e6.txt.gz
@@ -681,8 +693,102 @@ def main():
     assert json.loads(text)["tensors"] == tensors
     with open(OUT / "index.json", "w") as f:
         f.write(text)
+
+    # ---- extensions for tests/sdxl_layouts.rs (separate files: the ones above are unchanged) ----
+    write_diffusers_names(unet, vae, clip_l, clip_g)
+    write_vpred(components, sched_cfg)
+
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"{OUT}: {total / 1024:.0f} KiB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Extensions: the diffusers folder layout and a v-prediction run
+# ---------------------------------------------------------------------------------------------
+HOW_CODES = {"same": None, "conv1x1": "squeeze", "T": "T"}
+
+
+def write_diffusers_names(unet, vae, clip_l, clip_g):
+    """diffusers_names.json: for each file of a diffusers folder, [diffusers name, ldm name
+    without the checkpoint prefix, how?] per tensor, so that a test can write the folder from
+    the ldm tensors without our own name map. The maps are the ones build_models() checked
+    value by value against diffusers' converters (convert_ldm_unet_checkpoint, ...), i.e. what
+    those converters produce. `how` (left out for a plain copy) turns the ldm tensor into the
+    diffusers one: "squeeze" ([o, i, 1, 1] -> [o, i]), "T" (transpose), "slice K/N" (rows of
+    part K of N of a fused q/k/v). CLIP-L names get back the `text_model.` prefix that
+    transformers 5 leaves out of its state dict but HF files (and text_encoder/) carry."""
+    files = [
+        ("unet/diffusion_pytorch_model.safetensors", UNET_P, unet_map(unet.state_dict(), UNET_CONFIG)),
+        ("text_encoder/model.safetensors", CLIP_L_P, clip_l_map(clip_l.state_dict())),
+        ("text_encoder_2/model.safetensors", CLIP_G_P, clip_g_map(clip_g.state_dict())),
+        ("vae/diffusion_pytorch_model.safetensors", VAE_P, vae_map(vae.state_dict(), VAE_CONFIG)),
+    ]
+    out = {
+        "about": "diffusers folder names -> ldm single-file names (tools/reference/make_sdxl_pipeline_fixtures.py)",
+        "model_index": {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.42.1"},
+        "files": [],
+    }
+    for path, prefix, m in files:
+        rows = []
+        for dn, (ln, how) in sorted(m.items()):
+            assert ln.startswith(prefix), ln
+            if path.startswith("text_encoder/") and not dn.startswith("text_model."):
+                dn = "text_model." + dn
+            row = [dn, ln[len(prefix):]]
+            if isinstance(how, tuple):
+                row.append(f"slice {how[1]}/{how[2]}")
+            elif HOW_CODES[how] is not None:
+                row.append(HOW_CODES[how])
+            rows.append(row)
+        out["files"].append({"path": path, "ldm_prefix": prefix, "tensors": rows})
+    text = json.dumps(out, separators=(",", ":"))
+    text = text.replace('],["', '],\n["')  # one tensor per line
+    with open(OUT / "diffusers_names.json", "w") as f:
+        f.write(text + "\n")
+    print("diffusers_names.json:", sum(len(f["tensors"]) for f in out["files"]), "tensors")
+
+
+def write_vpred(components, sched_cfg):
+    """vpred.json: the same tiny model run as a v-prediction model (diffusers'
+    EulerDiscreteScheduler(prediction_type="v_prediction"); ComfyUI: a `v_pred` key in the
+    checkpoint selects ModelType.V_PREDICTION, without `ztsnr` no zero-terminal-SNR rescale),
+    txt2img 64 x 32, otherwise the t2i settings (trailing = "simple", euler, cfg 5, seed 42,
+    ComfyUI's noise scaling). Records the final latent and diffusers' uint8 image."""
+    cfg = {**sched_cfg, "prediction_type": "v_prediction"}
+    pipe = StableDiffusionXLPipeline(**{**components, "scheduler": EulerDiscreteScheduler(**cfg)},
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    w, h, steps_n, cfg_scale = 64, 32, 4, 5.0
+    sched = pipe.scheduler
+    sched.set_timesteps(steps_n)
+    smax = float(sched.sigmas[0])
+    noise = torch.randn([1, 4, h // 8, w // 8], generator=torch.manual_seed(SEED))
+    latents = noise * math.sqrt(1 + smax * smax) / sched.init_noise_sigma
+    steps = []
+
+    def on_step(p, i, t, kw):
+        steps.append(kw["latents"].clone())
+        return {}
+
+    with torch.no_grad():
+        res = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, width=w, height=h, num_inference_steps=steps_n,
+                   guidance_scale=cfg_scale, latents=latents, output_type="np",
+                   callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
+    decoded = decoded_check(pipe.vae, steps[-1], res.images)
+    u8, _ = to_u8(res.images[0])
+    vp = {
+        "width": w, "height": h, "steps": steps_n, "cfg": cfg_scale, "seed": SEED,
+        "sampler": "euler", "scheduler": "simple", "prediction_type": "v_prediction",
+        "sigmas": [float(s) for s in sched.sigmas],
+        "latent": write("vpred_latent.f32", steps[-1][0]),
+        "image_u8": write_u8("vpred_image_u8.bin", u8),
+    }
+    print("vpred final latent std", float(steps[-1].std()), "decoded min/max", float(decoded.min()),
+          float(decoded.max()))
+    text = json.dumps(vp, indent=1)
+    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    with open(OUT / "vpred.json", "w") as f:
+        f.write(text + "\n")
 
 
 if __name__ == "__main__":

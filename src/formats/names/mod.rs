@@ -816,7 +816,7 @@ fn resolve(
         }
         Family::Unet => {
             let shapes = canonical_shapes(entries, ctx, Architecture::SdxlUnet, layout, prefix);
-            let cfg = sdxl::unet_config(&shapes, meta.v_pred);
+            let cfg = sdxl::unet_config(&shapes, meta.v_pred, meta.ztsnr);
             Resolved {
                 arch: Architecture::SdxlUnet,
                 summary: sdxl::unet_summary(&cfg),
@@ -883,6 +883,7 @@ struct Meta<'a> {
     orig_shapes: HashMap<&'a str, Vec<u64>>,
     t5_heads: Option<u64>,
     v_pred: bool,
+    ztsnr: bool,
 }
 
 impl<'a> Meta<'a> {
@@ -892,6 +893,7 @@ impl<'a> Meta<'a> {
             orig_shapes: HashMap::new(),
             t5_heads: None,
             v_pred: false,
+            ztsnr: false,
         };
         for (k, v) in metadata {
             if k == "general.architecture" {
@@ -927,6 +929,7 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
         })
         .collect();
     meta.v_pred = entries.iter().any(|e| e.name == "v_pred");
+    meta.ztsnr = entries.iter().any(|e| e.name == "ztsnr");
     let hint = meta.hint.map(str::to_string);
 
     let unknown = |summary: String| Detection {

@@ -226,6 +226,9 @@ pub struct UnetConfig {
     pub linear_projection: Option<bool>,
     /// The file has a `v_pred` key (Illustrious / NoobAI v-prediction checkpoints).
     pub v_pred: bool,
+    /// The file has a `ztsnr` key: with `v_pred`, ComfyUI rescales the schedule to zero
+    /// terminal SNR (comfy/supported_models.py SDXL.model_type).
+    pub ztsnr: bool,
 }
 
 #[derive(Default)]
@@ -235,7 +238,7 @@ struct Level {
     depth: usize,
 }
 
-pub(crate) fn unet_config(s: &Shapes, v_pred: bool) -> UnetConfig {
+pub(crate) fn unet_config(s: &Shapes, v_pred: bool, ztsnr: bool) -> UnetConfig {
     let model_channels = s.dim("input_blocks.0.0.weight", 0);
     let mut levels: Vec<Level> = vec![Level::default()];
     for k in s.indices("input_blocks.") {
@@ -289,6 +292,7 @@ pub(crate) fn unet_config(s: &Shapes, v_pred: bool) -> UnetConfig {
         time_embed_dim: s.dim("time_embed.0.weight", 0),
         linear_projection,
         v_pred,
+        ztsnr,
     }
 }
 
@@ -314,6 +318,9 @@ pub(crate) fn unet_summary(c: &UnetConfig) -> String {
     }
     if c.v_pred {
         s.push_str(", v-prediction");
+        if c.ztsnr {
+            s.push_str(", zero terminal SNR");
+        }
     }
     s
 }
