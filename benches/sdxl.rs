@@ -15,7 +15,8 @@
 //! blocks per decoder level) in F16, as it is stored in checkpoints.
 //!
 //! `--steps N` is the number of timed forwards per case after the first (cold) one, which also
-//! builds and allocates the graph; a CFG step is two batch-1 forwards. Peak RSS counts the
+//! builds and allocates the graph (none when the first took over 3 minutes; the first's compute
+//! time, less the graph build, is then reported); a CFG step is two batch-1 forwards. Peak RSS counts the
 //! weights' mapped pages as well as anonymous memory (the compute buffer); peak anonymous
 //! memory is reported apart. Results on stdout, progress on stderr. Prints figures; asserts
 //! nothing. Files go to a temp dir (`TMPDIR`), about 5 GiB for the F16 UNet plus one converted
@@ -42,6 +43,8 @@ const SHAPES: &str = "tests/fixtures/unet_sdxl/sdxl_shapes.json";
 /// CLIP-L + OpenCLIP-G hidden states concatenated: 77 tokens of 768 + 1280.
 const TOKENS: usize = 77;
 const CONTEXT_DIM: usize = 2048;
+/// First forwards longer than this are not repeated.
+const LONG_FORWARD_S: f64 = 180.0;
 
 // ---------------------------------------------------------------------------------------------
 // Arguments
@@ -506,6 +509,12 @@ fn bench_unet(
             *attention = Some(best.1);
         }
         let a = attention.unwrap_or_default();
+        // Drop any graph cached by the comparison above, so that the first timed forward
+        // builds and allocates its graph inside the memory window.
+        unet.set_attention(match a {
+            UnetAttention::Flash => UnetAttention::MulMat,
+            UnetAttention::MulMat => UnetAttention::Flash,
+        });
         unet.set_attention(a);
         let mem = PeakMemory::start();
         eprintln!(
@@ -518,7 +527,14 @@ fn bench_unet(
         let (build_s, compute_bytes) = t1.build.unwrap_or((0.0, 0));
         eprintln!("[{ty} {res}]   {first:.1} s (graph build+alloc {build_s:.3} s)");
         let mut forwards = Vec::new();
-        for i in 0..args.steps {
+        // A forward of more than 3 minutes is timed once: its cold cost is mostly compute.
+        let steps = if first > LONG_FORWARD_S {
+            eprintln!("[{ty} {res}]   over {LONG_FORWARD_S} s: no further forwards");
+            0
+        } else {
+            args.steps
+        };
+        for i in 0..steps {
             eprintln!("[{ty} {res}] forward {}/{}", i + 2, args.steps + 1);
             let t = timed_forward(&mut unet, built, inputs, &latent, side)?;
             let s = t.secs;
