@@ -117,7 +117,7 @@ pub struct ImageArgs {
     pub vae_tile: Option<u32>,
 }
 
-fn parse_lora(s: &str) -> Result<(PathBuf, f32), String> {
+pub(super) fn parse_lora(s: &str) -> Result<(PathBuf, f32), String> {
     crate::lora::parse_lora_spec(s).map_err(|e| e.to_string())
 }
 
@@ -133,11 +133,11 @@ fn parse_pair(s: &str) -> Result<(u32, u32), String> {
     Ok((num(a)?, num(b)?))
 }
 
-fn parse_sampler(s: &str) -> Result<SamplerKind, String> {
+pub(super) fn parse_sampler(s: &str) -> Result<SamplerKind, String> {
     s.parse::<SamplerKind>().map_err(|e| e.to_string())
 }
 
-fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
+pub(super) fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
     s.parse::<Scheduler>().map_err(|e| e.to_string())
 }
 

@@ -6,6 +6,7 @@ mod devices;
 mod image;
 mod info;
 pub mod progress;
+mod video;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Draw a still with an SDXL-family model (SDXL, Illustrious, AnimagineXL, NoobAI).
     Image(Box<image::ImageArgs>),
+    /// Animate a still with Wan2.1 image-to-video (or text-to-video with a T2V model).
+    Video(Box<video::VideoArgs>),
     /// List the compute devices of this build (CPU; CUDA GPUs) with free and total memory.
     Devices(devices::DevicesArgs),
 }
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(args) => info::run(args),
         Command::Devices(args) => devices::run(args),
         Command::Image(args) => image::run(*args, quiet),
+        Command::Video(args) => video::run(*args, quiet),
     }
 }
 

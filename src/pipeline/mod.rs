@@ -2,6 +2,7 @@
 //! (text encoders, sampler over the denoiser, VAE), with progress reported to the caller.
 
 pub mod sdxl;
+pub mod wan;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,9 +45,19 @@ pub enum PipelineError {
     #[error(transparent)]
     Vae(#[from] VaeError),
     #[error(transparent)]
+    Umt5(#[from] crate::models::Umt5Error),
+    #[error(transparent)]
+    ClipVision(#[from] crate::models::ClipVisionError),
+    #[error(transparent)]
+    WanDit(#[from] crate::models::WanDitError),
+    #[error(transparent)]
+    WanVae(#[from] crate::models::WanVaeError),
+    #[error(transparent)]
     Sampling(#[from] SamplingError),
     #[error(transparent)]
     Media(#[from] MediaError),
+    #[error(transparent)]
+    Video(#[from] crate::media::video::VideoError),
     #[error(transparent)]
     Ggml(#[from] GgmlError),
     #[error("stopped by the user")]
@@ -128,4 +139,38 @@ pub(crate) fn describe(arch: Architecture, summary: &str) -> String {
     } else {
         format!("{} ({summary})", arch.name())
     }
+}
+
+/// An RGB8 image given as input (img2img, or the first frame of a video).
+#[derive(Clone, Debug)]
+pub struct InitImage {
+    pub rgb: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// 8-bit RGB (HWC) of a decoded [3, H, W] image in [-1, 1], rounded half to even like
+/// diffusers' `numpy_to_pil` (ComfyUI's SaveImage truncates instead: at most 1 lower).
+pub fn to_rgb8(decoded: &[f32], width: usize, height: usize) -> Vec<u8> {
+    let plane = width * height;
+    let mut rgb = vec![0u8; plane * 3];
+    for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
+        for (c, v) in px.iter_mut().enumerate() {
+            let x = (decoded[c * plane + i] / 2.0 + 0.5).clamp(0.0, 1.0);
+            *v = (x * 255.0).round_ties_even() as u8;
+        }
+    }
+    rgb
+}
+
+/// An RGB8 image (HWC) as [3, H, W] in [-1, 1], the VAE encoder's input.
+pub fn from_rgb8(rgb: &[u8], width: usize, height: usize) -> Vec<f32> {
+    let plane = width * height;
+    let mut out = vec![0f32; plane * 3];
+    for (i, px) in rgb.chunks_exact(3).enumerate().take(plane) {
+        for c in 0..3 {
+            out[c * plane + i] = f32::from(px[c]) / 255.0 * 2.0 - 1.0;
+        }
+    }
+    out
 }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{describe, Event, PipelineError, RunOptions, Timings};
+pub use super::{from_rgb8, to_rgb8, InitImage};
 use crate::formats::names::{ArchConfig, Architecture, SDXL_CHECKPOINT_PREFIXES};
 use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
@@ -134,14 +135,6 @@ impl Default for SdxlRequest {
             size_cond: None,
         }
     }
-}
-
-/// An RGB8 image given as img2img input.
-#[derive(Clone, Debug)]
-pub struct InitImage {
-    pub rgb: Vec<u8>,
-    pub width: u32,
-    pub height: u32,
 }
 
 /// The text conditioning of one prompt.
@@ -606,31 +599,6 @@ fn repeat_context(context: &[f32], k: usize) -> Vec<f32> {
     out
 }
 
-/// 8-bit RGB (HWC) of a decoded [3, H, W] image in [-1, 1], rounded like diffusers.
-pub fn to_rgb8(decoded: &[f32], width: usize, height: usize) -> Vec<u8> {
-    let plane = width * height;
-    let mut rgb = vec![0u8; plane * 3];
-    for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
-        for (c, v) in px.iter_mut().enumerate() {
-            let x = (decoded[c * plane + i] / 2.0 + 0.5).clamp(0.0, 1.0);
-            *v = (x * 255.0).round() as u8;
-        }
-    }
-    rgb
-}
-
-/// An RGB8 image (HWC) as [3, H, W] in [-1, 1], the VAE encoder's input.
-pub fn from_rgb8(rgb: &[u8], width: usize, height: usize) -> Vec<f32> {
-    let plane = width * height;
-    let mut out = vec![0f32; plane * 3];
-    for (i, px) in rgb.chunks_exact(3).enumerate().take(plane) {
-        for c in 0..3 {
-            out[c * plane + i] = f32::from(px[c]) / 255.0 * 2.0 - 1.0;
-        }
-    }
-    out
-}
-
 impl<'w> SdxlModels<'w> {
     /// Whether the UNet predicts v (a `v_pred` checkpoint).
     pub fn v_prediction(&self) -> bool {
@@ -690,8 +658,9 @@ impl<'w> SdxlModels<'w> {
         })
     }
 
-    /// The denoised prediction (CFG applied) for the batch latent `x` at `sigma`, as the
-    /// samplers see the model.
+    /// The raw UNet output (eps or v, no CFG) for one image's latent `x` (already scaled by
+    /// c_in) at the model `timestep`, with `cond`'s context and the added condition built from
+    /// its pooled vector and `time_ids`.
     pub fn unet_forward(
         &mut self,
         x: &[f32],

@@ -1,0 +1,285 @@
+//! `nijigen video`: stage 2 alone, a Wan2.1 clip from a still (I2V) or from text (T2V model).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::human_bytes;
+use super::image::{check_device, explain, random_seed};
+use super::progress::{Progress, Summary};
+use crate::media::video::{
+    write_sidecar_json, FrameDirWriter, VideoMetadata, VideoOptions, VideoWriter,
+};
+use crate::pipeline::wan::{self, WanFiles, WanRequest, DEFAULT_FPS};
+use crate::pipeline::{InitImage, RunOptions};
+use crate::sampling::{SamplerKind, Scheduler};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example (12 GB card, city96 GGUF files):\n  \
+    nijigen video --model wan2.1-i2v-14b-480p-Q4_K_M.gguf --t5 umt5-xxl-encoder-Q8_0.gguf \\\n    \
+    --clip-vision clip_vision_h.safetensors --vae wan_2.1_vae.safetensors \\\n    \
+    -i still.png -p 'she turns her head and smiles, hair blowing in the wind' -o clip.mp4")]
+pub struct VideoArgs {
+    /// Wan2.1 DiT: GGUF (any quant), ComfyUI .safetensors, or a diffusers folder.
+    #[arg(long, short = 'm', value_name = "FILE", help_heading = "Models")]
+    pub model: PathBuf,
+    /// umT5-XXL encoder: GGUF (tokenizer inside) or safetensors (with --t5-tokenizer).
+    #[arg(long, value_name = "FILE", help_heading = "Models")]
+    pub t5: Option<PathBuf>,
+    /// Tokenizer for a umT5 file without one: tokenizer.json or spiece.model.
+    #[arg(long, value_name = "FILE", help_heading = "Models")]
+    pub t5_tokenizer: Option<PathBuf>,
+    /// CLIP vision H (clip_vision_h.safetensors), for I2V models.
+    #[arg(long, value_name = "FILE", help_heading = "Models")]
+    pub clip_vision: Option<PathBuf>,
+    /// Wan2.1 VAE (wan_2.1_vae.safetensors or the diffusers VAE).
+    #[arg(long, value_name = "FILE", help_heading = "Models")]
+    pub vae: Option<PathBuf>,
+    /// LoRA FILE[:WEIGHT] for the DiT (PEFT, kohya, ComfyUI diff), repeatable.
+    #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = super::image::parse_lora, help_heading = "Models")]
+    pub lora: Vec<(PathBuf, f32)>,
+
+    /// The first frame (I2V models).
+    #[arg(long, short = 'i', value_name = "FILE", help_heading = "Prompt")]
+    pub image: Option<PathBuf>,
+    /// The motion: what happens in the clip.
+    #[arg(long, short = 'p', default_value = "", help_heading = "Prompt")]
+    pub prompt: String,
+    /// What to avoid (default: Wan's official negative prompt).
+    #[arg(long, short = 'n', help_heading = "Prompt")]
+    pub negative_prompt: Option<String>,
+
+    /// Width (multiple of 16; default 832, or the image's aspect at about 480p).
+    #[arg(long, short = 'W', help_heading = "Video")]
+    pub width: Option<u32>,
+    /// Height (multiple of 16; default 480, or the image's aspect at about 480p).
+    #[arg(long, short = 'H', help_heading = "Video")]
+    pub height: Option<u32>,
+    /// Frames, 4n + 1 (81 = 5 s at 16 fps).
+    #[arg(long, default_value_t = 81, help_heading = "Video")]
+    pub frames: usize,
+    /// Frames per second of the output file.
+    #[arg(long, default_value_t = DEFAULT_FPS, help_heading = "Video")]
+    pub fps: u32,
+
+    /// Sampling steps (4-8 with a distill LoRA such as lightx2v, with --cfg 1).
+    #[arg(long, default_value_t = 30, help_heading = "Sampling")]
+    pub steps: usize,
+    /// Classifier-free guidance (1 = no negative pass, twice as fast).
+    #[arg(long, default_value_t = 5.0, help_heading = "Sampling")]
+    pub cfg: f32,
+    /// Flow shift (default 3.0 up to 480p, 5.0 above).
+    #[arg(long, help_heading = "Sampling")]
+    pub shift: Option<f64>,
+    /// Sampler: uni_pc (official), euler, dpmpp_2m, ...
+    #[arg(long, default_value = "uni_pc", value_parser = super::image::parse_sampler, help_heading = "Sampling")]
+    pub sampler: SamplerKind,
+    /// Scheduler: simple, normal, ...
+    #[arg(long, default_value = "simple", value_parser = super::image::parse_scheduler, help_heading = "Sampling")]
+    pub scheduler: Scheduler,
+    /// Seed (default: random, printed).
+    #[arg(long, help_heading = "Sampling")]
+    pub seed: Option<u64>,
+
+    /// Output video: .mp4 (H.264), .webp or .gif (numbered if it exists, unless --overwrite).
+    #[arg(
+        long,
+        short = 'o',
+        default_value = "nijigen.mp4",
+        help_heading = "Output"
+    )]
+    pub output: PathBuf,
+    /// Also write every frame as DIR/frame_0000.png, ...
+    #[arg(long, value_name = "DIR", help_heading = "Output")]
+    pub frames_dir: Option<PathBuf>,
+    /// H.264 quantiser (0 best .. 51; 18-23 look clean on anime).
+    #[arg(long, default_value_t = 20, help_heading = "Output")]
+    pub qp: u8,
+    /// Replace existing files.
+    #[arg(long, help_heading = "Output")]
+    pub overwrite: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long, help_heading = "Output")]
+    pub json: bool,
+
+    /// Compute device: cpu (this version computes the models on the CPU).
+    #[arg(long, default_value = "cpu", help_heading = "Performance")]
+    pub device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long, short = 't', default_value_t = 0, help_heading = "Performance")]
+    pub threads: usize,
+}
+
+/// The generation parameters as stored in the MP4 metadata and the sidecar JSON.
+fn parameters_json(args: &VideoArgs, req: &WanRequest, shift: f64) -> String {
+    let name = |p: &PathBuf| {
+        p.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let v = serde_json::json!({
+        "prompt": req.prompt,
+        "negative_prompt": req.negative_prompt.clone().unwrap_or_else(|| wan::DEFAULT_NEGATIVE_PROMPT.into()),
+        "image": args.image.as_ref().map(name),
+        "model": name(&args.model),
+        "t5": args.t5.as_ref().map(name),
+        "clip_vision": args.clip_vision.as_ref().map(name),
+        "vae": args.vae.as_ref().map(name),
+        "loras": args.lora.iter().map(|(p, w)| serde_json::json!({"file": name(p), "weight": w})).collect::<Vec<_>>(),
+        "width": req.width,
+        "height": req.height,
+        "frames": req.frames,
+        "fps": args.fps,
+        "steps": req.steps,
+        "cfg": req.cfg,
+        "shift": shift,
+        "sampler": req.sampler.name(),
+        "scheduler": req.scheduler.name(),
+        "seed": req.seed,
+        "rng": "torch",
+        "version": crate::media::params::nijigen_version(),
+    });
+    v.to_string()
+}
+
+pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
+    check_device(&args.device)?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let image = match &args.image {
+        Some(path) => {
+            let (rgb, width, height) = crate::media::image::load_rgb(path)?;
+            Some(InitImage { rgb, width, height })
+        }
+        None => None,
+    };
+    let (dw, dh) = match &image {
+        Some(img) => wan::size_for_image(img.width, img.height),
+        None => (832, 480),
+    };
+    let req = WanRequest {
+        image,
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        width: args.width.unwrap_or(dw),
+        height: args.height.unwrap_or(dh),
+        frames: args.frames,
+        steps: args.steps,
+        cfg: args.cfg,
+        shift: args.shift,
+        sampler: args.sampler,
+        scheduler: args.scheduler,
+        seed,
+        keep_decoded: false,
+    };
+    wan::validate(&req).map_err(explain)?;
+    let shift = req
+        .shift
+        .unwrap_or_else(|| wan::default_shift(req.width, req.height));
+    let files = WanFiles {
+        model: args.model.clone(),
+        t5: args.t5.clone(),
+        t5_tokenizer: args.t5_tokenizer.clone(),
+        clip_vision: args.clip_vision.clone(),
+        vae: args.vae.clone(),
+        loras: args.lora.clone(),
+    };
+    let opts = RunOptions {
+        threads: args.threads,
+        cancel: Some(super::progress::cancel_flag()),
+    };
+    // Open the outputs first: a bad path fails before minutes of sampling.
+    let json = parameters_json(&args, &req, shift);
+    let meta = VideoMetadata {
+        title: args.prompt.chars().take(120).collect(),
+        comment: format!("nijigen video, seed {seed}"),
+        parameters_json: json.clone(),
+    };
+    let vopts = VideoOptions {
+        fps: args.fps,
+        qp: args.qp,
+        overwrite: args.overwrite,
+        ..VideoOptions::default()
+    };
+    let mut writer = VideoWriter::create(&args.output, req.width, req.height, &vopts, &meta)?;
+    let mut frames_dir = match &args.frames_dir {
+        Some(d) => Some(FrameDirWriter::create(
+            d,
+            req.width,
+            req.height,
+            args.overwrite,
+        )?),
+        None => None,
+    };
+    if !quiet && !args.json {
+        eprintln!(
+            "seed {seed}; {}x{}, {} frames, shift {shift}",
+            req.width, req.height, req.frames
+        );
+    }
+    let start = Instant::now();
+    let mut progress = Progress::new(quiet);
+    let result = wan::with_models(
+        &files,
+        req.image.is_some(),
+        &opts,
+        &mut |e| progress.event(e),
+        |m, events| {
+            m.generate(&req, events, &mut |_, rgb| {
+                writer.push_frame(rgb)?;
+                if let Some(d) = frames_dir.as_mut() {
+                    d.push_frame(rgb)?;
+                }
+                Ok(())
+            })
+        },
+    );
+    progress.finish();
+    let out = result.map_err(explain)?;
+    let path = writer.finish()?;
+    let sidecar = write_sidecar_json(&path, &json)?;
+    let mut outputs = vec![path.clone(), sidecar];
+    if let Some(d) = &frames_dir {
+        outputs.push(d.dir().to_path_buf());
+    }
+    let summary = Summary {
+        outputs,
+        seed,
+        timings: out.timings.clone(),
+        total_s: start.elapsed().as_secs_f64(),
+        peak_ram_bytes: super::progress::peak_rss_bytes(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string(&summary)?)?;
+    } else if !quiet {
+        writeln!(
+            stdout,
+            "wrote {} ({} frames)",
+            path.display(),
+            out.frames.len()
+        )?;
+        if let Some(d) = &frames_dir {
+            writeln!(
+                stdout,
+                "wrote {} frames to {}",
+                d.frames(),
+                d.dir().display()
+            )?;
+        }
+        let t = &out.timings;
+        writeln!(
+            stdout,
+            "seed {seed}; load {:.1} s, encode {:.1} s, sample {:.1} s, decode {:.1} s, \
+             total {:.1} s; peak RAM {}",
+            t.load_s,
+            t.encode_s,
+            t.sample_s,
+            t.decode_s,
+            summary.total_s,
+            summary.peak_ram_bytes.map_or("?".into(), human_bytes)
+        )?;
+    }
+    Ok(())
+}

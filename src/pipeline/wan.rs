@@ -1,0 +1,780 @@
+//! Stage 2: Wan2.1 image-to-video (and text-to-video with a T2V DiT), as the official code and
+//! ComfyUI run it.
+//!
+//! 1. **Files** ([`WanFiles`]): the DiT (city96 GGUF of any quant type, ComfyUI safetensors, or
+//!    a diffusers folder), umT5 (GGUF with its tokenizer in `tokenizer.ggml.*`, or safetensors
+//!    with `--t5-tokenizer`), CLIP vision H (I2V only) and the Wan VAE. Sizes from the weights.
+//! 2. **Text**: Wan's cleaning and the Unigram tokenizer (up to 511 pieces + `</s>`), umT5 over
+//!    the real tokens, the output zero-padded to 512 rows (official `T5EncoderModel`). With CFG
+//!    and no negative prompt, the official default negative prompt.
+//! 3. **Image** (I2V): the still fitted to the video size (center crop, Lanczos), CLIP vision
+//!    (224x224 bicubic, no crop; block 31 of 32, 257 tokens), and the condition
+//!    `y = [mask (4 ch, 1 on latent frame 0), normalise(VAE.encode([image, 0 x (F-1)]))]`.
+//! 4. **Sampling**: rectified flow, sigmas of the scheduler after `shift`, noise
+//!    `torch.randn([1, 16, T, h, w], generator=torch.manual_seed(seed))` (CPU), CFG on the
+//!    denoised predictions (ComfyUI), timestep = 1000 sigma. The DiT sees `[x, y]` (36 ch).
+//! 5. **Decode**: de-normalise, the VAE one latent frame at a time (frame 0 -> 1 frame, later
+//!    ones -> 4), frames handed out as they are decoded.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{describe, Event, PipelineError, RunOptions, Timings};
+pub use super::{from_rgb8, to_rgb8, InitImage};
+use crate::formats::names::Architecture;
+use crate::ggml::TensorSet;
+use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
+use crate::models::wan_vae::{denormalize, normalize, LATENTS_MEAN, LATENTS_STD};
+use crate::models::{ClipVision, Umt5Encoder, WanAttention, WanDit, WanVae};
+use crate::runtime::WeightStore;
+use crate::sampling::{
+    apply_cfg, comfy_sampler_noise, Denoiser, FlowSchedule, ModelSampling, Parameterization,
+    SamplerConfig, SamplerKind, Scheduler, TorchGenerator,
+};
+use crate::text::umt5::{Umt5Tokenizer, Umt5Tokens, TEXT_LEN};
+
+/// The official default negative prompt (Wan2.1 `wan/configs/shared_config.py`).
+pub const DEFAULT_NEGATIVE_PROMPT: &str = "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走";
+
+/// The 480p area (832 x 480): default sizes aim at it, and the default shift is 3.0 up to it,
+/// 5.0 above (Wan's 480p / 720p settings).
+pub const AREA_480P: u32 = 832 * 480;
+
+/// Frames per second of Wan2.1's training data (`sample_fps`).
+pub const DEFAULT_FPS: u32 = 16;
+
+/// The weight files of stage 2.
+#[derive(Clone, Debug, Default)]
+pub struct WanFiles {
+    /// The DiT: a GGUF / safetensors file or a diffusers folder (then the other components
+    /// default to its subfolders).
+    pub model: PathBuf,
+    pub t5: Option<PathBuf>,
+    /// tokenizer.json or spiece.model, for a umT5 file without tokenizer metadata.
+    pub t5_tokenizer: Option<PathBuf>,
+    pub clip_vision: Option<PathBuf>,
+    pub vae: Option<PathBuf>,
+    pub loras: Vec<(PathBuf, f32)>,
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct WanRequest {
+    /// The first frame (I2V); `None` with a T2V model.
+    pub image: Option<InitImage>,
+    pub prompt: String,
+    /// `None`: [`DEFAULT_NEGATIVE_PROMPT`].
+    pub negative_prompt: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    /// 4n + 1.
+    pub frames: usize,
+    pub steps: usize,
+    pub cfg: f32,
+    /// `None`: [`default_shift`].
+    pub shift: Option<f64>,
+    pub sampler: SamplerKind,
+    pub scheduler: Scheduler,
+    pub seed: u64,
+    /// Keep the decoded float video in [`WanOutput::decoded`] (tests; 4 bytes per value).
+    pub keep_decoded: bool,
+}
+
+impl Default for WanRequest {
+    fn default() -> Self {
+        WanRequest {
+            image: None,
+            prompt: String::new(),
+            negative_prompt: None,
+            width: 832,
+            height: 480,
+            frames: 81,
+            steps: 30,
+            cfg: 5.0,
+            shift: None,
+            sampler: SamplerKind::UniPc,
+            scheduler: Scheduler::Simple,
+            seed: 0,
+            keep_decoded: false,
+        }
+    }
+}
+
+/// Wan's shift for a `width` x `height` video: 3.0 up to the 480p area, 5.0 above.
+pub fn default_shift(width: u32, height: u32) -> f64 {
+    if u64::from(width) * u64::from(height) <= u64::from(AREA_480P) {
+        3.0
+    } else {
+        5.0
+    }
+}
+
+/// The video size for an image of `w` x `h`: its aspect at about the 480p area, sides
+/// multiples of 16.
+pub fn size_for_image(w: u32, h: u32) -> (u32, u32) {
+    if w == 0 || h == 0 {
+        return (832, 480);
+    }
+    let aspect = f64::from(w) / f64::from(h);
+    let height = (f64::from(AREA_480P) / aspect).sqrt();
+    let width = height * aspect;
+    let round16 = |v: f64| ((v / 16.0).round() as u32).max(1) * 16;
+    (round16(width), round16(height))
+}
+
+/// One finished video.
+#[derive(Clone, Debug)]
+pub struct WanOutput {
+    pub width: u32,
+    pub height: u32,
+    /// RGB8 HWC, one per frame.
+    pub frames: Vec<Vec<u8>>,
+    /// [3, F, H, W] in [-1, 1] when [`WanRequest::keep_decoded`].
+    pub decoded: Option<Vec<f32>>,
+    /// The final (normalised) latent [16, T, h, w].
+    pub latent: Vec<f32>,
+    pub seed: u64,
+    pub shift: f64,
+    pub timings: Timings,
+}
+
+/// Checks a request before anything is loaded.
+pub fn validate(req: &WanRequest) -> Result<(), PipelineError> {
+    let bad = |m: String| Err(PipelineError::Request(m));
+    if req.width == 0 || req.height == 0 || req.width % 16 != 0 || req.height % 16 != 0 {
+        return bad(format!(
+            "size {}x{}: width and height must be positive multiples of 16",
+            req.width, req.height
+        ));
+    }
+    if req.width > 4096 || req.height > 4096 {
+        return bad(format!(
+            "size {}x{}: at most 4096 per side",
+            req.width, req.height
+        ));
+    }
+    if req.frames == 0 || (req.frames - 1) % 4 != 0 {
+        let lo = (req.frames.saturating_sub(1) / 4) * 4 + 1;
+        return bad(format!(
+            "{} frames: Wan needs 4n + 1 frames (e.g. {lo} or {})",
+            req.frames,
+            lo + 4
+        ));
+    }
+    if req.frames > 1001 {
+        return bad(format!("{} frames: at most 1001", req.frames));
+    }
+    if req.steps == 0 || req.steps > 10_000 {
+        return bad(format!("{} steps: use 1 to 10000", req.steps));
+    }
+    if !req.cfg.is_finite() || req.cfg < 0.0 {
+        return bad(format!("cfg {}: must be a number >= 0", req.cfg));
+    }
+    if let Some(s) = req.shift {
+        if !(s.is_finite() && s > 0.0) {
+            return bad(format!("shift {s}: must be > 0"));
+        }
+    }
+    Ok(())
+}
+
+/// Where each component is.
+struct Stores {
+    dit: (PathBuf, WeightStore),
+    t5: (PathBuf, WeightStore),
+    clip: Option<(PathBuf, WeightStore)>,
+    vae: (PathBuf, WeightStore),
+    tokenizer: Umt5Tokenizer,
+}
+
+/// The component files of a diffusers Wan folder.
+fn diffusers_folder(dir: &Path, files: &mut WanFiles) -> Result<(), PipelineError> {
+    let pick = |sub: &str, stem: &str| -> Option<PathBuf> {
+        [
+            format!("{stem}.safetensors"),
+            format!("{stem}.safetensors.index.json"),
+        ]
+        .iter()
+        .map(|c| dir.join(sub).join(c))
+        .find(|p| p.is_file())
+    };
+    let Some(dit) = pick("transformer", "diffusion_pytorch_model") else {
+        return Err(PipelineError::MissingComponent {
+            what: format!(
+                "{}: a folder without transformer/diffusion_pytorch_model.safetensors",
+                dir.display()
+            ),
+            flag: "--model",
+        });
+    };
+    files.model = dit;
+    if files.t5.is_none() {
+        files.t5 = pick("text_encoder", "model");
+    }
+    if files.t5_tokenizer.is_none() {
+        files.t5_tokenizer = ["tokenizer.json", "spiece.model"]
+            .iter()
+            .map(|f| dir.join("tokenizer").join(f))
+            .find(|p| p.is_file());
+    }
+    if files.clip_vision.is_none() {
+        files.clip_vision = pick("image_encoder", "model");
+    }
+    if files.vae.is_none() {
+        files.vae = pick("vae", "diffusion_pytorch_model");
+    }
+    Ok(())
+}
+
+fn open_as(
+    path: &Path,
+    wanted: &[Architecture],
+    what: &'static str,
+) -> Result<(PathBuf, WeightStore), PipelineError> {
+    let store = WeightStore::open_path(path)?;
+    let d = store.detection();
+    if !wanted.contains(&d.architecture) {
+        return Err(PipelineError::WrongModel {
+            path: path.to_path_buf(),
+            found: describe(d.architecture, &d.summary),
+            wanted: what,
+        });
+    }
+    Ok((path.to_path_buf(), store))
+}
+
+impl Stores {
+    fn open(files: &WanFiles, needs_image: bool) -> Result<Stores, PipelineError> {
+        let mut files = files.clone();
+        if files.model.is_dir() {
+            let dir = files.model.clone();
+            diffusers_folder(&dir, &mut files)?;
+        }
+        let dit = open_as(
+            &files.model,
+            &[Architecture::WanDitI2v, Architecture::WanDitT2v],
+            "a Wan2.1 DiT",
+        )?;
+        let is_i2v = dit.1.detection().architecture == Architecture::WanDitI2v;
+        if is_i2v && !needs_image {
+            return Err(PipelineError::MissingComponent {
+                what: format!(
+                    "{} is an image-to-video model and needs the first frame",
+                    files.model.display()
+                ),
+                flag: "--image",
+            });
+        }
+        if !is_i2v && needs_image {
+            return Err(PipelineError::Request(format!(
+                "{} is a text-to-video model (no image branch): leave out --image, or pass an \
+                 I2V model (e.g. wan2.1-i2v-14b-480p-Q4_K_M.gguf)",
+                files.model.display()
+            )));
+        }
+        let t5_path = files.t5.clone().ok_or(PipelineError::MissingComponent {
+            what: "the umT5 text encoder is needed".into(),
+            flag: "--t5",
+        })?;
+        let t5 = open_as(&t5_path, &[Architecture::Umt5], "a umT5 text encoder")?;
+        let tokenizer = match &files.t5_tokenizer {
+            Some(p) => Umt5Tokenizer::from_file(p),
+            None => Umt5Tokenizer::from_file(&t5_path),
+        }
+        .map_err(|e| {
+            if files.t5_tokenizer.is_none() {
+                PipelineError::MissingComponent {
+                    what: format!("{}: no tokenizer in the file ({e})", t5_path.display()),
+                    flag: "--t5-tokenizer",
+                }
+            } else {
+                PipelineError::Request(e.to_string())
+            }
+        })?;
+        let clip = if is_i2v {
+            let p = files
+                .clip_vision
+                .clone()
+                .ok_or(PipelineError::MissingComponent {
+                    what: "an I2V model needs the CLIP vision encoder (clip_vision_h.safetensors)"
+                        .into(),
+                    flag: "--clip-vision",
+                })?;
+            Some(open_as(
+                &p,
+                &[Architecture::ClipVisionH],
+                "a CLIP vision encoder",
+            )?)
+        } else {
+            None
+        };
+        let vae_path = files.vae.clone().ok_or(PipelineError::MissingComponent {
+            what: "the Wan VAE (wan_2.1_vae.safetensors) is needed".into(),
+            flag: "--vae",
+        })?;
+        let vae = open_as(&vae_path, &[Architecture::WanVae], "a Wan2.1 VAE")?;
+        Ok(Stores {
+            dit,
+            t5,
+            clip,
+            vae,
+            tokenizer,
+        })
+    }
+}
+
+fn load<'s>(
+    (path, store): &'s (PathBuf, WeightStore),
+    component: &'static str,
+    events: &mut dyn FnMut(Event),
+) -> Result<TensorSet<'s>, PipelineError> {
+    let set = store.load_cpu(|_| true)?;
+    events(Event::Loaded {
+        component,
+        path: path.clone(),
+        bytes: set.data_bytes(),
+    });
+    Ok(set)
+}
+
+/// Receives each RGB8 frame (index, pixels) as soon as it is decoded.
+pub type FrameSink<'a> = dyn FnMut(usize, &[u8]) -> Result<(), PipelineError> + 'a;
+
+/// The models of stage 2, loaded.
+pub struct WanModels<'w> {
+    pub t5: Umt5Encoder<'w>,
+    pub clip: Option<ClipVision<'w>>,
+    pub dit: WanDit<'w>,
+    pub vae: WanVae<'w>,
+    tokenizer: &'w Umt5Tokenizer,
+    opts: RunOptions,
+}
+
+/// Opens `files`, loads the models and runs `f` on them; everything is released when it
+/// returns. `needs_image`: whether the request has a first frame (checked against the DiT).
+pub fn with_models<R>(
+    files: &WanFiles,
+    needs_image: bool,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(Event),
+    f: impl FnOnce(&mut WanModels<'_>, &mut dyn FnMut(Event)) -> Result<R, PipelineError>,
+) -> Result<R, PipelineError> {
+    events(Event::Stage { name: "load" });
+    let stores = Stores::open(files, needs_image)?;
+    let lora_files = files
+        .loras
+        .iter()
+        .map(|(path, _)| {
+            let f = LoraFile::open(path)?;
+            f.check_targets(&[LoraTarget::WanDit])?;
+            Ok(f)
+        })
+        .collect::<Result<Vec<_>, LoraError>>()?;
+    let pairs: Vec<(&LoraFile, f32)> = lora_files
+        .iter()
+        .zip(&files.loras)
+        .map(|(f, (_, w))| (f, *w))
+        .collect();
+    let threads = opts.cpu_threads();
+    let t5_set = load(&stores.t5, "t5", events)?;
+    let clip_set = match &stores.clip {
+        Some(c) => Some(load(c, "clip_vision", events)?),
+        None => None,
+    };
+    let dit_set = load(&stores.dit, "dit", events)?;
+    let vae_set = load(&stores.vae, "vae", events)?;
+    let adapters = if pairs.is_empty() {
+        None
+    } else {
+        let a = Adapters::build(&dit_set, "", LoraTarget::WanDit, &pairs)?;
+        for r in a.reports() {
+            tracing::info!(
+                file = %r.file.display(),
+                modules = r.applied,
+                multiplier = r.multiplier,
+                unmatched = r.unmatched.len(),
+                unsupported = r.unsupported.len(),
+                "LoRA applied to the DiT"
+            );
+        }
+        Some(a)
+    };
+    let t5 = Umt5Encoder::new(&t5_set, "", threads)?;
+    let clip = match &clip_set {
+        Some(s) => Some(ClipVision::new(s, "", threads)?),
+        None => None,
+    };
+    let mut dit = WanDit::new(&dit_set, "", threads)?;
+    dit.set_attention(WanAttention::Flash);
+    if let Some(a) = &adapters {
+        dit.set_adapters(Some(a))?;
+    }
+    let vae = WanVae::new(&vae_set, "", threads)?;
+    let cfg = dit.config();
+    if t5.config().d_model != cfg.text_dim {
+        return Err(PipelineError::Mismatch(format!(
+            "{}: umT5 gives {}-wide tokens but the DiT takes {}: wrong --t5 for this model?",
+            stores.t5.0.display(),
+            t5.config().d_model,
+            cfg.text_dim
+        )));
+    }
+    if let (Some(c), Some(d)) = (&clip, cfg.image_dim) {
+        if c.config().width != d {
+            return Err(PipelineError::Mismatch(format!(
+                "CLIP vision gives {}-wide tokens but the DiT takes {d}: wrong --clip-vision?",
+                c.config().width
+            )));
+        }
+    }
+    let z = vae.config().z_dim;
+    let wanted_in = if cfg.is_i2v() { 2 * z + 4 } else { z };
+    if cfg.in_channels != wanted_in || cfg.out_channels != z {
+        return Err(PipelineError::Mismatch(format!(
+            "the DiT takes {} channels and returns {}, the VAE has {z} latent channels: wrong \
+             --vae for this model?",
+            cfg.in_channels, cfg.out_channels
+        )));
+    }
+    let mut models = WanModels {
+        t5,
+        clip,
+        dit,
+        vae,
+        tokenizer: &stores.tokenizer,
+        opts: opts.clone(),
+    };
+    f(&mut models, events)
+}
+
+/// Loads the models, generates the video of `req`, releases the models. `on_frame` receives
+/// each RGB8 frame as soon as it is decoded (index, pixels).
+pub fn generate(
+    files: &WanFiles,
+    req: &WanRequest,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<WanOutput, PipelineError> {
+    validate(req)?;
+    let t0 = Instant::now();
+    with_models(files, req.image.is_some(), opts, events, |m, events| {
+        let load_s = t0.elapsed().as_secs_f64();
+        let mut out = m.generate(req, events, &mut |_, _| Ok(()))?;
+        out.timings.load_s = load_s;
+        Ok(out)
+    })
+}
+
+impl<'w> WanModels<'w> {
+    /// Wan's tokenization of `prompt` (cleaned, 512 ids with the real length).
+    pub fn tokenize(&self, prompt: &str) -> Umt5Tokens {
+        self.tokenizer.encode_wan(prompt)
+    }
+
+    /// umT5 over the real tokens, zero-padded to 512 rows: row-major [512, d_model].
+    pub fn encode_text(&mut self, prompt: &str) -> Result<Vec<f32>, PipelineError> {
+        let tokens = self.tokenize(prompt);
+        let d = self.t5.config().d_model;
+        let mut out = self.t5.encode(tokens.real())?;
+        out.resize(TEXT_LEN.max(tokens.len) * d, 0.0);
+        Ok(out)
+    }
+
+    /// CLIP vision tokens of the first frame (already at the video size), [257, width].
+    pub fn encode_image(&mut self, img: &InitImage) -> Result<Vec<f32>, PipelineError> {
+        let clip = self.clip.as_mut().ok_or_else(|| {
+            PipelineError::Request("this DiT has no image branch (a T2V model)".into())
+        })?;
+        let pixels = clip.preprocess(&img.rgb, img.width as usize, img.height as usize)?;
+        Ok(clip.encode(&pixels)?)
+    }
+
+    /// The I2V condition `y` [4 + z, T, h, w]: the mask, then the normalised VAE latent of
+    /// [image, zeros x (frames - 1)]. `img` must already be `width` x `height`.
+    pub fn image_condition(
+        &mut self,
+        img: &InitImage,
+        frames: usize,
+    ) -> Result<Vec<f32>, PipelineError> {
+        let (w, h) = (img.width as usize, img.height as usize);
+        let vc = self.vae.config();
+        let (s, tf, z) = (vc.spatial_factor(), vc.temporal_factor(), vc.z_dim);
+        let first = from_rgb8(&img.rgb, w, h);
+        let plane = w * h;
+        let mut video = vec![0f32; 3 * frames * plane];
+        for c in 0..3 {
+            video[c * frames * plane..][..plane].copy_from_slice(&first[c * plane..][..plane]);
+        }
+        let mut latent = self.vae.encode(&video, frames, h, w)?;
+        normalize(&mut latent, &LATENTS_MEAN[..z], &LATENTS_STD[..z]);
+        let t = 1 + (frames - 1) / tf;
+        let lplane = (h / s) * (w / s);
+        let mut y = vec![0f32; 4 * t * lplane];
+        for c in 0..4 {
+            y[c * t * lplane..][..lplane].fill(1.0);
+        }
+        y.extend_from_slice(&latent);
+        Ok(y)
+    }
+
+    /// The DiT's velocity for the latent `x` [z, t, h, w] at `timestep` (1000 sigma).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dit_forward(
+        &mut self,
+        x: &[f32],
+        timestep: f32,
+        text: &[f32],
+        image: Option<&[f32]>,
+        y: Option<&[f32]>,
+        t: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, PipelineError> {
+        let input;
+        let x_in = match y {
+            Some(y) => {
+                let mut v = Vec::with_capacity(x.len() + y.len());
+                v.extend_from_slice(x);
+                v.extend_from_slice(y);
+                input = v;
+                &input[..]
+            }
+            None => x,
+        };
+        Ok(self.dit.forward(x_in, timestep, text, image, t, h, w)?)
+    }
+
+    /// Decodes a normalised latent [z, t, h, w], handing each frame ([3, H, W] in [-1, 1]) to
+    /// `on_frame`.
+    pub fn vae_decode(
+        &mut self,
+        latent: &[f32],
+        t: usize,
+        h: usize,
+        w: usize,
+        on_frame: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), PipelineError> {
+        let z = self.vae.config().z_dim;
+        let mut raw = latent.to_vec();
+        denormalize(&mut raw, &LATENTS_MEAN[..z], &LATENTS_STD[..z]);
+        self.vae
+            .decode_frames(&raw, t, h, w, |i, f| on_frame(i, f))?;
+        Ok(())
+    }
+
+    /// Runs a whole request. `on_frame` gets each RGB8 frame as it is decoded.
+    pub fn generate(
+        &mut self,
+        req: &WanRequest,
+        events: &mut dyn FnMut(Event),
+        on_frame: &mut FrameSink<'_>,
+    ) -> Result<WanOutput, PipelineError> {
+        validate(req)?;
+        let mut timings = Timings::default();
+        let t_enc = Instant::now();
+        events(Event::Stage { name: "encode" });
+        let (width, height) = (req.width, req.height);
+        let text = self.encode_text(&req.prompt)?;
+        let use_cfg = req.cfg != 1.0;
+        let neg_text = if use_cfg {
+            let neg = req
+                .negative_prompt
+                .as_deref()
+                .unwrap_or(DEFAULT_NEGATIVE_PROMPT);
+            Some(self.encode_text(neg)?)
+        } else {
+            None
+        };
+        let vc = self.vae.config();
+        let (s, tf, z) = (vc.spatial_factor(), vc.temporal_factor(), vc.z_dim);
+        let (lh, lw) = (height as usize / s, width as usize / s);
+        let t = 1 + (req.frames - 1) / tf;
+        let (clip, y) = match &req.image {
+            Some(img) => {
+                let rgb =
+                    crate::media::image::fit_rgb(&img.rgb, img.width, img.height, width, height)?;
+                let fitted = InitImage { rgb, width, height };
+                let clip = self.encode_image(&fitted)?;
+                let y = self.image_condition(&fitted, req.frames)?;
+                (Some(clip), Some(y))
+            }
+            None => (None, None),
+        };
+        timings.encode_s = t_enc.elapsed().as_secs_f64();
+
+        let shift = req.shift.unwrap_or_else(|| default_shift(width, height));
+        let sampling = ModelSampling::Flow(FlowSchedule::new(shift)?);
+        let sigmas = sampling.sigmas(req.scheduler, req.steps)?;
+        let param = sampling.parameterization();
+        let n = z * t * lh * lw;
+        let noise = TorchGenerator::new(req.seed).randn(n);
+        let x = param.noise_scaling(sigmas[0], &noise, &vec![0f32; n], true);
+        let config = SamplerConfig::new(req.sampler, sampling.clone(), sigmas)?;
+        let noise_source: Option<Box<dyn crate::sampling::NoiseSource + Send>> = config
+            .needs_noise()
+            .then(|| Box::new(comfy_sampler_noise(req.seed)) as _);
+        let mut stepper = config.stepper(x, noise_source)?;
+
+        events(Event::Stage { name: "sample" });
+        let t_sample = Instant::now();
+        let mut denoiser = WanDenoiser {
+            models: self,
+            sampling: &sampling,
+            param,
+            text: &text,
+            neg_text: neg_text.as_deref(),
+            clip: clip.as_deref(),
+            y: y.as_deref(),
+            cfg: req.cfg,
+            t,
+            h: lh,
+            w: lw,
+        };
+        let total = stepper.total_steps();
+        while !stepper.is_finished() {
+            denoiser.models.opts.check_cancel()?;
+            let ts = Instant::now();
+            let report = stepper.step(&mut denoiser).map_err(|e| match e {
+                crate::sampling::StepError::Denoiser { source, .. } => source,
+                crate::sampling::StepError::Sampling(e) => PipelineError::Sampling(e),
+            })?;
+            events(Event::Step {
+                step: report.step + 1,
+                total,
+                sigma: report.sigma,
+                elapsed: ts.elapsed(),
+            });
+        }
+        let mut latent = stepper.into_x();
+        param.inverse_noise_scaling(0.0, &mut latent);
+        timings.sample_s = t_sample.elapsed().as_secs_f64();
+
+        events(Event::Stage { name: "decode" });
+        let t_dec = Instant::now();
+        let (w, h) = (width as usize, height as usize);
+        let plane = w * h;
+        let mut frames = Vec::with_capacity(req.frames);
+        let mut decoded = req.keep_decoded.then(|| vec![0f32; 3 * req.frames * plane]);
+        let mut failed: Option<PipelineError> = None;
+        let total_frames = req.frames;
+        let cancel = self.opts.clone();
+        self.vae_decode(&latent, t, lh, lw, &mut |i, img| {
+            if failed.is_some() || i >= total_frames {
+                return;
+            }
+            if let Some(d) = decoded.as_mut() {
+                for c in 0..3 {
+                    d[(c * total_frames + i) * plane..][..plane]
+                        .copy_from_slice(&img[c * plane..][..plane]);
+                }
+            }
+            let rgb = to_rgb8(img, w, h);
+            if let Err(e) = on_frame(i, &rgb).and_then(|()| cancel.check_cancel()) {
+                failed = Some(e);
+                return;
+            }
+            frames.push(rgb);
+            events(Event::Decoded {
+                index: i + 1,
+                total: total_frames,
+            });
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        timings.decode_s = t_dec.elapsed().as_secs_f64();
+        Ok(WanOutput {
+            width,
+            height,
+            frames,
+            decoded,
+            latent,
+            seed: req.seed,
+            shift,
+            timings,
+        })
+    }
+}
+
+/// The DiT as the sampler sees it, with CFG.
+struct WanDenoiser<'m, 'w> {
+    models: &'m mut WanModels<'w>,
+    sampling: &'m ModelSampling,
+    param: Parameterization,
+    text: &'m [f32],
+    neg_text: Option<&'m [f32]>,
+    clip: Option<&'m [f32]>,
+    y: Option<&'m [f32]>,
+    cfg: f32,
+    t: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Denoiser for WanDenoiser<'_, '_> {
+    type Error = PipelineError;
+
+    fn denoise(&mut self, x: &[f32], sigma: f32) -> Result<Vec<f32>, PipelineError> {
+        let timestep = self.sampling.timestep(sigma);
+        let x_in = self.param.scale_input(sigma, x);
+        let (t, h, w) = (self.t, self.h, self.w);
+        let vc = self
+            .models
+            .dit_forward(&x_in, timestep, self.text, self.clip, self.y, t, h, w)?;
+        let dc = self.param.denoised(sigma, &vc, x);
+        match self.neg_text {
+            Some(neg) => {
+                self.models.opts.check_cancel()?;
+                let vu = self
+                    .models
+                    .dit_forward(&x_in, timestep, neg, self.clip, self.y, t, h, w)?;
+                let du = self.param.denoised(sigma, &vu, x);
+                let mut out = vec![0f32; x.len()];
+                apply_cfg(&du, &dc, self.cfg, &mut out);
+                Ok(out)
+            }
+            None => Ok(dc),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_follow_the_image_aspect_at_480p() {
+        assert_eq!(size_for_image(1664, 960), (832, 480));
+        assert_eq!(size_for_image(960, 1664), (480, 832));
+        assert_eq!(size_for_image(1024, 1024), (624, 624));
+        let (w, h) = size_for_image(1920, 1080);
+        assert_eq!((w % 16, h % 16), (0, 0));
+        assert!((f64::from(w) / f64::from(h) - 16.0 / 9.0).abs() < 0.05);
+    }
+
+    #[test]
+    fn shift_defaults_by_area() {
+        assert_eq!(default_shift(832, 480), 3.0);
+        assert_eq!(default_shift(1280, 720), 5.0);
+    }
+
+    #[test]
+    fn frame_counts_must_be_4n_plus_1() {
+        let mut r = WanRequest {
+            frames: 80,
+            ..WanRequest::default()
+        };
+        let e = validate(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("4n + 1") && e.contains("77") && e.contains("81"),
+            "{e}"
+        );
+        r.frames = 81;
+        validate(&r).unwrap();
+        r.width = 840;
+        assert!(validate(&r)
+            .unwrap_err()
+            .to_string()
+            .contains("multiples of 16"));
+    }
+}
