@@ -50,6 +50,11 @@ The run (settings where the official code, diffusers and ComfyUI agree):
   decode    de-normalise, VAE decode (frame by frame, clamped to [-1, 1])
   frames    uint8 round((x + 1) / 2 * 255) (see `notes` for what each tool does)
 
+Q8_0 variant (`q8_0` in index.json): the DiT's block linears (city96's rule: 2-D weights of
+self_attn / cross_attn / ffn) quantized with gguf-py's Q8_0 (FNV-1a 64 of each tensor's bytes
+recorded, so the Rust side checks its quantizer gives the same file), the same run on the
+dequantized weights: final latent and frames.
+
 Recorded arrays (raw little-endian f32 unless said, row-major) are listed in index.json.
 `notes` holds measured differences between the reference tools (official Wan, diffusers, ComfyUI)
 where they do not agree.
@@ -446,6 +451,72 @@ def comfy_sinusoid(dim, position):
     return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1)
 
 
+def is_q8_linear(name, shape):
+    """city96's rule: only the 2-D weights of the block linears are quantized."""
+    return name.startswith("blocks.") and name.endswith(".weight") and len(shape) == 2 and \
+        ("_attn." in name or ".ffn." in name) and "norm" not in name
+
+
+def fnv1a64(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & MASK
+    return f"{h:016x}"
+
+
+def sample(dit, text_c, text_u, clip_b, y, noise, sigmas, notes):
+    """ComfyUI's euler over the DiT with CFG on the denoised predictions; returns the final
+    latent, the latent after each step and the first step's (v_cond, v_uncond, timestep)."""
+    x = noise.clone()  # CONST noise_scaling at sigma 1: sigma * noise + (1 - sigma) * 0
+    x_brief = noise.clone()
+    steps, first = [], None
+    with torch.no_grad():
+        for i in range(len(sigmas) - 1):
+            s, s_next = sigmas[i], sigmas[i + 1]
+            t = (s * 1000.0).reshape(1).to(torch.float32)
+            inp = torch.cat([x, y], dim=1)
+            v_c = dit(hidden_states=inp, timestep=t, encoder_hidden_states=text_c[None],
+                      encoder_hidden_states_image=clip_b, return_dict=False)[0]
+            v_u = dit(hidden_states=inp, timestep=t, encoder_hidden_states=text_u[None],
+                      encoder_hidden_states_image=clip_b, return_dict=False)[0]
+            if i == 0:
+                first = (v_c, v_u, float(t))
+            if i == 0 and notes is not None:
+                # The official timestep embedding is float64, ComfyUI's float32 torch.pow,
+                # diffusers' float32 exp: their effect on the first velocity.
+                for name, fn in (("official_f64", official_sinusoid), ("comfyui_f32", comfy_sinusoid)):
+                    proj = dit.condition_embedder.timesteps_proj
+                    orig_forward = proj.forward
+                    proj.forward = lambda ts, fn=fn: fn(DIT["freq"], ts).to(torch.float32)
+                    v_alt = dit(hidden_states=inp, timestep=t, encoder_hidden_states=text_c[None],
+                                encoder_hidden_states_image=clip_b, return_dict=False)[0]
+                    proj.forward = orig_forward
+                    notes[f"dit_first_velocity_{name}_timestep_embedding_vs_diffusers_rel"] = rel(v_alt, v_c)
+            # ComfyUI: CFG on the denoised predictions, k-diffusion euler.
+            den_c = x - v_c * s
+            den_u = x - v_u * s
+            den = den_u + (den_c - den_u) * CFG
+            d = (x - den) / s
+            x = x + d * (s_next - s)
+            # The velocity form (the same in exact arithmetic).
+            v = v_u + CFG * (v_c - v_u)
+            x_brief = x_brief + (s_next - s) * v
+            steps.append(x.clone())
+            print(f"step {i}: sigma {float(s):.6f} -> {float(s_next):.6f}, x std {float(x.std()):.4f}")
+    if notes is not None:
+        notes["final_latent_comfyui_order_vs_velocity_form_max_abs"] = float((x - x_brief).abs().max())
+    return x, steps, first
+
+
+def decode(vae, final, mean, inv_std):
+    """De-normalise, decode (clamped); the video [3, F, H, W] and its frames as uint8
+    [F, H, W, 3], rounded and truncated."""
+    with torch.no_grad():
+        dec = vae.decode(final / inv_std + mean).sample[0]
+    x = ((dec.permute(1, 2, 3, 0).numpy() + 1.0) / 2.0).clip(0, 1) * 255.0
+    return dec, np.round(x).astype(np.uint8), x.astype(np.uint8)
+
+
 def rel(a, b):
     return float((a - b).norm() / b.norm())
 
@@ -524,49 +595,28 @@ def main():
     # ---- Sampling
     sigmas = comfy_flow_simple_sigmas(SHIFT, STEPS)
     noise = torch.randn([1, 16, lat_t, lh, lw], generator=torch.manual_seed(SEED))
-    clip_b = clip_out[None]
-    x = noise.clone()  # CONST noise_scaling at sigma 1: sigma * noise + (1 - sigma) * 0
-    steps, first = [], None
-    x_brief = noise.clone()
-    with torch.no_grad():
-        for i in range(STEPS):
-            s, s_next = sigmas[i], sigmas[i + 1]
-            t = (s * 1000.0).reshape(1).to(torch.float32)
-            inp = torch.cat([x, y], dim=1)
-            v_c = dit(hidden_states=inp, timestep=t, encoder_hidden_states=text_c[None],
-                      encoder_hidden_states_image=clip_b, return_dict=False)[0]
-            v_u = dit(hidden_states=inp, timestep=t, encoder_hidden_states=text_u[None],
-                      encoder_hidden_states_image=clip_b, return_dict=False)[0]
-            if i == 0:
-                first = (v_c, v_u, float(t))
-                # The official timestep embedding is float64, ComfyUI's float32 torch.pow,
-                # diffusers' float32 exp: their effect on the first velocity.
-                for name, fn in (("official_f64", official_sinusoid), ("comfyui_f32", comfy_sinusoid)):
-                    proj = dit.condition_embedder.timesteps_proj
-                    orig_forward = proj.forward
-                    proj.forward = lambda ts, fn=fn: fn(DIT["freq"], ts).to(torch.float32)
-                    v_alt = dit(hidden_states=inp, timestep=t, encoder_hidden_states=text_c[None],
-                                encoder_hidden_states_image=clip_b, return_dict=False)[0]
-                    proj.forward = orig_forward
-                    notes[f"dit_first_velocity_{name}_timestep_embedding_vs_diffusers_rel"] = rel(v_alt, v_c)
-            # ComfyUI: CFG on the denoised predictions, k-diffusion euler.
-            den_c = x - v_c * s
-            den_u = x - v_u * s
-            den = den_u + (den_c - den_u) * CFG
-            d = (x - den) / s
-            x = x + d * (s_next - s)
-            # The brief's formula on velocities (the same in exact arithmetic).
-            v = v_u + CFG * (v_c - v_u)
-            x_brief = x_brief + (s_next - s) * v
-            steps.append(x.clone())
-            print(f"step {i}: sigma {float(s):.6f} -> {float(s_next):.6f}, x std {float(x.std()):.4f}")
-    notes["final_latent_comfyui_order_vs_velocity_form_max_abs"] = float((x - x_brief).abs().max())
-    final = x
-    with torch.no_grad():
-        decoded = vae.decode(final / inv_std + mean).sample  # [1, 3, F, H, W], clamped
-    dec = decoded[0]
-    frames_round = np.round(((dec.permute(1, 2, 3, 0).numpy() + 1.0) / 2.0).clip(0, 1) * 255.0).astype(np.uint8)
-    frames_trunc = (((dec.permute(1, 2, 3, 0).numpy() + 1.0) / 2.0).clip(0, 1) * 255.0).astype(np.uint8)
+    run = dict(text_c=text_c, text_u=text_u, clip_b=clip_out[None], y=y, noise=noise, sigmas=sigmas)
+    final, steps, first = sample(dit, notes=notes, **run)
+    dec, frames_round, frames_trunc = decode(vae, final, mean, inv_std)
+
+    # ---- The same run with the DiT's block linears stored as Q8_0 (city96's recipe), quantized
+    # by gguf-py (bit-exact with ggml's reference quantizer); the model runs on the dequantized
+    # weights, ggml also quantizes the activations of those matmuls to Q8_0 (looser tolerance).
+    import gguf
+
+    q8_names = [n for n in sorted(dit_t) if is_q8_linear(n, dit_t[n].shape)]
+    q8_sums, deq = {}, dict(dit_t)
+    for n in q8_names:
+        q = gguf.quants.quantize(dit_t[n].numpy(), gguf.GGMLQuantizationType.Q8_0)
+        q8_sums[n] = fnv1a64(q.tobytes())
+        deq[n] = torch.from_numpy(gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).reshape(dit_t[n].shape))
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    dit.load_state_dict(convert_wan_transformer_to_diffusers(deq), strict=True)
+    q8_final, _, _ = sample(dit, notes=None, **run)
+    _, q8_frames, _ = decode(vae, q8_final, mean, inv_std)
+    notes["q8_0_dit_final_latent_vs_f32_rel"] = rel(q8_final, final)
+    notes["q8_0_dit_frames_vs_f32_max_lsb"] = int(np.abs(q8_frames.astype(int) - frames_round.astype(int)).max())
     notes["frames_round_vs_truncate_values_differing"] = int((frames_round != frames_trunc).sum())
     notes["decoded_fraction_at_plus_minus_1"] = float((dec.abs() >= 1).float().mean())
     print("decoded std", float(dec.std()), "notes", json.dumps(notes, indent=1))
@@ -606,6 +656,9 @@ def main():
         "final_latent": write("final_latent.f32", final[0]),
         "decoded": write("decoded.f32", dec),
         "frames": write_u8("frames.u8", frames_round),
+        "q8_0": {"tensors": q8_names, "fnv1a64": q8_sums,
+                 "final_latent": write("q8_final_latent.f32", q8_final[0]),
+                 "frames": write_u8("q8_frames.u8", q8_frames)},
         "notes": notes,
     }
     with open(os.path.join(OUT, "index.json"), "w") as f:
