@@ -5,6 +5,7 @@ mod convert;
 mod devices;
 mod image;
 mod info;
+pub mod plan;
 pub mod progress;
 mod video;
 
@@ -39,6 +40,9 @@ pub enum Command {
     Video(Box<video::VideoArgs>),
     /// List the compute devices of this build (CPU; CUDA GPUs) with free and total memory.
     Devices(devices::DevicesArgs),
+    /// Print the memory plan of an image or video run without computing: placement of every
+    /// component, predicted peak device memory and RAM, bytes uploaded per step.
+    Plan(plan::PlanArgs),
 }
 
 /// Sets up `tracing` on stderr. `RUST_LOG` wins over `-v`.
@@ -70,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(args) => devices::run(args),
         Command::Image(args) => image::run(*args, quiet),
         Command::Video(args) => video::run(*args, quiet),
+        Command::Plan(args) => plan::run(args),
     }
 }
 

@@ -110,6 +110,17 @@ pub struct VideoArgs {
     /// CPU threads (default: all cores).
     #[arg(long, short = 't', default_value_t = 0, help_heading = "Performance")]
     pub threads: usize,
+    /// Device memory the run may use: 12G, 11.5GiB, 900M (binary units). With --device cpu
+    /// the budget is simulated (for `nijigen plan`); default: unlimited on the CPU.
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::plan::parse_budget, help_heading = "Memory")]
+    pub vram_budget: Option<u64>,
+    /// Weight offloading: auto (the planner's choice), none, blocks, full (everything on the
+    /// CPU). Used by `nijigen plan`; this version computes on the CPU.
+    #[arg(long, default_value = "auto", value_parser = crate::cli::plan::parse_offload, help_heading = "Memory")]
+    pub offload: crate::runtime::plan::Offload,
+    /// Where the text encoders (and CLIP vision) run: auto, gpu, cpu. Used by `nijigen plan`.
+    #[arg(long, default_value = "auto", value_parser = crate::cli::plan::parse_encoder_device, help_heading = "Memory")]
+    pub text_encoder_device: crate::runtime::plan::EncoderDevice,
 }
 
 /// The generation parameters as stored in the MP4 metadata and the sidecar JSON.

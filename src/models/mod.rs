@@ -3,6 +3,7 @@
 
 pub mod clip_text;
 pub mod clip_vision;
+pub mod estimate;
 pub mod umt5;
 pub mod unet_sdxl;
 pub mod vae_sdxl;
