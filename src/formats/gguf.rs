@@ -1018,6 +1018,40 @@ impl<W: Write> GgufWriter<W> {
     }
 }
 
+impl<W: Write + std::io::Seek> GgufWriter<W> {
+    /// Leaves the next declared tensor's data as zeros without writing it: seeks over it (the
+    /// file system keeps a hole, so a sparse file takes no disk for it) and writes its last
+    /// byte and padding so the file has its full length. For header-only test files (planning
+    /// at real shapes); `name` must be the next declared tensor, as for `write_tensor`.
+    pub fn skip_tensor(&mut self, name: &str) -> Result<(), FormatError> {
+        let bad = |what: String| {
+            FormatError::malformed(&self.path, format!("cannot skip tensor '{name}': {what}"))
+        };
+        if self.failed {
+            return Err(bad("an earlier write to this file failed".into()));
+        }
+        let Some(p) = self.plan.get(self.next) else {
+            return Err(bad("all declared tensors are already written".into()));
+        };
+        if p.name != name {
+            return Err(bad(format!("expected '{}' next", p.name)));
+        }
+        let size = p.size;
+        if size > 0 {
+            if let Err(e) = self.out.seek(std::io::SeekFrom::Current(size as i64 - 1)) {
+                return Err(self.io(e));
+            }
+            if let Err(e) = self.out.write_all(&[0]) {
+                return Err(self.io(e));
+            }
+        }
+        self.pos += size;
+        self.pad()?;
+        self.next += 1;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1724,6 +1758,31 @@ mod tests {
             Ok(_) => panic!("writer accepted bad input"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn skipped_tensors_read_back_as_zeros_at_full_length() {
+        let decls = vec![
+            TensorDecl::new("a", GgmlType::F32, [3u64]),
+            TensorDecl::new("b", GgmlType::Q8_0, [2u64, 64]),
+            TensorDecl::new("c", GgmlType::F16, [5u64]),
+        ];
+        let mut w = GgufWriter::new(path(), std::io::Cursor::new(Vec::new()), &[], &decls).unwrap();
+        w.write_tensor("a", &[1u8; 12]).unwrap();
+        assert!(w.skip_tensor("c").is_err());
+        w.skip_tensor("b").unwrap();
+        w.skip_tensor("c").unwrap();
+        let bytes = w.finish().unwrap().into_inner();
+        let h = parse(path(), &bytes).unwrap();
+        let b = h.tensor("b").unwrap();
+        let c = h.tensor("c").unwrap();
+        assert_eq!(bytes.len() as u64, align_up(c.offset + c.size, 32).unwrap());
+        let data = &bytes[b.offset as usize..(b.offset + b.size) as usize];
+        assert!(data.iter().all(|&x| x == 0));
+        assert_eq!(
+            &bytes[h.tensor("a").unwrap().offset as usize..][..12],
+            &[1u8; 12]
+        );
     }
 
     #[test]
