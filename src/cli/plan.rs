@@ -393,7 +393,7 @@ fn print_table(out: &mut impl Write, p: &Plan, rows: &[Row], what: &str) -> std:
     writeln!(out, "plan: {what}, budget {budget}")?;
     writeln!(
         out,
-        "{:<5} {:<12} {:>10} {:>10} {:>10}  {:<28} file",
+        "{:<5} {:<12} {:>10} {:>10} {:>10}  {:<30} file",
         "stage", "component", "weights", "on device", "compute", "placement"
     )?;
     for c in &p.components {
@@ -410,7 +410,7 @@ fn print_table(out: &mut impl Write, p: &Plan, rows: &[Row], what: &str) -> std:
         }
         writeln!(
             out,
-            "{:<5} {:<12} {:>10} {:>10} {:>10}  {:<28} {file}",
+            "{:<5} {:<12} {:>10} {:>10} {:>10}  {:<30} {file}",
             c.stage.number(),
             c.component.name(),
             mib(c.weight_bytes),

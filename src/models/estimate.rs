@@ -97,9 +97,11 @@ pub fn unet_compute_bytes(c: &UnetConfig, h: u64, w: u64) -> u64 {
     margin(skips + work)
 }
 
-/// SDXL VAE decoding a `h` x `w` pixel area (a whole image or one tile): the largest full-size
-/// level (the decoder's last-but-one width, upsampled to full size) with its F16 im2col, or the
-/// mid-block single-head attention over the latent tokens.
+/// SDXL VAE decoding a `h` x `w` pixel area (a whole image or one tile): 14 bytes per pixel per
+/// channel of the decoder's full-size width (base x mult[1] = 256), or the mid-block single-head
+/// attention's score matrix over the latent tokens if larger. Calibrated on the CPU measurements
+/// in bench/RESULTS.md (working memory 850 MiB at 512x512, 3.3 GiB at 1024x1024, i.e. about
+/// 3,400 B per pixel = 13.3 x 256); with the margin it bounds both.
 pub fn sdxl_vae_decode_compute_bytes(c: &SdxlVaeConfig, h: u64, w: u64) -> u64 {
     let base = c.base_channels.unwrap_or(128);
     let mult: Vec<u64> = if c.channel_mult.is_empty() {
@@ -109,7 +111,7 @@ pub fn sdxl_vae_decode_compute_bytes(c: &SdxlVaeConfig, h: u64, w: u64) -> u64 {
     };
     let px = h * w;
     let full = base * mult.get(1).copied().unwrap_or(2);
-    let conv = F32 * 2 * full * px + 2 * 9 * full * px;
+    let conv = 14 * full * px;
     let tokens = px >> (2 * (mult.len() as u64 - 1));
     let mid = base * mult.last().copied().unwrap_or(4);
     let attn = F32 * (tokens * tokens + 4 * tokens * mid);
@@ -169,5 +171,15 @@ mod tests {
         assert!((5.0..10.0).contains(&gib(b)), "{}", gib(b));
         let b = WAN_VAE_BYTES_PER_PIXEL_PER_CHANNEL * 32 * 480 * 832;
         assert!((b as f64 / 4.7e9 - 1.0).abs() < 0.01, "{b}");
+        // SDXL VAE: bounds the measured working memory (bench/RESULTS.md) by at most 1.6x.
+        let mib = |n: u64| n as f64 / (1u64 << 20) as f64;
+        let sdxl = |px: u64| margin((14 * 256 * px).max(F32 * (px / 64).pow(2)));
+        for (side, measured) in [(512u64, 850.0), (1024, 3.3 * 1024.0)] {
+            let est = mib(sdxl(side * side));
+            assert!(
+                est >= measured && est <= 1.6 * measured,
+                "{side}: {est} MiB"
+            );
+        }
     }
 }
