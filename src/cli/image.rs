@@ -116,7 +116,8 @@ pub struct ImageArgs {
     #[arg(long, value_name = "SIZE", help_heading = "Performance")]
     pub vae_tile: Option<u32>,
     /// Device memory the run may use: 12G, 11.5GiB, 900M (binary units). With --device cpu
-    /// the budget is simulated (for `nijigen plan`); default: unlimited on the CPU.
+    /// the budget is simulated: the plan must fit it (checked before computing); default:
+    /// unlimited on the CPU.
     #[arg(long, value_name = "SIZE", value_parser = crate::cli::plan::parse_budget, help_heading = "Memory")]
     pub vram_budget: Option<u64>,
     /// Weight offloading: auto (the planner's choice), none, blocks, full (everything on the
@@ -246,6 +247,7 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
         size_cond,
     };
     sdxl::validate(&req).map_err(explain)?;
+    super::plan::check_image(&args)?;
     let files = SdxlFiles {
         model: args.model.clone(),
         clip_l: args.clip_l.clone(),

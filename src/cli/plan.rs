@@ -486,53 +486,83 @@ fn plan_json(p: &Plan, rows: &[Row], what: &str) -> serde_json::Value {
     })
 }
 
-pub fn run(args: PlanArgs) -> anyhow::Result<()> {
-    let (device, budget, options, json_out, inputs) = match &args.what {
-        PlanWhat::Image(a) => (
-            &a.device,
-            a.vram_budget,
-            PlanOptions {
-                offload: a.offload,
-                encoders: a.text_encoder_device,
-                vae_tile: a.vae_tile,
-            },
-            a.json,
-            image_inputs(a)?,
-        ),
-        PlanWhat::Video(a) => (
-            &a.device,
-            a.vram_budget,
-            PlanOptions {
-                offload: a.offload,
-                encoders: a.text_encoder_device,
-                vae_tile: None,
-            },
-            a.json,
-            video_inputs(a)?,
-        ),
-    };
-    super::image::check_device(device)?;
-    let (components, rows, what) = inputs;
+/// Plans `inputs` under `budget`, turning a shortfall into an error with its hint.
+fn make_plan(
+    budget: Option<u64>,
+    options: PlanOptions,
+    components: Vec<ComponentSpec>,
+) -> anyhow::Result<Plan> {
     let input = PlanInput {
         components,
         budget,
         reserve: if budget.is_some() { RESERVE } else { 0 },
         options,
     };
-    let p = match plan::plan(&input) {
-        Ok(p) => p,
-        Err(e) => {
-            let hint = e.hint().map(str::to_string);
-            return Err(match hint {
-                Some(hint) => WithHint {
-                    error: e.to_string(),
-                    hint,
-                }
-                .into(),
-                None => e.into(),
-            });
+    plan::plan(&input).map_err(|e| match e.hint().map(str::to_string) {
+        Some(hint) => WithHint {
+            error: e.to_string(),
+            hint,
         }
+        .into(),
+        None => e.into(),
+    })
+}
+
+fn image_options(a: &ImageArgs) -> PlanOptions {
+    PlanOptions {
+        offload: a.offload,
+        encoders: a.text_encoder_device,
+        vae_tile: a.vae_tile,
+    }
+}
+
+fn video_options(a: &VideoArgs) -> PlanOptions {
+    PlanOptions {
+        offload: a.offload,
+        encoders: a.text_encoder_device,
+        vae_tile: None,
+    }
+}
+
+/// For `image` with `--vram-budget`: the plan must fit before anything is computed (the
+/// budget is simulated on the CPU: checked against the plan, not yet enforced per allocation).
+pub(super) fn check_image(a: &ImageArgs) -> anyhow::Result<()> {
+    if a.vram_budget.is_none() {
+        return Ok(());
+    }
+    let (components, _, _) = image_inputs(a)?;
+    make_plan(a.vram_budget, image_options(a), components).map(|_| ())
+}
+
+/// As [`check_image`] for `video`.
+pub(super) fn check_video(a: &VideoArgs) -> anyhow::Result<()> {
+    if a.vram_budget.is_none() {
+        return Ok(());
+    }
+    let (components, _, _) = video_inputs(a)?;
+    make_plan(a.vram_budget, video_options(a), components).map(|_| ())
+}
+
+pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+    let (device, budget, options, json_out, inputs) = match &args.what {
+        PlanWhat::Image(a) => (
+            &a.device,
+            a.vram_budget,
+            image_options(a),
+            a.json,
+            image_inputs(a)?,
+        ),
+        PlanWhat::Video(a) => (
+            &a.device,
+            a.vram_budget,
+            video_options(a),
+            a.json,
+            video_inputs(a)?,
+        ),
     };
+    super::image::check_device(device)?;
+    let (components, rows, what) = inputs;
+    let p = make_plan(budget, options, components)?;
     let mut out = std::io::stdout().lock();
     if json_out {
         writeln!(out, "{}", plan_json(&p, &rows, &what))?;

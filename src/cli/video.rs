@@ -111,7 +111,8 @@ pub struct VideoArgs {
     #[arg(long, short = 't', default_value_t = 0, help_heading = "Performance")]
     pub threads: usize,
     /// Device memory the run may use: 12G, 11.5GiB, 900M (binary units). With --device cpu
-    /// the budget is simulated (for `nijigen plan`); default: unlimited on the CPU.
+    /// the budget is simulated: the plan must fit it (checked before computing); default:
+    /// unlimited on the CPU.
     #[arg(long, value_name = "SIZE", value_parser = crate::cli::plan::parse_budget, help_heading = "Memory")]
     pub vram_budget: Option<u64>,
     /// Weight offloading: auto (the planner's choice), none, blocks, full (everything on the
@@ -185,6 +186,7 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
         keep_decoded: false,
     };
     wan::validate(&req).map_err(explain)?;
+    super::plan::check_video(&args)?;
     let shift = req
         .shift
         .unwrap_or_else(|| wan::default_shift(req.width, req.height));
