@@ -4,7 +4,7 @@
 //!
 //! - the DiT as a city96-style GGUF (F32, 3-D modulation: the baseline, compared with the
 //!   diffusers reference frames), the same GGUF with 2-D modulation, ComfyUI safetensors
-//!   (`model.diffusion_model.` prefix) in F16 and BF16, a Q4_K_M GGUF written by
+//!   (`model.diffusion_model.` prefix) in F16 and BF16, Q4_K_M / Q5_0 / Q8_0 GGUFs written by
 //!   `nijigen convert`, and a diffusers folder written with the names diffusers' converters give
 //!   (diffusers_names.json), so nothing here depends on our own name maps;
 //! - umT5 as HF-named safetensors with `--t5-tokenizer tokenizer.json` or `spiece.model` (the
@@ -28,8 +28,9 @@
 //! - F16 ComfyUI safetensors against the reference: worst 4 LSB, mean under 0.25 LSB
 //!   (`F16_TOL`; 1 LSB, 2330 of 46080 values off, mean 0.051); BF16, looser since BF16 keeps 8
 //!   mantissa bits: worst 12 LSB, mean under 1.5 (`BF16_TOL`; 3 LSB, mean 0.45).
-//! - Q4_K_M (`nijigen convert` of the F16 file): worst 48 LSB, mean under 8 (`Q4_TOL`; 22 LSB,
-//!   mean 3.2): it runs and stays near.
+//! - GGUFs from `nijigen convert` of the F16 file (block 0's q checked to be stored quantized):
+//!   Q4_K_M and Q5_0 worst 48 LSB, mean under 8 (`Q4_TOL`; Q4_K_M 22 LSB, mean 3.2; Q5_0 12,
+//!   1.7); Q8_0 worst 16, mean under 2 (`Q8_TOL`; 7, 0.90): they run and stay near.
 //! - LoRA `:0.7` changes the frames (PEFT / kohya on q: worst 10 LSB, mean 1.3 / 1.6; diff on
 //!   norm_q + diff_b on q's bias: worst 4, mean 0.5); `:0` gives the frames without a LoRA,
 //!   bit for bit.
@@ -65,6 +66,7 @@ type Tensor = (String, Vec<u64>, Vec<f32>);
 const F16_TOL: (u8, f64) = (4, 0.25);
 const BF16_TOL: (u8, f64) = (12, 1.5);
 const Q4_TOL: (u8, f64) = (48, 8.0);
+const Q8_TOL: (u8, f64) = (16, 2.0);
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -225,10 +227,11 @@ fn dit_comfy(ty: St) -> PathBuf {
     })
 }
 
-/// `nijigen convert dit_comfy_fp16.safetensors -o dit-q4_k_m.gguf --type q4_k_m`.
-fn dit_q4km() -> PathBuf {
-    static C: OnceLock<PathBuf> = OnceLock::new();
-    once(&C, "dit-q4_k_m.gguf", |p| {
+/// `nijigen convert dit_comfy_fp16.safetensors -o dit-TYPE.gguf --type TYPE`; checks that
+/// block 0's self-attention q (the LoRA tests' target) is stored as `want`. (The converted
+/// file keeps ComfyUI's `model.diffusion_model.` prefix; the loader strips it.)
+fn convert(cell: &'static OnceLock<PathBuf>, ty: &str, want: GgmlType) -> PathBuf {
+    once(cell, &format!("dit-{ty}.gguf"), |p| {
         let src = dit_comfy(St::F16);
         let o = common::nijigen(&[
             "convert",
@@ -236,18 +239,35 @@ fn dit_q4km() -> PathBuf {
             "-o",
             p.to_str().unwrap(),
             "--type",
-            "q4_k_m",
+            ty,
             "--threads",
             "1",
         ]);
         assert!(o.status.success(), "convert: {}", common::stderr(&o));
         let g = GgufFile::open(p).unwrap();
-        let types: Vec<DType> = g.header().tensors.iter().map(|t| t.dtype).collect();
-        assert!(
-            types.contains(&DType::Ggml(GgmlType::Q4_K)),
-            "no Q4_K tensor: {types:?}"
-        );
+        let q = g
+            .header()
+            .tensors
+            .iter()
+            .find(|t| t.name.ends_with("blocks.0.self_attn.q.weight"))
+            .expect("blocks.0.self_attn.q.weight");
+        assert_eq!(q.dtype, DType::Ggml(want), "{ty}");
     })
+}
+
+fn dit_q4km() -> PathBuf {
+    static C: OnceLock<PathBuf> = OnceLock::new();
+    convert(&C, "q4_k_m", GgmlType::Q4_K)
+}
+
+fn dit_q8_0() -> PathBuf {
+    static C: OnceLock<PathBuf> = OnceLock::new();
+    convert(&C, "q8_0", GgmlType::Q8_0)
+}
+
+fn dit_q5_0() -> PathBuf {
+    static C: OnceLock<PathBuf> = OnceLock::new();
+    convert(&C, "q5_0", GgmlType::Q5_0)
 }
 
 /// A T2V DiT: the recipe minus the image branch (no img_emb / k_img / v_img / norm_k_img), 16
@@ -656,14 +676,27 @@ fn one_line_error(o: &Output) -> String {
 /// Runs a failing `nijigen video` into a fresh directory; checks one error line and that
 /// nothing was left in the directory. Returns the error line.
 fn fails(name: &str, models: &[(&str, PathBuf)], extra: &[&str]) -> String {
+    fails_with_hint(name, models, extra).0
+}
+
+/// [`fails`], also returning the `hint:` line if there is one.
+fn fails_with_hint(
+    name: &str,
+    models: &[(&str, PathBuf)],
+    extra: &[&str],
+) -> (String, Option<String>) {
     let dir = work_dir().join("errors").join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let o = video(models, Settings::Cheap, extra, &dir.join("out.mp4"));
     let line = one_line_error(&o);
+    let hint = common::stderr(&o)
+        .lines()
+        .find(|l| l.starts_with("hint:"))
+        .map(str::to_string);
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert!(left.is_empty(), "{name}: left behind {left:?}");
     eprintln!("{name}: {line}");
-    line
+    (line, hint)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -721,10 +754,16 @@ fn diffusers_folder_gives_the_same_frames() {
 }
 
 #[test]
-fn q4_k_m_from_nijigen_convert_runs_near_the_reference() {
-    let m = with(i2v_models(), "--model", Some(dit_q4km()));
-    let got = frames("q4_k_m", &m, Settings::Ref, &[]);
-    near_reference("Q4_K_M DiT", &got, Q4_TOL);
+fn quantized_ggufs_from_nijigen_convert_run_near_the_reference() {
+    for (name, dit, tol) in [
+        ("q4_k_m", dit_q4km(), Q4_TOL),
+        ("q5_0", dit_q5_0(), Q4_TOL),
+        ("q8_0", dit_q8_0(), Q8_TOL),
+    ] {
+        let m = with(i2v_models(), "--model", Some(dit));
+        let got = frames(name, &m, Settings::Ref, &[]);
+        near_reference(&format!("{name} DiT"), &got, tol);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -772,7 +811,6 @@ fn t2v_models() -> Vec<(&'static str, PathBuf)> {
 #[test]
 fn t2v_dit_runs_without_image_and_is_deterministic() {
     let dir = work_dir().join("runs");
-    let out = dir.join("t2v.mp4");
     let a = frames("t2v_a", &t2v_models(), Settings::Cheap, &[]);
     let b = frames("t2v_b", &t2v_models(), Settings::Cheap, &[]);
     let c = frames("t2v_c", &t2v_models(), Settings::Cheap, &["--seed", "7"]);
@@ -781,7 +819,6 @@ fn t2v_dit_runs_without_image_and_is_deterministic() {
     eprintln!("T2V seed 42 vs 7: worst {worst}, {n} values differ, mean {mean:.2}");
     assert!(n > a.len() / 2, "another seed changes the frames");
     // The MP4 written by that run: 5 frames.
-    let _ = out;
     let mp4 = dir.join("t2v_a.mp4");
     let f = std::fs::File::open(&mp4).unwrap();
     let size = f.metadata().unwrap().len();
@@ -820,8 +857,12 @@ fn wrong_files_for_the_text_encoder_slot() {
         ("clip_vision_as_t5", clip_vision()),
     ] {
         let m = with(i2v_models(), "--t5", Some(file));
-        let line = fails(name, &m, &[]);
+        let (line, hint) = fails_with_hint(name, &m, &[]);
         assert!(line.contains("not a umT5 text encoder"), "{line}");
+        assert!(
+            hint.is_some_and(|h| h.contains("nijigen info")),
+            "{name}: no hint"
+        );
     }
 }
 
