@@ -22,6 +22,7 @@ use std::time::Instant;
 use super::{describe, Event, PipelineError, RunOptions, Timings};
 pub use super::{from_rgb8, to_rgb8, InitImage};
 use crate::formats::names::Architecture;
+use crate::formats::weights::Format;
 use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
 use crate::models::wan_vae::{denormalize, normalize, LATENTS_MEAN, LATENTS_STD};
@@ -277,9 +278,22 @@ impl Stores {
             flag: "--t5",
         })?;
         let t5 = open_as(&t5_path, &[Architecture::Umt5], "a umT5 text encoder")?;
+        // Only a GGUF carries a tokenizer (`tokenizer.ggml.*`); reading a safetensors file as
+        // one would report a sentencepiece parse error instead of the missing flag.
         let tokenizer = match &files.t5_tokenizer {
             Some(p) => Umt5Tokenizer::from_file(p),
-            None => Umt5Tokenizer::from_file(&t5_path),
+            None if t5.1.file().format() != Format::Gguf => {
+                return Err(PipelineError::MissingComponent {
+                    what: format!(
+                        "{}: a {} umT5 has no tokenizer (tokenizer.json or spiece.model of \
+                         google/umt5-xxl)",
+                        t5_path.display(),
+                        t5.1.file().format().name()
+                    ),
+                    flag: "--t5-tokenizer",
+                })
+            }
+            None => Umt5Tokenizer::from_gguf_file(&t5_path),
         }
         .map_err(|e| {
             if files.t5_tokenizer.is_none() {

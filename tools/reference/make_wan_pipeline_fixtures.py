@@ -59,7 +59,11 @@ Recorded arrays (raw little-endian f32 unless said, row-major) are listed in ind
 `notes` holds measured differences between the reference tools (official Wan, diffusers, ComfyUI)
 where they do not agree.
 
-Run: /work/pyref/bin/python tools/reference/make_wan_pipeline_fixtures.py
+diffusers_names.json (tests/wan_layouts.rs): the names of a diffusers Wan folder's files
+(transformer/, text_encoder/, vae/) -> the stored names above, from diffusers' converters and
+gguf-py's T5ENCODER map (see write_diffusers_names).
+
+Run: /work/pyref/bin/python tools/reference/make_wan_pipeline_fixtures.py [--names-only]
 """
 
 import json
@@ -663,9 +667,77 @@ def main():
     }
     with open(os.path.join(OUT, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
+    write_diffusers_names(dit_t, t5_t, vae_t)
     total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT))
     print(f"{OUT}: {total} bytes")
 
 
+# ---------------------------------------------------------------------------------------------
+# Extension: the diffusers folder layout (tests/wan_layouts.rs)
+
+
+def renames(stored, converted, what):
+    """{converted name: stored name} for a converter that only renames: each converted tensor
+    is matched to the stored tensor with the same values (every recipe tensor has its own seed,
+    so values identify it; shapes must be unchanged)."""
+    by_bytes = {}
+    for k, v in stored.items():
+        key = (tuple(v.shape), v.numpy().tobytes())
+        assert key not in by_bytes, (what, k, by_bytes.get(key))
+        by_bytes[key] = k
+    out = {}
+    for k, v in converted.items():
+        key = (tuple(v.shape), v.contiguous().numpy().tobytes())
+        assert key in by_bytes, f"{what}: {k} is not a plain copy of a stored tensor"
+        out[k] = by_bytes[key]
+    assert sorted(out.values()) == sorted(stored), f"{what}: not one to one"
+    return out
+
+
+def write_diffusers_names(dit_t, t5_t, vae_t):
+    """diffusers_names.json: for each file of a diffusers Wan folder, [diffusers name, stored
+    name] per tensor (the stored names of index.json's dit / t5 / vae files), so that a test
+    writes the folder without our own name maps. DiT and VAE: what diffusers' converters
+    (convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers) produce, matched by
+    value (both only rename). umT5: the HF names gguf-py's T5ENCODER map gives back (the
+    state-dict names of transformers' UMT5EncoderModel, `shared.weight` once: tied to
+    `encoder.embed_tokens.weight`). CLIP vision is stored with its HF names already."""
+    from diffusers.loaders.single_file_utils import (convert_wan_transformer_to_diffusers,
+                                                     convert_wan_vae_to_diffusers)
+
+    _, to_hf = t5_gguf_names()
+    files = [
+        ("transformer/diffusion_pytorch_model.safetensors", "dit",
+         renames(dit_t, convert_wan_transformer_to_diffusers(dict(dit_t)), "dit")),
+        ("text_encoder/model.safetensors", "t5", {hf: g for g, hf in to_hf.items()}),
+        ("vae/diffusion_pytorch_model.safetensors", "vae",
+         renames(vae_t, convert_wan_vae_to_diffusers(dict(vae_t)), "vae")),
+    ]
+    assert sorted(files[1][2].values()) == sorted(t5_t)
+    out = {
+        "about": "diffusers Wan folder names -> stored names of index.json's files "
+                 "(tools/reference/make_wan_pipeline_fixtures.py)",
+        "files": [{"path": path, "from": src, "tensors": [[dn, sn] for dn, sn in sorted(m.items())]}
+                  for path, src, m in files],
+    }
+    text = json.dumps(out, separators=(",", ":"))
+    text = text.replace('],["', '],\n["')  # one tensor per line
+    with open(os.path.join(OUT, "diffusers_names.json"), "w") as f:
+        f.write(text + "\n")
+    print("diffusers_names.json:", sum(len(f["tensors"]) for f in out["files"]), "tensors")
+
+
+def names_only():
+    """Writes diffusers_names.json alone (the components are rebuilt, nothing is run)."""
+    torch.manual_seed(0)
+    _, _, dit_t = build_dit()
+    _, _, t5_t = build_t5()
+    _, _, vae_t = build_vae()
+    write_diffusers_names(dit_t, t5_t, vae_t)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--names-only"]:
+        names_only()
+    else:
+        main()
