@@ -280,3 +280,118 @@ fn denormalize_scales_then_shifts_per_channel() {
     normalize(&mut x, &LATENTS_MEAN, &LATENTS_STD);
     assert!(x.iter().all(|v| (v - 1.0).abs() < 1e-5), "{x:?}");
 }
+
+/// A latent of `t` frames at h x w for the z16 fixture model, from the hash generator.
+fn z16_latent(t: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut lat = common::hash_values(16 * t * h * w, 4242, 2.0, 0.0);
+    denormalize(&mut lat, &LATENTS_MEAN, &LATENTS_STD);
+    lat
+}
+
+/// Tiled decode (each tile a full causal decode over all frames with its own caches, blended
+/// across the overlap) against the untiled decode, on the z16 model (base 32) at a 24x24 latent
+/// (192x192 px), 2 latent frames. Every 3x3 conv near a tile edge and the per-frame mid
+/// attention see only the tile, so tiling is not exact; with tiles of 16 and an overlap of 8
+/// the mean error is small.
+#[test]
+fn tiled_decode_is_close_to_untiled_and_exact_with_one_tile() {
+    let fx = fixture_of("z16_index.json");
+    with_set(&fx.tensors, |set| {
+        let mut vae = WanVae::new(set, "", 2).unwrap();
+        let (t, h, w) = (2, 24, 24);
+        let lat = z16_latent(t, h, w);
+        let full = vae.decode(&lat, t, h, w).unwrap();
+        let untiled_bytes = vae.last_compute_bytes();
+
+        // A tile covering the latent is the untiled decode, bit for bit.
+        let one = vae.decode_tiled(&lat, t, h, w, 24, 8).unwrap();
+        assert_eq!(one, full);
+        let mut frames = Vec::new();
+        vae.decode_frames_tiled(&lat, t, h, w, 32, 4, |f, img| {
+            frames.push((f, img.to_vec()))
+        })
+        .unwrap();
+        assert_eq!(frames.len(), 5);
+        // Frame 4, channel 0 ([3, F, H, W]).
+        assert_eq!(frames[4].1[..192 * 192], full[4 * 192 * 192..][..192 * 192]);
+
+        // 2 x 2 tiles of 16 (overlap 8).
+        let mut tv = WanVae::new(set, "", 2).unwrap();
+        let tiled = tv.decode_tiled(&lat, t, h, w, 16, 8).unwrap();
+        let tiled_bytes = tv.last_compute_bytes();
+        assert_eq!(tiled.len(), full.len());
+        assert!(tiled.iter().all(|v| (-1.0..=1.0).contains(v)));
+        let e = rel_err(&tiled, &full);
+        let max = tiled
+            .iter()
+            .zip(&full)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let mean = tiled
+            .iter()
+            .zip(&full)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / full.len() as f32;
+        eprintln!(
+            "wan vae tiled (16, overlap 8) vs untiled at 24x24 latent: rel err {e:.2e}, mean abs \
+             {mean:.2e}, max abs {max:.2e}; compute bytes {tiled_bytes} vs {untiled_bytes}"
+        );
+        assert!(e < 0.1, "tiled rel err {e}");
+        assert!(mean < 0.04, "tiled mean abs err {mean}");
+        // A tile's graph is smaller than the whole latent's, and the plan says so beforehand.
+        assert!(tiled_bytes < untiled_bytes);
+        let plan = vae.decode_memory(t, h, w, Some((16, 8))).unwrap();
+        assert_eq!(plan.compute_bytes, tiled_bytes);
+        assert_eq!((plan.tiles, plan.tile_h, plan.tile_w), (4, 16, 16));
+        let plan1 = vae.decode_memory(t, h, w, None).unwrap();
+        assert_eq!(plan1.compute_bytes, untiled_bytes);
+        assert_eq!(plan1.tiles, 1);
+        assert!(plan.cache_bytes < plan1.cache_bytes);
+        // A tile covering the latent plans as untiled.
+        assert_eq!(vae.decode_memory(t, h, w, Some((24, 8))).unwrap(), plan1);
+
+        // Bad tiles are input errors.
+        let err = vae.decode_tiled(&lat, t, h, w, 8, 8).unwrap_err();
+        assert!(matches!(err, WanVaeError::Input(_)), "{err}");
+    });
+}
+
+/// The compute buffer of a decode does not grow with the number of latent frames: the causal
+/// caches live in their own buffer, written in place, and each graph is one latent frame.
+#[test]
+fn decode_compute_bytes_do_not_depend_on_the_frame_count() {
+    let fx = fixture_of("z16_index.json");
+    with_set(&fx.tensors, |set| {
+        let (h, w) = (6, 10);
+        let mut bytes = Vec::new();
+        for t in [2, 5] {
+            let mut vae = WanVae::new(set, "", 2).unwrap();
+            let out = vae.decode(&z16_latent(t, h, w), t, h, w).unwrap();
+            assert_eq!(out.len(), 3 * (1 + 4 * (t - 1)) * 48 * 80);
+            bytes.push(vae.last_compute_bytes());
+            let m = vae.decode_memory(t, h, w, None).unwrap();
+            assert_eq!(m.compute_bytes, vae.last_compute_bytes());
+            assert_eq!(vae.decode_compute_bytes(h, w).unwrap(), m.compute_bytes);
+        }
+        eprintln!(
+            "wan vae z16 compute bytes at 6x10: T=2 {} T=5 {}",
+            bytes[0], bytes[1]
+        );
+        assert_eq!(bytes[0], bytes[1]);
+    });
+}
+
+/// Encode: the compute buffer and caches are planned without computing (per chunk, whatever
+/// the frame count) and grow with the image size.
+#[test]
+fn encode_memory_is_planned() {
+    let fx = fixture_of("z16_index.json");
+    with_set(&fx.tensors, |set| {
+        let vae = WanVae::new(set, "", 2).unwrap();
+        let m = vae.encode_memory(48, 80).unwrap();
+        assert!(m.compute_bytes > 0 && m.cache_bytes > 0, "{m:?}");
+        let big = vae.encode_memory(96, 160).unwrap();
+        assert!(big.compute_bytes > 3 * m.compute_bytes, "{big:?} vs {m:?}");
+    });
+}

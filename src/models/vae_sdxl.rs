@@ -534,7 +534,7 @@ const GRAPH_SIZE: usize = 4096;
 /// blends its [oc, th*s, tw*s] outputs into [oc, h*s, w*s]: inside an overlap band the weights
 /// ramp linearly from one tile to the next; the result is the weighted mean.
 #[allow(clippy::too_many_arguments)]
-fn blend_tiles<E>(
+pub(crate) fn blend_tiles<E>(
     input: &[f32],
     lc: usize,
     h: usize,
@@ -594,7 +594,7 @@ fn blend_tiles<E>(
 
 /// Start offsets of tiles of `tile` covering `len` with at least `overlap` shared; the last
 /// tile is aligned to the end.
-fn tile_starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
+pub(crate) fn tile_starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
     if len <= tile {
         return vec![0];
     }

@@ -26,17 +26,22 @@
 //!   [last frame of the previous chunk, x], which the first chunk only caches);
 //!   middle.{0,1,2}; head; then `conv1` (quant); the mean is the first z channels.
 //!
-//! Execution: one ggml graph per latent frame. Its inputs are the latent frame and the 2-frame
-//! cache of every causal conv; its outputs are the decoded frames and the new caches, which are
-//! copied to host `Vec<f32>`s between graphs (a few MB at 480p for the real model, small next
-//! to the activations). The graph's memory therefore depends on (first chunk?, h, w) only, not
-//! on the number of frames: [`WanVae::last_compute_bytes`] reports the allocator's buffer size.
-//! The graph is rebuilt per frame (building is cheap: no data) and the allocator reused.
-//! Measured plan ([`WanVae::decode_compute_bytes`]) at 480x832 for base 32 (a third of
-//! Wan2.1's width): 4.7 GB per chunk, 1.26 GB of it the new caches (held in the compute buffer
-//! until copied out, and again on the host between chunks); activations scale with the width,
-//! so expect about 3x for the real model. Keeping the caches in a persistent backend buffer
-//! (updated in place by the graph) and spatial tiling are the ways down.
+//! Execution: one ggml graph per latent frame. Its input is the latent frame, its output the
+//! decoded frames. The 2-frame cache of every causal conv lives in one persistent backend
+//! buffer (`CacheBuffer`), zeroed before the first chunk: each graph reads a slot through a
+//! tensor placed over it and writes the slot's new contents with a copy placed over the same
+//! memory, added to the graph right after the frames it is taken from (so they are freed
+//! early; the copy necessarily runs after the slot's read, which feeds it). Nothing goes
+//! through the host between chunks and the compute buffer holds no cache; it depends on
+//! (first chunk?, h, w) only, not on the number of frames: [`WanVae::last_compute_bytes`]
+//! reports it and [`WanVae::decode_memory`] plans it (and the caches) without computing. The
+//! graph is rebuilt per frame (building is cheap: no data) and the allocator reused.
+//!
+//! Spatial tiling ([`WanVae::decode_tiled`]): each tile runs the whole causal decode over all
+//! frames with its own caches, and the tiles are blended linearly across their overlap (the
+//! SDXL VAE's `blend_tiles`); compute and cache memory are then those of one tile, and the
+//! blended video is the only buffer that grows with the frame count (3 x 4 bytes per output
+//! pixel and frame).
 //!
 //! Causal 3-D convs are computed as the sum over the time taps of F32 direct 2-D convs (ggml's
 //! `conv_3d` goes through an F16 im2col), so an F32 model stays F32 throughout.
@@ -52,8 +57,12 @@
 //! Shapes are ggml `ne` (innermost first): activations [W, H, C, T]; 5-D conv weights
 //! [OC, IC, KT, KH, KW] are stored folded as [KW, KH, KT, IC*OC].
 
-use crate::ggml::{self, Backend, Context, GgmlError, GgmlType, GraphAllocator, Tensor, TensorSet};
+use crate::ggml::{
+    self, Backend, Buffer, Context, GgmlError, GgmlType, Graph, GraphAllocator, Tensor, TensorSet,
+};
 use crate::nn::{self, NnError, Weights};
+
+use super::vae_sdxl::{blend_tiles, tile_starts};
 
 /// Wan2.1 latent channel means (diffusers `AutoencoderKLWan` config `latents_mean`, the same
 /// values as `mean` in Wan's `wan/modules/vae.py` `WanVAE`).
@@ -226,16 +235,148 @@ pub struct WanVae<'w> {
     last_compute_bytes: usize,
 }
 
-/// A cached conv of one graph: its cache input (absent when the conv does not read its cache
-/// in this chunk) and its new cache (absent when it does not write it).
-#[derive(Clone, Copy, Default)]
-struct Slot<'c> {
-    cin: Option<Tensor<'c>>,
-    cout: Option<Tensor<'c>>,
+/// Bytes each cache starts on inside the cache buffer.
+const CACHE_ALIGN: usize = 64;
+
+/// The causal caches of one decode (or encode): a single backend buffer holding the cache of
+/// every cached conv at a fixed offset. Zeroed before the first chunk, then read and
+/// overwritten in place by each chunk's graph: nothing goes through the host between chunks,
+/// and the compute buffer holds no cache.
+struct CacheBuffer {
+    buffer: Buffer<'static>,
+    /// (byte offset, shape [W, H, C, frames]) per cache slot, in build order.
+    slots: Vec<(usize, [i64; 4])>,
 }
 
-/// The cached convs of one graph in the order they were built (the same order every chunk).
-type Slots<'c> = Vec<Slot<'c>>;
+impl CacheBuffer {
+    /// Lays out `shapes` (F32) in a new buffer of `backend`. The memory is not touched (nor
+    /// resident, on the CPU) until [`CacheBuffer::zero`] or a graph writes it.
+    fn new(backend: &Backend, shapes: &[[i64; 4]]) -> Result<CacheBuffer, WanVaeError> {
+        let mut slots = Vec::with_capacity(shapes.len());
+        let mut end = 0usize;
+        for ne in shapes {
+            slots.push((end, *ne));
+            let bytes = 4 * ne.iter().product::<i64>() as usize;
+            end += bytes.div_ceil(CACHE_ALIGN) * CACHE_ALIGN;
+        }
+        let buffer = backend.alloc_buffer(end.max(CACHE_ALIGN))?;
+        Ok(CacheBuffer { buffer, slots })
+    }
+
+    /// Bytes of all caches.
+    fn bytes(&self) -> usize {
+        self.buffer.size()
+    }
+
+    /// Writes zeros over every cache (the state before the first chunk).
+    fn zero(&self) -> Result<(), WanVaeError> {
+        let ctx = Context::new_meta(self.slots.len().max(1), 1)?;
+        let n_max = self
+            .slots
+            .iter()
+            .map(|(_, ne)| ne.iter().product::<i64>())
+            .max()
+            .unwrap_or(0) as usize;
+        // Freshly allocated zeros are mapped lazily: reading them costs no resident memory.
+        let zeros = vec![0f32; n_max];
+        for &(offset, ne) in &self.slots {
+            let n = ne.iter().product::<i64>();
+            let t = ctx.new_f32(&[n]);
+            self.buffer.place(t, offset)?;
+            ggml::tensor_set_f32(t, &zeros[..n as usize])?;
+        }
+        Ok(())
+    }
+}
+
+/// The graph of one chunk while it is built, with the cache slots its causal convs use: slot
+/// `i` is the i-th cached conv in build order, the same in every chunk. With a cache buffer,
+/// the tensors that read or write a slot are placed over its memory; without one, the slot
+/// shapes are only recorded (to lay out a buffer).
+struct ChunkGraph<'c> {
+    graph: Graph<'c>,
+    caches: Option<&'c CacheBuffer>,
+    /// Shape of each slot seen so far (`None` for a slot a first chunk skips).
+    shapes: Vec<Option<[i64; 4]>>,
+}
+
+impl<'c> ChunkGraph<'c> {
+    fn new(ctx: &'c Context, caches: Option<&'c CacheBuffer>) -> ChunkGraph<'c> {
+        ChunkGraph {
+            graph: ctx.new_graph(GRAPH_SIZE),
+            caches,
+            shapes: Vec::new(),
+        }
+    }
+
+    /// The next slot, holding `ne` frames of a conv's input.
+    fn slot(&mut self, ne: [i64; 4]) -> Result<usize, WanVaeError> {
+        let i = self.shapes.len();
+        if let Some(c) = self.caches {
+            match c.slots.get(i) {
+                Some(&(_, have)) if have == ne => {}
+                other => {
+                    return Err(WanVaeError::Config(format!(
+                        "cache slot {i}: graph wants {ne:?}, buffer has {:?}",
+                        other.map(|s| s.1)
+                    )))
+                }
+            }
+        }
+        self.shapes.push(Some(ne));
+        Ok(i)
+    }
+
+    /// Skips a slot this chunk does not use.
+    fn skip(&mut self) {
+        self.shapes.push(None);
+    }
+
+    /// The contents of slot `i` (before this chunk writes it).
+    fn read(&self, ctx: &'c Context, i: usize) -> Result<Tensor<'c>, WanVaeError> {
+        let ne = self.shapes[i].expect("slot has a shape");
+        let t = ctx.new_f32(&ne);
+        if let Some(c) = self.caches {
+            c.buffer.place(t, c.slots[i].0)?;
+        }
+        Ok(t)
+    }
+
+    /// Copies `src` (the slot's shape) into slot `i`. The copy joins the graph now, right
+    /// after `src` is computed, so the frames it is taken from can be freed early; it runs
+    /// after every read of the slot, since those feed `src`.
+    fn write(&mut self, ctx: &'c Context, i: usize, src: Tensor<'c>) -> Result<(), WanVaeError> {
+        let dst = ctx.cont(src);
+        if let Some(c) = self.caches {
+            c.buffer.place(dst, c.slots[i].0)?;
+        }
+        self.graph.expand(dst);
+        Ok(())
+    }
+}
+
+/// Memory of a decode (or encode) beyond the weights, planned without computing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WanVaeMemory {
+    /// The graph allocator's compute buffer for the largest chunk (of one tile).
+    pub compute_bytes: usize,
+    /// The causal caches (of one tile), a persistent buffer next to the compute buffer.
+    pub cache_bytes: usize,
+    /// Host buffers of the tiled decode: the blended video and its weights, one tile's video
+    /// and latent (0 untiled, where frames are handed out one chunk at a time).
+    pub host_bytes: usize,
+    /// Latent size of a tile (the whole latent when untiled), and the tile count.
+    pub tile_h: usize,
+    pub tile_w: usize,
+    pub tiles: usize,
+}
+
+impl WanVaeMemory {
+    /// Everything together.
+    pub fn total(&self) -> usize {
+        self.compute_bytes + self.cache_bytes + self.host_bytes
+    }
+}
 
 impl<'w> WanVae<'w> {
     /// The VAE whose tensors are under `prefix` in `set` (original Wan names), config inferred
@@ -258,16 +399,18 @@ impl<'w> WanVae<'w> {
         // shape-checked now.
         for first in [true, false] {
             let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-            vae.build_decoder(&ctx, first, 1, 1)?;
+            let mut g = ChunkGraph::new(&ctx, None);
+            vae.build_decoder(&ctx, &mut g, first, 1, 1)?;
             if vae.config.has_encoder {
                 let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+                let mut g = ChunkGraph::new(&ctx, None);
                 let s = vae.config.spatial_factor();
                 let frames = if first {
                     1
                 } else {
                     vae.config.temporal_factor()
                 };
-                vae.build_encoder(&ctx, first, frames, s, s)?;
+                vae.build_encoder(&ctx, &mut g, first, frames, s, s)?;
             }
         }
         Ok(vae)
@@ -286,27 +429,117 @@ impl<'w> WanVae<'w> {
     /// Compute-buffer bytes one decoder chunk needs for an [z, h, w] latent frame (a later chunk,
     /// the larger kind), planned by a fresh graph allocator without computing: what
     /// [`WanVae::last_compute_bytes`] will report after decoding at that size. The weights and
-    /// the host caches come on top.
+    /// the caches ([`WanVae::decode_memory`]) come on top.
     pub fn decode_compute_bytes(&self, h: usize, w: usize) -> Result<usize, WanVaeError> {
-        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-        let (_, output, slots) = self.build_decoder(&ctx, false, h, w)?;
-        let mut graph = ctx.new_graph(GRAPH_SIZE);
-        graph.expand(output);
-        for new in slots.iter().filter_map(|s| s.cout) {
-            graph.expand(new);
+        Ok(self.plan(true, h, w)?.0)
+    }
+
+    /// Memory of decoding a [z, t, h, w] latent, planned without computing: untiled with
+    /// `tile` `None` (or a tile covering the latent), else in tiles of `(tile, overlap)` latent
+    /// pixels as [`WanVae::decode_tiled`] does. The compute and cache bytes depend on the (tile)
+    /// size only; `t` only changes the host buffers of a tiled decode (the blended video).
+    pub fn decode_memory(
+        &self,
+        t: usize,
+        h: usize,
+        w: usize,
+        tile: Option<(usize, usize)>,
+    ) -> Result<WanVaeMemory, WanVaeError> {
+        let s = self.config.spatial_factor();
+        let oc = self.config.out_channels;
+        let frames = self.config.frames_for(t);
+        let tf = self.config.temporal_factor();
+        let tiled = tile.filter(|&(tile, _)| h > tile || w > tile);
+        let (th, tw, tiles) = match tiled {
+            None => (h, w, 1),
+            Some((tile, overlap)) => {
+                check_tile(tile, overlap)?;
+                let (th, tw) = (tile.min(h), tile.min(w));
+                let n = tile_starts(h, th, overlap).len() * tile_starts(w, tw, overlap).len();
+                (th, tw, n)
+            }
+        };
+        let (compute_bytes, cache_bytes) = self.plan(true, th, tw)?;
+        let f32s = std::mem::size_of::<f32>();
+        // One chunk's frames, and their clamped copy.
+        let chunk = 2 * oc * tf * th * tw * s * s * f32s;
+        let host_bytes = match tiled {
+            None => chunk,
+            Some(_) => {
+                let video = oc * frames * h * w * s * s + h * w * s * s;
+                let tile_video = oc * frames * th * tw * s * s;
+                let tile_latent = self.config.z_dim * t * th * tw;
+                (video + tile_video + tile_latent) * f32s + chunk
+            }
+        };
+        Ok(WanVaeMemory {
+            compute_bytes,
+            cache_bytes,
+            host_bytes,
+            tile_h: th,
+            tile_w: tw,
+            tiles,
+        })
+    }
+
+    /// Memory of encoding a video of `h` x `w` pixels (compute and caches; any frame count).
+    pub fn encode_memory(&self, h: usize, w: usize) -> Result<WanVaeMemory, WanVaeError> {
+        if !self.config.has_encoder {
+            return Err(NnError::MissingTensor(self.weights.name("encoder.conv1.weight")).into());
         }
+        let (compute_bytes, cache_bytes) = self.plan(false, h, w)?;
+        Ok(WanVaeMemory {
+            compute_bytes,
+            cache_bytes,
+            host_bytes: 0,
+            tile_h: h,
+            tile_w: w,
+            tiles: 1,
+        })
+    }
+
+    /// (compute bytes, cache bytes) of a later decoder (encoder) chunk at latent (pixel) size
+    /// h x w, planned by a fresh allocator. The cache buffer is allocated but never touched,
+    /// so it costs address space, not memory.
+    fn plan(&self, decoder: bool, h: usize, w: usize) -> Result<(usize, usize), WanVaeError> {
+        let caches = self.caches(decoder, h, w)?;
+        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+        let mut g = ChunkGraph::new(&ctx, Some(&caches));
+        let (_, output) = if decoder {
+            self.build_decoder(&ctx, &mut g, false, h, w)?
+        } else {
+            let tf = self.config.temporal_factor();
+            self.build_encoder(&ctx, &mut g, false, tf, h, w)?
+        };
+        g.graph.expand(output);
         let mut alloc = self.backend.graph_allocator()?;
-        alloc.reserve(&graph)?;
+        alloc.reserve(&g.graph)?;
         tracing::debug!(
-            cache_bytes = slots
-                .iter()
-                .filter_map(|s| s.cout)
-                .map(|t| t.nbytes())
-                .sum::<usize>(),
+            decoder,
+            h,
+            w,
+            cache_bytes = caches.bytes(),
             compute_bytes = alloc.buffer_size(),
-            "wan vae decoder chunk plan"
+            "wan vae chunk plan"
         );
-        Ok(alloc.buffer_size())
+        Ok((alloc.buffer_size(), caches.bytes()))
+    }
+
+    /// A cache buffer for the decoder (latent size h x w) or the encoder (pixel size h x w),
+    /// not zeroed.
+    fn caches(&self, decoder: bool, h: usize, w: usize) -> Result<CacheBuffer, WanVaeError> {
+        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+        let mut g = ChunkGraph::new(&ctx, None);
+        if decoder {
+            self.build_decoder(&ctx, &mut g, false, h, w)?;
+        } else {
+            let tf = self.config.temporal_factor();
+            self.build_encoder(&ctx, &mut g, false, tf, h, w)?;
+        }
+        let shapes: Option<Vec<[i64; 4]>> = g.shapes.iter().copied().collect();
+        let shapes = shapes
+            .ok_or_else(|| WanVaeError::Config("a later chunk skipped a cache slot".to_string()))?;
+        CacheBuffer::new(&self.backend, &shapes)
     }
 
     /// Decodes a raw latent (already de-normalised, see [`denormalize`]), row-major
@@ -343,16 +576,12 @@ impl<'w> WanVae<'w> {
         w: usize,
         mut on_frame: impl FnMut(usize, &[f32]),
     ) -> Result<(), WanVaeError> {
+        self.check_latent(latent, t, h, w)?;
         let z = self.config.z_dim;
-        if t == 0 || h == 0 || w == 0 || latent.len() != z * t * h * w {
-            return Err(WanVaeError::Input(format!(
-                "latent of {} values is not [{z}, {t}, {h}, {w}]",
-                latent.len()
-            )));
-        }
         let _span = tracing::debug_span!("wan_vae_decode", t, h, w).entered();
         let plane = h * w;
-        let mut caches: Vec<Option<Vec<f32>>> = Vec::new();
+        let caches = self.caches(true, h, w)?;
+        caches.zero()?;
         let mut next_frame = 0;
         let mut frame_in = vec![0f32; z * plane];
         for i in 0..t {
@@ -360,7 +589,12 @@ impl<'w> WanVae<'w> {
                 frame_in[c * plane..][..plane]
                     .copy_from_slice(&latent[(c * t + i) * plane..][..plane]);
             }
-            let video = self.decode_chunk(&frame_in, i == 0, h, w, &mut caches)?;
+            let video = {
+                let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+                let mut g = ChunkGraph::new(&ctx, Some(&caches));
+                let (input, output) = self.build_decoder(&ctx, &mut g, i == 0, h, w)?;
+                self.run(g, input, output, &frame_in)?
+            };
             // [F, 3, H, W] row-major
             let oc = self.config.out_channels;
             let s = self.config.spatial_factor();
@@ -374,62 +608,111 @@ impl<'w> WanVae<'w> {
         Ok(())
     }
 
-    /// One latent frame [z, h, w] through the decoder with the caches: returns the frames,
-    /// row-major [F, 3, H, W] unclamped, and updates `caches`.
-    fn decode_chunk(
+    /// Decodes in overlapping spatial tiles of `tile` x `tile` latent pixels, `overlap` of them
+    /// shared with each neighbour, blended linearly across the overlap (as the SDXL VAE's
+    /// tiled decode). Each tile is a full causal decode over all frames with its own caches,
+    /// so the compute and cache memory are those of one tile ([`WanVae::decode_memory`]); the
+    /// blended video is held on the host until the last tile. Same input and output as
+    /// [`WanVae::decode`]; a tile covering the latent gives exactly the untiled decode. The
+    /// mid attention and every 3x3 conv near a tile edge see only the tile, so the result
+    /// differs slightly from an untiled decode.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_tiled(
         &mut self,
-        frame: &[f32],
-        first: bool,
+        latent: &[f32],
+        t: usize,
         h: usize,
         w: usize,
-        caches: &mut Vec<Option<Vec<f32>>>,
+        tile: usize,
+        overlap: usize,
     ) -> Result<Vec<f32>, WanVaeError> {
-        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-        let (input, output, slots) = self.build_decoder(&ctx, first, h, w)?;
-        self.run(&ctx, input, output, &slots, frame, caches)
+        check_tile(tile, overlap)?;
+        if h <= tile && w <= tile {
+            return self.decode(latent, t, h, w);
+        }
+        self.check_latent(latent, t, h, w)?;
+        let _span = tracing::debug_span!("wan_vae_decode_tiled", t, h, w, tile, overlap).entered();
+        let (z, s) = (self.config.z_dim, self.config.spatial_factor());
+        let oc = self.config.out_channels * self.config.frames_for(t);
+        // [z, t, h, w] is [z*t, h, w] and [3, F, H, W] is [3*F, H, W]: tiles of the latent
+        // decode to tiles of every frame.
+        blend_tiles(latent, z * t, h, w, tile, overlap, s, oc, |part, th, tw| {
+            self.decode(part, t, th, tw)
+        })
     }
 
-    /// Allocates the graph of `output` and the new caches, uploads `data` and the caches (zeros
-    /// for a cache never written), computes, stores the new caches and returns `output`.
+    /// As [`WanVae::decode_tiled`], handing out each frame ([3, 8h, 8w], clamped) to
+    /// `on_frame` once every tile is decoded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_frames_tiled(
+        &mut self,
+        latent: &[f32],
+        t: usize,
+        h: usize,
+        w: usize,
+        tile: usize,
+        overlap: usize,
+        mut on_frame: impl FnMut(usize, &[f32]),
+    ) -> Result<(), WanVaeError> {
+        check_tile(tile, overlap)?;
+        if h <= tile && w <= tile {
+            return self.decode_frames(latent, t, h, w, on_frame);
+        }
+        let video = self.decode_tiled(latent, t, h, w, tile, overlap)?;
+        let s = self.config.spatial_factor();
+        let (oc, frames, plane) = (
+            self.config.out_channels,
+            self.config.frames_for(t),
+            h * w * s * s,
+        );
+        let mut img = vec![0f32; oc * plane];
+        for f in 0..frames {
+            for c in 0..oc {
+                img[c * plane..][..plane]
+                    .copy_from_slice(&video[(c * frames + f) * plane..][..plane]);
+            }
+            on_frame(f, &img);
+        }
+        Ok(())
+    }
+
+    fn check_latent(
+        &self,
+        latent: &[f32],
+        t: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(), WanVaeError> {
+        let z = self.config.z_dim;
+        if t == 0 || h == 0 || w == 0 || latent.len() != z * t * h * w {
+            return Err(WanVaeError::Input(format!(
+                "latent of {} values is not [{z}, {t}, {h}, {w}]",
+                latent.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Allocates the graph (the caches it reads and writes are in place already), uploads
+    /// `data` to `input`, computes and returns `output`.
     fn run<'c>(
         &mut self,
-        ctx: &'c Context,
+        g: ChunkGraph<'c>,
         input: Tensor<'c>,
         output: Tensor<'c>,
-        slots: &Slots<'c>,
         data: &[f32],
-        caches: &mut Vec<Option<Vec<f32>>>,
     ) -> Result<Vec<f32>, WanVaeError> {
-        let mut graph = ctx.new_graph(GRAPH_SIZE);
+        let ChunkGraph { mut graph, .. } = g;
         graph.expand(output);
-        for new in slots.iter().filter_map(|s| s.cout) {
-            graph.expand(new);
-        }
         self.alloc.alloc_graph(&graph)?;
         self.last_compute_bytes = self.alloc.buffer_size();
         ggml::tensor_set_f32(input, data)?;
-        if caches.len() < slots.len() {
-            caches.resize(slots.len(), None);
-        }
-        for (slot, cache) in slots.iter().zip(caches.iter()) {
-            if let Some(cin) = slot.cin {
-                match cache {
-                    Some(v) => ggml::tensor_set_f32(cin, v)?,
-                    None => ggml::tensor_set_f32(cin, &vec![0f32; cin.n_elements() as usize])?,
-                }
-            }
-        }
         tracing::debug!(
             nodes = graph.n_nodes(),
             compute_bytes = self.last_compute_bytes,
             "wan vae chunk"
         );
         self.backend.compute(&graph)?;
-        for (slot, cache) in slots.iter().zip(caches.iter_mut()) {
-            if let Some(new) = slot.cout {
-                *cache = Some(ggml::tensor_get_f32(new)?);
-            }
-        }
         Ok(ggml::tensor_get_f32(output)?)
     }
 
@@ -469,7 +752,8 @@ impl<'w> WanVae<'w> {
         let (lh, lw) = (h / s, w / s);
         let (plane, lplane) = (h * w, lh * lw);
         let mut out = vec![0f32; z * t_lat * lplane];
-        let mut caches: Vec<Option<Vec<f32>>> = Vec::new();
+        let caches = self.caches(false, h, w)?;
+        caches.zero()?;
         for i in 0..t_lat {
             let (f0, n) = if i == 0 {
                 (0, 1)
@@ -484,9 +768,12 @@ impl<'w> WanVae<'w> {
                         .copy_from_slice(&video[(c * frames + f0 + f) * plane..][..plane]);
                 }
             }
-            let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-            let (input, output, slots) = self.build_encoder(&ctx, i == 0, n, h, w)?;
-            let mean = self.run(&ctx, input, output, &slots, &chunk, &mut caches)?;
+            let mean = {
+                let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+                let mut g = ChunkGraph::new(&ctx, Some(&caches));
+                let (input, output) = self.build_encoder(&ctx, &mut g, i == 0, n, h, w)?;
+                self.run(g, input, output, &chunk)?
+            };
             if mean.len() != z * lplane {
                 return Err(WanVaeError::Config(format!(
                     "chunk {i} encoded to {} values, expected one latent frame of {}",
@@ -507,43 +794,43 @@ impl<'w> WanVae<'w> {
     fn build_encoder<'c>(
         &self,
         ctx: &'c Context,
+        g: &mut ChunkGraph<'c>,
         first: bool,
         frames: usize,
         h: usize,
         w: usize,
-    ) -> Result<(Tensor<'c>, Tensor<'c>, Slots<'c>), WanVaeError>
+    ) -> Result<(Tensor<'c>, Tensor<'c>), WanVaeError>
     where
         'w: 'c,
     {
         let cfg = &self.config;
         let wt: &Weights<'c> = &self.weights;
         let e = wt.pp("encoder");
-        let mut slots: Slots<'c> = Vec::new();
         let input = ctx
             .new_f32(&[w as i64, h as i64, 3, frames as i64])
             .set_name("wan_vae.enc.video")
             .set_input();
-        let mut x = causal_conv(ctx, &e.pp("conv1"), input, 1, &mut slots)?;
+        let mut x = causal_conv(ctx, &e.pp("conv1"), input, 1, g)?;
         for layer in &cfg.down {
             match *layer {
-                DownLayer::Res(n) => x = residual(ctx, &e.pp("downsamples").pp(n), x, &mut slots)?,
+                DownLayer::Res(n) => x = residual(ctx, &e.pp("downsamples").pp(n), x, g)?,
                 DownLayer::Down2d(n) | DownLayer::Down3d(n) => {
                     let p = e.pp("downsamples").pp(n);
                     x = ctx.pad(x, [1, 1, 0, 0]);
                     x = nn::conv2d(ctx, &p.pp("resample").pp(1), x, 2, 0)?;
                     if matches!(layer, DownLayer::Down3d(_)) {
-                        x = time_down(ctx, &p.pp("time_conv"), x, first, &mut slots)?;
+                        x = time_down(ctx, &p.pp("time_conv"), x, first, g)?;
                     }
                 }
             }
         }
-        x = residual(ctx, &e.pp("middle").pp(0), x, &mut slots)?;
+        x = residual(ctx, &e.pp("middle").pp(0), x, g)?;
         x = attention(ctx, &e.pp("middle").pp(1), x)?;
-        x = residual(ctx, &e.pp("middle").pp(2), x, &mut slots)?;
+        x = residual(ctx, &e.pp("middle").pp(2), x, g)?;
         let x = ctx.silu(rms_norm(ctx, &e.pp("head").pp(0), x)?);
-        let mut m = causal_conv(ctx, &e.pp("head").pp(2), x, 1, &mut slots)?;
+        let mut m = causal_conv(ctx, &e.pp("head").pp(2), x, 1, g)?;
         if wt.contains("conv1.weight") {
-            m = causal_conv(ctx, &wt.pp("conv1"), m, 0, &mut slots)?;
+            m = causal_conv(ctx, &wt.pp("conv1"), m, 0, g)?;
         }
         let [mw, mh, mc, mt] = m.ne();
         let z = cfg.z_dim as i64;
@@ -555,7 +842,7 @@ impl<'w> WanVae<'w> {
         }
         let nb = m.nb();
         let mean = ctx.cont(ctx.view(m, &[mw, mh, z, 1], &[nb[1], nb[2], nb[3]], 0));
-        Ok((input, mean.set_name("wan_vae.enc.mean").set_output(), slots))
+        Ok((input, mean.set_name("wan_vae.enc.mean").set_output()))
     }
 
     /// The decoder graph of one chunk: (latent frame input [w, h, z, 1], frames [W, H, 3, F],
@@ -563,41 +850,41 @@ impl<'w> WanVae<'w> {
     fn build_decoder<'c>(
         &self,
         ctx: &'c Context,
+        g: &mut ChunkGraph<'c>,
         first: bool,
         h: usize,
         w: usize,
-    ) -> Result<(Tensor<'c>, Tensor<'c>, Slots<'c>), WanVaeError>
+    ) -> Result<(Tensor<'c>, Tensor<'c>), WanVaeError>
     where
         'w: 'c,
     {
         let cfg = &self.config;
         let wt: &Weights<'c> = &self.weights;
         let d = wt.pp("decoder");
-        let mut slots: Slots<'c> = Vec::new();
         let input = ctx
             .new_f32(&[w as i64, h as i64, cfg.z_dim as i64, 1])
             .set_name("wan_vae.dec.latent")
             .set_input();
         let mut x = input;
         if cfg.post_quant {
-            x = causal_conv(ctx, &wt.pp("conv2"), x, 0, &mut slots)?;
+            x = causal_conv(ctx, &wt.pp("conv2"), x, 0, g)?;
         }
-        x = causal_conv(ctx, &d.pp("conv1"), x, 1, &mut slots)?;
-        x = residual(ctx, &d.pp("middle").pp(0), x, &mut slots)?;
+        x = causal_conv(ctx, &d.pp("conv1"), x, 1, g)?;
+        x = residual(ctx, &d.pp("middle").pp(0), x, g)?;
         x = attention(ctx, &d.pp("middle").pp(1), x)?;
-        x = residual(ctx, &d.pp("middle").pp(2), x, &mut slots)?;
+        x = residual(ctx, &d.pp("middle").pp(2), x, g)?;
         for layer in &cfg.up {
             match *layer {
-                UpLayer::Res(n) => x = residual(ctx, &d.pp("upsamples").pp(n), x, &mut slots)?,
+                UpLayer::Res(n) => x = residual(ctx, &d.pp("upsamples").pp(n), x, g)?,
                 UpLayer::Up2d(n) | UpLayer::Up3d(n) => {
                     let p = d.pp("upsamples").pp(n);
                     if matches!(layer, UpLayer::Up3d(_)) {
                         if first {
                             // Diffusers marks the cache "Rep" and leaves the frame alone.
-                            slots.push(Slot::default());
+                            g.skip();
                         } else {
                             let [xw, xh, c, t] = x.ne();
-                            let y = causal_conv(ctx, &p.pp("time_conv"), x, 0, &mut slots)?;
+                            let y = causal_conv(ctx, &p.pp("time_conv"), x, 0, g)?;
                             if y.ne()[2] != 2 * c {
                                 return Err(WanVaeError::Config(format!(
                                     "'{}' has {} output channels, expected {}",
@@ -617,8 +904,8 @@ impl<'w> WanVae<'w> {
             }
         }
         let x = ctx.silu(rms_norm(ctx, &d.pp("head").pp(0), x)?);
-        let x = causal_conv(ctx, &d.pp("head").pp(2), x, 1, &mut slots)?;
-        Ok((input, x.set_name("wan_vae.dec.frames").set_output(), slots))
+        let x = causal_conv(ctx, &d.pp("head").pp(2), x, 1, g)?;
+        Ok((input, x.set_name("wan_vae.dec.frames").set_output()))
     }
 }
 
@@ -670,13 +957,13 @@ pub fn normalize(latent: &mut [f32], mean: &[f32], std: &[f32]) {
 
 /// Causal 3-D conv `{w}weight` [KW, KH, KT, IC*OC] + `{w}bias` [OC] on x [W, H, IC, T], with
 /// symmetric spatial padding `pad` and, when KT > 1, the KT-1 frames before x taken from a
-/// cache slot (pushed to `slots`). -> [OW, OH, OC, T].
+/// cache slot of `g` (which gets the last 2 input frames back). -> [OW, OH, OC, T].
 fn causal_conv<'c>(
     ctx: &'c Context,
     w: &Weights<'c>,
     x: Tensor<'c>,
     pad: i32,
-    slots: &mut Slots<'c>,
+    g: &mut ChunkGraph<'c>,
 ) -> Result<Tensor<'c>, WanVaeError> {
     let weight = w.get("weight")?;
     let bias = w.get("bias")?;
@@ -698,7 +985,7 @@ fn causal_conv<'c>(
     let es = weight.nb()[0];
     let kb = (kw * kh) as usize * es;
     // Time tap k of the kernel as a 2-D kernel [KW, KH, IC, OC].
-    let tap = |k: i64| {
+    let tap = |weight: Tensor<'c>, k: i64| {
         let v = ctx.view(
             weight,
             &[kw, kh, ic, oc],
@@ -708,33 +995,32 @@ fn causal_conv<'c>(
         ctx.cont(v)
     };
     let y = if kt == 1 {
-        ctx.conv_2d_direct(tap(0), x, (1, 1), (pad, pad), (1, 1))
+        let k = ctx.reshape(weight, &[kw, kh, ic, oc]);
+        ctx.conv_2d_direct(k, x, (1, 1), (pad, pad), (1, 1))
     } else {
-        let cin = ctx.new_f32(&[xw, xh, ic, CACHE_T]).set_input();
-        let full = ctx.concat(cin, x, 3); // [W, H, IC, T + 2]
+        let i = g.slot([xw, xh, ic, CACHE_T])?;
+        let full = ctx.concat(g.read(ctx, i)?, x, 3); // [W, H, IC, T + 2]
         let nb = full.nb();
-        let new_cache = ctx
-            .cont(ctx.view(
-                full,
-                &[xw, xh, ic, CACHE_T],
-                &[nb[1], nb[2], nb[3]],
-                t as usize * nb[3],
-            ))
-            .set_output();
-        slots.push(Slot {
-            cin: Some(cin),
-            cout: Some(new_cache),
-        });
-        let skip = CACHE_T + 1 - kt;
+        let last = ctx.view(
+            full,
+            &[xw, xh, ic, CACHE_T],
+            &[nb[1], nb[2], nb[3]],
+            t as usize * nb[3],
+        );
+        g.write(ctx, i, last)?;
+        // Tap k reads frames skip + k .. skip + k + T of [cache, x]: a plain view. (One conv
+        // over an overlapping view of all KT frames would save the sum, but ggml sizes views
+        // by their element count and refuses one larger than its source.)
+        let skip = (CACHE_T + 1 - kt) as usize;
         let mut acc: Option<Tensor<'c>> = None;
         for k in 0..kt {
             let frames = ctx.view(
                 full,
                 &[xw, xh, ic, t],
                 &[nb[1], nb[2], nb[3]],
-                (skip + k) as usize * nb[3],
+                (skip + k as usize) * nb[3],
             );
-            let yk = ctx.conv_2d_direct(tap(k), frames, (1, 1), (pad, pad), (1, 1));
+            let yk = ctx.conv_2d_direct(tap(weight, k), frames, (1, 1), (pad, pad), (1, 1));
             acc = Some(match acc {
                 Some(a) => ctx.add(a, yk),
                 None => yk,
@@ -747,31 +1033,28 @@ fn causal_conv<'c>(
 }
 
 /// Temporal 2x downsampling `{w}weight` [1, 1, 3, C*C] (stride 2, no padding) of x
-/// [W, H, C, T] preceded by the last frame of the previous chunk (a 1-frame cache). The first
-/// chunk only stores its last frame and passes x through (diffusers' `downsample3d`).
+/// [W, H, C, T] preceded by the last frame of the previous chunk (a 1-frame cache slot). The
+/// first chunk only stores its last frame and passes x through (diffusers' `downsample3d`).
 fn time_down<'c>(
     ctx: &'c Context,
     w: &Weights<'c>,
     x: Tensor<'c>,
     first: bool,
-    slots: &mut Slots<'c>,
+    g: &mut ChunkGraph<'c>,
 ) -> Result<Tensor<'c>, WanVaeError> {
     let [xw, xh, c, t] = x.ne();
-    let last = |src: Tensor<'c>, frame: i64| {
+    let frame = |src: Tensor<'c>, f: i64| {
         let nb = src.nb();
-        ctx.cont(ctx.view(
+        ctx.view(
             src,
             &[xw, xh, c, 1],
             &[nb[1], nb[2], nb[3]],
-            frame as usize * nb[3],
-        ))
-        .set_output()
+            f as usize * nb[3],
+        )
     };
+    let i = g.slot([xw, xh, c, 1])?;
     if first {
-        slots.push(Slot {
-            cin: None,
-            cout: Some(last(x, t - 1)),
-        });
+        g.write(ctx, i, frame(x, t - 1))?;
         return Ok(x);
     }
     let weight = w.get("weight")?;
@@ -789,15 +1072,12 @@ fn time_down<'c>(
         GgmlType::F32 | GgmlType::F16 => weight,
         _ => ctx.cast(weight, GgmlType::F32),
     };
-    let cin = ctx.new_f32(&[xw, xh, c, 1]).set_input();
-    let full = ctx.concat(cin, x, 3); // [W, H, C, T + 1]
-    slots.push(Slot {
-        cin: Some(cin),
-        cout: Some(last(full, t)),
-    });
+    let full = ctx.concat(g.read(ctx, i)?, x, 3); // [W, H, C, T + 1]
+    g.write(ctx, i, frame(full, t))?;
     let t_out = (t + 1 - 3) / 2 + 1;
-    let es = weight.nb()[0];
     let nb = full.nb();
+    let es = weight.nb()[0];
+    // Output frame j reads frames 2j + k, k = 0..3: tap k is a strided view of the frames.
     let mut acc: Option<Tensor<'c>> = None;
     for k in 0..3i64 {
         let wk = ctx.cont(ctx.view(
@@ -806,20 +1086,31 @@ fn time_down<'c>(
             &[es, 3 * es, 3 * c as usize * es],
             k as usize * es,
         ));
-        let frames = ctx.cont(ctx.view(
+        let frames = ctx.view(
             full,
             &[xw, xh, c, t_out],
             &[nb[1], nb[2], 2 * nb[3]],
             k as usize * nb[3],
-        ));
+        );
         let yk = ctx.conv_2d_direct(wk, frames, (1, 1), (0, 0), (1, 1));
         acc = Some(match acc {
             Some(a) => ctx.add(a, yk),
             None => yk,
         });
     }
+    let y = acc.expect("3 taps");
     let b = ctx.reshape(nn::to_f32(ctx, bias), &[1, 1, c, 1]);
-    Ok(ctx.add(acc.expect("3 taps"), b))
+    Ok(ctx.add(y, b))
+}
+
+/// A tile must be non-empty and larger than its overlap.
+fn check_tile(tile: usize, overlap: usize) -> Result<(), WanVaeError> {
+    if tile == 0 || overlap >= tile {
+        return Err(WanVaeError::Input(format!(
+            "tile {tile} with overlap {overlap}: the overlap must be smaller than the tile"
+        )));
+    }
+    Ok(())
 }
 
 /// Wan's RMS norm over the channels of x [W, H, C, T] with `{w}gamma` [C] (any trailing 1s).
@@ -851,22 +1142,23 @@ fn residual<'c>(
     ctx: &'c Context,
     w: &Weights<'c>,
     x: Tensor<'c>,
-    slots: &mut Slots<'c>,
+    g: &mut ChunkGraph<'c>,
 ) -> Result<Tensor<'c>, WanVaeError> {
     let h = if w.contains("shortcut.weight") {
-        causal_conv(ctx, &w.pp("shortcut"), x, 0, slots)?
+        causal_conv(ctx, &w.pp("shortcut"), x, 0, g)?
     } else {
         x
     };
     let r = w.pp("residual");
     let y = ctx.silu(rms_norm(ctx, &r.pp(0), x)?);
-    let y = causal_conv(ctx, &r.pp(2), y, 1, slots)?;
+    let y = causal_conv(ctx, &r.pp(2), y, 1, g)?;
     let y = ctx.silu(rms_norm(ctx, &r.pp(3), y)?);
-    let y = causal_conv(ctx, &r.pp(6), y, 1, slots)?;
+    let y = causal_conv(ctx, &r.pp(6), y, 1, g)?;
     if y.ne() != h.ne() {
         return Err(NnError::MissingTensor(w.name("shortcut.weight")).into());
     }
-    Ok(ctx.add(h, y))
+    // y first in the graph: a shortcut conv's output is then not held while y is computed.
+    Ok(ctx.add(y, h))
 }
 
 /// Single-head self-attention over the H*W positions of each frame, residual:
