@@ -238,6 +238,7 @@ fn request(idx: &Value) -> WanRequest {
         sampler: SamplerKind::Euler,
         scheduler: Scheduler::Simple,
         seed: s["seed"].as_u64().expect("seed"),
+        vae_tile: None,
         keep_decoded: true,
     }
 }

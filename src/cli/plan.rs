@@ -520,7 +520,7 @@ fn video_options(a: &VideoArgs) -> PlanOptions {
     PlanOptions {
         offload: a.offload,
         encoders: a.text_encoder_device,
-        vae_tile: None,
+        vae_tile: a.vae_tile,
     }
 }
 

@@ -107,6 +107,9 @@ pub struct VideoArgs {
     /// Compute device: cpu (this version computes the models on the CPU).
     #[arg(long, default_value = "cpu", help_heading = "Performance")]
     pub device: String,
+    /// Decode with the VAE in spatial tiles of SIZE pixels (less memory; seams blended).
+    #[arg(long, value_name = "SIZE", help_heading = "Performance")]
+    pub vae_tile: Option<u32>,
     /// CPU threads (default: all cores).
     #[arg(long, short = 't', default_value_t = 0, help_heading = "Performance")]
     pub threads: usize,
@@ -151,6 +154,7 @@ fn parameters_json(args: &VideoArgs, req: &WanRequest, shift: f64) -> String {
         "scheduler": req.scheduler.name(),
         "seed": req.seed,
         "rng": "torch",
+        "vae_tile": req.vae_tile,
         "version": crate::media::params::nijigen_version(),
     });
     v.to_string()
@@ -183,6 +187,7 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
         sampler: args.sampler,
         scheduler: args.scheduler,
         seed,
+        vae_tile: args.vae_tile,
         keep_decoded: false,
     };
     wan::validate(&req).map_err(explain)?;

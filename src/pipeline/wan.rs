@@ -77,6 +77,9 @@ pub struct WanRequest {
     pub sampler: SamplerKind,
     pub scheduler: Scheduler,
     pub seed: u64,
+    /// Decode in spatial tiles of this many pixels (overlap 1/8 of it, blended); `None`: whole
+    /// frames.
+    pub vae_tile: Option<u32>,
     /// Keep the decoded float video in [`WanOutput::decoded`] (tests; 4 bytes per value).
     pub keep_decoded: bool,
 }
@@ -96,6 +99,7 @@ impl Default for WanRequest {
             sampler: SamplerKind::UniPc,
             scheduler: Scheduler::Simple,
             seed: 0,
+            vae_tile: None,
             keep_decoded: false,
         }
     }
@@ -170,6 +174,13 @@ pub fn validate(req: &WanRequest) -> Result<(), PipelineError> {
     }
     if !req.cfg.is_finite() || req.cfg < 0.0 {
         return bad(format!("cfg {}: must be a number >= 0", req.cfg));
+    }
+    if let Some(t) = req.vae_tile {
+        if t < 64 || t % 16 != 0 {
+            return bad(format!(
+                "VAE tile {t}: use a multiple of 16, at least 64 pixels"
+            ));
+        }
     }
     if let Some(s) = req.shift {
         if !(s.is_finite() && s > 0.0) {
@@ -568,11 +579,33 @@ impl<'w> WanModels<'w> {
         w: usize,
         on_frame: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), PipelineError> {
+        self.vae_decode_tiled(latent, (t, h, w), None, on_frame)
+    }
+
+    /// As [`WanModels::vae_decode`], in spatial tiles of `tile` pixels (overlap 1/8 of the
+    /// tile, blended) when given.
+    pub fn vae_decode_tiled(
+        &mut self,
+        latent: &[f32],
+        (t, h, w): (usize, usize, usize),
+        tile: Option<u32>,
+        on_frame: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), PipelineError> {
         let z = self.vae.config().z_dim;
         let mut raw = latent.to_vec();
         denormalize(&mut raw, &LATENTS_MEAN[..z], &LATENTS_STD[..z]);
-        self.vae
-            .decode_frames(&raw, t, h, w, |i, f| on_frame(i, f))?;
+        match tile {
+            Some(px) => {
+                let s = self.vae.config().spatial_factor();
+                let tl = (px as usize / s).max(2);
+                let overlap = (tl / 8).max(1);
+                self.vae
+                    .decode_frames_tiled(&raw, t, h, w, tl, overlap, |i, f| on_frame(i, f))?;
+            }
+            None => self
+                .vae
+                .decode_frames(&raw, t, h, w, |i, f| on_frame(i, f))?,
+        }
         Ok(())
     }
 
@@ -672,7 +705,7 @@ impl<'w> WanModels<'w> {
         let mut failed: Option<PipelineError> = None;
         let total_frames = req.frames;
         let cancel = self.opts.clone();
-        self.vae_decode(&latent, t, lh, lw, &mut |i, img| {
+        self.vae_decode_tiled(&latent, (t, lh, lw), req.vae_tile, &mut |i, img| {
             if failed.is_some() || i >= total_frames {
                 return;
             }
