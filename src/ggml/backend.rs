@@ -226,6 +226,12 @@ impl Backend {
         unsafe { sys::ggml_backend_synchronize(self.as_ptr()) }
     }
 
+    /// The alignment of tensor data in this backend's buffers.
+    pub fn alignment(&self) -> usize {
+        // SAFETY: live backend.
+        unsafe { sys::ggml_backend_get_alignment(self.as_ptr()) }
+    }
+
     /// Allocates a buffer of `size` bytes on this backend's device.
     pub fn alloc_buffer(&self, size: usize) -> Result<Buffer<'static>, GgmlError> {
         // SAFETY: live backend; returns null on failure.
@@ -267,7 +273,7 @@ impl Backend {
             sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(self.as_ptr()))
         };
         NonNull::new(ptr)
-            .map(|ptr| GraphAllocator { ptr })
+            .map(|ptr| GraphAllocator { ptr, meter: None })
             .ok_or_else(|| GgmlError::Backend("could not create a graph allocator".into()))
     }
 }
@@ -401,6 +407,78 @@ impl Drop for Buffer<'_> {
     }
 }
 
+/// A pending copy of one host tensor's bytes into a device tensor of the same size: the unit
+/// of weight streaming. It is `Send`, so a copy thread can run it while the compute thread
+/// works on other tensors; `'a` keeps both tensors (the mapped file and the device set) alive.
+pub struct Upload<'a> {
+    src: *const u8,
+    dst: NonNull<sys::ggml_tensor>,
+    len: usize,
+    _borrow: PhantomData<&'a ()>,
+}
+
+// SAFETY: the pointers stay valid for 'a (borrowed from the tensors' owners); the source is
+// only read, and the destination is written by exactly one thread at a time (the streamer
+// hands a slot to the copy thread only while no graph reading it is computing).
+unsafe impl Send for Upload<'_> {}
+
+impl<'a> Upload<'a> {
+    /// A copy of `src` (a tensor in host memory) into `dst` (same type and byte size).
+    pub fn new(src: Tensor<'a>, dst: Tensor<'a>) -> Result<Upload<'a>, GgmlError> {
+        let len = src.nbytes();
+        if src.ty() != dst.ty() || dst.nbytes() != len || !dst.has_data() {
+            return Err(GgmlError::Backend(format!(
+                "upload: a {} tensor of {len} bytes into a {} tensor of {} bytes{}",
+                src.ty(),
+                dst.ty(),
+                dst.nbytes(),
+                if dst.has_data() {
+                    ""
+                } else {
+                    " without memory"
+                }
+            )));
+        }
+        // SAFETY: read-only field access on a live tensor; host_data checks the buffer kind.
+        let data = unsafe { host_data(src.as_ptr()) }.ok_or_else(|| {
+            GgmlError::Backend("upload: the source tensor is not in host memory".into())
+        })?;
+        Ok(Upload {
+            src: data,
+            dst: NonNull::new(dst.as_ptr()).expect("live tensor"),
+            len,
+            _borrow: PhantomData,
+        })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.len
+    }
+
+    /// Performs the copy (synchronous).
+    pub fn run(&self) {
+        // SAFETY: see the Send impl; sizes were checked in `new`.
+        unsafe {
+            sys::ggml_backend_tensor_set(self.dst.as_ptr(), self.src as *const _, 0, self.len)
+        }
+    }
+}
+
+/// The host address of a tensor's data, if it lives in host memory.
+///
+/// # Safety
+/// `t` must be a live tensor.
+unsafe fn host_data(t: *mut sys::ggml_tensor) -> Option<*const u8> {
+    let raw = &*t;
+    if raw.data.is_null() {
+        return None;
+    }
+    if !raw.buffer.is_null() && !sys::ggml_backend_buffer_is_host(raw.buffer) {
+        return None;
+    }
+    Some(raw.data as *const u8)
+}
+
 /// Copies `data` into a backend tensor (any backend). Sizes must match exactly.
 pub fn tensor_set(t: Tensor<'_>, data: &[u8]) -> Result<(), GgmlError> {
     if !t.has_data() {
@@ -459,21 +537,39 @@ pub fn tensor_get_f32(t: Tensor<'_>) -> Result<Vec<f32>, GgmlError> {
         .collect())
 }
 
+/// A check run with the allocator's buffer size after each reserve or allocation (the
+/// runtime's memory accountant): an error stops the caller before it computes.
+pub type AllocMeter = Box<dyn FnMut(usize) -> Result<(), String> + Send>;
+
 /// ggml's graph allocator: plans and allocates the intermediate tensors of a graph, reusing
 /// memory between nodes. Reserve once per shape, then allocate each time the graph is rebuilt.
 pub struct GraphAllocator {
     ptr: NonNull<sys::ggml_gallocr>,
+    meter: Option<AllocMeter>,
 }
 
 // SAFETY: owned allocator state, used from one thread at a time (&mut).
 unsafe impl Send for GraphAllocator {}
 
 impl GraphAllocator {
+    /// Installs (or removes) the check run with the buffer size after each allocation.
+    pub fn set_meter(&mut self, meter: Option<AllocMeter>) {
+        self.meter = meter;
+    }
+
+    fn metered(&mut self) -> Result<(), GgmlError> {
+        let size = self.buffer_size();
+        match &mut self.meter {
+            Some(m) => m(size).map_err(GgmlError::Backend),
+            None => Ok(()),
+        }
+    }
+
     /// Sizes the allocator's buffer for `graph` (and graphs like it).
     pub fn reserve(&mut self, graph: &Graph<'_>) -> Result<(), GgmlError> {
         // SAFETY: live allocator and graph.
         if unsafe { sys::ggml_gallocr_reserve(self.ptr.as_ptr(), graph.as_ptr()) } {
-            Ok(())
+            self.metered()
         } else {
             Err(GgmlError::OutOfMemory {
                 what: "graph reserve",
@@ -486,7 +582,7 @@ impl GraphAllocator {
     pub fn alloc_graph(&mut self, graph: &Graph<'_>) -> Result<(), GgmlError> {
         // SAFETY: live allocator and graph; tensors with data are skipped by ggml.
         if unsafe { sys::ggml_gallocr_alloc_graph(self.ptr.as_ptr(), graph.as_ptr()) } {
-            Ok(())
+            self.metered()
         } else {
             Err(GgmlError::OutOfMemory {
                 what: "graph allocation",

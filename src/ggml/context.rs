@@ -540,6 +540,17 @@ impl Context {
 }
 
 impl Context {
+    /// Copies `a` into `b` (same number of elements; converts the type) and returns `b`'s
+    /// node: a graph that ends in this writes its result into `b`'s memory, which may belong to
+    /// a buffer that outlives the graph (activations carried from one graph to the next).
+    pub fn cpy<'c>(&'c self, a: Tensor<'c>, b: Tensor<'c>) -> Tensor<'c> {
+        assert_eq!(a.n_elements(), b.n_elements(), "cpy: element counts differ");
+        // SAFETY: both tensors are live (the lifetimes tie them to this context's borrow).
+        self.wrap(unsafe { sys::ggml_cpy(self.as_ptr(), a.as_ptr(), b.as_ptr()) })
+    }
+}
+
+impl Context {
     /// `a` and `b` joined along `dim` (0..4); all other dims must match, and so must the types.
     pub fn concat<'c>(&'c self, a: Tensor<'c>, b: Tensor<'c>, dim: usize) -> Tensor<'c> {
         let (na, nb) = (a.ne(), b.ne());
@@ -705,6 +716,138 @@ impl<'w> OwnedGraph<'w> {
     }
 }
 
+/// What a [`GraphSet`] builder returns: the tensors the caller needs later, the outputs of
+/// each graph (one graph per entry, in order), and the state tensors, which get memory in the
+/// set's own state buffer (activations carried from one graph to the next).
+pub struct GraphSetParts<'c> {
+    pub keep: Vec<Tensor<'c>>,
+    pub graphs: Vec<Vec<Tensor<'c>>>,
+    pub state: Vec<Tensor<'c>>,
+}
+
+/// Several graphs built in one metadata context, with the state tensors they share placed in
+/// one buffer: a model run as a sequence of stages (embeddings, blocks, head), each stage a
+/// graph, built once per input shape and computed many times. Like [`OwnedGraph`], nodes may
+/// point at tensors of other contexts that live for `'w` (weights).
+pub struct GraphSet<'w> {
+    graphs: Vec<NonNull<sys::ggml_cgraph>>,
+    tensors: Vec<NonNull<sys::ggml_tensor>>,
+    state_bytes: usize,
+    // Drop order: graphs and tensors live in the context, placed in the state buffer.
+    ctx: Context,
+    _state: Option<super::Buffer<'static>>,
+    _weights: PhantomData<&'w ()>,
+}
+
+impl<'w> GraphSet<'w> {
+    /// Builds up to `max_graphs` graphs of at most `graph_size` nodes each in a context for
+    /// `max_tensors` tensors. `state_buffer(bytes)` supplies the memory for the state tensors
+    /// (called once, with their total size at `align`; not called when there are none).
+    pub fn build<E>(
+        max_tensors: usize,
+        graph_size: usize,
+        max_graphs: usize,
+        align: usize,
+        state_buffer: impl FnOnce(usize) -> Result<super::Buffer<'static>, E>,
+        f: impl for<'c> FnOnce(&'c Context, PhantomData<&'c &'w ()>) -> Result<GraphSetParts<'c>, E>,
+    ) -> Result<GraphSet<'w>, E>
+    where
+        E: From<GgmlError>,
+    {
+        // SAFETY: pure size computations on ggml's side.
+        let mem = unsafe {
+            sys::ggml_tensor_overhead() * max_tensors
+                + sys::ggml_graph_overhead_custom(graph_size, false) * max_graphs.max(1)
+                + 1024
+        };
+        let ctx = Context::create(mem, true)?;
+        let (graphs, tensors, state, state_bytes) = {
+            let parts = f(&ctx, PhantomData)?;
+            if parts.graphs.len() > max_graphs {
+                return Err(GgmlError::Backend(format!(
+                    "{} graphs built for room of {max_graphs}",
+                    parts.graphs.len()
+                ))
+                .into());
+            }
+            let align = align.max(1);
+            let mut offsets = Vec::with_capacity(parts.state.len());
+            let mut end = 0usize;
+            for t in &parts.state {
+                offsets.push(end);
+                end += t.nbytes().div_ceil(align) * align;
+            }
+            let state = if end > 0 {
+                let buf = state_buffer(end)?;
+                for (t, &off) in parts.state.iter().zip(&offsets) {
+                    buf.place(*t, off)?;
+                }
+                Some(buf)
+            } else {
+                None
+            };
+            let graphs = parts
+                .graphs
+                .iter()
+                .map(|outs| {
+                    let mut g = ctx.new_graph(graph_size);
+                    for &o in outs {
+                        g.expand(o);
+                    }
+                    g.ptr
+                })
+                .collect();
+            (
+                graphs,
+                parts.keep.iter().map(|t| t.ptr).collect(),
+                state,
+                end,
+            )
+        };
+        Ok(GraphSet {
+            graphs,
+            tensors,
+            state_bytes,
+            ctx,
+            _state: state,
+            _weights: PhantomData,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.graphs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graphs.is_empty()
+    }
+
+    /// Graph `i`, borrowed from this owner.
+    pub fn graph(&self, i: usize) -> Graph<'_> {
+        Graph {
+            ptr: self.graphs[i],
+            _ctx: PhantomData,
+        }
+    }
+
+    /// The `i`-th kept tensor, or `None` past the end.
+    pub fn tensor(&self, i: usize) -> Option<Tensor<'_>> {
+        self.tensors.get(i).map(|&ptr| Tensor {
+            ptr,
+            _ctx: PhantomData,
+        })
+    }
+
+    /// Bytes of the state buffer.
+    pub fn state_bytes(&self) -> usize {
+        self.state_bytes
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+}
+
 #[cfg(test)]
 mod owned_graph_tests {
     use super::*;
@@ -740,5 +883,50 @@ mod owned_graph_tests {
             );
         }
         assert_eq!(owned.graph().n_nodes(), 2);
+    }
+
+    #[test]
+    fn a_graph_set_carries_state_from_one_graph_to_the_next() {
+        let backend = Backend::cpu(1).unwrap();
+        let set = GraphSet::build(
+            32,
+            16,
+            3,
+            32,
+            |n| backend.alloc_buffer(n),
+            |ctx, _| {
+                let x = ctx.new_f32(&[4]).set_input();
+                let s = ctx.new_f32(&[4]);
+                // graph 0: s = x + 1; graph 1: s = 2 s; graph 2: y = s + x
+                let g0 = ctx.cpy(ctx.add(x, ctx.scale(ctx.exp(ctx.scale(x, 0.0)), 1.0)), s);
+                let g1 = ctx.cpy(ctx.scale(s, 2.0), s);
+                let y = ctx.add(s, x).set_output();
+                Ok::<_, GgmlError>(GraphSetParts {
+                    keep: vec![x, y],
+                    graphs: vec![vec![g0], vec![g1], vec![y]],
+                    state: vec![s],
+                })
+            },
+        )
+        .unwrap();
+        assert_eq!((set.len(), set.state_bytes()), (3, 32));
+        let mut backend = backend;
+        let mut alloc = backend.graph_allocator().unwrap();
+        let (x, y) = (set.tensor(0).unwrap(), set.tensor(1).unwrap());
+        for round in 0..2 {
+            let v = round as f32;
+            for i in 0..3 {
+                alloc.alloc_graph(&set.graph(i)).unwrap();
+                if i == 0 || i == 2 {
+                    tensor_set_f32(x, &[v, v + 1.0, v + 2.0, v + 3.0]).unwrap();
+                }
+                backend.compute(&set.graph(i)).unwrap();
+            }
+            let got = tensor_get_f32(y).unwrap();
+            let want: Vec<f32> = (0..4)
+                .map(|k| 2.0 * (v + k as f32 + 1.0) + v + k as f32)
+                .collect();
+            assert_eq!(got, want);
+        }
     }
 }

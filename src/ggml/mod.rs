@@ -17,8 +17,8 @@ mod tests;
 use std::ffi::CStr;
 
 pub use backend::{
-    devices, init, tensor_get, tensor_get_f32, tensor_set, tensor_set_f32, Backend, Buffer, Device,
-    DeviceKind, GraphAllocator, CPU_BUFFER_ALIGNMENT,
+    devices, init, tensor_get, tensor_get_f32, tensor_set, tensor_set_f32, AllocMeter, Backend,
+    Buffer, Device, DeviceKind, GraphAllocator, Upload, CPU_BUFFER_ALIGNMENT,
 };
 pub use context::{Context, Graph, Tensor, MAX_DIMS};
 pub use mmap::map_file;
@@ -59,4 +59,4 @@ pub fn type_traits(t: GgmlType) -> (u64, u64, &'static str, bool) {
 pub fn type_count() -> u32 {
     ggml_sys::GGML_TYPE_COUNT
 }
-pub use context::OwnedGraph;
+pub use context::{GraphSet, GraphSetParts, OwnedGraph};

@@ -114,6 +114,37 @@ impl<'d> TensorSet<'d> {
         Ok(())
     }
 
+    /// Takes ownership of `buffer` (any backend's) so that tensors can be placed in it with
+    /// [`TensorSet::add_in`]; returns its index.
+    pub fn adopt(&mut self, buffer: Buffer<'static>) -> usize {
+        self.owned.push(buffer);
+        self.owned.len() - 1
+    }
+
+    /// Adds `name` at byte `offset` of the adopted buffer `buffer`, without data: the caller
+    /// fills it (an upload). Several tensors may share bytes (two blocks in one streaming slot).
+    pub fn add_in(
+        &mut self,
+        name: &str,
+        ty: GgmlType,
+        ne: &[i64],
+        buffer: usize,
+        offset: usize,
+    ) -> Result<(), GgmlError> {
+        if buffer >= self.owned.len() {
+            return Err(GgmlError::Backend(format!(
+                "tensor '{name}': no adopted buffer {buffer}"
+            )));
+        }
+        let t = self.declare(name, ty, ne)?;
+        let ptr =
+            NonNull::new(t.as_ptr()).ok_or_else(|| GgmlError::Backend("null tensor".into()))?;
+        let size = t.nbytes();
+        self.owned[buffer].place(Tensor::from_raw(ptr), offset)?;
+        self.finish_add(name, ptr, size);
+        Ok(())
+    }
+
     fn finish_add(&mut self, name: &str, ptr: NonNull<sys::ggml_tensor>, size: usize) {
         self.index.insert(name.to_string(), ptr);
         self.order.push(name.to_string());

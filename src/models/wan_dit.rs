@@ -21,9 +21,13 @@
 //! size could not hold: 32760 tokens at 480x832x81); optionally the plain F32 path
 //! ([`nn::multi_head_attention`]: mul_mat, softmax, mul_mat). Both match diffusers at ~1e-6.
 
-use crate::ggml::{self, Backend, Context, GgmlError, GraphAllocator, Tensor, TensorSet};
+use crate::ggml::{
+    self, Backend, Context, GgmlError, GraphAllocator, GraphSet, GraphSetParts, Tensor, TensorSet,
+};
 use crate::models::unet_sdxl::timestep_embedding;
 use crate::nn::{self, to_f32, NnError, Weights};
+use crate::runtime::accountant::compute_meter;
+use crate::runtime::{Accountant, DeviceWeights, Lease, StreamStats};
 
 /// Attention head size of every Wan2.1 DiT (MODELS.md); heads = dim / 128.
 pub const HEAD_DIM: usize = 128;
@@ -175,12 +179,41 @@ pub enum Attention {
 }
 
 /// A Wan DiT over a loaded weight set (canonical names), computing on the CPU.
+///
+/// Its graphs are built once per input shape and reused for every forward of that shape. With
+/// streamed weights ([`WanDit::set_streaming`]) the forward runs as a sequence of graphs
+/// (embeddings, each block, head) with the activations carried between them in a state buffer,
+/// each block computing from the device slot its weights were uploaded into.
 pub struct WanDit<'w> {
     weights: Weights<'w>,
     config: WanDitConfig,
     attention: Attention,
     backend: Backend,
     alloc: GraphAllocator,
+    stream: Option<&'w DeviceWeights<'w>>,
+    accountant: Option<Accountant>,
+    graphs: Option<(Shape, Graphs<'w>)>,
+    last_stream: StreamStats,
+}
+
+/// The input shape graphs are built for: (frames, patch rows, patch columns), text tokens,
+/// image tokens.
+type Shape = ((usize, usize, usize), usize, Option<usize>);
+
+/// Kept tensors of a built graph set, by index.
+const K_PATCHES: usize = 0;
+const K_TEMB: usize = 1;
+const K_TEXT: usize = 2;
+const K_COS: usize = 3;
+const K_SIN: usize = 4;
+const K_OUT: usize = 5;
+const K_IMAGE: usize = 6;
+
+struct Graphs<'w> {
+    set: GraphSet<'w>,
+    /// Staged (embeddings, blocks, head) rather than one graph.
+    staged: bool,
+    _state: Option<Lease>,
 }
 
 struct Inputs<'c> {
@@ -190,7 +223,15 @@ struct Inputs<'c> {
     image: Option<Tensor<'c>>,
     cos: Tensor<'c>,
     sin: Tensor<'c>,
-    out: Tensor<'c>,
+}
+
+/// What the embeddings produce for the blocks and the head.
+struct Embedded<'c> {
+    x: Tensor<'c>,
+    e: Tensor<'c>,
+    e0: Tensor<'c>,
+    context: Tensor<'c>,
+    img: Option<Tensor<'c>>,
 }
 
 impl<'w> WanDit<'w> {
@@ -203,12 +244,22 @@ impl<'w> WanDit<'w> {
             attention: Attention::default(),
             alloc: backend.graph_allocator()?,
             backend,
+            stream: None,
+            accountant: None,
+            graphs: None,
+            last_stream: StreamStats::default(),
         };
         // Build (not run) a tiny graph so that every tensor is looked up and checked now.
         let size = model.graph_size();
         let ctx = Context::new_meta(size, size)?;
         let img = model.config.image_dim.map(|_| 1);
-        model.build(&ctx, (1, 1, 1), 1, img)?;
+        let inp = model.inputs(&ctx, (1, 1, 1), 1, img, false);
+        let emb = model.embed(&ctx, &inp)?;
+        let mut x = emb.x;
+        for i in 0..model.config.layers {
+            x = model.block_of(&ctx, i, x, &emb, &inp)?;
+        }
+        model.head(&ctx, x, emb.e)?;
         Ok(model)
     }
 
@@ -219,6 +270,41 @@ impl<'w> WanDit<'w> {
     /// Chooses the attention kernel for later forwards.
     pub fn set_attention(&mut self, attention: Attention) {
         self.attention = attention;
+        self.graphs = None;
+    }
+
+    /// Runs the blocks from `weights`, a device copy of this model's weight set whose blocks
+    /// (`blocks.N.`, in order) are streamed through slots. The model must have been created
+    /// over `weights.set()`.
+    pub fn set_streaming(
+        &mut self,
+        weights: Option<&'w DeviceWeights<'w>>,
+    ) -> Result<(), WanDitError> {
+        if let Some(dw) = weights {
+            if dw.is_streamed() && dw.blocks() != self.config.layers {
+                return Err(WanDitError::Config(format!(
+                    "{} streamed blocks for a model of {} layers",
+                    dw.blocks(),
+                    self.config.layers
+                )));
+            }
+        }
+        self.stream = weights.filter(|dw| dw.is_streamed());
+        self.graphs = None;
+        Ok(())
+    }
+
+    /// Accounts this model's device memory (compute buffer, carried activations) in `acct`.
+    pub fn set_accountant(&mut self, acct: Option<&Accountant>) {
+        self.alloc
+            .set_meter(acct.map(|a| compute_meter(a, "dit compute")));
+        self.accountant = acct.cloned();
+        self.graphs = None;
+    }
+
+    /// Upload statistics of the last streamed forward.
+    pub fn last_stream_stats(&self) -> StreamStats {
+        self.last_stream
     }
 
     /// q, k, v [128, H, T, 1] -> [128 * H, Tq, 1].
@@ -303,12 +389,17 @@ impl<'w> WanDit<'w> {
         let tokens = f * hp * wp;
         let _span = tracing::debug_span!("wan_dit", dim = cfg.dim, tokens).entered();
 
-        let size = self.graph_size();
-        let ctx = Context::new_meta(size, size)?;
-        let g = self.build(&ctx, (f, hp, wp), text.len() / cfg.text_dim, img_len)?;
-        let mut graph = ctx.new_graph(size);
-        graph.expand(g.out);
-        self.alloc.alloc_graph(&graph)?;
+        let shape: Shape = ((f, hp, wp), text.len() / cfg.text_dim, img_len);
+        if self.graphs.as_ref().map(|(s, _)| *s) != Some(shape) {
+            self.graphs = None; // free the old state before leasing the new one
+            let g = self.build_graphs(shape)?;
+            self.graphs = Some((shape, g));
+        }
+        let Some((_, graphs)) = &self.graphs else {
+            unreachable!("graphs were just built")
+        };
+        let set = &graphs.set;
+        let kept = |i: usize| set.tensor(i).expect("kept tensor");
 
         // Patches: token (f, hp, wp) row-major, features (c, kh, kw) as the conv kernel.
         let mut patches = Vec::with_capacity(tokens * c * 4);
@@ -326,18 +417,46 @@ impl<'w> WanDit<'w> {
                 }
             }
         }
-        ggml::tensor_set_f32(g.patches, &patches)?;
-        ggml::tensor_set_f32(g.temb, &timestep_embedding(timestep, cfg.freq_dim))?;
-        ggml::tensor_set_f32(g.text, text)?;
-        if let (Some(t), Some(img)) = (g.image, image) {
+        // The first graph holds the inputs: allocate it, then fill them.
+        self.alloc.alloc_graph(&set.graph(0))?;
+        ggml::tensor_set_f32(kept(K_PATCHES), &patches)?;
+        ggml::tensor_set_f32(kept(K_TEMB), &timestep_embedding(timestep, cfg.freq_dim))?;
+        ggml::tensor_set_f32(kept(K_TEXT), text)?;
+        if let (Some(t), Some(img)) = (set.tensor(K_IMAGE), image) {
             ggml::tensor_set_f32(t, img)?;
         }
-        let (cos, sin) = rope_tables(HEAD_DIM, f, hp, wp);
-        ggml::tensor_set_f32(g.cos, &cos)?;
-        ggml::tensor_set_f32(g.sin, &sin)?;
-        tracing::debug!(nodes = graph.n_nodes(), "wan dit graph");
-        self.backend.compute(&graph)?;
-        let y = ggml::tensor_get_f32(g.out)?; // [(kh, kw, c), token]
+        if !graphs.staged {
+            // The rope tables are graph inputs here (state tensors, set once, when staged).
+            let (cos, sin) = rope_tables(HEAD_DIM, f, hp, wp);
+            ggml::tensor_set_f32(kept(K_COS), &cos)?;
+            ggml::tensor_set_f32(kept(K_SIN), &sin)?;
+        }
+        tracing::debug!(
+            nodes = set.graph(0).n_nodes(),
+            graphs = set.len(),
+            "wan dit graphs"
+        );
+        self.backend.compute(&set.graph(0))?;
+        if graphs.staged {
+            let (alloc, backend) = (&mut self.alloc, &mut self.backend);
+            let run = |i: usize| -> Result<(), WanDitError> {
+                let g = set.graph(1 + i);
+                alloc.alloc_graph(&g)?;
+                backend.compute(&g)?;
+                Ok(())
+            };
+            self.last_stream = match self.stream {
+                Some(dw) => dw.run_blocks(run)?,
+                None => {
+                    (0..cfg.layers).try_for_each(run)?;
+                    StreamStats::default()
+                }
+            };
+            let head = set.graph(set.len() - 1);
+            self.alloc.alloc_graph(&head)?;
+            self.backend.compute(&head)?;
+        }
+        let y = ggml::tensor_get_f32(kept(K_OUT))?; // [(kh, kw, c), token]
         let oc = cfg.out_channels;
         let mut out = vec![0f32; oc * f * h * w];
         for fi in 0..f {
@@ -358,49 +477,155 @@ impl<'w> WanDit<'w> {
         Ok(out)
     }
 
-    fn build<'c>(
+    /// Builds the graphs for `shape`: one graph, or (streamed) the embeddings, one graph per
+    /// block and the head, with the carried activations in a state buffer leased from the
+    /// accountant.
+    fn build_graphs(&self, shape: Shape) -> Result<Graphs<'w>, WanDitError> {
+        let ((f, hp, wp), text_len, img_len) = shape;
+        let staged = self.stream.is_some();
+        let size = self.graph_size();
+        let layers = self.config.layers;
+        let mut lease = None;
+        let backend = &self.backend;
+        let acct = self.accountant.as_ref();
+        let lease_slot = &mut lease;
+        let set = GraphSet::build(
+            size,
+            size,
+            if staged { layers + 2 } else { 1 },
+            backend.alignment(),
+            |bytes| -> Result<ggml::Buffer<'static>, WanDitError> {
+                if let Some(a) = acct {
+                    *lease_slot = Some(
+                        a.lease("dit activations", bytes as u64)
+                            .map_err(|e| WanDitError::Ggml(GgmlError::Backend(e.to_string())))?,
+                    );
+                }
+                Ok(backend.alloc_buffer(bytes)?)
+            },
+            |ctx, _| {
+                let inp = self.inputs(ctx, (f, hp, wp), text_len, img_len, staged);
+                let emb = self.embed(ctx, &inp)?;
+                let mut keep = vec![inp.patches, inp.temb, inp.text, inp.cos, inp.sin];
+                let (graphs, state, out) = if staged {
+                    // Carried activations: copies of the embeddings' outputs.
+                    let like = |t: Tensor<'_>| ctx.new_f32(&t.ne());
+                    let st = Embedded {
+                        x: like(emb.x),
+                        e: like(emb.e),
+                        e0: like(emb.e0),
+                        context: like(emb.context),
+                        img: emb.img.map(like),
+                    };
+                    let mut pre = vec![
+                        ctx.cpy(emb.x, st.x),
+                        ctx.cpy(emb.e, st.e),
+                        ctx.cpy(emb.e0, st.e0),
+                        ctx.cpy(emb.context, st.context),
+                    ];
+                    let mut state = vec![st.x, st.e, st.e0, st.context, inp.cos, inp.sin];
+                    if let (Some(a), Some(b)) = (emb.img, st.img) {
+                        pre.push(ctx.cpy(a, b));
+                        state.push(b);
+                    }
+                    let mut graphs = vec![pre];
+                    for i in 0..layers {
+                        let y = self.block_of(ctx, i, st.x, &st, &inp)?;
+                        graphs.push(vec![ctx.cpy(y, st.x)]);
+                    }
+                    let out = self.head(ctx, st.x, st.e)?;
+                    graphs.push(vec![out]);
+                    (graphs, state, out)
+                } else {
+                    let mut x = emb.x;
+                    for i in 0..layers {
+                        x = self.block_of(ctx, i, x, &emb, &inp)?;
+                    }
+                    let out = self.head(ctx, x, emb.e)?;
+                    (vec![vec![out]], Vec::new(), out)
+                };
+                keep.push(out);
+                keep.extend(inp.image);
+                Ok(GraphSetParts {
+                    keep,
+                    graphs,
+                    state,
+                })
+            },
+        )?;
+        if staged {
+            let (cos, sin) = rope_tables(HEAD_DIM, f, hp, wp);
+            ggml::tensor_set_f32(set.tensor(K_COS).expect("kept"), &cos)?;
+            ggml::tensor_set_f32(set.tensor(K_SIN).expect("kept"), &sin)?;
+        }
+        Ok(Graphs {
+            set,
+            staged,
+            _state: lease,
+        })
+    }
+
+    /// The graph inputs for a shape. The rope tables are inputs of a single graph, or state
+    /// tensors (filled once) of a staged one.
+    fn inputs<'c>(
         &self,
         ctx: &'c Context,
         (f, hp, wp): (usize, usize, usize),
         text_len: usize,
         image_len: Option<usize>,
-    ) -> Result<Inputs<'c>, WanDitError>
+        staged: bool,
+    ) -> Inputs<'c> {
+        let cfg = &self.config;
+        let t = (f * hp * wp) as i64;
+        let cin = cfg.in_channels as i64;
+        let input = |name: &str, ne: &[i64]| ctx.new_f32(ne).set_name(name).set_input();
+        let hd = HEAD_DIM as i64;
+        let table = |name: &str| {
+            let x = ctx.new_f32(&[hd, 1, t]).set_name(name);
+            if staged {
+                x
+            } else {
+                x.set_input()
+            }
+        };
+        Inputs {
+            patches: input("wan.patches", &[4 * cin, t]),
+            temb: input("wan.t_sinusoid", &[cfg.freq_dim as i64]),
+            text: input("wan.text", &[cfg.text_dim as i64, text_len as i64]),
+            image: match (cfg.image_dim, image_len) {
+                (Some(di), Some(l)) => Some(input("wan.image", &[di as i64, l as i64])),
+                _ => None,
+            },
+            cos: table("wan.rope_cos"),
+            sin: table("wan.rope_sin"),
+        }
+    }
+
+    /// Patch, time, text and image embeddings.
+    fn embed<'c>(&self, ctx: &'c Context, inp: &Inputs<'c>) -> Result<Embedded<'c>, WanDitError>
     where
         'w: 'c,
     {
         let cfg = &self.config;
         let w: &Weights<'c> = &self.weights;
         let d = cfg.dim as i64;
-        let t = (f * hp * wp) as i64;
         let cin = cfg.in_channels as i64;
-        let input = |name: &str, ne: &[i64]| ctx.new_f32(ne).set_name(name).set_input();
-        let patches = input("wan.patches", &[4 * cin, t]);
-        let temb = input("wan.t_sinusoid", &[cfg.freq_dim as i64]);
-        let text = input("wan.text", &[cfg.text_dim as i64, text_len as i64]);
-        let image = match (cfg.image_dim, image_len) {
-            (Some(di), Some(l)) => Some(input("wan.image", &[di as i64, l as i64])),
-            _ => None,
-        };
-        let hd = HEAD_DIM as i64;
-        let cos = input("wan.rope_cos", &[hd, 1, t]);
-        let sin = input("wan.rope_sin", &[hd, 1, t]);
-
         // Patch embedding: the [OC, IC, 1, 2, 2] kernel is a [4 IC, OC] linear on patches.
         let pw = w.get("patch_embedding.weight")?;
         let pw = ctx.reshape(pw, &[4 * cin, d]);
-        let mut x = ctx.mul_mat(pw, patches);
+        let mut x = ctx.mul_mat(pw, inp.patches);
         let pb = w.get_shaped("patch_embedding.bias", &[d])?;
         x = ctx.add(x, to_f32(ctx, pb)).set_name("wan.x_embed"); // [D, T]
 
-        let e = nn::linear(ctx, &w.pp("time_embedding.0"), temb)?;
+        let e = nn::linear(ctx, &w.pp("time_embedding.0"), inp.temb)?;
         let e = nn::linear(ctx, &w.pp("time_embedding.2"), ctx.silu(e))?.set_name("wan.e");
         let e0 = nn::linear(ctx, &w.pp("time_projection.1"), ctx.silu(e))?;
         let e0 = ctx.reshape(e0, &[d, 6]).set_name("wan.e0");
 
-        let c = nn::linear(ctx, &w.pp("text_embedding.0"), text)?;
+        let c = nn::linear(ctx, &w.pp("text_embedding.0"), inp.text)?;
         let c =
             nn::linear(ctx, &w.pp("text_embedding.2"), gelu_tanh(ctx, c))?.set_name("wan.context");
-        let img = match image {
+        let img = match inp.image {
             Some(im) => {
                 let p = w.pp("img_emb.proj");
                 let y = nn::layer_norm(ctx, &p.pp(0), im, IMG_LN_EPS)?;
@@ -410,22 +635,53 @@ impl<'w> WanDit<'w> {
             }
             None => None,
         };
+        Ok(Embedded {
+            x,
+            e,
+            e0,
+            context: c,
+            img,
+        })
+    }
 
-        for i in 0..cfg.layers {
-            x = self.block(
-                ctx,
-                &w.pp(format!("blocks.{i}")),
-                i,
-                x,
-                e0,
-                c,
-                img,
-                cos,
-                sin,
-            )?;
-        }
+    /// Block `i` on `x` with the embeddings' conditioning.
+    fn block_of<'c>(
+        &self,
+        ctx: &'c Context,
+        i: usize,
+        x: Tensor<'c>,
+        emb: &Embedded<'c>,
+        inp: &Inputs<'c>,
+    ) -> Result<Tensor<'c>, WanDitError>
+    where
+        'w: 'c,
+    {
+        let w: &Weights<'c> = &self.weights;
+        self.block(
+            ctx,
+            &w.pp(format!("blocks.{i}")),
+            i,
+            x,
+            emb.e0,
+            emb.context,
+            emb.img,
+            inp.cos,
+            inp.sin,
+        )
+    }
 
-        // Head.
+    /// The output head: [D, T] -> [(kh, kw, out), T].
+    fn head<'c>(
+        &self,
+        ctx: &'c Context,
+        x: Tensor<'c>,
+        e: Tensor<'c>,
+    ) -> Result<Tensor<'c>, WanDitError>
+    where
+        'w: 'c,
+    {
+        let w: &Weights<'c> = &self.weights;
+        let d = self.config.dim as i64;
         let hm = w.get("head.modulation")?;
         let hm = ctx.add(
             ctx.reshape(to_f32(ctx, hm), &[d, 2]),
@@ -433,18 +689,9 @@ impl<'w> WanDit<'w> {
         );
         let (shift, scale) = (row(ctx, hm, 0), row(ctx, hm, 1));
         let y = modulate(ctx, ctx.norm(x, EPS), shift, scale);
-        let out = nn::linear(ctx, &w.pp("head.head"), y)?
+        Ok(nn::linear(ctx, &w.pp("head.head"), y)?
             .set_name("wan.out")
-            .set_output();
-        Ok(Inputs {
-            patches,
-            temb,
-            text,
-            image,
-            cos,
-            sin,
-            out,
-        })
+            .set_output())
     }
 
     #[allow(clippy::too_many_arguments)]

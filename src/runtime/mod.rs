@@ -1,7 +1,11 @@
-//! Runtime: turning weight files into ggml tensors (and, later, devices, memory accounting, the
-//! VAE/VRAM planner and streaming).
+//! Runtime: turning weight files into ggml tensors, the device-memory accountant, weights on
+//! the device (resident or streamed through slots), and the VRAM planner.
 
+pub mod accountant;
+pub mod device;
 pub mod plan;
 pub mod weights;
 
+pub use accountant::{Accountant, Lease, OverBudget};
+pub use device::{DeviceError, DeviceWeights, Residency, StreamStats};
 pub use weights::{LoadError, WeightStore};

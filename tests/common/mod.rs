@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// Element type for [`write_safetensors`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum St {
     F32,
     F16,

@@ -1,0 +1,249 @@
+//! The device-memory accountant: every device allocation of a run (weights, streaming slots,
+//! carried activations, graph compute buffers, caches) takes a [`Lease`] from one
+//! [`Accountant`], which enforces the VRAM budget and records the peak.
+//!
+//! On the CPU backend with `--vram-budget` the budget is simulated: the runtime copies weights
+//! it places "on the device" into leased buffers, exactly as it would upload them, so the
+//! planner's decisions and the streaming run (and are tested) on a machine without a GPU.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const MIB: f64 = 1048576.0;
+
+/// An allocation the budget does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "device memory budget exceeded: {what} needs {:.1} MiB with {:.1} MiB of {:.1} MiB in use",
+    *bytes as f64 / MIB, *used as f64 / MIB, *budget as f64 / MIB
+)]
+pub struct OverBudget {
+    pub what: String,
+    pub bytes: u64,
+    pub used: u64,
+    pub budget: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    budget: Option<u64>,
+    used: u64,
+    peak: u64,
+    /// Bytes in use at the peak, by what.
+    at_peak: BTreeMap<String, u64>,
+    live: BTreeMap<String, u64>,
+}
+
+/// One run's device-memory ledger; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Accountant {
+    state: Arc<Mutex<State>>,
+}
+
+impl Accountant {
+    /// A ledger with no limit (it still records the peak).
+    pub fn unlimited() -> Accountant {
+        Accountant::default()
+    }
+
+    /// A ledger that refuses allocations past `budget` bytes.
+    pub fn with_budget(budget: u64) -> Accountant {
+        let a = Accountant::default();
+        a.lock().budget = Some(budget);
+        a
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain numbers behind; keep using them.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn budget(&self) -> Option<u64> {
+        self.lock().budget
+    }
+
+    /// Bytes in use now.
+    pub fn used(&self) -> u64 {
+        self.lock().used
+    }
+
+    /// The most bytes ever in use at once.
+    pub fn peak(&self) -> u64 {
+        self.lock().peak
+    }
+
+    /// What was in use at the peak (by lease name, summed), largest first.
+    pub fn peak_breakdown(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self.lock().at_peak.clone().into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// Takes `bytes` for `what`, or fails without taking anything when the budget would be
+    /// exceeded. The bytes are returned when the lease drops.
+    pub fn lease(&self, what: &str, bytes: u64) -> Result<Lease, OverBudget> {
+        let mut s = self.lock();
+        take(&mut s, what, bytes)?;
+        Ok(Lease {
+            owner: self.clone(),
+            what: what.to_string(),
+            bytes,
+        })
+    }
+}
+
+fn take(s: &mut State, what: &str, bytes: u64) -> Result<(), OverBudget> {
+    let after = s.used.saturating_add(bytes);
+    if let Some(budget) = s.budget {
+        if after > budget {
+            return Err(OverBudget {
+                what: what.to_string(),
+                bytes,
+                used: s.used,
+                budget,
+            });
+        }
+    }
+    s.used = after;
+    *s.live.entry(what.to_string()).or_default() += bytes;
+    if after > s.peak {
+        s.peak = after;
+        s.at_peak = s
+            .live
+            .iter()
+            .filter(|(_, &b)| b > 0)
+            .map(|(k, &b)| (k.clone(), b))
+            .collect();
+    }
+    Ok(())
+}
+
+fn give(s: &mut State, what: &str, bytes: u64) {
+    s.used = s.used.saturating_sub(bytes);
+    if let Some(b) = s.live.get_mut(what) {
+        *b = b.saturating_sub(bytes);
+        if *b == 0 {
+            s.live.remove(what);
+        }
+    }
+}
+
+/// Bytes held against the budget until dropped.
+#[derive(Debug)]
+pub struct Lease {
+    owner: Accountant,
+    what: String,
+    bytes: u64,
+}
+
+impl Lease {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// Changes the leased size (a compute buffer that grew for a larger graph); on failure the
+    /// lease keeps its old size.
+    pub fn resize(&mut self, bytes: u64) -> Result<(), OverBudget> {
+        if bytes == self.bytes {
+            return Ok(());
+        }
+        let mut s = self.owner.lock();
+        give(&mut s, &self.what, self.bytes);
+        if let Err(e) = take(&mut s, &self.what, bytes) {
+            // Put the old size back (it fitted before).
+            let _ = take(&mut s, &self.what, self.bytes);
+            return Err(e);
+        }
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        give(&mut self.owner.lock(), &self.what, self.bytes);
+    }
+}
+
+/// An allocator meter ([`crate::ggml::AllocMeter`]) that keeps a lease named `what` equal to a
+/// graph allocator's compute buffer.
+pub fn compute_meter(acct: &Accountant, what: &str) -> crate::ggml::AllocMeter {
+    let acct = acct.clone();
+    let what = what.to_string();
+    let mut lease: Option<Lease> = None;
+    Box::new(move |size| {
+        let size = size as u64;
+        match &mut lease {
+            Some(l) => l.resize(size).map_err(|e| e.to_string()),
+            None => {
+                lease = Some(acct.lease(&what, size).map_err(|e| e.to_string())?);
+                Ok(())
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_count_against_the_budget_and_record_the_peak() {
+        let a = Accountant::with_budget(100);
+        let l1 = a.lease("weights", 60).unwrap();
+        let err = a.lease("slot", 41).unwrap_err();
+        assert_eq!((err.bytes, err.used, err.budget), (41, 60, 100));
+        assert_eq!(a.used(), 60, "a refused lease takes nothing");
+        let l2 = a.lease("slot", 40).unwrap();
+        assert_eq!((a.used(), a.peak()), (100, 100));
+        drop(l1);
+        assert_eq!(a.used(), 40);
+        let l3 = a.lease("compute", 30).unwrap();
+        assert_eq!(a.peak(), 100);
+        assert_eq!(
+            a.peak_breakdown(),
+            vec![("weights".to_string(), 60), ("slot".to_string(), 40)]
+        );
+        drop((l2, l3));
+        assert_eq!(a.used(), 0);
+    }
+
+    #[test]
+    fn a_lease_resizes_within_the_budget_or_keeps_its_size() {
+        let a = Accountant::with_budget(100);
+        let mut l = a.lease("compute", 10).unwrap();
+        l.resize(90).unwrap();
+        assert_eq!(a.used(), 90);
+        assert!(l.resize(101).is_err());
+        assert_eq!((l.bytes(), a.used()), (90, 90));
+        l.resize(5).unwrap();
+        assert_eq!((a.used(), a.peak()), (5, 90));
+    }
+
+    #[test]
+    fn the_compute_meter_follows_the_buffer_size() {
+        let a = Accountant::with_budget(1000);
+        let mut m = compute_meter(&a, "compute");
+        m(300).unwrap();
+        m(200).unwrap();
+        assert_eq!((a.used(), a.peak()), (200, 300));
+        let e = m(1001).unwrap_err();
+        assert!(e.contains("budget exceeded"), "{e}");
+        drop(m);
+        assert_eq!(a.used(), 0);
+    }
+
+    #[test]
+    fn unlimited_ledgers_still_record_the_peak() {
+        let a = Accountant::unlimited();
+        let l = a.lease("x", u64::MAX / 2).unwrap();
+        let _m = a.lease("y", 7).unwrap();
+        assert_eq!(a.peak(), u64::MAX / 2 + 7);
+        drop(l);
+        assert_eq!(a.used(), 7);
+    }
+}

@@ -1,0 +1,259 @@
+//! Weights placed on the compute device: copies of a loaded [`TensorSet`] in buffers leased
+//! from the [`Accountant`], either all resident or with the blocks of a denoiser streamed
+//! through device slots.
+//!
+//! A streamed set holds every tensor under its canonical name, so models build their graphs
+//! from it exactly as from the loaded set; the tensors of block `b` live in slot `b % slots`
+//! (all blocks of a slot share its bytes). [`DeviceWeights::run_blocks`] uploads each block
+//! into its slot before the caller computes it; with two slots a copy thread uploads block
+//! `b + 1` while block `b` computes, so the upload hides behind the compute.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::ggml::{Backend, GgmlError, TensorSet, Upload};
+
+use super::accountant::{Accountant, Lease, OverBudget};
+
+/// Why weights could not be placed on the device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Budget(#[from] OverBudget),
+    #[error(transparent)]
+    Ggml(#[from] GgmlError),
+    #[error("{0}")]
+    Layout(String),
+}
+
+/// How a component's weights sit on the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Residency {
+    /// Every tensor uploaded once.
+    Resident,
+    /// Tensors whose names start with one of `blocks` (in execution order, e.g. "blocks.0.")
+    /// are uploaded block by block into `slots` slots; the rest is resident.
+    Streamed { blocks: Vec<String>, slots: usize },
+}
+
+/// Time spent moving weights during one [`DeviceWeights::run_blocks`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StreamStats {
+    pub uploaded_bytes: u64,
+    /// Time the copies took (on the copy thread with two slots).
+    pub upload: Duration,
+    /// Time the compute thread waited for a block's upload to finish.
+    pub waited: Duration,
+}
+
+/// A component's weights on the device.
+pub struct DeviceWeights<'s> {
+    src: &'s TensorSet<'s>,
+    set: TensorSet<'static>,
+    /// Names of each streamed block's tensors, in execution order.
+    blocks: Vec<Vec<String>>,
+    slots: usize,
+    resident_bytes: u64,
+    slot_bytes: u64,
+    _leases: Vec<Lease>,
+}
+
+/// Every device tensor starts at a multiple of this (at least any backend's alignment: CPU 32,
+/// CUDA 128), so the planner can count the padding without knowing the backend.
+pub const DEVICE_ALIGN: usize = 256;
+
+/// `n` bytes padded as device tensors are ([`DEVICE_ALIGN`]).
+pub fn padded(n: u64) -> u64 {
+    n.div_ceil(DEVICE_ALIGN as u64) * DEVICE_ALIGN as u64
+}
+
+fn align_up(n: usize, a: usize) -> usize {
+    n.div_ceil(a) * a
+}
+
+impl<'s> DeviceWeights<'s> {
+    /// Copies `src` to `backend`'s device as `residency` says, leasing every buffer from
+    /// `acct` under `what` before allocating it. Resident tensors are uploaded now; streamed
+    /// blocks when [`DeviceWeights::run_blocks`] needs them.
+    pub fn build(
+        src: &'s TensorSet<'s>,
+        backend: &Backend,
+        residency: &Residency,
+        acct: &Accountant,
+        what: &str,
+    ) -> Result<DeviceWeights<'s>, DeviceError> {
+        let align = backend.alignment().max(DEVICE_ALIGN);
+        let (prefixes, slots) = match residency {
+            Residency::Resident => (&[][..], 0),
+            Residency::Streamed { blocks, slots } => {
+                if *slots == 0 || blocks.is_empty() {
+                    return Err(DeviceError::Layout(format!(
+                        "{what}: streaming needs at least one block and one slot"
+                    )));
+                }
+                (&blocks[..], *slots)
+            }
+        };
+        // Lay out the resident part and each block (offsets within its slot).
+        let mut resident: Vec<(&str, usize)> = Vec::new();
+        let mut resident_end = 0usize;
+        let mut blocks: Vec<Vec<(&str, usize)>> = vec![Vec::new(); prefixes.len()];
+        let mut block_end = vec![0usize; prefixes.len()];
+        for name in src.names() {
+            let t = src.get(name).expect("listed tensor");
+            let size = align_up(t.nbytes(), align);
+            match prefixes.iter().position(|p| name.starts_with(p.as_str())) {
+                Some(b) => {
+                    blocks[b].push((name, block_end[b]));
+                    block_end[b] += size;
+                }
+                None => {
+                    resident.push((name, resident_end));
+                    resident_end += size;
+                }
+            }
+        }
+        if let Some(b) = blocks.iter().position(|b| b.is_empty()) {
+            return Err(DeviceError::Layout(format!(
+                "{what}: no tensors named '{}*' to stream",
+                prefixes[b]
+            )));
+        }
+        let slot_bytes = block_end.iter().copied().max().unwrap_or(0);
+        let slots = slots.min(prefixes.len());
+
+        let mut leases = Vec::new();
+        let mut set = TensorSet::new(src.len())?;
+        if resident_end > 0 {
+            leases.push(acct.lease(&format!("{what} weights"), resident_end as u64)?);
+            let buf = set.adopt(backend.alloc_buffer(resident_end)?);
+            for &(name, off) in &resident {
+                let t = src.get(name).expect("listed tensor");
+                set.add_in(name, t.ty(), &t.ne(), buf, off)?;
+            }
+        }
+        let mut slot_buf = Vec::new();
+        for k in 0..slots {
+            leases.push(acct.lease(&format!("{what} slot {k}"), slot_bytes as u64)?);
+            slot_buf.push(set.adopt(backend.alloc_buffer(slot_bytes)?));
+        }
+        for (b, tensors) in blocks.iter().enumerate() {
+            for &(name, off) in tensors {
+                let t = src.get(name).expect("listed tensor");
+                set.add_in(name, t.ty(), &t.ne(), slot_buf[b % slots], off)?;
+            }
+        }
+        for &(name, _) in &resident {
+            let (s, d) = (src.get(name), set.get(name));
+            Upload::new(s.expect("listed"), d.expect("added"))?.run();
+        }
+        Ok(DeviceWeights {
+            src,
+            set,
+            blocks: blocks
+                .into_iter()
+                .map(|b| b.into_iter().map(|(n, _)| n.to_string()).collect())
+                .collect(),
+            slots,
+            resident_bytes: resident_end as u64,
+            slot_bytes: slot_bytes as u64,
+            _leases: leases,
+        })
+    }
+
+    /// The device tensors under their canonical names.
+    pub fn set(&self) -> &TensorSet<'static> {
+        &self.set
+    }
+
+    /// Whether blocks are streamed (else every tensor is resident).
+    pub fn is_streamed(&self) -> bool {
+        self.slots > 0
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Streamed blocks (0 when resident).
+    pub fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Device bytes: the resident part and one slot.
+    pub fn resident_bytes(&self) -> u64 {
+        self.resident_bytes
+    }
+
+    pub fn slot_bytes(&self) -> u64 {
+        self.slot_bytes
+    }
+
+    fn uploads(&self, b: usize) -> Result<Vec<Upload<'_>>, GgmlError> {
+        self.blocks[b]
+            .iter()
+            .map(|n| {
+                Upload::new(
+                    self.src.get(n).expect("listed"),
+                    self.set.get(n).expect("added"),
+                )
+            })
+            .collect()
+    }
+
+    /// Calls `compute(b)` for every streamed block `b` in order, each after its weights are in
+    /// its slot. With two or more slots a copy thread uploads ahead while blocks compute; a
+    /// slot is refilled only after the block using it has finished.
+    pub fn run_blocks<E: From<GgmlError>>(
+        &self,
+        mut compute: impl FnMut(usize) -> Result<(), E>,
+    ) -> Result<StreamStats, E> {
+        let n = self.blocks.len();
+        let mut stats = StreamStats::default();
+        let mut jobs = Vec::with_capacity(n);
+        for b in 0..n {
+            let up = self.uploads(b)?;
+            stats.uploaded_bytes += up.iter().map(|u| u.bytes() as u64).sum::<u64>();
+            jobs.push(up);
+        }
+        if self.slots < 2 {
+            for (b, up) in jobs.into_iter().enumerate() {
+                let t = Instant::now();
+                up.iter().for_each(Upload::run);
+                stats.upload += t.elapsed();
+                stats.waited += t.elapsed();
+                compute(b)?;
+            }
+            return Ok(stats);
+        }
+        let slots = self.slots;
+        std::thread::scope(|scope| {
+            let (ready_tx, ready_rx) = mpsc::channel::<(usize, Duration)>();
+            let (done_tx, done_rx) = mpsc::channel::<usize>();
+            scope.spawn(move || {
+                for (b, up) in jobs.into_iter().enumerate() {
+                    // Block b reuses the slot of block b - slots: wait until that one is done.
+                    if b >= slots && done_rx.recv().is_err() {
+                        return; // the compute side stopped (an error)
+                    }
+                    let t = Instant::now();
+                    up.iter().for_each(Upload::run);
+                    if ready_tx.send((b, t.elapsed())).is_err() {
+                        return;
+                    }
+                }
+            });
+            for b in 0..n {
+                let t = Instant::now();
+                let (got, took) = ready_rx.recv().expect("the copy thread sends every block");
+                debug_assert_eq!(got, b);
+                stats.waited += t.elapsed();
+                stats.upload += took;
+                compute(b)?;
+                // The copy thread may have finished already (no more blocks): ignore.
+                let _ = done_tx.send(b);
+            }
+            Ok(stats)
+        })
+    }
+}
