@@ -584,3 +584,58 @@ fn cli_image_matches_reference_and_writes_parameters() {
     assert_eq!(p.cfg, 5.0, "{text}");
     assert_eq!(p.model, "tiny_sdxl", "{text}");
 }
+
+/// Stage 1 under a simulated VRAM budget: the text encoders, UNet and VAE resident on the
+/// (simulated) device, or the encoders on the CPU: the same image bits as the unconstrained
+/// run (txt2img and img2img, which also runs the VAE encoder there), the accountant's peak
+/// under the budget, and a budget one byte below the peak fails with its error.
+#[test]
+fn budgets_give_the_same_image_and_stay_under_them() {
+    use nijigen::pipeline::Memory;
+    use nijigen::runtime::plan::{Component, Placement};
+    use nijigen::runtime::Accountant;
+    let files = SdxlFiles::single(checkpoint(St::F32));
+    for req in [t2i_request(), i2i_request()] {
+        let base = sdxl::generate(&files, &req, &opts(), &mut |_| {}).unwrap();
+        for enc in [Placement::Resident, Placement::Cpu] {
+            let placements = vec![
+                (Component::ClipL, enc.clone()),
+                (Component::ClipG, enc.clone()),
+                (Component::Unet, Placement::Resident),
+                (Component::VaeSdxl, Placement::Resident),
+            ];
+            let budget = 512 << 20;
+            let memory = Memory {
+                accountant: Accountant::with_budget(budget),
+                placements: placements.clone(),
+            };
+            let o = RunOptions {
+                memory: Some(memory.clone()),
+                ..opts()
+            };
+            let out = sdxl::generate(&files, &req, &o, &mut |_| {}).unwrap();
+            assert!(
+                out.images[0].latent == base.images[0].latent,
+                "{enc:?}: latent"
+            );
+            assert!(out.images[0].rgb == base.images[0].rgb, "{enc:?}: image");
+            let peak = memory.accountant.peak();
+            eprintln!(
+                "encoders {enc:?}: peak {peak} {:?}",
+                memory.accountant.peak_breakdown()
+            );
+            assert!(peak > 0 && peak <= budget);
+            if enc == Placement::Cpu && req.init_image.is_none() {
+                let o = RunOptions {
+                    memory: Some(Memory {
+                        accountant: Accountant::with_budget(peak - 1),
+                        placements,
+                    }),
+                    ..opts()
+                };
+                let err = sdxl::generate(&files, &req, &o, &mut |_| {}).unwrap_err();
+                assert!(err.to_string().contains("budget exceeded"), "{err}");
+            }
+        }
+    }
+}

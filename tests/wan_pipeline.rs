@@ -586,3 +586,188 @@ fn cli_video_reproduces_the_reference_frames() {
         track.frame_rate()
     );
 }
+
+/// The whole stage under simulated VRAM budgets: every component resident on the (simulated)
+/// device, the DiT streamed through two slots or one, or the encoders left on the CPU: the
+/// video is bit-identical to the unconstrained run, and the accountant's peak stays under the
+/// budget; a budget below what the placement needs fails with the accountant's error.
+#[test]
+fn budgets_give_the_same_video_and_stay_under_them() {
+    use nijigen::pipeline::Memory;
+    use nijigen::runtime::plan::{Component, Placement};
+    use nijigen::runtime::Accountant;
+    let idx = index();
+    let (_dir, files) = write_files("budgets", false);
+    let req = request(&idx);
+    let base = wan::generate(&files, &req, &opts(), &mut |_| {}).expect("unconstrained");
+    let streamed = |slots| Placement::Streamed {
+        blocks: vec![0, 0],
+        slots,
+    };
+    let all = |dit: Placement, enc: Placement| {
+        vec![
+            (Component::T5, enc.clone()),
+            (Component::ClipVision, enc),
+            (Component::Dit, dit),
+            (Component::VaeWan, Placement::Resident),
+        ]
+    };
+    let cases = [
+        (
+            "all resident",
+            all(Placement::Resident, Placement::Resident),
+        ),
+        ("dit 2 slots", all(streamed(2), Placement::Resident)),
+        (
+            "dit 1 slot, encoders on the cpu",
+            all(streamed(1), Placement::Cpu),
+        ),
+    ];
+    let budget = 256 << 20;
+    for (what, placements) in cases {
+        let memory = Memory {
+            accountant: Accountant::with_budget(budget),
+            placements: placements.clone(),
+        };
+        let o = RunOptions {
+            memory: Some(memory.clone()),
+            ..opts()
+        };
+        let out = wan::generate(&files, &req, &o, &mut |_| {}).expect(what);
+        assert!(out.latent == base.latent, "{what}: latent differs");
+        assert!(out.frames == base.frames, "{what}: frames differ");
+        let peak = memory.accountant.peak();
+        eprintln!(
+            "{what}: peak {peak} bytes {:?}",
+            memory.accountant.peak_breakdown()
+        );
+        assert!(peak > 0 && peak <= budget, "{what}: peak {peak}");
+        assert_eq!(memory.accountant.used(), 0, "{what}: everything given back");
+        if what != "all resident" {
+            continue;
+        }
+        // The smallest budget is the measured peak; one byte less fails.
+        let tight = Memory {
+            accountant: Accountant::with_budget(peak - 1),
+            placements,
+        };
+        let o = RunOptions {
+            memory: Some(tight),
+            ..opts()
+        };
+        let err = wan::generate(&files, &req, &o, &mut |_| {}).expect_err(what);
+        assert!(err.to_string().contains("budget exceeded"), "{what}: {err}");
+    }
+}
+
+/// `nijigen video --vram-budget` follows the plan `nijigen plan video` prints: the same frames
+/// as without a budget (also with `--offload blocks`), a measured device peak in the JSON
+/// summary under the budget and under the plan's predicted peak.
+#[test]
+fn cli_budget_runs_match_and_the_plan_bounds_the_peak() {
+    let idx = index();
+    let (dir, files) = write_files("cli_budget", false);
+    let s = &idx["settings"];
+    let p = |v: &Path| v.to_str().expect("utf-8 path").to_string();
+    let num = |k: &str| s[k].to_string();
+    let common: Vec<String> = vec![
+        "--model".into(),
+        p(&files.model),
+        "--t5".into(),
+        p(files.t5.as_ref().unwrap()),
+        "--clip-vision".into(),
+        p(files.clip_vision.as_ref().unwrap()),
+        "--vae".into(),
+        p(files.vae.as_ref().unwrap()),
+        "-i".into(),
+        p(&Path::new(DIR).join("image.png")),
+        "-p".into(),
+        s["prompt"].as_str().unwrap().into(),
+        "--width".into(),
+        num("width"),
+        "--height".into(),
+        num("height"),
+        "--frames".into(),
+        num("frames"),
+        "--steps".into(),
+        "2".into(),
+        "--seed".into(),
+        num("seed"),
+        "--threads".into(),
+        "1".into(),
+    ];
+    let run = |extra: &[&str], name: &str| -> (Value, Vec<Vec<u8>>) {
+        let frames_dir = dir.join(name);
+        let mut args: Vec<String> = vec!["video".into()];
+        args.extend(common.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend([
+            "-o".into(),
+            p(&dir.join(format!("{name}.mp4"))),
+            "--frames-dir".into(),
+            p(&frames_dir),
+            "--json".into(),
+        ]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = nijigen(&refs);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let summary: Value = serde_json::from_slice(&o.stdout).expect("json summary");
+        let mut pngs: Vec<PathBuf> = std::fs::read_dir(&frames_dir)
+            .expect("frames")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        pngs.sort();
+        let frames = pngs
+            .iter()
+            .map(|f| nijigen::media::image::load_rgb(f).expect("png").0)
+            .collect();
+        (summary, frames)
+    };
+    let (free, base) = run(&[], "free");
+    assert!(free["peak_device_bytes"].is_null());
+    for (extra, name) in [
+        (&["--vram-budget", "1G"][..], "budget"),
+        (
+            &["--vram-budget", "1G", "--offload", "blocks"][..],
+            "blocks",
+        ),
+    ] {
+        let (summary, frames) = run(extra, name);
+        assert!(
+            frames == base,
+            "{name}: frames differ from the run without a budget"
+        );
+        let peak = summary["peak_device_bytes"]
+            .as_u64()
+            .expect("peak_device_bytes");
+        assert_eq!(summary["vram_budget_bytes"].as_u64(), Some(1 << 30));
+        // The plan for the same arguments.
+        let mut args: Vec<String> = vec!["plan".into(), "video".into()];
+        args.extend(common.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("--json".into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = nijigen(&refs);
+        assert!(o.status.success(), "plan: {}", stderr(&o));
+        let plan: Value = serde_json::from_slice(&o.stdout).expect("plan json");
+        let predicted = plan["peak_device_bytes"].as_u64().expect("predicted peak");
+        let dit = plan["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == "dit")
+            .expect("dit")
+            .clone();
+        eprintln!(
+            "{name}: measured peak {peak}, predicted {predicted}, dit {}",
+            dit["placement"]
+        );
+        if name == "blocks" {
+            assert_eq!(dit["placement"], "streamed");
+        }
+        assert!(
+            peak > 0 && peak <= predicted,
+            "{name}: measured {peak} > predicted {predicted}"
+        );
+    }
+}

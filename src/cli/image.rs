@@ -230,7 +230,7 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
             target: args.target_size.unwrap_or(d.target),
         }
     });
-    let req = SdxlRequest {
+    let mut req = SdxlRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
         width: args.width,
@@ -247,7 +247,14 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
         size_cond,
     };
     sdxl::validate(&req).map_err(explain)?;
-    super::plan::check_image(&args)?;
+    let memory = super::plan::memory_image(&args)?;
+    if let Some((_, plan)) = &memory {
+        // The planner's VAE tile unless the user chose one.
+        let planned = plan
+            .get(crate::runtime::plan::Component::VaeSdxl)
+            .and_then(|c| c.tile);
+        req.vae_tile = req.vae_tile.or(planned);
+    }
     let files = SdxlFiles {
         model: args.model.clone(),
         clip_l: args.clip_l.clone(),
@@ -257,6 +264,7 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
     };
     let opts = RunOptions {
         threads: args.threads,
+        memory: memory.as_ref().map(|(m, _)| m.clone()),
         cancel: Some(super::progress::cancel_flag()),
     };
     if !quiet && !args.json {
@@ -320,6 +328,8 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
         timings: out.timings.clone(),
         total_s: start.elapsed().as_secs_f64(),
         peak_ram_bytes: super::progress::peak_rss_bytes(),
+        peak_device_bytes: memory.as_ref().map(|(m, _)| m.accountant.peak()),
+        vram_budget_bytes: memory.as_ref().and_then(|(m, _)| m.accountant.budget()),
     };
     let mut stdout = std::io::stdout().lock();
     if args.json {
@@ -338,8 +348,12 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
             t.sample_s,
             t.decode_s,
             summary.total_s,
-            summary.peak_ram_bytes.map_or("?".into(), human_bytes)
+            summary.peak_ram_bytes.map_or("?".into(), human_bytes),
         )?;
+        let device = summary.device_text();
+        if !device.is_empty() {
+            writeln!(stdout, "{}", device.trim_start_matches("; "))?;
+        }
     }
     Ok(())
 }

@@ -20,11 +20,13 @@ use super::video::VideoArgs;
 use super::WithHint;
 use crate::formats::names::{ArchConfig, Architecture};
 use crate::models::estimate;
+use crate::pipeline::Memory;
+use crate::runtime::device::padded;
 use crate::runtime::plan::{
     self, Action, Component, ComponentSpec, EncoderDevice, Offload, Plan, PlanInput, PlanOptions,
     TileOption,
 };
-use crate::runtime::WeightStore;
+use crate::runtime::{Accountant, WeightStore};
 
 /// Bytes of a budget kept free of planned allocations.
 pub const RESERVE: u64 = 256 << 20;
@@ -115,8 +117,9 @@ impl Part {
             .filter(move |t| t.name.starts_with(&prefix))
     }
 
+    /// Device bytes of the weights: each tensor padded as device buffers place it.
     fn bytes(&self) -> u64 {
-        self.tensors().map(|t| t.size).sum()
+        self.tensors().map(|t| padded(t.size)).sum()
     }
 
     /// Bytes per block in execution order (UNet: input, middle, output).
@@ -127,7 +130,7 @@ impl Part {
                 continue;
             };
             if let Some(e) = by.iter_mut().find(|e| e.2 == key) {
-                e.3 += t.size;
+                e.3 += padded(t.size);
                 continue;
             }
             let group = if key.contains("input_blocks") || key.contains("down_blocks") {
@@ -144,7 +147,7 @@ impl Part {
                 .next()
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
-            by.push((group, index, key, t.size));
+            by.push((group, index, key, padded(t.size)));
         }
         by.sort();
         by.into_iter().map(|e| e.3).collect()
@@ -223,7 +226,6 @@ fn image_inputs(a: &ImageArgs) -> anyhow::Result<(Vec<ComponentSpec>, Vec<Row>, 
     let compute = ucfg.map_or(0, |c| estimate::unet_compute_bytes(&c, h, w));
     specs.push(
         ComponentSpec::new(Component::Unet, unet.bytes())
-            .with_blocks(unet.blocks())
             .with_compute(compute)
             .with_forwards(forwards),
     );
@@ -319,7 +321,11 @@ fn video_inputs(a: &VideoArgs) -> anyhow::Result<(Vec<ComponentSpec>, Vec<Row>, 
             hint: "`nijigen info FILE` shows what a weight file contains".into(),
         })?;
     let compute = match dit.config() {
-        ArchConfig::WanDit(c) => estimate::wan_dit_compute_bytes(c, a.frames as u64, hh, ww),
+        ArchConfig::WanDit(c) => {
+            // Streamed, the activations carried between block graphs are held besides.
+            estimate::wan_dit_compute_bytes(c, a.frames as u64, hh, ww)
+                + estimate::wan_dit_state_bytes(c, a.frames as u64, hh, ww)
+        }
         _ => 0,
     };
     specs.push(
@@ -524,23 +530,40 @@ fn video_options(a: &VideoArgs) -> PlanOptions {
     }
 }
 
-/// For `image` with `--vram-budget`: the plan must fit before anything is computed (the
-/// budget is simulated on the CPU: checked against the plan, not yet enforced per allocation).
-pub(super) fn check_image(a: &ImageArgs) -> anyhow::Result<()> {
-    if a.vram_budget.is_none() {
-        return Ok(());
-    }
-    let (components, _, _) = image_inputs(a)?;
-    make_plan(a.vram_budget, image_options(a), components).map(|_| ())
+/// The memory plan a run follows under `budget`: the accountant that enforces it and the
+/// planner's placement of every component (`None` without a budget: the CPU, unaccounted).
+fn memory_of(budget: Option<u64>, plan: Option<Plan>) -> Option<(Memory, Plan)> {
+    let (budget, plan) = (budget?, plan?);
+    let memory = Memory {
+        accountant: Accountant::with_budget(budget),
+        placements: plan
+            .components
+            .iter()
+            .map(|c| (c.component, c.placement.clone()))
+            .collect(),
+    };
+    Some((memory, plan))
 }
 
-/// As [`check_image`] for `video`.
-pub(super) fn check_video(a: &VideoArgs) -> anyhow::Result<()> {
+/// For `image` with `--vram-budget`: the plan (it must fit before anything is computed) and the
+/// memory it puts the run under.
+pub(super) fn memory_image(a: &ImageArgs) -> anyhow::Result<Option<(Memory, Plan)>> {
     if a.vram_budget.is_none() {
-        return Ok(());
+        return Ok(None);
+    }
+    let (components, _, _) = image_inputs(a)?;
+    let plan = make_plan(a.vram_budget, image_options(a), components)?;
+    Ok(memory_of(a.vram_budget, Some(plan)))
+}
+
+/// As [`memory_image`] for `video`.
+pub(super) fn memory_video(a: &VideoArgs) -> anyhow::Result<Option<(Memory, Plan)>> {
+    if a.vram_budget.is_none() {
+        return Ok(None);
     }
     let (components, _, _) = video_inputs(a)?;
-    make_plan(a.vram_budget, video_options(a), components).map(|_| ())
+    let plan = make_plan(a.vram_budget, video_options(a), components)?;
+    Ok(memory_of(a.vram_budget, Some(plan)))
 }
 
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {

@@ -18,6 +18,23 @@ pub struct Summary {
     pub total_s: f64,
     /// Peak resident memory of the process (Linux `VmHWM`).
     pub peak_ram_bytes: Option<u64>,
+    /// With a VRAM budget: the device-memory accountant's peak and the budget.
+    pub peak_device_bytes: Option<u64>,
+    pub vram_budget_bytes: Option<u64>,
+}
+
+impl Summary {
+    /// "; peak device memory 5.1 GiB of 8.0 GiB" when the run had a budget, else "".
+    pub fn device_text(&self) -> String {
+        match (self.peak_device_bytes, self.vram_budget_bytes) {
+            (Some(p), Some(b)) => format!(
+                "; peak device memory {} of {} (simulated on the CPU)",
+                super::human_bytes(p),
+                super::human_bytes(b)
+            ),
+            _ => String::new(),
+        }
+    }
 }
 
 /// Peak resident set size of this process, from /proc/self/status (`None` elsewhere).

@@ -174,7 +174,7 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
         Some(img) => wan::size_for_image(img.width, img.height),
         None => (832, 480),
     };
-    let req = WanRequest {
+    let mut req = WanRequest {
         image,
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
@@ -191,7 +191,14 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
         keep_decoded: false,
     };
     wan::validate(&req).map_err(explain)?;
-    super::plan::check_video(&args)?;
+    let memory = super::plan::memory_video(&args)?;
+    if let Some((_, plan)) = &memory {
+        // The planner's VAE tile unless the user chose one.
+        let planned = plan
+            .get(crate::runtime::plan::Component::VaeWan)
+            .and_then(|c| c.tile);
+        req.vae_tile = req.vae_tile.or(planned);
+    }
     let shift = req
         .shift
         .unwrap_or_else(|| wan::default_shift(req.width, req.height));
@@ -205,6 +212,7 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
     };
     let opts = RunOptions {
         threads: args.threads,
+        memory: memory.as_ref().map(|(m, _)| m.clone()),
         cancel: Some(super::progress::cancel_flag()),
     };
     // Open the outputs first: a bad path fails before minutes of sampling.
@@ -267,6 +275,8 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
         timings: out.timings.clone(),
         total_s: start.elapsed().as_secs_f64(),
         peak_ram_bytes: super::progress::peak_rss_bytes(),
+        peak_device_bytes: memory.as_ref().map(|(m, _)| m.accountant.peak()),
+        vram_budget_bytes: memory.as_ref().and_then(|(m, _)| m.accountant.budget()),
     };
     let mut stdout = std::io::stdout().lock();
     if args.json {
@@ -296,8 +306,12 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
             t.sample_s,
             t.decode_s,
             summary.total_s,
-            summary.peak_ram_bytes.map_or("?".into(), human_bytes)
+            summary.peak_ram_bytes.map_or("?".into(), human_bytes),
         )?;
+        let device = summary.device_text();
+        if !device.is_empty() {
+            writeln!(stdout, "{}", device.trim_start_matches("; "))?;
+        }
     }
     Ok(())
 }

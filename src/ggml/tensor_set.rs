@@ -17,6 +17,8 @@ pub struct TensorSet<'d> {
     ctx: Context,
     index: HashMap<String, NonNull<sys::ggml_tensor>>,
     order: Vec<String>,
+    /// Tensor address -> its position in `order`.
+    by_ptr: HashMap<usize, usize>,
     /// One zero-copy buffer per distinct host region, keyed by (start address, length).
     host: Vec<((usize, usize), Buffer<'d>)>,
     owned: Vec<Buffer<'static>>,
@@ -30,6 +32,7 @@ impl<'d> TensorSet<'d> {
             ctx: Context::new_meta(max_tensors.max(1), 1)?,
             index: HashMap::new(),
             order: Vec::new(),
+            by_ptr: HashMap::new(),
             host: Vec::new(),
             owned: Vec::new(),
             bytes: 0,
@@ -147,6 +150,7 @@ impl<'d> TensorSet<'d> {
 
     fn finish_add(&mut self, name: &str, ptr: NonNull<sys::ggml_tensor>, size: usize) {
         self.index.insert(name.to_string(), ptr);
+        self.by_ptr.insert(ptr.as_ptr() as usize, self.order.len());
         self.order.push(name.to_string());
         self.bytes += size as u64;
     }
@@ -154,6 +158,13 @@ impl<'d> TensorSet<'d> {
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<Tensor<'_>> {
         self.index.get(name).map(|&p| Tensor::from_raw(p))
+    }
+
+    /// The name of `t` if it is one of this set's tensors.
+    pub fn name_of(&self, t: Tensor<'_>) -> Option<&str> {
+        self.by_ptr
+            .get(&(t.as_ptr() as usize))
+            .map(|&i| self.order[i].as_str())
     }
 
     /// Names in the order they were added.

@@ -52,6 +52,8 @@ enum TermKind {
 #[derive(Debug)]
 struct Adapted {
     name: String,
+    /// The base weight's ggml shape.
+    ne: [i64; 4],
     conv: bool,
     parts: usize,
     terms: Vec<Term>,
@@ -61,8 +63,9 @@ struct Adapted {
 /// one or more (file, multiplier) pairs. Attach with the model's `set_adapters`.
 pub struct Adapters {
     set: TensorSet<'static>,
-    /// Base weight tensor (its address in the base set) -> terms.
-    by_weight: HashMap<usize, Adapted>,
+    /// Base weight (its full canonical name) -> terms. By name, not by tensor, so that the
+    /// adapters apply to any copy of the base set (weights placed on the device, streamed).
+    by_weight: HashMap<String, Adapted>,
     /// Base vector (full name) -> its merged replacement in `set` (norm weights and biases
     /// with `diff` / `diff_b`: tiny, never quantized, so merged at build time).
     replaced: HashMap<String, String>,
@@ -156,6 +159,7 @@ impl Adapters {
                         .entry(slot.weight.clone())
                         .or_insert_with(|| Adapted {
                             name: slot.weight.clone(),
+                            ne,
                             conv: !(ne[2] == 1 && ne[3] == 1),
                             parts: slot.parts,
                             terms: Vec::new(),
@@ -218,8 +222,8 @@ impl Adapters {
         }
         let mut by_weight = HashMap::new();
         for (name, a) in adapted {
-            if let Some(t) = base.get(&name) {
-                by_weight.insert(t.as_ptr() as usize, a);
+            if base.get(&name).is_some() {
+                by_weight.insert(name, a);
             }
         }
         tracing::debug!(
@@ -303,11 +307,12 @@ impl Adapters {
         self.set.data_bytes()
     }
 
-    /// Whether these adapters were built from `set` (the adapted weights are its tensors).
+    /// Whether these adapters fit `set`: a copy of the base set they were built from (every
+    /// adapted weight is there, with the same shape).
     pub fn fits(&self, set: &TensorSet<'_>) -> bool {
         self.by_weight
             .iter()
-            .all(|(&p, a)| set.get(&a.name).map(|t| t.as_ptr() as usize) == Some(p))
+            .all(|(n, a)| set.get(n).map(|t| t.ne()) == Some(a.ne))
     }
 
     /// The merged replacement of base tensor `name` (full name), if a `diff`/`diff_b` changed
@@ -333,11 +338,11 @@ impl Adapters {
     pub(crate) fn apply_linear<'c>(
         &'c self,
         ctx: &'c Context,
-        weight: Tensor<'_>,
+        weight: &str,
         x: Tensor<'c>,
         y: Tensor<'c>,
     ) -> Tensor<'c> {
-        let Some(a) = self.by_weight.get(&(weight.as_ptr() as usize)) else {
+        let Some(a) = self.by_weight.get(weight) else {
             return y;
         };
         if a.conv {
@@ -360,13 +365,13 @@ impl Adapters {
     pub(crate) fn apply_conv<'c>(
         &'c self,
         ctx: &'c Context,
-        weight: Tensor<'_>,
+        weight: &str,
         x: Tensor<'c>,
         y: Tensor<'c>,
         stride: i32,
         pad: i32,
     ) -> Tensor<'c> {
-        let Some(a) = self.by_weight.get(&(weight.as_ptr() as usize)) else {
+        let Some(a) = self.by_weight.get(weight) else {
             return y;
         };
         if !a.conv || a.parts != 1 {

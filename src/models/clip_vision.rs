@@ -161,6 +161,13 @@ pub struct ClipVision<'w> {
 }
 
 impl<'w> ClipVision<'w> {
+    /// Accounts this model's compute buffer in `acct` (device memory of the run).
+    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
+        self.alloc.set_meter(
+            acct.map(|a| crate::runtime::accountant::compute_meter(a, "clip_vision compute")),
+        );
+    }
+
     /// The encoder whose `vision_model.*` tensors are under `prefix` in `set`, config inferred
     /// from the shapes, computing with `threads` CPU threads. Every tensor is looked up and
     /// shape-checked here.

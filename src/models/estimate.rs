@@ -129,6 +129,17 @@ pub fn wan_dit_compute_bytes(c: &WanDitConfig, frames: u64, h: u64, w: u64) -> u
     dit_bytes(d, f, patch, frames, h, w)
 }
 
+/// The activations a streamed Wan DiT carries from one block graph to the next: the residual
+/// [dim, tokens], the rope tables (2 x [128, tokens]), the time embeddings and the text (512)
+/// and image (257) contexts, all F32.
+pub fn wan_dit_state_bytes(c: &WanDitConfig, frames: u64, h: u64, w: u64) -> u64 {
+    let d = c.dim.unwrap_or(5120);
+    let [pt, ph, pw] = c.patch_size.unwrap_or([1, 2, 2]);
+    let lat_f = (frames.saturating_sub(1)) / 4 + 1;
+    let tokens = lat_f.div_ceil(pt) * (h / 8).div_ceil(ph) * (w / 8).div_ceil(pw);
+    F32 * (tokens * d + 2 * 128 * tokens + 7 * d + 769 * d) + 8 * 256
+}
+
 fn dit_bytes(d: u64, f: u64, [pt, ph, pw]: [u64; 3], frames: u64, h: u64, w: u64) -> u64 {
     let lat_f = (frames.saturating_sub(1)) / 4 + 1;
     let tokens = lat_f.div_ceil(pt) * (h / 8).div_ceil(ph) * (w / 8).div_ceil(pw);

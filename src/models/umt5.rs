@@ -173,6 +173,12 @@ pub struct Umt5Encoder<'w> {
 }
 
 impl<'w> Umt5Encoder<'w> {
+    /// Accounts this model's compute buffer in `acct` (device memory of the run).
+    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
+        self.alloc
+            .set_meter(acct.map(|a| crate::runtime::accountant::compute_meter(a, "t5 compute")));
+    }
+
     /// The encoder whose tensors are under `prefix` in `set`, config inferred from the shapes,
     /// computing with `threads` CPU threads.
     pub fn new(

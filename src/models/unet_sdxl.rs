@@ -275,6 +275,7 @@ pub struct SdxlUnet<'w> {
     attention: Attention,
     /// The graph of the last (h, w, context tokens), allocated and reused while they stay.
     cache: Option<CachedGraph<'w>>,
+    accountant: Option<crate::runtime::Accountant>,
 }
 
 /// A built and allocated forward graph. Its tensors, in order: x, the timestep sinusoid, y
@@ -318,6 +319,7 @@ impl<'w> SdxlUnet<'w> {
             backend,
             attention: Attention::default(),
             cache: None,
+            accountant: None,
         };
         let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
         let s = unet.config.downscale();
@@ -327,6 +329,12 @@ impl<'w> SdxlUnet<'w> {
 
     pub fn config(&self) -> &UnetConfig {
         &self.config
+    }
+
+    /// Accounts this model's compute buffer in `acct` (device memory of the run).
+    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
+        self.accountant = acct.cloned();
+        self.cache = None;
     }
 
     /// Chooses how attention is computed (the next forward rebuilds its graph).
@@ -393,6 +401,11 @@ impl<'w> SdxlUnet<'w> {
                 Ok::<_, UnetError>((keep, vec![output]))
             })?;
             let mut alloc = self.backend.graph_allocator()?;
+            alloc.set_meter(
+                self.accountant
+                    .as_ref()
+                    .map(|a| crate::runtime::accountant::compute_meter(a, "unet compute")),
+            );
             alloc.alloc_graph(&graph.graph())?;
             tracing::debug!(
                 nodes = graph.graph().n_nodes(),

@@ -188,6 +188,12 @@ pub struct SdxlVae<'w> {
 }
 
 impl<'w> SdxlVae<'w> {
+    /// Accounts this model's compute buffer in `acct` (device memory of the run).
+    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
+        self.alloc
+            .set_meter(acct.map(|a| crate::runtime::accountant::compute_meter(a, "vae compute")));
+    }
+
     /// The VAE whose tensors are under `prefix` in `set` (SDXL's 32 groups), config inferred
     /// from the shapes, computing with `threads` CPU threads.
     pub fn new(

@@ -233,6 +233,7 @@ pub struct WanVae<'w> {
     backend: Backend,
     alloc: GraphAllocator,
     last_compute_bytes: usize,
+    accountant: Option<crate::runtime::Accountant>,
 }
 
 /// Bytes each cache starts on inside the cache buffer.
@@ -244,6 +245,7 @@ const CACHE_ALIGN: usize = 64;
 /// and the compute buffer holds no cache.
 struct CacheBuffer {
     buffer: Buffer<'static>,
+    _lease: Option<crate::runtime::Lease>,
     /// (byte offset, shape [W, H, C, frames]) per cache slot, in build order.
     slots: Vec<(usize, [i64; 4])>,
 }
@@ -251,7 +253,11 @@ struct CacheBuffer {
 impl CacheBuffer {
     /// Lays out `shapes` (F32) in a new buffer of `backend`. The memory is not touched (nor
     /// resident, on the CPU) until [`CacheBuffer::zero`] or a graph writes it.
-    fn new(backend: &Backend, shapes: &[[i64; 4]]) -> Result<CacheBuffer, WanVaeError> {
+    fn new(
+        backend: &Backend,
+        shapes: &[[i64; 4]],
+        acct: Option<&crate::runtime::Accountant>,
+    ) -> Result<CacheBuffer, WanVaeError> {
         let mut slots = Vec::with_capacity(shapes.len());
         let mut end = 0usize;
         for ne in shapes {
@@ -259,8 +265,20 @@ impl CacheBuffer {
             let bytes = 4 * ne.iter().product::<i64>() as usize;
             end += bytes.div_ceil(CACHE_ALIGN) * CACHE_ALIGN;
         }
-        let buffer = backend.alloc_buffer(end.max(CACHE_ALIGN))?;
-        Ok(CacheBuffer { buffer, slots })
+        let size = end.max(CACHE_ALIGN);
+        let lease = match acct {
+            Some(a) => Some(
+                a.lease("vae caches", size as u64)
+                    .map_err(|e| GgmlError::Backend(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let buffer = backend.alloc_buffer(size)?;
+        Ok(CacheBuffer {
+            buffer,
+            _lease: lease,
+            slots,
+        })
     }
 
     /// Bytes of all caches.
@@ -379,6 +397,13 @@ impl WanVaeMemory {
 }
 
 impl<'w> WanVae<'w> {
+    /// Accounts this model's device memory (compute buffer, causal caches) in `acct`.
+    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
+        self.alloc
+            .set_meter(acct.map(|a| crate::runtime::accountant::compute_meter(a, "vae compute")));
+        self.accountant = acct.cloned();
+    }
+
     /// The VAE whose tensors are under `prefix` in `set` (original Wan names), config inferred
     /// from the shapes, computing with `threads` CPU threads.
     pub fn new(
@@ -394,6 +419,7 @@ impl<'w> WanVae<'w> {
             alloc: backend.graph_allocator()?,
             backend,
             last_compute_bytes: 0,
+            accountant: None,
         };
         // Build (not run) both chunk kinds on a 1x1 latent: every tensor is looked up and
         // shape-checked now.
@@ -539,7 +565,7 @@ impl<'w> WanVae<'w> {
         let shapes: Option<Vec<[i64; 4]>> = g.shapes.iter().copied().collect();
         let shapes = shapes
             .ok_or_else(|| WanVaeError::Config("a later chunk skipped a cache slot".to_string()))?;
-        CacheBuffer::new(&self.backend, &shapes)
+        CacheBuffer::new(&self.backend, &shapes, self.accountant.as_ref())
     }
 
     /// Decodes a raw latent (already de-normalised, see [`denormalize`]), row-major

@@ -144,7 +144,10 @@ pub fn linear_with<'c>(
     }
     let y = ctx.mul_mat(weight, x);
     let y = match w.adapters {
-        Some(a) => a.apply_linear(ctx, weight, x, y),
+        Some(a) => match w.set.name_of(weight) {
+            Some(name) => a.apply_linear(ctx, name, x, y),
+            None => y,
+        },
         None => y,
     };
     if !w.contains(bias_name) {
@@ -221,7 +224,10 @@ pub fn conv2d<'c>(
     };
     let y = ctx.conv_2d_direct(weight, x, (stride, stride), (pad, pad), (1, 1));
     let y = match w.adapters {
-        Some(a) => a.apply_conv(ctx, stored, x, y, stride, pad),
+        Some(a) => match w.set.name_of(stored) {
+            Some(name) => a.apply_conv(ctx, name, x, y, stride, pad),
+            None => y,
+        },
         None => y,
     };
     if !w.contains("bias") {

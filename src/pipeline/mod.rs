@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use crate::formats::names::Architecture;
 use crate::ggml::GgmlError;
+use crate::ggml::TensorSet;
 use crate::media::MediaError;
 use crate::models::{ClipError, UnetError, VaeError};
+use crate::runtime::plan::{Component, Placement};
 use crate::runtime::weights::LoadError;
+use crate::runtime::{Accountant, DeviceWeights, Residency};
 use crate::sampling::SamplingError;
 
 /// Why a pipeline could not run. Messages name the file and say what to pass instead.
@@ -60,8 +63,56 @@ pub enum PipelineError {
     Video(#[from] crate::media::video::VideoError),
     #[error(transparent)]
     Ggml(#[from] GgmlError),
+    #[error(transparent)]
+    Device(#[from] crate::runtime::DeviceError),
     #[error("stopped by the user")]
     Interrupted,
+}
+
+/// The memory plan a run follows: the device-memory ledger (budget and peak) and where each
+/// component's weights live while it runs (from [`crate::runtime::plan::plan`]). Components
+/// not listed run on the CPU from the memory-mapped file.
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    pub accountant: Accountant,
+    pub placements: Vec<(Component, Placement)>,
+}
+
+impl Memory {
+    /// The placement of `c` (CPU when the plan does not list it).
+    pub fn placement(&self, c: Component) -> Placement {
+        self.placements
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map_or(Placement::Cpu, |(_, p)| p.clone())
+    }
+
+    /// `set` copied to the device as the plan places `c`, or `None` when `c` runs on the CPU.
+    /// `blocks` names the block prefixes in execution order for a streamed placement.
+    pub fn device_weights<'s>(
+        &self,
+        c: Component,
+        set: &'s TensorSet<'s>,
+        blocks: impl FnOnce() -> Vec<String>,
+    ) -> Result<Option<DeviceWeights<'s>>, PipelineError> {
+        let residency = match self.placement(c) {
+            Placement::Cpu => return Ok(None),
+            Placement::Resident => Residency::Resident,
+            Placement::Streamed { slots, .. } => Residency::Streamed {
+                blocks: blocks(),
+                slots: slots as usize,
+            },
+        };
+        // Weights are copied with a backend of the compute device (the CPU here).
+        let backend = crate::ggml::Backend::cpu(1)?;
+        Ok(Some(DeviceWeights::build(
+            set,
+            &backend,
+            &residency,
+            &self.accountant,
+            c.name(),
+        )?))
+    }
 }
 
 /// How the models compute.
@@ -69,6 +120,8 @@ pub enum PipelineError {
 pub struct RunOptions {
     /// CPU threads for ggml (0: all cores).
     pub threads: usize,
+    /// The memory plan (`None`: no budget, everything on the CPU from the mapped files).
+    pub memory: Option<Memory>,
     /// Set (e.g. by a Ctrl-C handler) to stop at the next step with
     /// [`PipelineError::Interrupted`].
     pub cancel: Option<Arc<AtomicBool>>,

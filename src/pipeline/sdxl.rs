@@ -29,6 +29,7 @@ use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
 use crate::models::unet_sdxl::sdxl_added_cond;
 use crate::models::{ClipTextModel, SdxlUnet, SdxlVae, UnetAttention};
+use crate::runtime::plan::Component;
 use crate::runtime::WeightStore;
 use crate::sampling::{
     apply_cfg, comfy_sampler_noise, Denoiser, DiscreteSchedule, ModelSampling, Parameterization,
@@ -380,6 +381,10 @@ pub struct SdxlModels<'w> {
     tokenizer: SdxlTokenizer,
     opts: RunOptions,
     v_prediction: bool,
+    /// The mapped weight sets (clip_l, clip_g, unet, vae) and their prefixes, which device
+    /// copies are made from, and the LoRA adapters (clip_l, clip_g, unet).
+    sets: [(&'w TensorSet<'w>, &'w str); 4],
+    adapters: Option<&'w [Adapters; 3]>,
 }
 
 /// Opens `files`, loads the four models and runs `f` on them. The weights stay memory-mapped
@@ -482,6 +487,13 @@ pub fn with_models<R>(
         tokenizer: SdxlTokenizer::new(),
         opts: opts.clone(),
         v_prediction: stores.v_prediction,
+        sets: [
+            (&sets[0], &stores.clip_l.prefix),
+            (&sets[1], &stores.clip_g.prefix),
+            (&sets[2], &stores.unet.prefix),
+            (&sets[3], &stores.vae.prefix),
+        ],
+        adapters: adapters.as_ref(),
     };
     tracing::info!(
         seconds = t0.elapsed().as_secs_f64(),
@@ -636,8 +648,8 @@ impl<'w> SdxlModels<'w> {
             );
         }
         let weighted = tokens.has_weights();
-        let (l, l_empty) = encode_chunks(&mut self.clip_l, &tokens.l, PAD_L, weighted)?;
-        let (g, g_empty) = encode_chunks(&mut self.clip_g, &tokens.g, PAD_G, weighted)?;
+        let (l, l_empty) = self.with_clip(0, |m| encode_chunks(m, &tokens.l, PAD_L, weighted))?;
+        let (g, g_empty) = self.with_clip(1, |m| encode_chunks(m, &tokens.g, PAD_G, weighted))?;
         let pooled = g.pooled.clone().unwrap_or_default();
         let (lw, gw) = (l.width, g.width);
         let n = tokens.l.len() * CHUNK_LEN;
@@ -681,13 +693,7 @@ impl<'w> SdxlModels<'w> {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>, PipelineError> {
-        let adm = self.unet.config().adm_in.unwrap_or(0);
-        let y = if adm > 0 {
-            sdxl_added_cond(&cond.pooled, time_ids, adm)?
-        } else {
-            Vec::new()
-        };
-        Ok(self.unet.forward(x, timestep, &cond.context, &y, h, w)?)
+        unet_forward(&mut self.unet, x, timestep, cond, time_ids, (h, w))
     }
 
     /// Decodes a (scaled) latent [4, h, w] into [3, 8h, 8w] in [-1, 1], tiled when `tile`
@@ -699,14 +705,80 @@ impl<'w> SdxlModels<'w> {
         w: usize,
         tile: Option<u32>,
     ) -> Result<Vec<f32>, PipelineError> {
-        let s = self.vae.config().downscale();
-        Ok(match tile {
-            Some(t) => {
-                let t = (t as usize / s).max(1);
-                self.vae.decode_tiled(latent, h, w, t, (t / 8).max(1))?
-            }
-            None => self.vae.decode(latent, h, w)?,
+        self.with_vae(|vae| {
+            let s = vae.config().downscale();
+            Ok(match tile {
+                Some(t) => {
+                    let t = (t as usize / s).max(1);
+                    vae.decode_tiled(latent, h, w, t, (t / 8).max(1))?
+                }
+                None => vae.decode(latent, h, w)?,
+            })
         })
+    }
+
+    /// Runs `f` on text encoder `i` (0: CLIP-L, 1: bigG): on the device when the memory plan
+    /// puts it there (a copy that lives for this call), else on the CPU from the mapped file.
+    fn with_clip<R>(
+        &mut self,
+        i: usize,
+        f: impl for<'x> FnOnce(&mut ClipTextModel<'x>) -> Result<R, PipelineError>,
+    ) -> Result<R, PipelineError> {
+        let (comp, cpu) = match i {
+            0 => (Component::ClipL, &mut self.clip_l),
+            _ => (Component::ClipG, &mut self.clip_g),
+        };
+        let Some(mem) = self.opts.memory.clone() else {
+            return f(cpu);
+        };
+        let (set, prefix) = self.sets[i];
+        let Some(dw) = mem.device_weights(comp, set, Vec::new)? else {
+            return f(cpu);
+        };
+        let mut m = ClipTextModel::new(dw.set(), prefix, self.opts.cpu_threads())?;
+        m.set_adapters(self.adapters.map(|a| &a[i]))?;
+        m.set_accountant(Some(&mem.accountant));
+        f(&mut m)
+    }
+
+    /// As [`SdxlModels::with_clip`] for the UNet (resident only: it is not streamed).
+    fn with_unet<R>(
+        &mut self,
+        f: impl for<'x> FnOnce(
+            &mut SdxlUnet<'x>,
+            &RunOptions,
+            &ModelSampling,
+        ) -> Result<R, PipelineError>,
+    ) -> Result<R, PipelineError> {
+        let Some(mem) = self.opts.memory.clone() else {
+            return f(&mut self.unet, &self.opts, &self.sampling);
+        };
+        let (set, prefix) = self.sets[2];
+        let Some(dw) = mem.device_weights(Component::Unet, set, Vec::new)? else {
+            return f(&mut self.unet, &self.opts, &self.sampling);
+        };
+        let mut m = SdxlUnet::new(dw.set(), prefix, self.opts.cpu_threads())?;
+        m.set_attention(UnetAttention::Flash);
+        m.set_adapters(self.adapters.map(|a| &a[2]))?;
+        m.set_accountant(Some(&mem.accountant));
+        f(&mut m, &self.opts, &self.sampling)
+    }
+
+    /// As [`SdxlModels::with_clip`] for the VAE.
+    fn with_vae<R>(
+        &mut self,
+        f: impl for<'x> FnOnce(&mut SdxlVae<'x>) -> Result<R, PipelineError>,
+    ) -> Result<R, PipelineError> {
+        let Some(mem) = self.opts.memory.clone() else {
+            return f(&mut self.vae);
+        };
+        let (set, prefix) = self.sets[3];
+        let Some(dw) = mem.device_weights(Component::VaeSdxl, set, Vec::new)? else {
+            return f(&mut self.vae);
+        };
+        let mut m = SdxlVae::new(dw.set(), prefix, self.opts.cpu_threads())?;
+        m.set_accountant(Some(&mem.accountant));
+        f(&mut m)
     }
 
     /// Runs a whole request on the loaded models.
@@ -754,8 +826,8 @@ impl<'w> SdxlModels<'w> {
                     &img.rgb, img.width, img.height, req.width, req.height,
                 )?;
                 let pixels = from_rgb8(&fitted, req.width as usize, req.height as usize);
-                self.vae
-                    .encode(&pixels, req.height as usize, req.width as usize)?
+                let (h, w) = (req.height as usize, req.width as usize);
+                self.with_vae(|vae| Ok(vae.encode(&pixels, h, w)?))?
             }
         };
         timings.encode_s += t_enc.elapsed().as_secs_f64();
@@ -795,32 +867,36 @@ impl<'w> SdxlModels<'w> {
 
         events(Event::Stage { name: "sample" });
         let t_sample = Instant::now();
-        let mut denoiser = CfgDenoiser {
-            models: self,
-            pos: &pos,
-            neg: neg.as_ref(),
-            cfg: req.cfg,
-            time_ids,
-            param,
-            h: lh,
-            w: lw,
-            per,
-        };
-        let total = stepper.total_steps();
-        while !stepper.is_finished() {
-            denoiser.models.opts.check_cancel()?;
-            let ts = Instant::now();
-            let report = stepper.step(&mut denoiser).map_err(|e| match e {
-                crate::sampling::StepError::Denoiser { source, .. } => source,
-                crate::sampling::StepError::Sampling(e) => PipelineError::Sampling(e),
-            })?;
-            events(Event::Step {
-                step: report.step + 1,
-                total,
-                sigma: report.sigma,
-                elapsed: ts.elapsed(),
-            });
-        }
+        self.with_unet(|unet, opts, sampling| {
+            let mut denoiser = CfgDenoiser {
+                unet,
+                sampling,
+                opts,
+                pos: &pos,
+                neg: neg.as_ref(),
+                cfg: req.cfg,
+                time_ids,
+                param,
+                hw: (lh, lw),
+                per,
+            };
+            let total = stepper.total_steps();
+            while !stepper.is_finished() {
+                opts.check_cancel()?;
+                let ts = Instant::now();
+                let report = stepper.step(&mut denoiser).map_err(|e| match e {
+                    crate::sampling::StepError::Denoiser { source, .. } => source,
+                    crate::sampling::StepError::Sampling(e) => PipelineError::Sampling(e),
+                })?;
+                events(Event::Step {
+                    step: report.step + 1,
+                    total,
+                    sigma: report.sigma,
+                    elapsed: ts.elapsed(),
+                });
+            }
+            Ok(())
+        })?;
         let mut x = stepper.into_x();
         param.inverse_noise_scaling(0.0, &mut x);
         timings.sample_s = t_sample.elapsed().as_secs_f64();
@@ -881,16 +957,35 @@ fn encode_chunks(
     Ok((out, empty))
 }
 
+/// The raw UNet output for one image's latent (see [`SdxlModels::unet_forward`]).
+fn unet_forward(
+    unet: &mut SdxlUnet<'_>,
+    x: &[f32],
+    timestep: f32,
+    cond: &Conditioning,
+    time_ids: [f32; 6],
+    (h, w): (usize, usize),
+) -> Result<Vec<f32>, PipelineError> {
+    let adm = unet.config().adm_in.unwrap_or(0);
+    let y = if adm > 0 {
+        sdxl_added_cond(&cond.pooled, time_ids, adm)?
+    } else {
+        Vec::new()
+    };
+    Ok(unet.forward(x, timestep, &cond.context, &y, h, w)?)
+}
+
 /// The model as the sampler sees it: every image of the batch through the UNet, with CFG.
-struct CfgDenoiser<'m, 'w> {
-    models: &'m mut SdxlModels<'w>,
+struct CfgDenoiser<'m, 'x> {
+    unet: &'m mut SdxlUnet<'x>,
+    sampling: &'m ModelSampling,
+    opts: &'m RunOptions,
     pos: &'m Conditioning,
     neg: Option<&'m Conditioning>,
     cfg: f32,
     time_ids: [f32; 6],
     param: Parameterization,
-    h: usize,
-    w: usize,
+    hw: (usize, usize),
     per: usize,
 }
 
@@ -898,22 +993,18 @@ impl Denoiser for CfgDenoiser<'_, '_> {
     type Error = PipelineError;
 
     fn denoise(&mut self, x: &[f32], sigma: f32) -> Result<Vec<f32>, PipelineError> {
-        let t = self.models.sampling.timestep(sigma);
+        let t = self.sampling.timestep(sigma);
         let x_in = self.param.scale_input(sigma, x);
         let mut out = vec![0f32; x.len()];
         for (i, xi) in x_in.chunks_exact(self.per).enumerate() {
             let raw = x.get(i * self.per..(i + 1) * self.per).unwrap_or(&[]);
-            let c = self
-                .models
-                .unet_forward(xi, t, self.pos, self.time_ids, self.h, self.w)?;
+            let c = unet_forward(self.unet, xi, t, self.pos, self.time_ids, self.hw)?;
             let dc = self.param.denoised(sigma, &c, raw);
             let o = &mut out[i * self.per..(i + 1) * self.per];
             match self.neg {
                 Some(neg) => {
-                    self.models.opts.check_cancel()?;
-                    let u = self
-                        .models
-                        .unet_forward(xi, t, neg, self.time_ids, self.h, self.w)?;
+                    self.opts.check_cancel()?;
+                    let u = unet_forward(self.unet, xi, t, neg, self.time_ids, self.hw)?;
                     let du = self.param.denoised(sigma, &u, raw);
                     apply_cfg(&du, &dc, self.cfg, o);
                 }

@@ -27,6 +27,7 @@ use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
 use crate::models::wan_vae::{denormalize, normalize, LATENTS_MEAN, LATENTS_STD};
 use crate::models::{ClipVision, Umt5Encoder, WanAttention, WanDit, WanVae};
+use crate::runtime::plan::Component;
 use crate::runtime::WeightStore;
 use crate::sampling::{
     apply_cfg, comfy_sampler_noise, Denoiser, FlowSchedule, ModelSampling, Parameterization,
@@ -372,7 +373,17 @@ pub struct WanModels<'w> {
     pub dit: WanDit<'w>,
     pub vae: WanVae<'w>,
     tokenizer: &'w Umt5Tokenizer,
+    sets: Sets<'w>,
+    adapters: Option<&'w Adapters>,
     opts: RunOptions,
+}
+
+/// The loaded weight sets (memory-mapped), which device copies are made from.
+struct Sets<'w> {
+    t5: &'w TensorSet<'w>,
+    clip: Option<&'w TensorSet<'w>>,
+    dit: &'w TensorSet<'w>,
+    vae: &'w TensorSet<'w>,
 }
 
 /// Opens `files`, loads the models and runs `f` on them; everything is released when it
@@ -467,6 +478,13 @@ pub fn with_models<R>(
         dit,
         vae,
         tokenizer: &stores.tokenizer,
+        sets: Sets {
+            t5: &t5_set,
+            clip: clip_set.as_ref(),
+            dit: &dit_set,
+            vae: &vae_set,
+        },
+        adapters: adapters.as_ref(),
         opts: opts.clone(),
     };
     f(&mut models, events)
@@ -498,20 +516,110 @@ impl<'w> WanModels<'w> {
 
     /// umT5 over the real tokens, zero-padded to 512 rows: row-major [512, d_model].
     pub fn encode_text(&mut self, prompt: &str) -> Result<Vec<f32>, PipelineError> {
-        let tokens = self.tokenize(prompt);
-        let d = self.t5.config().d_model;
-        let mut out = self.t5.encode(tokens.real())?;
-        out.resize(TEXT_LEN.max(tokens.len) * d, 0.0);
-        Ok(out)
+        Ok(self.encode_texts(&[prompt])?.remove(0))
+    }
+
+    /// [`WanModels::encode_text`] for several prompts with one load of the encoder.
+    pub fn encode_texts(&mut self, prompts: &[&str]) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let tokens: Vec<Umt5Tokens> = prompts.iter().map(|p| self.tokenize(p)).collect();
+        self.with_t5(|t5| {
+            let d = t5.config().d_model;
+            tokens
+                .iter()
+                .map(|tk| {
+                    let mut out = t5.encode(tk.real())?;
+                    out.resize(TEXT_LEN.max(tk.len) * d, 0.0);
+                    Ok(out)
+                })
+                .collect()
+        })
     }
 
     /// CLIP vision tokens of the first frame (already at the video size), [257, width].
     pub fn encode_image(&mut self, img: &InitImage) -> Result<Vec<f32>, PipelineError> {
-        let clip = self.clip.as_mut().ok_or_else(|| {
-            PipelineError::Request("this DiT has no image branch (a T2V model)".into())
-        })?;
-        let pixels = clip.preprocess(&img.rgb, img.width as usize, img.height as usize)?;
-        Ok(clip.encode(&pixels)?)
+        if self.clip.is_none() {
+            return Err(PipelineError::Request(
+                "this DiT has no image branch (a T2V model)".into(),
+            ));
+        }
+        self.with_clip(|clip| {
+            let pixels = clip.preprocess(&img.rgb, img.width as usize, img.height as usize)?;
+            Ok(clip.encode(&pixels)?)
+        })
+    }
+
+    /// Runs `f` on umT5: on the device when the memory plan puts it there (a copy that lives
+    /// for this call), else on the CPU from the mapped file.
+    fn with_t5<R>(
+        &mut self,
+        f: impl for<'x> FnOnce(&mut Umt5Encoder<'x>) -> Result<R, PipelineError>,
+    ) -> Result<R, PipelineError> {
+        let Some(mem) = self.opts.memory.clone() else {
+            return f(&mut self.t5);
+        };
+        let Some(dw) = mem.device_weights(Component::T5, self.sets.t5, Vec::new)? else {
+            return f(&mut self.t5);
+        };
+        let mut m = Umt5Encoder::new(dw.set(), "", self.opts.cpu_threads())?;
+        m.set_accountant(Some(&mem.accountant));
+        f(&mut m)
+    }
+
+    /// As [`WanModels::with_t5`] for CLIP vision (the model must have one).
+    fn with_clip<R>(
+        &mut self,
+        f: impl for<'x> FnOnce(&mut ClipVision<'x>) -> Result<R, PipelineError>,
+    ) -> Result<R, PipelineError> {
+        let (Some(cpu), Some(set)) = (self.clip.as_mut(), self.sets.clip) else {
+            return Err(PipelineError::Request("no CLIP vision model".into()));
+        };
+        let Some(mem) = self.opts.memory.clone() else {
+            return f(cpu);
+        };
+        let Some(dw) = mem.device_weights(Component::ClipVision, set, Vec::new)? else {
+            return f(cpu);
+        };
+        let mut m = ClipVision::new(dw.set(), "", self.opts.cpu_threads())?;
+        m.set_accountant(Some(&mem.accountant));
+        f(&mut m)
+    }
+
+    /// As [`WanModels::with_t5`] for the VAE.
+    fn with_vae<R>(
+        &mut self,
+        f: impl for<'x> FnOnce(&mut WanVae<'x>) -> Result<R, PipelineError>,
+    ) -> Result<R, PipelineError> {
+        let Some(mem) = self.opts.memory.clone() else {
+            return f(&mut self.vae);
+        };
+        let Some(dw) = mem.device_weights(Component::VaeWan, self.sets.vae, Vec::new)? else {
+            return f(&mut self.vae);
+        };
+        let mut m = WanVae::new(dw.set(), "", self.opts.cpu_threads())?;
+        m.set_accountant(Some(&mem.accountant));
+        f(&mut m)
+    }
+
+    /// As [`WanModels::with_t5`] for the DiT: resident, or its blocks streamed through the
+    /// plan's slots, with the LoRA adapters attached.
+    fn with_dit<R>(
+        &mut self,
+        f: impl for<'x> FnOnce(&mut WanDit<'x>, &RunOptions) -> Result<R, PipelineError>,
+    ) -> Result<R, PipelineError> {
+        let Some(mem) = self.opts.memory.clone() else {
+            return f(&mut self.dit, &self.opts);
+        };
+        let layers = self.dit.config().layers;
+        let blocks = || (0..layers).map(|i| format!("blocks.{i}.")).collect();
+        let Some(dw) = mem.device_weights(Component::Dit, self.sets.dit, blocks)? else {
+            return f(&mut self.dit, &self.opts);
+        };
+        let mut m = WanDit::new(dw.set(), "", self.opts.cpu_threads())?;
+        m.set_attention(WanAttention::Flash);
+        m.set_adapters(self.adapters)?;
+        m.set_accountant(Some(&mem.accountant));
+        m.set_streaming(Some(&dw))?;
+        f(&mut m, &self.opts)
     }
 
     /// The I2V condition `y` [4 + z, T, h, w]: the mask, then the normalised VAE latent of
@@ -530,7 +638,7 @@ impl<'w> WanModels<'w> {
         for c in 0..3 {
             video[c * frames * plane..][..plane].copy_from_slice(&first[c * plane..][..plane]);
         }
-        let mut latent = self.vae.encode(&video, frames, h, w)?;
+        let mut latent = self.with_vae(|vae| Ok(vae.encode(&video, frames, h, w)?))?;
         normalize(&mut latent, &LATENTS_MEAN[..z], &LATENTS_STD[..z]);
         let t = 1 + (frames - 1) / tf;
         let lplane = (h / s) * (w / s);
@@ -555,18 +663,7 @@ impl<'w> WanModels<'w> {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>, PipelineError> {
-        let input;
-        let x_in = match y {
-            Some(y) => {
-                let mut v = Vec::with_capacity(x.len() + y.len());
-                v.extend_from_slice(x);
-                v.extend_from_slice(y);
-                input = v;
-                &input[..]
-            }
-            None => x,
-        };
-        Ok(self.dit.forward(x_in, timestep, text, image, t, h, w)?)
+        dit_forward(&mut self.dit, x, timestep, text, image, y, (t, h, w))
     }
 
     /// Decodes a normalised latent [z, t, h, w], handing each frame ([3, H, W] in [-1, 1]) to
@@ -594,19 +691,18 @@ impl<'w> WanModels<'w> {
         let z = self.vae.config().z_dim;
         let mut raw = latent.to_vec();
         denormalize(&mut raw, &LATENTS_MEAN[..z], &LATENTS_STD[..z]);
-        match tile {
-            Some(px) => {
-                let s = self.vae.config().spatial_factor();
-                let tl = (px as usize / s).max(2);
-                let overlap = (tl / 8).max(1);
-                self.vae
-                    .decode_frames_tiled(&raw, t, h, w, tl, overlap, |i, f| on_frame(i, f))?;
+        self.with_vae(|vae| {
+            match tile {
+                Some(px) => {
+                    let s = vae.config().spatial_factor();
+                    let tl = (px as usize / s).max(2);
+                    let overlap = (tl / 8).max(1);
+                    vae.decode_frames_tiled(&raw, t, h, w, tl, overlap, |i, f| on_frame(i, f))?;
+                }
+                None => vae.decode_frames(&raw, t, h, w, |i, f| on_frame(i, f))?,
             }
-            None => self
-                .vae
-                .decode_frames(&raw, t, h, w, |i, f| on_frame(i, f))?,
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Runs a whole request. `on_frame` gets each RGB8 frame as it is decoded.
@@ -621,17 +717,19 @@ impl<'w> WanModels<'w> {
         let t_enc = Instant::now();
         events(Event::Stage { name: "encode" });
         let (width, height) = (req.width, req.height);
-        let text = self.encode_text(&req.prompt)?;
         let use_cfg = req.cfg != 1.0;
-        let neg_text = if use_cfg {
-            let neg = req
-                .negative_prompt
-                .as_deref()
-                .unwrap_or(DEFAULT_NEGATIVE_PROMPT);
-            Some(self.encode_text(neg)?)
+        let neg = req
+            .negative_prompt
+            .as_deref()
+            .unwrap_or(DEFAULT_NEGATIVE_PROMPT);
+        let prompts: Vec<&str> = if use_cfg {
+            vec![&req.prompt, neg]
         } else {
-            None
+            vec![&req.prompt]
         };
+        let mut encoded = self.encode_texts(&prompts)?.into_iter();
+        let text = encoded.next().expect("one per prompt");
+        let neg_text = encoded.next();
         let vc = self.vae.config();
         let (s, tf, z) = (vc.spatial_factor(), vc.temporal_factor(), vc.z_dim);
         let (lh, lw) = (height as usize / s, width as usize / s);
@@ -664,34 +762,36 @@ impl<'w> WanModels<'w> {
 
         events(Event::Stage { name: "sample" });
         let t_sample = Instant::now();
-        let mut denoiser = WanDenoiser {
-            models: self,
-            sampling: &sampling,
-            param,
-            text: &text,
-            neg_text: neg_text.as_deref(),
-            clip: clip.as_deref(),
-            y: y.as_deref(),
-            cfg: req.cfg,
-            t,
-            h: lh,
-            w: lw,
-        };
-        let total = stepper.total_steps();
-        while !stepper.is_finished() {
-            denoiser.models.opts.check_cancel()?;
-            let ts = Instant::now();
-            let report = stepper.step(&mut denoiser).map_err(|e| match e {
-                crate::sampling::StepError::Denoiser { source, .. } => source,
-                crate::sampling::StepError::Sampling(e) => PipelineError::Sampling(e),
-            })?;
-            events(Event::Step {
-                step: report.step + 1,
-                total,
-                sigma: report.sigma,
-                elapsed: ts.elapsed(),
-            });
-        }
+        self.with_dit(|dit, opts| {
+            let mut denoiser = WanDenoiser {
+                dit,
+                opts,
+                sampling: &sampling,
+                param,
+                text: &text,
+                neg_text: neg_text.as_deref(),
+                clip: clip.as_deref(),
+                y: y.as_deref(),
+                cfg: req.cfg,
+                thw: (t, lh, lw),
+            };
+            let total = stepper.total_steps();
+            while !stepper.is_finished() {
+                opts.check_cancel()?;
+                let ts = Instant::now();
+                let report = stepper.step(&mut denoiser).map_err(|e| match e {
+                    crate::sampling::StepError::Denoiser { source, .. } => source,
+                    crate::sampling::StepError::Sampling(e) => PipelineError::Sampling(e),
+                })?;
+                events(Event::Step {
+                    step: report.step + 1,
+                    total,
+                    sigma: report.sigma,
+                    elapsed: ts.elapsed(),
+                });
+            }
+            Ok(())
+        })?;
         let mut latent = stepper.into_x();
         param.inverse_noise_scaling(0.0, &mut latent);
         timings.sample_s = t_sample.elapsed().as_secs_f64();
@@ -743,9 +843,44 @@ impl<'w> WanModels<'w> {
     }
 }
 
+/// The DiT's velocity for `x` [z, t, h, w], with the I2V condition `y` appended as channels.
+fn dit_forward(
+    dit: &mut WanDit<'_>,
+    x: &[f32],
+    timestep: f32,
+    text: &[f32],
+    image: Option<&[f32]>,
+    y: Option<&[f32]>,
+    (t, h, w): (usize, usize, usize),
+) -> Result<Vec<f32>, PipelineError> {
+    let input;
+    let x_in = match y {
+        Some(y) => {
+            let mut v = Vec::with_capacity(x.len() + y.len());
+            v.extend_from_slice(x);
+            v.extend_from_slice(y);
+            input = v;
+            &input[..]
+        }
+        None => x,
+    };
+    let out = dit.forward(x_in, timestep, text, image, t, h, w)?;
+    let s = dit.last_stream_stats();
+    if s.uploaded_bytes > 0 {
+        tracing::debug!(
+            uploaded_mib = s.uploaded_bytes >> 20,
+            upload_s = s.upload.as_secs_f64(),
+            waited_s = s.waited.as_secs_f64(),
+            "dit blocks streamed"
+        );
+    }
+    Ok(out)
+}
+
 /// The DiT as the sampler sees it, with CFG.
-struct WanDenoiser<'m, 'w> {
-    models: &'m mut WanModels<'w>,
+struct WanDenoiser<'m, 'x> {
+    dit: &'m mut WanDit<'x>,
+    opts: &'m RunOptions,
     sampling: &'m ModelSampling,
     param: Parameterization,
     text: &'m [f32],
@@ -753,9 +888,7 @@ struct WanDenoiser<'m, 'w> {
     clip: Option<&'m [f32]>,
     y: Option<&'m [f32]>,
     cfg: f32,
-    t: usize,
-    h: usize,
-    w: usize,
+    thw: (usize, usize, usize),
 }
 
 impl Denoiser for WanDenoiser<'_, '_> {
@@ -764,17 +897,14 @@ impl Denoiser for WanDenoiser<'_, '_> {
     fn denoise(&mut self, x: &[f32], sigma: f32) -> Result<Vec<f32>, PipelineError> {
         let timestep = self.sampling.timestep(sigma);
         let x_in = self.param.scale_input(sigma, x);
-        let (t, h, w) = (self.t, self.h, self.w);
-        let vc = self
-            .models
-            .dit_forward(&x_in, timestep, self.text, self.clip, self.y, t, h, w)?;
+        let vc = dit_forward(
+            self.dit, &x_in, timestep, self.text, self.clip, self.y, self.thw,
+        )?;
         let dc = self.param.denoised(sigma, &vc, x);
         match self.neg_text {
             Some(neg) => {
-                self.models.opts.check_cancel()?;
-                let vu = self
-                    .models
-                    .dit_forward(&x_in, timestep, neg, self.clip, self.y, t, h, w)?;
+                self.opts.check_cancel()?;
+                let vu = dit_forward(self.dit, &x_in, timestep, neg, self.clip, self.y, self.thw)?;
                 let du = self.param.denoised(sigma, &vu, x);
                 let mut out = vec![0f32; x.len()];
                 apply_cfg(&du, &dc, self.cfg, &mut out);
