@@ -6,6 +6,7 @@
 //!                                [--plan-only] [--encode]
 //! cargo bench --bench wan -- dit [--layers 40] [--frames 17] [--size 256x256] [--forwards 2]
 //!                                [--threads N] [--dir PATH]
+//!                                [--placement cpu|resident|streamed|streamed1[,...]]
 //! ```
 //!
 //! `vae`: Wan2.1's VAE (base 96, z 16, dim_mult [1, 2, 4, 4], 2 residual blocks; the shapes of
@@ -23,7 +24,11 @@
 //! `q4_k_m` rules as from ComfyUI's F16 file, streamed tensor by tensor into a GGUF (no F16
 //! intermediate) in `--dir` (default: the system temp dir), loaded through the weight store
 //! (memory-mapped), then `--forwards` forwards at `--frames` x `--size` with 512 text tokens and
-//! 257 image tokens. The GGUF is deleted at the end.
+//! 257 image tokens. The GGUF is deleted at the end. `--placement`: the weights used in place
+//! from the map (cpu, the default), copied once into a (simulated) device buffer (resident), or
+//! streamed block by block through two slots with a copy thread (streamed) or one (streamed1):
+//! prints the copy time per forward, how long the compute waited for copies, and the
+//! accountant's peak; a comma-separated list runs each placement on the same file.
 //!
 //! Figures only; asserts nothing. Runs in the `bench` profile; `--profile dev` reuses a debug
 //! build (ggml itself is optimised in both).
@@ -39,10 +44,11 @@ use std::time::{Duration, Instant};
 use nijigen::formats::gguf::{GgufWriter, TensorDecl};
 use nijigen::formats::{DType, GgmlType, MetaValue};
 use nijigen::ggml::quantize;
+use nijigen::ggml::{Backend, TensorSet};
 use nijigen::models::wan_vae::{denormalize, LATENTS_MEAN, LATENTS_STD};
 use nijigen::models::{WanDit, WanVae};
 use nijigen::quantize::{Rules, Target};
-use nijigen::runtime::WeightStore;
+use nijigen::runtime::{Accountant, DeviceWeights, Residency, WeightStore};
 
 const MIB: f64 = 1048576.0;
 
@@ -668,48 +674,103 @@ fn dit(opts: &Args, threads: usize) {
     );
     let store = WeightStore::open_path(&path).expect("open the GGUF");
     let set = store.load_cpu(|_| true).expect("load");
-    let mut model = WanDit::new(&set, "", threads).expect("Wan DiT");
-    let cfg = model.config().clone();
-    println!(
-        "  config: dim {} heads {} layers {} ffn {} in {} text {} image {:?}; latent [36, {f}, \
-         {h}, {w}] = {tokens} tokens, 512 text + 257 image tokens",
-        cfg.dim, cfg.heads, cfg.layers, cfg.ffn_dim, cfg.in_channels, cfg.text_dim, cfg.image_dim
-    );
-    let mut rng = Rng(11);
-    let x: Vec<f32> = (0..36 * f * h * w).map(|_| rng.normal()).collect();
-    let text: Vec<f32> = (0..512 * cfg.text_dim)
-        .map(|_| rng.normal() * 0.1)
-        .collect();
-    let image: Vec<f32> = (0..257 * 1280).map(|_| rng.normal()).collect();
-    let anon = AnonPeak::start();
-    let mut times = Vec::new();
-    for i in 0..forwards {
-        let t = Instant::now();
-        let out = model
-            .forward(&x, 999.0 - i as f32, &text, Some(&image), f, h, w)
-            .expect("forward");
-        times.push(t.elapsed().as_secs_f64());
-        assert_eq!(out.len(), 16 * f * h * w);
-        println!("  forward {i}: {:.1} s", times[i]);
-    }
-    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
-    let full = mean * 40.0 / layers as f64;
-    println!(
-        "  {mean:.1} s per forward with {layers} blocks, {:.1} s per CFG step (2 forwards); \
-         peak RSS (VmHWM, incl. mapped weights) {:.0} MiB, peak anonymous RSS {:.0} MiB",
-        2.0 * mean,
-        status_kib("VmHWM:") as f64 / 1024.0,
-        anon.peak_mib()
-    );
-    if layers != 40 {
+    let placements = opts.0.get("placement").map_or("cpu", String::as_str);
+    for placement in placements.split(',') {
+        // Where the weights are: in place from the mapped file (cpu), copied once into a device
+        // buffer (resident), or streamed block by block through two slots (or one).
+        let acct = Accountant::unlimited();
+        let copy_backend = Backend::cpu(1).expect("backend");
+        let blocks: Vec<String> = (0..layers).map(|i| format!("blocks.{i}.")).collect();
+        let residency = match placement {
+            "cpu" => None,
+            "resident" => Some(Residency::Resident),
+            "streamed" => Some(Residency::Streamed { blocks, slots: 2 }),
+            "streamed1" => Some(Residency::Streamed { blocks, slots: 1 }),
+            p => panic!("--placement {p}: cpu, resident, streamed or streamed1"),
+        };
+        let t0 = Instant::now();
+        let dw = residency.map(|r| {
+            DeviceWeights::build(&set, &copy_backend, &r, &acct, "dit").expect("device weights")
+        });
+        if let Some(d) = &dw {
+            println!(
+                "  placement {placement}: {:.0} MiB resident + {} x {:.0} MiB slots, built in {:.1} s",
+                d.resident_bytes() as f64 / MIB,
+                d.slots(),
+                d.slot_bytes() as f64 / MIB,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        let weights: &TensorSet<'_> = match &dw {
+            Some(d) => d.set(),
+            None => &set,
+        };
+        let mut model = WanDit::new(weights, "", threads).expect("Wan DiT");
+        if let Some(d) = &dw {
+            model.set_accountant(Some(&acct));
+            model.set_streaming(Some(d)).expect("streaming");
+        }
+        let cfg = model.config().clone();
         println!(
-            "  linear extrapolation to 40 blocks (the parts outside the blocks counted 40/{layers} \
-             times too: an upper bound): {full:.0} s per forward, {:.0} s per CFG step",
-            2.0 * full
+            "  config: dim {} heads {} layers {} ffn {} in {} text {} image {:?}; latent [36, {f}, \
+             {h}, {w}] = {tokens} tokens, 512 text + 257 image tokens",
+            cfg.dim, cfg.heads, cfg.layers, cfg.ffn_dim, cfg.in_channels, cfg.text_dim, cfg.image_dim
         );
+        let mut rng = Rng(11);
+        let x: Vec<f32> = (0..36 * f * h * w).map(|_| rng.normal()).collect();
+        let text: Vec<f32> = (0..512 * cfg.text_dim)
+            .map(|_| rng.normal() * 0.1)
+            .collect();
+        let image: Vec<f32> = (0..257 * 1280).map(|_| rng.normal()).collect();
+        let anon = AnonPeak::start();
+        let mut times = Vec::new();
+        for i in 0..forwards {
+            let t = Instant::now();
+            let out = model
+                .forward(&x, 999.0 - i as f32, &text, Some(&image), f, h, w)
+                .expect("forward");
+            times.push(t.elapsed().as_secs_f64());
+            assert_eq!(out.len(), 16 * f * h * w);
+            let st = model.last_stream_stats();
+            if st.uploaded_bytes > 0 {
+                println!(
+                    "  forward {i}: {:.1} s; streamed {:.0} MiB: copies {:.2} s, compute waited {:.2} s                  for them",
+                    times[i],
+                    st.uploaded_bytes as f64 / MIB,
+                    st.upload.as_secs_f64(),
+                    st.waited.as_secs_f64()
+                );
+            } else {
+                println!("  forward {i}: {:.1} s", times[i]);
+            }
+        }
+        let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+        let full = mean * 40.0 / layers as f64;
+        println!(
+            "  {mean:.1} s per forward with {layers} blocks, {:.1} s per CFG step (2 forwards); \
+             peak RSS (VmHWM, incl. mapped weights) {:.0} MiB, peak anonymous RSS {:.0} MiB",
+            2.0 * mean,
+            status_kib("VmHWM:") as f64 / 1024.0,
+            anon.peak_mib()
+        );
+        if layers != 40 {
+            println!(
+                "  linear extrapolation to 40 blocks (the parts outside the blocks counted 40/{layers} \
+                 times too: an upper bound): {full:.0} s per forward, {:.0} s per CFG step",
+                2.0 * full
+            );
+        }
+        if dw.is_some() {
+            println!(
+                "  accountant peak (simulated device): {:.0} MiB {:?}",
+                acct.peak() as f64 / MIB,
+                acct.peak_breakdown()
+                    .iter()
+                    .map(|(k, b)| format!("{k} {:.0} MiB", *b as f64 / MIB))
+                    .collect::<Vec<_>>()
+            );
+        }
     }
-    drop(anon);
-    drop(model);
     drop(set);
     drop(store);
     drop(file); // deletes the GGUF

@@ -223,7 +223,13 @@ fn image_inputs(a: &ImageArgs) -> anyhow::Result<(Vec<ComponentSpec>, Vec<Row>, 
         },
         |c| c.unet.clone(),
     );
-    let compute = ucfg.map_or(0, |c| estimate::unet_compute_bytes(&c, h, w));
+    let compute = match unet_compute(&unet, h, w) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::debug!(error = %e, "UNet memory from the formula");
+            ucfg.map_or(0, |c| estimate::unet_compute_bytes(&c, h, w))
+        }
+    };
     specs.push(
         ComponentSpec::new(Component::Unet, unet.bytes())
             .with_compute(compute)
@@ -320,13 +326,19 @@ fn video_inputs(a: &VideoArgs) -> anyhow::Result<(Vec<ComponentSpec>, Vec<Row>, 
             error: format!("{}: not a Wan2.1 DiT", a.model.display()),
             hint: "`nijigen info FILE` shows what a weight file contains".into(),
         })?;
-    let compute = match dit.config() {
-        ArchConfig::WanDit(c) => {
-            // Streamed, the activations carried between block graphs are held besides.
-            estimate::wan_dit_compute_bytes(c, a.frames as u64, hh, ww)
-                + estimate::wan_dit_state_bytes(c, a.frames as u64, hh, ww)
+    let compute = match wan_dit_memory(&dit, a.frames, hh, ww) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::debug!(error = %e, "Wan DiT memory from the formula");
+            match dit.config() {
+                // Streamed, the activations carried between block graphs are held besides.
+                ArchConfig::WanDit(c) => {
+                    estimate::wan_dit_compute_bytes(c, a.frames as u64, hh, ww)
+                        + estimate::wan_dit_state_bytes(c, a.frames as u64, hh, ww)
+                }
+                _ => 0,
+            }
         }
-        _ => 0,
     };
     specs.push(
         ComponentSpec::new(Component::Dit, dit.bytes())
@@ -367,13 +379,19 @@ fn video_inputs(a: &VideoArgs) -> anyhow::Result<(Vec<ComponentSpec>, Vec<Row>, 
     let vae = a.vae.as_ref().ok_or_else(|| missing("Wan VAE", "--vae"))?;
     let part = open_part(vae, Architecture::WanVae)?.ok_or_else(|| missing("Wan VAE", "--vae"))?;
     let spec = ComponentSpec::new(Component::VaeWan, part.bytes());
-    let spec = match part.config() {
-        ArchConfig::WanVae(c) => spec.with_tiles(tiles(
-            |th, tw| estimate::wan_vae_decode_compute_bytes(c, th, tw),
-            hh,
-            ww,
-        )),
-        _ => spec,
+    let spec = match wan_vae_tiles(&part, a.frames, hh, ww, a.vae_tile) {
+        Ok(t) => spec.with_tiles(t),
+        Err(e) => {
+            tracing::debug!(error = %e, "Wan VAE memory from the formula");
+            match part.config() {
+                ArchConfig::WanVae(c) => spec.with_tiles(tiles(
+                    |th, tw| estimate::wan_vae_decode_compute_bytes(c, th, tw),
+                    hh,
+                    ww,
+                )),
+                _ => spec,
+            }
+        }
     };
     specs.push(spec);
     rows.push(Row {
@@ -381,6 +399,81 @@ fn video_inputs(a: &VideoArgs) -> anyhow::Result<(Vec<ComponentSpec>, Vec<Row>, 
         file: file_name(&part.path),
     });
     Ok((specs, rows, format!("video {w}x{h}x{}", a.frames)))
+}
+
+/// The SDXL UNet's compute buffer for an `h` x `w` image with flash attention, as a run
+/// allocates it (context of 3 prompt chunks, 231 tokens: long tag prompts take 2 or 3).
+fn unet_compute(part: &Part, h: u64, w: u64) -> anyhow::Result<u64> {
+    let prefix = part.prefix.clone().unwrap_or_default();
+    let set = part.store.load_cpu(|n| n.starts_with(&prefix))?;
+    let mut unet = crate::models::SdxlUnet::new(&set, &prefix, 1)?;
+    unet.set_attention(crate::models::UnetAttention::Flash);
+    Ok(unet.compute_bytes(h as usize / 8, w as usize / 8, 231)?)
+}
+
+/// The Wan DiT's device memory besides its weights for a request, exactly as a run allocates
+/// it: the larger of one whole graph and the staged graphs of a streamed forward plus the
+/// activations they carry (512 text tokens; 257 image tokens for an I2V model). Only tensor
+/// metadata is read.
+fn wan_dit_memory(part: &Part, frames: usize, h: u64, w: u64) -> anyhow::Result<u64> {
+    let prefix = part.prefix.clone().unwrap_or_default();
+    let set = part.store.load_cpu(|n| n.starts_with(&prefix))?;
+    let dit = crate::models::WanDit::new(&set, &prefix, 1)?;
+    let img = dit.config().image_dim.map(|_| 257);
+    let lat = (
+        1 + frames.saturating_sub(1) / 4,
+        h as usize / 8,
+        w as usize / 8,
+    );
+    let (whole, _) = dit.memory(lat, 512, img, false)?;
+    let (staged, state) = dit.memory(lat, 512, img, true)?;
+    Ok(whole.max(staged + state))
+}
+
+/// The Wan VAE's device memory per tile option, exactly as the runs allocate it: the graph
+/// allocator sizes the chunk graphs (compute buffer) and the causal caches are laid out, for
+/// the decode in each tile size and for the (untiled) encode of the first frame, which bounds
+/// every option from below. Only tensor metadata is read.
+fn wan_vae_tiles(
+    part: &Part,
+    frames: usize,
+    h: u64,
+    w: u64,
+    chosen: Option<u32>,
+) -> anyhow::Result<Vec<TileOption>> {
+    let prefix = part.prefix.clone().unwrap_or_default();
+    let set = part.store.load_cpu(|n| n.starts_with(&prefix))?;
+    let vae = crate::models::WanVae::new(&set, &prefix, 1)?;
+    let c = vae.config();
+    let (s, tf) = (c.spatial_factor(), c.temporal_factor());
+    let (lh, lw) = (h as usize / s, w as usize / s);
+    let t = 1 + frames.saturating_sub(1) / tf;
+    let dev = |m: crate::models::wan_vae::WanVaeMemory| (m.compute_bytes + m.cache_bytes) as u64;
+    let encode = if c.has_encoder {
+        dev(vae.encode_memory(h as usize, w as usize)?)
+    } else {
+        0
+    };
+    let mut v = vec![TileOption {
+        tile: None,
+        compute_bytes: dev(vae.decode_memory(t, lh, lw, None)?).max(encode),
+    }];
+    let mut sizes = estimate::VAE_TILES.to_vec();
+    if let Some(t) = chosen.filter(|t| !sizes.contains(t)) {
+        sizes.push(t);
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+    }
+    for px in sizes {
+        // As the pipeline tiles: latent tiles of px / 8, overlapping by 1/8 of a tile.
+        let tl = (px as usize / s).max(2);
+        let overlap = (tl / 8).max(1);
+        let m = vae.decode_memory(t, lh, lw, Some((tl, overlap)))?;
+        v.push(TileOption {
+            tile: Some(px),
+            compute_bytes: dev(m).max(encode),
+        });
+    }
+    Ok(v)
 }
 
 fn mib(n: u64) -> String {

@@ -345,6 +345,19 @@ impl<'w> SdxlUnet<'w> {
         }
     }
 
+    /// The compute buffer a forward over an `h` x `w` latent with `tokens` context tokens
+    /// needs, sized by ggml's graph allocator from the built graph (nothing is computed and no
+    /// weight is read).
+    pub fn compute_bytes(&self, h: usize, w: usize, tokens: usize) -> Result<u64, UnetError> {
+        let graph = OwnedGraph::build(GRAPH_SIZE, GRAPH_SIZE, |ctx, _| {
+            let (_, output) = self.build(ctx, h, w, tokens.max(1))?;
+            Ok::<_, UnetError>((vec![], vec![output]))
+        })?;
+        let mut alloc = self.backend.graph_allocator()?;
+        alloc.reserve(&graph.graph())?;
+        Ok(alloc.buffer_size() as u64)
+    }
+
     /// The model output (eps or v) for a latent `x`, row-major [in_channels, h, w] with h and w
     /// multiples of [`UnetConfig::downscale`], at the raw `timestep` (0..1000), with the text
     /// `context` row-major [tokens, context_dim] and the added condition `y` [adm_in] (see

@@ -302,6 +302,29 @@ impl<'w> WanDit<'w> {
         self.graphs = None;
     }
 
+    /// Device bytes a forward over an `f` x `h` x `w` latent with `text_len` text and
+    /// `image_len` image tokens needs besides the weights, as (compute buffer, carried
+    /// activations): run as one graph (activations 0) or, `staged`, as the sequence of graphs
+    /// of a streamed forward. Measured by building the graphs and sizing them with ggml's
+    /// graph allocator; nothing is computed and no weight is read.
+    pub fn memory(
+        &self,
+        (f, h, w): (usize, usize, usize),
+        text_len: usize,
+        image_len: Option<usize>,
+        staged: bool,
+    ) -> Result<(u64, u64), WanDitError> {
+        let shape: Shape = ((f, h / 2, w / 2), text_len, image_len);
+        let g = self.build_graphs(shape, staged)?;
+        let mut alloc = self.backend.graph_allocator()?;
+        // The block graphs are all alike: the first stands for them.
+        let n = g.set.len();
+        for i in [0, 1.min(n - 1), n - 1] {
+            alloc.reserve(&g.set.graph(i))?;
+        }
+        Ok((alloc.buffer_size() as u64, g.set.state_bytes() as u64))
+    }
+
     /// Upload statistics of the last streamed forward.
     pub fn last_stream_stats(&self) -> StreamStats {
         self.last_stream
@@ -392,7 +415,7 @@ impl<'w> WanDit<'w> {
         let shape: Shape = ((f, hp, wp), text.len() / cfg.text_dim, img_len);
         if self.graphs.as_ref().map(|(s, _)| *s) != Some(shape) {
             self.graphs = None; // free the old state before leasing the new one
-            let g = self.build_graphs(shape)?;
+            let g = self.build_graphs(shape, self.stream.is_some())?;
             self.graphs = Some((shape, g));
         }
         let Some((_, graphs)) = &self.graphs else {
@@ -480,9 +503,8 @@ impl<'w> WanDit<'w> {
     /// Builds the graphs for `shape`: one graph, or (streamed) the embeddings, one graph per
     /// block and the head, with the carried activations in a state buffer leased from the
     /// accountant.
-    fn build_graphs(&self, shape: Shape) -> Result<Graphs<'w>, WanDitError> {
+    fn build_graphs(&self, shape: Shape, staged: bool) -> Result<Graphs<'w>, WanDitError> {
         let ((f, hp, wp), text_len, img_len) = shape;
-        let staged = self.stream.is_some();
         let size = self.graph_size();
         let layers = self.config.layers;
         let mut lease = None;
