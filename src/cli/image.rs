@@ -193,7 +193,9 @@ pub(super) fn check_device(device: &str) -> anyhow::Result<()> {
     }
     Err(WithHint {
         error: format!("--device {device}: the models compute on the CPU in this version"),
-        hint: "leave out --device (GPU placement comes with the VRAM planner)".into(),
+        hint: "leave out --device; --vram-budget places and streams the weights as it will on a \
+               GPU, with the device simulated on the CPU"
+            .into(),
     }
     .into())
 }

@@ -115,6 +115,35 @@ impl Memory {
     }
 }
 
+/// Runs `stepper` to its end over `denoiser`, reporting each step and stopping at the first
+/// step boundary after the caller asked to.
+pub(crate) fn run_steps<D>(
+    stepper: &mut crate::sampling::Stepper<'_>,
+    denoiser: &mut D,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<(), PipelineError>
+where
+    D: crate::sampling::Denoiser<Error = PipelineError>,
+{
+    let total = stepper.total_steps();
+    while !stepper.is_finished() {
+        opts.check_cancel()?;
+        let ts = std::time::Instant::now();
+        let report = stepper.step(denoiser).map_err(|e| match e {
+            crate::sampling::StepError::Denoiser { source, .. } => source,
+            crate::sampling::StepError::Sampling(e) => PipelineError::Sampling(e),
+        })?;
+        events(Event::Step {
+            step: report.step + 1,
+            total,
+            sigma: report.sigma,
+            elapsed: ts.elapsed(),
+        });
+    }
+    Ok(())
+}
+
 /// How the models compute.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {

@@ -775,22 +775,7 @@ impl<'w> WanModels<'w> {
                 cfg: req.cfg,
                 thw: (t, lh, lw),
             };
-            let total = stepper.total_steps();
-            while !stepper.is_finished() {
-                opts.check_cancel()?;
-                let ts = Instant::now();
-                let report = stepper.step(&mut denoiser).map_err(|e| match e {
-                    crate::sampling::StepError::Denoiser { source, .. } => source,
-                    crate::sampling::StepError::Sampling(e) => PipelineError::Sampling(e),
-                })?;
-                events(Event::Step {
-                    step: report.step + 1,
-                    total,
-                    sigma: report.sigma,
-                    elapsed: ts.elapsed(),
-                });
-            }
-            Ok(())
+            super::run_steps(&mut stepper, &mut denoiser, opts, events)
         })?;
         let mut latent = stepper.into_x();
         param.inverse_noise_scaling(0.0, &mut latent);
