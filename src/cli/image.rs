@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::progress::{Progress, Summary};
-use super::{human_bytes, WithHint};
+use super::WithHint;
 use crate::media::output::unique_path;
 use crate::media::png::write_png;
 use crate::media::{GenerationParams, LoraRef};
@@ -209,9 +209,8 @@ pub(super) fn explain(e: PipelineError) -> anyhow::Error {
     }
 }
 
-pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
-    check_device(&args.device)?;
-    let seed = args.seed.unwrap_or_else(random_seed);
+/// The request `args` describe (the init image read from its file).
+pub(super) fn request(args: &ImageArgs, seed: u64) -> anyhow::Result<SdxlRequest> {
     let init_image = match &args.init_image {
         Some(path) => {
             let (rgb, width, height) = crate::media::image::load_rgb(path)?;
@@ -230,7 +229,7 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
             target: args.target_size.unwrap_or(d.target),
         }
     });
-    let req = SdxlRequest {
+    Ok(SdxlRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
         width: args.width,
@@ -245,20 +244,80 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
         strength: args.strength,
         vae_tile: args.vae_tile,
         size_cond,
-    };
-    sdxl::validate(&req).map_err(explain)?;
-    super::plan::check_image(&args)?;
-    let files = SdxlFiles {
+    })
+}
+
+/// The weight files `args` name.
+pub(super) fn files(args: &ImageArgs) -> SdxlFiles {
+    SdxlFiles {
         model: args.model.clone(),
         clip_l: args.clip_l.clone(),
         clip_g: args.clip_g.clone(),
         vae: args.vae.clone(),
         loras: args.lora.clone(),
-    };
-    let opts = RunOptions {
-        threads: args.threads,
+    }
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The A1111 `parameters` of image `index` of a batch.
+pub(super) fn png_params(args: &ImageArgs, req: &SdxlRequest, index: usize) -> GenerationParams {
+    let mut params = GenerationParams::new(req.prompt.clone());
+    params.negative = req.negative_prompt.clone();
+    params.steps = req.steps as u32;
+    params.sampler = req.sampler.name().into();
+    params.scheduler = req.scheduler.name().into();
+    params.cfg = req.cfg;
+    params.seed = req.seed;
+    params.width = req.width;
+    params.height = req.height;
+    params.model = stem(&args.model);
+    params.loras = args
+        .lora
+        .iter()
+        .map(|(p, w)| LoraRef {
+            name: stem(p),
+            weight: *w,
+            hash: None,
+        })
+        .collect();
+    if req.init_image.is_some() {
+        params
+            .extra
+            .push(("Denoising strength".into(), format!("{}", req.strength)));
+    }
+    if args.batch > 1 {
+        params
+            .extra
+            .push(("Batch size".into(), args.batch.to_string()));
+        params.extra.push(("Batch pos".into(), index.to_string()));
+    }
+    if let Some(t) = req.vae_tile {
+        params.extra.push(("VAE tile".into(), t.to_string()));
+    }
+    params
+}
+
+/// Run options with the process-wide Ctrl-C flag.
+pub(super) fn run_options(threads: usize) -> RunOptions {
+    RunOptions {
+        threads,
         cancel: Some(super::progress::cancel_flag()),
-    };
+    }
+}
+
+pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
+    check_device(&args.device)?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let req = request(&args, seed)?;
+    sdxl::validate(&req).map_err(explain)?;
+    super::plan::check_image(&args)?;
+    let files = files(&args);
+    let opts = run_options(args.threads);
     if !quiet && !args.json {
         eprintln!("seed {seed}");
     }
@@ -269,49 +328,8 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
     let out = out.map_err(explain)?;
 
     let paths = batch_paths(&args.output, args.batch, args.overwrite);
-    let model_name = args
-        .model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
     for (i, (img, path)) in out.images.iter().zip(&paths).enumerate() {
-        let mut params = GenerationParams::new(req.prompt.clone());
-        params.negative = req.negative_prompt.clone();
-        params.steps = req.steps as u32;
-        params.sampler = req.sampler.name().into();
-        params.scheduler = req.scheduler.name().into();
-        params.cfg = req.cfg;
-        params.seed = seed;
-        params.width = req.width;
-        params.height = req.height;
-        params.model = model_name.clone();
-        params.loras = args
-            .lora
-            .iter()
-            .map(|(p, w)| LoraRef {
-                name: p
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                weight: *w,
-                hash: None,
-            })
-            .collect();
-        if req.init_image.is_some() {
-            params
-                .extra
-                .push(("Denoising strength".into(), format!("{}", req.strength)));
-        }
-        if args.batch > 1 {
-            params
-                .extra
-                .push(("Batch size".into(), args.batch.to_string()));
-            params.extra.push(("Batch pos".into(), i.to_string()));
-        }
-        if let Some(t) = req.vae_tile {
-            params.extra.push(("VAE tile".into(), t.to_string()));
-        }
-        write_png(path, &img.rgb, img.width, img.height, &params)
+        write_png(path, &img.rgb, img.width, img.height, &png_params(&args, &req, i))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let summary = Summary {
@@ -328,18 +346,7 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
         for p in &paths {
             writeln!(stdout, "wrote {}", p.display())?;
         }
-        let t = &out.timings;
-        writeln!(
-            stdout,
-            "seed {seed}; load {:.1} s, encode {:.1} s, sample {:.1} s, decode {:.1} s, \
-             total {:.1} s; peak RAM {}",
-            t.load_s,
-            t.encode_s,
-            t.sample_s,
-            t.decode_s,
-            summary.total_s,
-            summary.peak_ram_bytes.map_or("?".into(), human_bytes)
-        )?;
+        writeln!(stdout, "{}", summary.line())?;
     }
     Ok(())
 }

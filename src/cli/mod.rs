@@ -2,12 +2,14 @@
 //! one place where errors become messages and exit codes.
 
 mod convert;
+mod demo;
 mod devices;
-mod image;
+pub mod i2v;
+pub mod image;
 mod info;
 pub mod plan;
 pub mod progress;
-mod video;
+pub mod video;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -38,6 +40,12 @@ pub enum Command {
     Image(Box<image::ImageArgs>),
     /// Animate a still with Wan2.1 image-to-video (or text-to-video with a T2V model).
     Video(Box<video::VideoArgs>),
+    /// Both stages in one run: an SDXL still from --prompt, then Wan2.1 animating it with
+    /// --motion (the still is saved beside the video).
+    I2v(Box<i2v::I2vArgs>),
+    /// Run both stages on tiny random-weight models (no download): writes demo.png and
+    /// demo.mp4 and prints what a real run needs.
+    Demo(demo::DemoArgs),
     /// List the compute devices of this build (CPU; CUDA GPUs) with free and total memory.
     Devices(devices::DevicesArgs),
     /// Print the memory plan of an image or video run without computing: placement of every
@@ -74,6 +82,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(args) => devices::run(args),
         Command::Image(args) => image::run(*args, quiet),
         Command::Video(args) => video::run(*args, quiet),
+        Command::I2v(args) => i2v::run(*args, quiet),
+        Command::Demo(args) => demo::run(args, quiet),
         Command::Plan(args) => plan::run(args),
     }
 }
