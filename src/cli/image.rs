@@ -200,13 +200,20 @@ pub(super) fn check_device(device: &str) -> anyhow::Result<()> {
 
 /// Adds hints to pipeline errors a user can act on.
 pub(super) fn explain(e: PipelineError) -> anyhow::Error {
-    match e {
-        PipelineError::WrongModel { .. } => anyhow::Error::new(WithHint {
-            error: e.to_string(),
-            hint: "`nijigen info FILE` shows what a weight file contains".into(),
-        }),
-        e => anyhow::Error::new(e),
-    }
+    let hint = match &e {
+        PipelineError::WrongModel { .. } | PipelineError::Mismatch(_) => {
+            "`nijigen info FILE` shows what a weight file contains"
+        }
+        PipelineError::MissingComponent { .. } => {
+            "a path, or a bare file name found in --models-dir, NIJIGEN_MODELS or --comfyui"
+        }
+        PipelineError::Request(_) => "`--help` lists each option's accepted values",
+        _ => return anyhow::Error::new(e),
+    };
+    anyhow::Error::new(WithHint {
+        error: e.to_string(),
+        hint: hint.into(),
+    })
 }
 
 /// The request `args` describe (the init image read from its file).

@@ -1,0 +1,354 @@
+//! `nijigen i2v` end to end through the binary, on the demo's tiny random-weight models
+//! (written once per test process by the library, `nijigen::demo::ensure`): the MP4 parsed back
+//! with the independent `mp4` crate, the still's PNG parameters, the `--json` summary, the
+//! equivalence with `nijigen image` then `nijigen video`, and the errors a user can act on.
+
+mod common;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use common::{nijigen, stderr, stdout, write_tensors, St};
+use nijigen::demo::{self, DemoModels};
+use nijigen::media::GenerationParams;
+use serde_json::Value;
+
+fn models() -> &'static DemoModels {
+    static M: OnceLock<DemoModels> = OnceLock::new();
+    M.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_i2v_models");
+        demo::ensure(&dir).expect("demo models")
+    })
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The model flags of `i2v` for the demo models.
+fn model_flags(m: &DemoModels) -> Vec<String> {
+    [
+        ("--image-model", &m.sdxl),
+        ("--video-model", &m.dit),
+        ("--t5", &m.t5),
+        ("--clip-vision", &m.clip_vision),
+        ("--video-vae", &m.vae),
+    ]
+    .iter()
+    .flat_map(|(f, p)| [f.to_string(), s(p)])
+    .collect()
+}
+
+/// Small and fast: still 128x96 (3 steps), video 64x48, 5 frames (2 steps), seed 7.
+const SIZES: &[&str] = &[
+    "--image-width",
+    "128",
+    "--image-height",
+    "96",
+    "-W",
+    "64",
+    "-H",
+    "48",
+    "--frames",
+    "5",
+    "--image-steps",
+    "3",
+    "--video-steps",
+    "2",
+    "--seed",
+    "7",
+    "--fps",
+    "12",
+    "-t",
+    "2",
+];
+
+const PROMPT: &str = "1girl, silver hair, cherry blossoms";
+const MOTION: &str = "she turns her head and smiles";
+
+fn run(args: &[String]) -> std::process::Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    nijigen(&refs)
+}
+
+fn i2v_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = vec!["i2v".to_string()];
+    a.extend(model_flags(models()));
+    a.extend(SIZES.iter().map(|s| s.to_string()));
+    a.extend(["-p", PROMPT, "--motion", MOTION, "-o"].map(String::from));
+    a.push(s(out));
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn frame_pixels(dir: &Path) -> Vec<Vec<u8>> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| image::open(p).unwrap().to_rgb8().into_raw())
+        .collect()
+}
+
+#[test]
+fn i2v_writes_a_valid_mp4_and_a_still_with_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.mp4");
+    let frames = dir.path().join("frames_i2v");
+    let o = run(&i2v_args(
+        &out,
+        &["--json", "--frames-dir", &s(&frames)],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    let still = dir.path().join("clip.png");
+    assert_eq!(j["video"].as_str(), Some(s(&out).as_str()));
+    assert_eq!(j["still"].as_str(), Some(s(&still).as_str()));
+    assert_eq!((j["seed"].as_u64(), j["video_seed"].as_u64()), (Some(7), Some(7)));
+    assert_eq!((j["width"].as_u64(), j["height"].as_u64()), (Some(64), Some(48)));
+    assert_eq!((j["still_width"].as_u64(), j["still_height"].as_u64()), (Some(128), Some(96)));
+    assert_eq!(j["frames"].as_u64(), Some(5));
+    let outputs: Vec<&str> = j["outputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(outputs.len(), 4, "{outputs:?}");
+    for p in &outputs {
+        assert!(Path::new(p).exists(), "{p}");
+    }
+    // Times: every stage ran and took time, and the parts add up to at most the whole.
+    let total = j["total_s"].as_f64().unwrap();
+    let mut parts = 0.0;
+    for stage in ["still_stage", "video_stage"] {
+        let st = &j[stage];
+        let t = st["total_s"].as_f64().unwrap();
+        let sample = st["timings"]["sample_s"].as_f64().unwrap();
+        let decode = st["timings"]["decode_s"].as_f64().unwrap();
+        assert!(sample > 0.0 && decode > 0.0, "{stage}: {st}");
+        assert!(sample + decode <= t + 1e-6, "{stage}: {st}");
+        parts += t;
+    }
+    assert!(parts <= total + 1e-6 && total < 600.0, "{parts} > {total}");
+    let peak = j["peak_ram_bytes"].as_u64().unwrap();
+    assert!(peak > 10 << 20 && peak < 64 << 30, "{peak}");
+    assert!(j["peak_device_bytes"].is_null());
+
+    // The MP4: one video track of 5 frames, 64x48, 12 fps.
+    let f = File::open(&out).unwrap();
+    let size = f.metadata().unwrap().len();
+    let reader = mp4::Mp4Reader::read_header(BufReader::new(f), size).unwrap();
+    assert_eq!(reader.tracks().len(), 1);
+    let track = &reader.tracks()[&1];
+    assert_eq!(track.track_type().unwrap(), mp4::TrackType::Video);
+    assert_eq!((track.width(), track.height()), (64, 48));
+    assert_eq!(track.sample_count(), 5);
+    assert!((track.frame_rate() - 12.0).abs() < 1e-9, "{}", track.frame_rate());
+    // The sidecar carries the motion prompt and the still's name.
+    let side: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("clip.mp4.json")).unwrap())
+            .unwrap();
+    assert_eq!(side["prompt"].as_str(), Some(MOTION));
+    assert_eq!(side["image"].as_str(), Some("clip.png"));
+    assert_eq!(side["frames"].as_u64(), Some(5));
+
+    // The still: 128x96 with its A1111 parameters.
+    let text = nijigen::media::png::read_parameters(&still).unwrap().expect("parameters");
+    let p = GenerationParams::parse_a1111(&text).unwrap();
+    assert_eq!(p.prompt, PROMPT);
+    assert_eq!((p.seed, p.steps, p.width, p.height), (7, 3, 128, 96));
+    assert_eq!(p.model, "demo_sdxl");
+    let img = image::open(&still).unwrap();
+    assert_eq!((img.width(), img.height()), (128, 96));
+    assert_eq!(frame_pixels(&frames).len(), 5);
+
+    // `image` then `video` on the saved still: the same still, the same frames.
+    let png2 = dir.path().join("still2.png");
+    let mut a: Vec<String> = ["image", "-m"].map(String::from).to_vec();
+    a.push(s(&models().sdxl));
+    a.extend(
+        ["-W", "128", "-H", "96", "--steps", "3", "--seed", "7", "-t", "2", "-q", "-p", PROMPT, "-o"]
+            .map(String::from),
+    );
+    a.push(s(&png2));
+    let o = run(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        image::open(&png2).unwrap().to_rgb8().into_raw(),
+        img.to_rgb8().into_raw(),
+        "image gives another still"
+    );
+    let frames2 = dir.path().join("frames_video");
+    let m = models();
+    let mut a: Vec<String> = vec!["video".into()];
+    for (f, p) in [
+        ("-m", &m.dit),
+        ("--t5", &m.t5),
+        ("--clip-vision", &m.clip_vision),
+        ("--vae", &m.vae),
+        ("-i", &png2),
+        ("--frames-dir", &frames2),
+        ("-o", &dir.path().join("v2.mp4")),
+    ] {
+        a.push(f.into());
+        a.push(s(p));
+    }
+    a.extend(
+        ["-W", "64", "-H", "48", "--frames", "5", "--steps", "2", "--seed", "7", "--fps", "12", "-t", "2", "-q", "-p", MOTION]
+            .map(String::from),
+    );
+    let o = run(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (f1, f2) = (frame_pixels(&frames), frame_pixels(&frames2));
+    assert_eq!(f1.len(), 5);
+    assert!(f1 == f2, "video from the saved still differs from i2v's");
+    // The frames are not all one colour (the pipeline ran, it did not write a blank video).
+    let first = &f1[0];
+    assert!(first.iter().any(|&v| v != first[0]));
+}
+
+#[test]
+fn i2v_numbers_outputs_and_keeps_existing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.mp4");
+    // Only the still's name is taken: both outputs move to the next number together.
+    std::fs::write(dir.path().join("clip.png"), b"keep").unwrap();
+    let args = with(i2v_args(&out, &["--json"]), "--frames", Some("1"));
+    let o = run(&with(args, "--video-steps", Some("1")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(j["video"].as_str(), Some(s(&dir.path().join("clip_0001.mp4")).as_str()));
+    assert_eq!(j["still"].as_str(), Some(s(&dir.path().join("clip_0001.png")).as_str()));
+    assert_eq!(std::fs::read(dir.path().join("clip.png")).unwrap(), b"keep");
+    assert!(!out.exists());
+    // No temporary file left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+}
+
+/// A Wan2.1 T2V DiT (no image branch, 16 input channels), zeros: only its layout matters.
+fn t2v_dit(dir: &Path) -> PathBuf {
+    let p = dir.join("wan_t2v.safetensors");
+    let t: Vec<(String, Vec<u64>, Vec<f32>)> = demo::wan_dit()
+        .into_iter()
+        .filter(|t| !t.name.starts_with("img_emb") && !t.name.contains("_img"))
+        .map(|t| {
+            let shape = if t.name == "patch_embedding.weight" {
+                vec![t.shape[0], 16, 1, 2, 2]
+            } else {
+                t.shape
+            };
+            let n = shape.iter().product::<u64>() as usize;
+            (t.name, shape, vec![0.0; n])
+        })
+        .collect();
+    write_tensors(&p, &t, St::F16);
+    p
+}
+
+/// The demo checkpoint's CLIP-L alone, in HF names, zeros.
+fn clip_l_file(dir: &Path) -> PathBuf {
+    let p = dir.join("clip_l.safetensors");
+    let prefix = "conditioner.embedders.0.transformer.";
+    let t: Vec<(String, Vec<u64>, Vec<f32>)> = demo::sdxl_checkpoint()
+        .into_iter()
+        .filter_map(|t| {
+            let name = t.name.strip_prefix(prefix)?.to_string();
+            let n = t.shape.iter().product::<u64>() as usize;
+            Some((name, t.shape, vec![0.0; n]))
+        })
+        .collect();
+    write_tensors(&p, &t, St::F16);
+    p
+}
+
+/// Replaces the value after `flag` (or removes the flag with `None`).
+fn with(mut args: Vec<String>, flag: &str, value: Option<&str>) -> Vec<String> {
+    let i = args.iter().position(|a| a == flag).expect(flag);
+    match value {
+        Some(v) => args[i + 1] = v.to_string(),
+        None => {
+            args.drain(i..i + 2);
+        }
+    }
+    args
+}
+
+#[test]
+fn i2v_errors_are_one_line_with_a_hint_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out").join("clip.mp4");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let base = i2v_args(&out, &[]);
+    let t2v = t2v_dit(dir.path());
+    let clip_l = clip_l_file(dir.path());
+    let sdxl = s(&models().sdxl);
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "T2V DiT as --video-model",
+            with(base.clone(), "--video-model", Some(&s(&t2v))),
+            "not a Wan2.1 image-to-video DiT",
+        ),
+        (
+            "CLIP-L as --t5",
+            with(base.clone(), "--t5", Some(&s(&clip_l))),
+            "not a umT5 text encoder",
+        ),
+        (
+            "SDXL checkpoint as --video-model",
+            with(base.clone(), "--video-model", Some(&sdxl)),
+            "not a Wan2.1 image-to-video DiT",
+        ),
+        (
+            "Wan DiT as --image-model",
+            with(base.clone(), "--image-model", Some(&s(&models().dit))),
+            "not an SDXL-family checkpoint",
+        ),
+        (
+            "missing CLIP vision",
+            with(base.clone(), "--clip-vision", None),
+            "pass --clip-vision FILE",
+        ),
+        (
+            "missing video model",
+            with(base.clone(), "--video-model", None),
+            "pass --video-model FILE",
+        ),
+        (
+            "width not a multiple of 16",
+            with(base.clone(), "-W", Some("60")),
+            "multiples of 16",
+        ),
+        (
+            "frames not 4n+1",
+            with(base.clone(), "--frames", Some("8")),
+            "4n + 1",
+        ),
+        (
+            "budget too small",
+            [base.clone(), vec!["--vram-budget".into(), "260M".into()]].concat(),
+            "short by",
+        ),
+    ];
+    for (what, args, needle) in cases {
+        let t = Instant::now();
+        let o = run(&args);
+        let secs = t.elapsed().as_secs_f64();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{what}: one error line and one hint: {err}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{what}: {err}");
+        assert!(lines[1].starts_with("hint: "), "{what}: {err}");
+        // Checked before any work: no output, and no stage ran (seconds, not a generation).
+        let left: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().collect();
+        assert!(left.is_empty(), "{what}: {left:?}");
+        assert!(stdout(&o).is_empty(), "{what}");
+        assert!(secs < 20.0, "{what}: {secs} s");
+    }
+}
