@@ -24,7 +24,8 @@ use crate::sampling::{SamplerKind, Scheduler};
 pub struct ImageArgs {
     /// SDXL-family checkpoint (.safetensors), UNet-only file (.gguf / .safetensors), or a
     /// diffusers folder.
-    #[arg(long, short = 'm', value_name = "FILE", help_heading = "Models")]
+    /// A path, or a file name in --models-dir / --comfyui; default: `model` in nijigen.toml.
+    #[arg(long, short = 'm', value_name = "FILE", default_value = "", hide_default_value = true, value_parser = super::find::any_path, help_heading = "Models")]
     pub model: PathBuf,
     /// CLIP-L text encoder (HF names), when the model file has none or to replace it.
     #[arg(long, value_name = "FILE", help_heading = "Models")]

@@ -1,9 +1,11 @@
 //! Command-line interface: clap definitions (one file per subcommand), logging setup, and the
 //! one place where errors become messages and exit codes.
 
+pub mod config;
 mod convert;
 mod demo;
 mod devices;
+pub mod find;
 pub mod i2v;
 pub mod image;
 mod info;
@@ -12,6 +14,7 @@ pub mod progress;
 pub mod video;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +29,15 @@ pub struct Cli {
     /// Only errors; no progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Folder where bare model file names are looked up (also its ComfyUI-style subfolders);
+    /// else NIJIGEN_MODELS, else `models_dir` in nijigen.toml.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// A ComfyUI folder: bare names are looked up in its models/checkpoints, diffusion_models,
+    /// unet, text_encoders, clip, clip_vision, vae, loras; else NIJIGEN_COMFYUI, else `comfyui`
+    /// in nijigen.toml.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub comfyui: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -46,6 +58,9 @@ pub enum Command {
     /// Run both stages on tiny random-weight models (no download): writes demo.png and
     /// demo.mp4 and prints what a real run needs.
     Demo(demo::DemoArgs),
+    /// Print the settings in effect (flags, environment, nijigen.toml, defaults) and where
+    /// each one comes from.
+    Config(config::ConfigArgs),
     /// List the compute devices of this build (CPU; CUDA GPUs) with free and total memory.
     Devices(devices::DevicesArgs),
     /// Print the memory plan of an image or video run without computing: placement of every
@@ -73,8 +88,19 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
         .try_init();
 }
 
-/// Runs the chosen subcommand.
+/// Runs the chosen subcommand, with the settings of the environment and nijigen.toml applied
+/// to what the command line leaves unset.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // The parse again, for where each value came from (command line or default).
+    let matches = <Cli as clap::CommandFactory>::command()
+        .try_get_matches_from(std::env::args_os())
+        .ok();
+    run_with(cli, matches.as_ref())
+}
+
+/// [`run`] with the parsed command line (`None`: every value counts as given).
+pub fn run_with(mut cli: Cli, matches: Option<&clap::ArgMatches>) -> anyhow::Result<()> {
+    config::apply(&mut cli, matches)?;
     let quiet = cli.quiet;
     match cli.command {
         Command::Convert(args) => convert::run(args, quiet),
@@ -84,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Video(args) => video::run(*args, quiet),
         Command::I2v(args) => i2v::run(*args, quiet),
         Command::Demo(args) => demo::run(args, quiet),
+        Command::Config(args) => config::run(args, &cli.models_dir, &cli.comfyui),
         Command::Plan(args) => plan::run(args),
     }
 }

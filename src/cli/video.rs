@@ -22,7 +22,8 @@ use crate::sampling::{SamplerKind, Scheduler};
     -i still.png -p 'she turns her head and smiles, hair blowing in the wind' -o clip.mp4")]
 pub struct VideoArgs {
     /// Wan2.1 DiT: GGUF (any quant), ComfyUI .safetensors, or a diffusers folder.
-    #[arg(long, short = 'm', value_name = "FILE", help_heading = "Models")]
+    /// A path, or a file name in --models-dir / --comfyui; default: `model` in nijigen.toml.
+    #[arg(long, short = 'm', value_name = "FILE", default_value = "", hide_default_value = true, value_parser = super::find::any_path, help_heading = "Models")]
     pub model: PathBuf,
     /// umT5-XXL encoder: GGUF (tokenizer inside) or safetensors (with --t5-tokenizer).
     #[arg(long, value_name = "FILE", help_heading = "Models")]
