@@ -352,3 +352,182 @@ fn i2v_errors_are_one_line_with_a_hint_before_any_work() {
         assert!(secs < 20.0, "{what}: {secs} s");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Finding models and the config file
+
+/// Runs the binary in `cwd` with no NIJIGEN_* variables but those given.
+fn run_in(cwd: &Path, args: &[String], env: &[(&str, &Path)]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_nijigen"));
+    c.args(args).current_dir(cwd).env_remove("RUST_LOG");
+    for v in ["NIJIGEN_MODELS", "NIJIGEN_COMFYUI", "NIJIGEN_CONFIG"] {
+        c.env_remove(v);
+    }
+    // No user config file from the machine running the tests.
+    c.env("XDG_CONFIG_HOME", cwd.join("no-user-config"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run nijigen")
+}
+
+fn link(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(from, to).unwrap();
+}
+
+/// A flat models folder and a ComfyUI folder holding the demo files (as symlinks).
+fn layouts(root: &Path) {
+    let m = models();
+    for (p, comfy) in [
+        (&m.sdxl, "checkpoints"),
+        (&m.dit, "diffusion_models"),
+        (&m.t5, "text_encoders"),
+        (&m.clip_vision, "clip_vision"),
+        (&m.vae, "vae"),
+    ] {
+        let name = p.file_name().unwrap();
+        link(p, &root.join("flat").join(name));
+        link(p, &root.join("ComfyUI/models").join(comfy).join(name));
+    }
+}
+
+/// `plan i2v` with bare file names (opens every file: the names must resolve).
+fn plan_by_name(extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["plan", "i2v", "--json", "-W", "64", "-H", "48", "--frames", "5"]
+        .map(String::from)
+        .to_vec();
+    for (f, n) in [
+        ("--image-model", "demo_sdxl.safetensors"),
+        ("--video-model", "demo_wan_i2v.gguf"),
+        ("--t5", "demo_umt5.gguf"),
+        ("--clip-vision", "demo_clip_vision.safetensors"),
+        ("--video-vae", "demo_wan_vae.safetensors"),
+    ] {
+        a.extend([f.to_string(), n.to_string()]);
+    }
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn bare_names_are_found_in_models_dir_env_and_comfyui() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    layouts(root);
+    // Nowhere to look: one line naming the places, and a hint.
+    let o = run_in(root, &plan_by_name(&[]), &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: --image-model demo_sdxl.safetensors: not found in the working directory\n"),
+        "{err}"
+    );
+    assert!(err.lines().nth(1).unwrap().starts_with("hint: "), "{err}");
+    for (extra, env) in [
+        (vec!["--models-dir", "flat"], vec![]),
+        (vec![], vec![("NIJIGEN_MODELS", root.join("flat"))]),
+        (vec!["--comfyui", "ComfyUI"], vec![]),
+    ] {
+        let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+        let o = run_in(root, &plan_by_name(&extra), &env);
+        assert!(o.status.success(), "{extra:?} {env:?}: {}", stderr(&o));
+        let j: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        let files: Vec<&str> = j["video"]["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["file"].as_str().unwrap())
+            .collect();
+        assert!(files.contains(&"demo_umt5.gguf"), "{files:?}");
+        assert!(j["peak_device_bytes"].as_u64().unwrap() > 0);
+    }
+    // In a ComfyUI folder, a file is looked up only in its slot's folders: the DiT is not a
+    // text encoder, so --t5 does not find it under diffusion_models.
+    let args = plan_by_name(&["--comfyui", "ComfyUI"]);
+    let o = run_in(root, &with(args, "--t5", Some("demo_wan_i2v.gguf")), &[]);
+    let err = stderr(&o);
+    assert!(err.contains("ComfyUI/models/text_encoders (--comfyui)"), "{err}");
+    assert!(err.contains("ComfyUI/models/clip (--comfyui)"), "{err}");
+}
+
+#[test]
+fn config_file_sets_models_and_defaults_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    layouts(root);
+    std::fs::write(
+        root.join("nijigen.toml"),
+        "comfyui = \"ComfyUI\"\nthreads = 2\n\
+         [image]\nmodel = \"demo_sdxl.safetensors\"\nsteps = 1\n\
+         [video]\nmodel = \"demo_wan_i2v.gguf\"\nt5 = \"demo_umt5.gguf\"\n\
+         clip_vision = \"demo_clip_vision.safetensors\"\nvae = \"demo_wan_vae.safetensors\"\n\
+         steps = 1\nframes = 1\nwidth = 64\nheight = 48\n",
+    )
+    .unwrap();
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["i2v", "-p", PROMPT, "--image-width", "128", "--image-height", "96", "--seed", "3", "--json"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    // Everything from the file: no model flag at all.
+    let o = run_in(root, &args(&["-o", "a.mp4"]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!((j["frames"].as_u64(), j["width"].as_u64()), (Some(1), Some(64)));
+    let steps = |png: &str| {
+        let t = nijigen::media::png::read_parameters(root.join(png)).unwrap().unwrap();
+        GenerationParams::parse_a1111(&t).unwrap().steps
+    };
+    assert_eq!(steps("a.png"), 1);
+    // A flag wins over the file.
+    let o = run_in(root, &args(&["-o", "b.mp4", "--image-steps", "2"]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(steps("b.png"), 2);
+
+    // `nijigen config` says where each value comes from.
+    let config = |extra: &[&str], env: &[(&str, &Path)]| -> Value {
+        let a: Vec<String> = ["config", "--json"].iter().chain(extra).map(|s| s.to_string()).collect();
+        let o = run_in(root, &a, env);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(stdout(&o).trim()).unwrap()
+    };
+    let get = |j: &Value, key: &str| -> (Value, String) {
+        let r = j["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == key)
+            .unwrap_or_else(|| panic!("{key}"));
+        (r["value"].clone(), r["source"].as_str().unwrap().to_string())
+    };
+    let j = config(&[], &[]);
+    assert_eq!(j["config_from"].as_str(), Some("working directory"));
+    assert_eq!(get(&j, "image.steps"), (Value::from(1), "file nijigen.toml".into()));
+    assert_eq!(get(&j, "video.steps").0, Value::from(1));
+    assert_eq!(get(&j, "image.cfg"), (Value::from(6), "default".into()));
+    let (model, _) = get(&j, "image.model");
+    assert_eq!(
+        model.as_str(),
+        Some("ComfyUI/models/checkpoints/demo_sdxl.safetensors")
+    );
+    assert_eq!(get(&j, "comfyui").1, "file nijigen.toml");
+    let j = config(&["--comfyui", "ComfyUI"], &[]);
+    assert_eq!(get(&j, "comfyui").1, "flag --comfyui");
+    // NIJIGEN_CONFIG points elsewhere: that file, not ./nijigen.toml.
+    let other = root.join("other.toml");
+    std::fs::write(&other, "[image]\nsteps = 9\n").unwrap();
+    let j = config(&[], &[("NIJIGEN_CONFIG", &other)]);
+    assert_eq!(j["config_from"].as_str(), Some("NIJIGEN_CONFIG"));
+    assert_eq!(get(&j, "image.steps").0, Value::from(9));
+    assert_eq!(get(&j, "comfyui").0, Value::Null);
+    // A typo in the file: one line naming the file, and a hint.
+    std::fs::write(&other, "[image]\nstep = 9\n").unwrap();
+    let o = run_in(root, &["config".to_string()], &[("NIJIGEN_CONFIG", &other)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.starts_with("error: ") && err.contains("other.toml") && err.contains("step"), "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+}
