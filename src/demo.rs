@@ -252,7 +252,10 @@ fn clip_l(s: &mut Specs, p: &str) {
     use sdxl::*;
     let (w, t) = (CLIP_L, format!("{p}text_model."));
     s.push(format!("{t}embeddings.token_embedding.weight"), &[VOCAB, w]);
-    s.push(format!("{t}embeddings.position_embedding.weight"), &[POSITIONS, w]);
+    s.push(
+        format!("{t}embeddings.position_embedding.weight"),
+        &[POSITIONS, w],
+    );
     for i in 0..CLIP_LAYERS {
         hf_encoder_layer(s, &format!("{t}encoder.layers.{i}"), w, 2 * w);
     }
@@ -683,17 +686,38 @@ fn umt5_tokenizer() -> Vec<(String, MetaValue)> {
 fn umt5_metadata() -> Vec<(String, MetaValue)> {
     use wan::*;
     let mut m = vec![
-        meta("general.architecture", MetaValue::String("t5encoder".into())),
+        meta(
+            "general.architecture",
+            MetaValue::String("t5encoder".into()),
+        ),
         meta("general.file_type", MetaValue::U32(0)),
         meta("t5encoder.context_length", MetaValue::U32(512)),
         meta("t5encoder.embedding_length", MetaValue::U32(T5_DIM as u32)),
-        meta("t5encoder.feed_forward_length", MetaValue::U32(T5_FFN as u32)),
+        meta(
+            "t5encoder.feed_forward_length",
+            MetaValue::U32(T5_FFN as u32),
+        ),
         meta("t5encoder.block_count", MetaValue::U32(T5_LAYERS as u32)),
-        meta("t5encoder.attention.head_count", MetaValue::U32(T5_HEADS as u32)),
-        meta("t5encoder.attention.key_length", MetaValue::U32(T5_HEAD_DIM as u32)),
-        meta("t5encoder.attention.value_length", MetaValue::U32(T5_HEAD_DIM as u32)),
-        meta("t5encoder.attention.layer_norm_epsilon", MetaValue::F32(1e-6)),
-        meta("t5encoder.attention.layer_norm_rms_epsilon", MetaValue::F32(1e-6)),
+        meta(
+            "t5encoder.attention.head_count",
+            MetaValue::U32(T5_HEADS as u32),
+        ),
+        meta(
+            "t5encoder.attention.key_length",
+            MetaValue::U32(T5_HEAD_DIM as u32),
+        ),
+        meta(
+            "t5encoder.attention.value_length",
+            MetaValue::U32(T5_HEAD_DIM as u32),
+        ),
+        meta(
+            "t5encoder.attention.layer_norm_epsilon",
+            MetaValue::F32(1e-6),
+        ),
+        meta(
+            "t5encoder.attention.layer_norm_rms_epsilon",
+            MetaValue::F32(1e-6),
+        ),
         meta(
             "t5encoder.attention.relative_buckets_count",
             MetaValue::U32(T5_BUCKETS as u32),
@@ -738,7 +762,13 @@ fn stamp() -> String {
             h = (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01B3);
         }
     };
-    for list in [sdxl_checkpoint(), wan_dit(), umt5(), clip_vision(), wan_vae()] {
+    for list in [
+        sdxl_checkpoint(),
+        wan_dit(),
+        umt5(),
+        clip_vision(),
+        wan_vae(),
+    ] {
         for t in list {
             eat(t.name.as_bytes());
             for d in t.shape {
@@ -819,7 +849,13 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_shapes_positive() {
-        for list in [sdxl_checkpoint(), wan_dit(), umt5(), clip_vision(), wan_vae()] {
+        for list in [
+            sdxl_checkpoint(),
+            wan_dit(),
+            umt5(),
+            clip_vision(),
+            wan_vae(),
+        ] {
             let mut names: Vec<&str> = list.iter().map(|t| t.name.as_str()).collect();
             names.sort_unstable();
             let n = names.len();

@@ -101,20 +101,31 @@ fn i2v_writes_a_valid_mp4_and_a_still_with_parameters() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("clip.mp4");
     let frames = dir.path().join("frames_i2v");
-    let o = run(&i2v_args(
-        &out,
-        &["--json", "--frames-dir", &s(&frames)],
-    ));
+    let o = run(&i2v_args(&out, &["--json", "--frames-dir", &s(&frames)]));
     assert!(o.status.success(), "{}", stderr(&o));
     let j: Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
     let still = dir.path().join("clip.png");
     assert_eq!(j["video"].as_str(), Some(s(&out).as_str()));
     assert_eq!(j["still"].as_str(), Some(s(&still).as_str()));
-    assert_eq!((j["seed"].as_u64(), j["video_seed"].as_u64()), (Some(7), Some(7)));
-    assert_eq!((j["width"].as_u64(), j["height"].as_u64()), (Some(64), Some(48)));
-    assert_eq!((j["still_width"].as_u64(), j["still_height"].as_u64()), (Some(128), Some(96)));
+    assert_eq!(
+        (j["seed"].as_u64(), j["video_seed"].as_u64()),
+        (Some(7), Some(7))
+    );
+    assert_eq!(
+        (j["width"].as_u64(), j["height"].as_u64()),
+        (Some(64), Some(48))
+    );
+    assert_eq!(
+        (j["still_width"].as_u64(), j["still_height"].as_u64()),
+        (Some(128), Some(96))
+    );
     assert_eq!(j["frames"].as_u64(), Some(5));
-    let outputs: Vec<&str> = j["outputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let outputs: Vec<&str> = j["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(outputs.len(), 4, "{outputs:?}");
     for p in &outputs {
         assert!(Path::new(p).exists(), "{p}");
@@ -145,7 +156,11 @@ fn i2v_writes_a_valid_mp4_and_a_still_with_parameters() {
     assert_eq!(track.track_type().unwrap(), mp4::TrackType::Video);
     assert_eq!((track.width(), track.height()), (64, 48));
     assert_eq!(track.sample_count(), 5);
-    assert!((track.frame_rate() - 12.0).abs() < 1e-9, "{}", track.frame_rate());
+    assert!(
+        (track.frame_rate() - 12.0).abs() < 1e-9,
+        "{}",
+        track.frame_rate()
+    );
     // The sidecar carries the motion prompt and the still's name.
     let side: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("clip.mp4.json")).unwrap())
@@ -155,7 +170,9 @@ fn i2v_writes_a_valid_mp4_and_a_still_with_parameters() {
     assert_eq!(side["frames"].as_u64(), Some(5));
 
     // The still: 128x96 with its A1111 parameters.
-    let text = nijigen::media::png::read_parameters(&still).unwrap().expect("parameters");
+    let text = nijigen::media::png::read_parameters(&still)
+        .unwrap()
+        .expect("parameters");
     let p = GenerationParams::parse_a1111(&text).unwrap();
     assert_eq!(p.prompt, PROMPT);
     assert_eq!((p.seed, p.steps, p.width, p.height), (7, 3, 128, 96));
@@ -169,8 +186,11 @@ fn i2v_writes_a_valid_mp4_and_a_still_with_parameters() {
     let mut a: Vec<String> = ["image", "-m"].map(String::from).to_vec();
     a.push(s(&models().sdxl));
     a.extend(
-        ["-W", "128", "-H", "96", "--steps", "3", "--seed", "7", "-t", "2", "-q", "-p", PROMPT, "-o"]
-            .map(String::from),
+        [
+            "-W", "128", "-H", "96", "--steps", "3", "--seed", "7", "-t", "2", "-q", "-p", PROMPT,
+            "-o",
+        ]
+        .map(String::from),
     );
     a.push(s(&png2));
     let o = run(&a);
@@ -196,8 +216,11 @@ fn i2v_writes_a_valid_mp4_and_a_still_with_parameters() {
         a.push(s(p));
     }
     a.extend(
-        ["-W", "64", "-H", "48", "--frames", "5", "--steps", "2", "--seed", "7", "--fps", "12", "-t", "2", "-q", "-p", MOTION]
-            .map(String::from),
+        [
+            "-W", "64", "-H", "48", "--frames", "5", "--steps", "2", "--seed", "7", "--fps", "12",
+            "-t", "2", "-q", "-p", MOTION,
+        ]
+        .map(String::from),
     );
     let o = run(&a);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -219,8 +242,14 @@ fn i2v_numbers_outputs_and_keeps_existing_files() {
     let o = run(&with(args, "--video-steps", Some("1")));
     assert!(o.status.success(), "{}", stderr(&o));
     let j: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(j["video"].as_str(), Some(s(&dir.path().join("clip_0001.mp4")).as_str()));
-    assert_eq!(j["still"].as_str(), Some(s(&dir.path().join("clip_0001.png")).as_str()));
+    assert_eq!(
+        j["video"].as_str(),
+        Some(s(&dir.path().join("clip_0001.mp4")).as_str())
+    );
+    assert_eq!(
+        j["still"].as_str(),
+        Some(s(&dir.path().join("clip_0001.png")).as_str())
+    );
     assert_eq!(std::fs::read(dir.path().join("clip.png")).unwrap(), b"keep");
     assert!(!out.exists());
     // No temporary file left behind.
@@ -343,7 +372,10 @@ fn i2v_errors_are_one_line_with_a_hint_before_any_work() {
         assert_eq!(o.status.code(), Some(1), "{what}: {err}");
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 2, "{what}: one error line and one hint: {err}");
-        assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{what}: {err}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(needle),
+            "{what}: {err}"
+        );
         assert!(lines[1].starts_with("hint: "), "{what}: {err}");
         // Checked before any work: no output, and no stage ran (seconds, not a generation).
         let left: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().collect();
@@ -394,9 +426,11 @@ fn layouts(root: &Path) {
 
 /// `plan i2v` with bare file names (opens every file: the names must resolve).
 fn plan_by_name(extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["plan", "i2v", "--json", "-W", "64", "-H", "48", "--frames", "5"]
-        .map(String::from)
-        .to_vec();
+    let mut a: Vec<String> = [
+        "plan", "i2v", "--json", "-W", "64", "-H", "48", "--frames", "5",
+    ]
+    .map(String::from)
+    .to_vec();
     for (f, n) in [
         ("--image-model", "demo_sdxl.safetensors"),
         ("--video-model", "demo_wan_i2v.gguf"),
@@ -420,7 +454,9 @@ fn bare_names_are_found_in_models_dir_env_and_comfyui() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(
-        err.starts_with("error: --image-model demo_sdxl.safetensors: not found in the working directory\n"),
+        err.starts_with(
+            "error: --image-model demo_sdxl.safetensors: not found in the working directory\n"
+        ),
         "{err}"
     );
     assert!(err.lines().nth(1).unwrap().starts_with("hint: "), "{err}");
@@ -447,7 +483,10 @@ fn bare_names_are_found_in_models_dir_env_and_comfyui() {
     let args = plan_by_name(&["--comfyui", "ComfyUI"]);
     let o = run_in(root, &with(args, "--t5", Some("demo_wan_i2v.gguf")), &[]);
     let err = stderr(&o);
-    assert!(err.contains("ComfyUI/models/text_encoders (--comfyui)"), "{err}");
+    assert!(
+        err.contains("ComfyUI/models/text_encoders (--comfyui)"),
+        "{err}"
+    );
     assert!(err.contains("ComfyUI/models/clip (--comfyui)"), "{err}");
 }
 
@@ -466,19 +505,35 @@ fn config_file_sets_models_and_defaults_and_flags_override_it() {
     )
     .unwrap();
     let args = |extra: &[&str]| -> Vec<String> {
-        ["i2v", "-p", PROMPT, "--image-width", "128", "--image-height", "96", "--seed", "3", "--json"]
-            .iter()
-            .chain(extra)
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "i2v",
+            "-p",
+            PROMPT,
+            "--image-width",
+            "128",
+            "--image-height",
+            "96",
+            "--seed",
+            "3",
+            "--json",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
     };
     // Everything from the file: no model flag at all.
     let o = run_in(root, &args(&["-o", "a.mp4"]), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!((j["frames"].as_u64(), j["width"].as_u64()), (Some(1), Some(64)));
+    assert_eq!(
+        (j["frames"].as_u64(), j["width"].as_u64()),
+        (Some(1), Some(64))
+    );
     let steps = |png: &str| {
-        let t = nijigen::media::png::read_parameters(root.join(png)).unwrap().unwrap();
+        let t = nijigen::media::png::read_parameters(root.join(png))
+            .unwrap()
+            .unwrap();
         GenerationParams::parse_a1111(&t).unwrap().steps
     };
     assert_eq!(steps("a.png"), 1);
@@ -489,7 +544,11 @@ fn config_file_sets_models_and_defaults_and_flags_override_it() {
 
     // `nijigen config` says where each value comes from.
     let config = |extra: &[&str], env: &[(&str, &Path)]| -> Value {
-        let a: Vec<String> = ["config", "--json"].iter().chain(extra).map(|s| s.to_string()).collect();
+        let a: Vec<String> = ["config", "--json"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
         let o = run_in(root, &a, env);
         assert!(o.status.success(), "{}", stderr(&o));
         serde_json::from_str(stdout(&o).trim()).unwrap()
@@ -501,11 +560,17 @@ fn config_file_sets_models_and_defaults_and_flags_override_it() {
             .iter()
             .find(|r| r["key"] == key)
             .unwrap_or_else(|| panic!("{key}"));
-        (r["value"].clone(), r["source"].as_str().unwrap().to_string())
+        (
+            r["value"].clone(),
+            r["source"].as_str().unwrap().to_string(),
+        )
     };
     let j = config(&[], &[]);
     assert_eq!(j["config_from"].as_str(), Some("working directory"));
-    assert_eq!(get(&j, "image.steps"), (Value::from(1), "file nijigen.toml".into()));
+    assert_eq!(
+        get(&j, "image.steps"),
+        (Value::from(1), "file nijigen.toml".into())
+    );
     assert_eq!(get(&j, "video.steps").0, Value::from(1));
     assert_eq!(get(&j, "image.cfg"), (Value::from(6), "default".into()));
     let (model, _) = get(&j, "image.model");
@@ -528,6 +593,9 @@ fn config_file_sets_models_and_defaults_and_flags_override_it() {
     let o = run_in(root, &["config".to_string()], &[("NIJIGEN_CONFIG", &other)]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.starts_with("error: ") && err.contains("other.toml") && err.contains("step"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("other.toml") && err.contains("step"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 2, "{err}");
 }

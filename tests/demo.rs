@@ -57,14 +57,26 @@ fn demo_models_have_the_fixture_architectures() {
     );
     let wan = index("tests/fixtures/wan_pipeline");
     let files = &wan["files"];
-    assert_same("dit", generated(demo::wan_dit()), recipe(&files["dit"]["tensors"]));
-    assert_same("umt5", generated(demo::umt5()), recipe(&files["t5"]["tensors"]));
+    assert_same(
+        "dit",
+        generated(demo::wan_dit()),
+        recipe(&files["dit"]["tensors"]),
+    );
+    assert_same(
+        "umt5",
+        generated(demo::umt5()),
+        recipe(&files["t5"]["tensors"]),
+    );
     assert_same(
         "clip_vision",
         generated(demo::clip_vision()),
         recipe(&files["clip_vision"]["tensors"]),
     );
-    assert_same("vae", generated(demo::wan_vae()), recipe(&files["vae"]["tensors"]));
+    assert_same(
+        "vae",
+        generated(demo::wan_vae()),
+        recipe(&files["vae"]["tensors"]),
+    );
 }
 
 /// (width, height, each sample's bytes) of an MP4's only track.

@@ -155,36 +155,37 @@ fn user_config_path() -> Option<PathBuf> {
 /// Finds and parses the config file.
 pub fn load() -> anyhow::Result<Loaded> {
     let mut searched = Vec::new();
-    let (path, origin) = if let Some(p) = std::env::var_os("NIJIGEN_CONFIG").filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            return Err(WithHint {
-                error: format!("NIJIGEN_CONFIG={}: no such file", p.display()),
-                hint: "point NIJIGEN_CONFIG at a nijigen.toml, or unset it".into(),
+    let (path, origin) =
+        if let Some(p) = std::env::var_os("NIJIGEN_CONFIG").filter(|v| !v.is_empty()) {
+            let p = PathBuf::from(p);
+            if !p.is_file() {
+                return Err(WithHint {
+                    error: format!("NIJIGEN_CONFIG={}: no such file", p.display()),
+                    hint: "point NIJIGEN_CONFIG at a nijigen.toml, or unset it".into(),
+                }
+                .into());
             }
-            .into());
-        }
-        (Some(p), "NIJIGEN_CONFIG")
-    } else {
-        let mut found = (None, "");
-        let candidates = [
-            (Some(PathBuf::from("nijigen.toml")), "working directory"),
-            (user_config_path(), "user config"),
-        ];
-        for (p, origin) in candidates {
-            let Some(p) = p else { continue };
-            searched.push(p.clone());
-            if p.is_file() {
-                found = (Some(p), origin);
-                break;
+            (Some(p), "NIJIGEN_CONFIG")
+        } else {
+            let mut found = (None, "");
+            let candidates = [
+                (Some(PathBuf::from("nijigen.toml")), "working directory"),
+                (user_config_path(), "user config"),
+            ];
+            for (p, origin) in candidates {
+                let Some(p) = p else { continue };
+                searched.push(p.clone());
+                if p.is_file() {
+                    found = (Some(p), origin);
+                    break;
+                }
             }
-        }
-        found
-    };
+            found
+        };
     let file = match &path {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             let mut file: FileConfig = toml::from_str(&text).map_err(|e| WithHint {
                 error: format!(
                     "{}: {}",
@@ -419,7 +420,11 @@ pub fn apply_i2v(a: &mut I2vArgs, m: Option<&ArgMatches>, c: &Context) -> anyhow
     fill!(m, a.image_steps, i.steps);
     fill!(m, a.image_cfg, i.cfg);
     fill!(m, a.image_sampler, sampler(&i.sampler, "image.sampler")?);
-    fill!(m, a.image_scheduler, scheduler(&i.scheduler, "image.scheduler")?);
+    fill!(
+        m,
+        a.image_scheduler,
+        scheduler(&i.scheduler, "image.scheduler")?
+    );
     fill!(m, a.negative_prompt, i.negative_prompt.clone());
     fill!(m, a.video_model, v.model.clone().map(Some));
     fill!(m, a.t5, v.t5.clone().map(Some));
@@ -430,7 +435,11 @@ pub fn apply_i2v(a: &mut I2vArgs, m: Option<&ArgMatches>, c: &Context) -> anyhow
     fill!(m, a.video_cfg, v.cfg);
     fill!(m, a.shift, v.shift.map(Some));
     fill!(m, a.video_sampler, sampler(&v.sampler, "video.sampler")?);
-    fill!(m, a.video_scheduler, scheduler(&v.scheduler, "video.scheduler")?);
+    fill!(
+        m,
+        a.video_scheduler,
+        scheduler(&v.scheduler, "video.scheduler")?
+    );
     fill!(m, a.motion_negative, v.negative_prompt.clone().map(Some));
     fill!(m, a.width, v.width);
     fill!(m, a.height, v.height);
@@ -488,12 +497,14 @@ pub fn apply(cli: &mut Cli, matches: Option<&ArgMatches>) -> anyhow::Result<()> 
 // `nijigen config`
 
 #[derive(Debug, Args)]
-#[command(after_help = "Keys of nijigen.toml: models_dir, comfyui, threads, vram_budget; \
+#[command(
+    after_help = "Keys of nijigen.toml: models_dir, comfyui, threads, vram_budget; \
     [image] model, clip_l, clip_g, vae, steps, cfg, sampler, scheduler, negative_prompt, width, \
     height; [video] model, t5, t5_tokenizer, clip_vision, vae, steps, cfg, shift, sampler, \
     scheduler, negative_prompt, width, height, frames, fps.\n\
     The file: $NIJIGEN_CONFIG, else ./nijigen.toml, else $XDG_CONFIG_HOME/nijigen/nijigen.toml \
-    (~/.config/nijigen/nijigen.toml). Flags override it.")]
+    (~/.config/nijigen/nijigen.toml). Flags override it."
+)]
 pub struct ConfigArgs {
     /// Print the settings as JSON.
     #[arg(long)]
@@ -546,10 +557,7 @@ fn section_rows(
             };
             match (slot, value.as_str()) {
                 (Some(slot), Some(p)) => match search.resolve(Path::new(p), slot, &key) {
-                    Ok(found) => (
-                        serde_json::Value::String(found.display().to_string()),
-                        src,
-                    ),
+                    Ok(found) => (serde_json::Value::String(found.display().to_string()), src),
                     Err(_) => (value, format!("{src}; NOT FOUND")),
                 },
                 _ => (value, src),
@@ -563,7 +571,11 @@ fn section_rows(
     }
 }
 
-pub fn run(args: ConfigArgs, models_dir: &Option<PathBuf>, comfyui: &Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(
+    args: ConfigArgs,
+    models_dir: &Option<PathBuf>,
+    comfyui: &Option<PathBuf>,
+) -> anyhow::Result<()> {
     let c = context(models_dir, comfyui)?;
     let l = &c.loaded;
     let mut rows = Vec::new();
@@ -679,11 +691,15 @@ mod tests {
 
     #[test]
     fn relative_paths_follow_the_config_file() {
-        let mut f: FileConfig =
-            toml::from_str("models_dir = \"models\"\n[video]\nvae = \"vae/wan.safetensors\"\nt5 = \"umt5.gguf\"\n")
-                .unwrap();
+        let mut f: FileConfig = toml::from_str(
+            "models_dir = \"models\"\n[video]\nvae = \"vae/wan.safetensors\"\nt5 = \"umt5.gguf\"\n",
+        )
+        .unwrap();
         anchor_paths(&mut f, Path::new("/etc/nijigen/nijigen.toml"));
-        assert_eq!(f.models_dir.as_deref(), Some(Path::new("/etc/nijigen/models")));
+        assert_eq!(
+            f.models_dir.as_deref(),
+            Some(Path::new("/etc/nijigen/models"))
+        );
         assert_eq!(
             f.video.vae.as_deref(),
             Some(Path::new("/etc/nijigen/vae/wan.safetensors"))

@@ -16,8 +16,10 @@ use super::WithHint;
 use crate::demo::{self, DemoModels};
 
 #[derive(Debug, Args)]
-#[command(after_help = "The weights are random: demo.png and demo.mp4 are noise-like \
-    patterns. `nijigen demo` prints the files and the command of a real run at the end.")]
+#[command(
+    after_help = "The weights are random: demo.png and demo.mp4 are noise-like \
+    patterns. `nijigen demo` prints the files and the command of a real run at the end."
+)]
 pub struct DemoArgs {
     /// Where the tiny models are kept (default: $XDG_CACHE_HOME/nijigen/demo or
     /// ~/.cache/nijigen/demo); written when missing or stale.

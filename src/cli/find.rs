@@ -159,7 +159,10 @@ mod tests {
             .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("--video-vae wan.gguf: not found in the working directory"));
-        assert!(msg.contains(&format!("{} (--comfyui)", comfy.join("models/vae").display())));
+        assert!(msg.contains(&format!(
+            "{} (--comfyui)",
+            comfy.join("models/vae").display()
+        )));
         assert!(!msg.contains("diffusion_models"), "{msg}");
     }
 }

@@ -408,9 +408,7 @@ pub fn execute(args: &I2vArgs, quiet: bool) -> anyhow::Result<I2vSummary> {
     // Stage 1: the still. `generate` releases the SDXL models before it returns.
     let mut progress = Progress::labelled(quiet, "1/2 still");
     image_req.seed = seed;
-    let out = sdxl::generate(&image_files, &image_req, &opts, &mut |e| {
-        progress.event(e)
-    });
+    let out = sdxl::generate(&image_files, &image_req, &opts, &mut |e| progress.event(e));
     progress.finish();
     let out = out.map_err(explain)?;
     let still = out

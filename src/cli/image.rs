@@ -337,8 +337,14 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
 
     let paths = batch_paths(&args.output, args.batch, args.overwrite);
     for (i, (img, path)) in out.images.iter().zip(&paths).enumerate() {
-        write_png(path, &img.rgb, img.width, img.height, &png_params(&args, &req, i))
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_png(
+            path,
+            &img.rgb,
+            img.width,
+            img.height,
+            &png_params(&args, &req, i),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     let summary = Summary {
         outputs: paths.clone(),

@@ -85,7 +85,12 @@ pub fn check_image_files(files: &SdxlFiles) -> Result<(), PipelineError> {
             "an SDXL-family checkpoint or UNet (--image-model)",
         ));
     }
-    let parts: [(&Option<std::path::PathBuf>, Architecture, &'static str, &'static str); 3] = [
+    let parts: [(
+        &Option<std::path::PathBuf>,
+        Architecture,
+        &'static str,
+        &'static str,
+    ); 3] = [
         (
             &files.clip_l,
             Architecture::ClipL,
@@ -169,7 +174,8 @@ pub fn check_video_files(files: &WanFiles) -> Result<(), PipelineError> {
         return Err(wrong(&t5_path, &t5, "a umT5 text encoder (--t5)"));
     }
     if files.t5_tokenizer.is_none() {
-        let has = t5.file().format() == Format::Gguf && t5.file().meta("tokenizer.ggml.model").is_some();
+        let has =
+            t5.file().format() == Format::Gguf && t5.file().meta("tokenizer.ggml.model").is_some();
         if !has {
             return Err(PipelineError::MissingComponent {
                 what: format!(
