@@ -501,8 +501,9 @@ pub fn wan_vae() -> Vec<TensorSpec> {
 // ---------------------------------------------------------------------------------------------
 // Values
 
-/// splitmix64 of (seed * golden + i), mapped to [-1, 1): the fixtures' generator.
-fn hash_values(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
+/// splitmix64 of (seed * golden + i), mapped to [-1, 1), times `scale` plus `offset`: the
+/// generator of the fixture recipes (tools/reference/*), usable by tests.
+pub fn hash_values(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
     let base = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (0..n as u64)
         .map(|i| {
