@@ -599,3 +599,44 @@ fn config_file_sets_models_and_defaults_and_flags_override_it() {
     );
     assert_eq!(err.lines().count(), 2, "{err}");
 }
+
+#[test]
+fn ctrl_c_in_the_video_stage_leaves_no_partial_file() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clip.mp4");
+    // Many video steps: the stop lands while stage 2 samples.
+    let args = with(i2v_args(&out, &[]), "--video-steps", Some("200"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nijigen"))
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in err.split(b'\n') {
+        let line = String::from_utf8_lossy(&line.unwrap()).into_owned();
+        let done = line.starts_with("still: ");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.starts_with("still: ")), "{seen:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let pid = child.id().to_string();
+    let k = std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(k.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen:?}");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // The finished still stays; no video, no sidecar, no temporary file.
+    assert_eq!(names, vec!["clip.png".to_string()]);
+    assert!(image::open(dir.path().join("clip.png")).is_ok());
+}
