@@ -624,10 +624,16 @@ fn ctrl_c_in_the_video_stage_leaves_no_partial_file() {
             break;
         }
     }
-    assert!(seen.last().is_some_and(|l| l.starts_with("still: ")), "{seen:?}");
+    assert!(
+        seen.last().is_some_and(|l| l.starts_with("still: ")),
+        "{seen:?}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let pid = child.id().to_string();
-    let k = std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let k = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
     assert!(k.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{seen:?}");

@@ -368,7 +368,11 @@ pub fn apply_image(a: &mut ImageArgs, m: Option<&ArgMatches>, c: &Context) -> an
     fill!(m, a.height, s.height);
     fill!(m, a.threads, f.threads);
     fill!(m, a.vram_budget, budget(f)?);
-    let find = &c.search;
+    Ok(())
+}
+
+/// Finds the files `image` names (after its request is checked: a bad size fails first).
+pub fn resolve_image(a: &mut ImageArgs, find: &Search) -> anyhow::Result<()> {
     a.model = find.resolve(&a.model, Slot::Checkpoint, "--model")?;
     find.resolve_opt(&mut a.clip_l, Slot::TextEncoder, "--clip-l")?;
     find.resolve_opt(&mut a.clip_g, Slot::TextEncoder, "--clip-g")?;
@@ -400,7 +404,11 @@ pub fn apply_video(a: &mut VideoArgs, m: Option<&ArgMatches>, c: &Context) -> an
     fill!(m, a.fps, s.fps);
     fill!(m, a.threads, f.threads);
     fill!(m, a.vram_budget, budget(f)?);
-    let find = &c.search;
+    Ok(())
+}
+
+/// Finds the files `video` names (after its request is checked).
+pub fn resolve_video(a: &mut VideoArgs, find: &Search) -> anyhow::Result<()> {
     a.model = find.resolve(&a.model, Slot::Diffusion, "--model")?;
     find.resolve_opt(&mut a.t5, Slot::TextEncoder, "--t5")?;
     find.resolve_opt(&mut a.t5_tokenizer, Slot::TextEncoder, "--t5-tokenizer")?;
@@ -447,7 +455,11 @@ pub fn apply_i2v(a: &mut I2vArgs, m: Option<&ArgMatches>, c: &Context) -> anyhow
     fill!(m, a.fps, v.fps);
     fill!(m, a.threads, f.threads);
     fill!(m, a.vram_budget, budget(f)?);
-    let find = &c.search;
+    Ok(())
+}
+
+/// Finds the files `i2v` names (after both requests are checked).
+pub fn resolve_i2v(a: &mut I2vArgs, find: &Search) -> anyhow::Result<()> {
     for (p, slot, flag) in [
         (&mut a.image_model, Slot::Checkpoint, "--image-model"),
         (&mut a.clip_l, Slot::TextEncoder, "--clip-l"),
@@ -465,32 +477,44 @@ pub fn apply_i2v(a: &mut I2vArgs, m: Option<&ArgMatches>, c: &Context) -> anyhow
     find.resolve_loras(&mut a.video_lora, "--video-lora")
 }
 
-/// Applies the settings to the command about to run (`matches`: its parsed command line).
-pub fn apply(cli: &mut Cli, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
+/// Applies the settings to the command about to run (`matches`: its parsed command line) and
+/// returns them; model files are found later, by each command after it checked its request
+/// (a `plan` has none, so its files are found here).
+pub fn apply(cli: &mut Cli, matches: Option<&ArgMatches>) -> anyhow::Result<Context> {
     let sub = |name: &str| matches.and_then(|m| m.subcommand_matches(name));
     let needs = matches!(
         cli.command,
         Command::Image(_) | Command::Video(_) | Command::I2v(_) | Command::Plan(_)
     );
     if !needs {
-        return Ok(());
+        return Ok(Context::default());
     }
     let c = context(&cli.models_dir, &cli.comfyui)?;
     match &mut cli.command {
-        Command::Image(a) => apply_image(a, sub("image"), &c),
-        Command::Video(a) => apply_video(a, sub("video"), &c),
-        Command::I2v(a) => apply_i2v(a, sub("i2v"), &c),
+        Command::Image(a) => apply_image(a, sub("image"), &c)?,
+        Command::Video(a) => apply_video(a, sub("video"), &c)?,
+        Command::I2v(a) => apply_i2v(a, sub("i2v"), &c)?,
         Command::Plan(p) => {
             let pm = sub("plan");
             let inner = |n: &str| pm.and_then(|m| m.subcommand_matches(n));
             match &mut p.what {
-                super::plan::PlanWhat::Image(a) => apply_image(a, inner("image"), &c),
-                super::plan::PlanWhat::Video(a) => apply_video(a, inner("video"), &c),
-                super::plan::PlanWhat::I2v(a) => apply_i2v(a, inner("i2v"), &c),
+                super::plan::PlanWhat::Image(a) => {
+                    apply_image(a, inner("image"), &c)?;
+                    resolve_image(a, &c.search)?;
+                }
+                super::plan::PlanWhat::Video(a) => {
+                    apply_video(a, inner("video"), &c)?;
+                    resolve_video(a, &c.search)?;
+                }
+                super::plan::PlanWhat::I2v(a) => {
+                    apply_i2v(a, inner("i2v"), &c)?;
+                    resolve_i2v(a, &c.search)?;
+                }
             }
         }
-        _ => Ok(()),
+        _ => {}
     }
+    Ok(c)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -162,7 +162,7 @@ pub fn run(args: DemoArgs, quiet: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("creating {}", args.output_dir.display()))?;
     let i2v_args = i2v_args(&models, &args)?;
-    let summary = i2v::execute(&i2v_args, quiet)?;
+    let summary = i2v::execute(&i2v_args, quiet, &Default::default())?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let s = DemoSummary {

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 
+use super::find::Search;
 use super::image::{
     check_device, explain, parse_lora, parse_sampler, parse_scheduler, random_seed, run_options,
     ImageArgs,
@@ -363,21 +364,24 @@ fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Runs both stages and returns the summary (nothing printed on stdout).
-pub fn execute(args: &I2vArgs, quiet: bool) -> anyhow::Result<I2vSummary> {
+/// Runs both stages and returns the summary (nothing printed on stdout); bare file names are
+/// looked up with `find`.
+pub fn execute(args: &I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<I2vSummary> {
     check_device(&args.device)?;
     let seed = args.seed.unwrap_or_else(random_seed);
-    let args = &I2vArgs {
+    let mut args = I2vArgs {
         seed: Some(seed),
         ..args.clone()
     };
-    let (ia, va) = args.stages()?;
     // Requests, files, memory plans of both stages: before anything is computed.
-    let mut image_req = super::image::request(&ia, seed)?;
-    sdxl::validate(&image_req).map_err(explain)?;
+    let (ia, va) = args.stages()?;
+    sdxl::validate(&super::image::request(&ia, seed)?).map_err(explain)?;
     let video_seed = va.seed.unwrap_or(seed);
+    wan::validate(&super::video::request(&va, None, video_seed)).map_err(explain)?;
+    super::config::resolve_i2v(&mut args, find)?;
+    let (ia, va) = args.stages()?;
+    let mut image_req = super::image::request(&ia, seed)?;
     let mut video_req = super::video::request(&va, None, video_seed);
-    wan::validate(&video_req).map_err(explain)?;
     let image_files = super::image::files(&ia);
     let video_files = super::video::files(&va);
     check_image_files(&image_files).map_err(explain)?;
@@ -524,8 +528,8 @@ pub fn print_summary(s: &I2vSummary, json: bool, quiet: bool) -> anyhow::Result<
     Ok(())
 }
 
-pub fn run(args: I2vArgs, quiet: bool) -> anyhow::Result<()> {
-    let summary = execute(&args, quiet)?;
+pub fn run(args: I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
+    let summary = execute(&args, quiet, find)?;
     print_summary(&summary, args.json, quiet)
 }
 

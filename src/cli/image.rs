@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 
+use super::find::Search;
 use super::progress::{Progress, Summary};
 use super::WithHint;
 use crate::media::output::unique_path;
@@ -318,11 +319,12 @@ pub(super) fn run_options(threads: usize) -> RunOptions {
     }
 }
 
-pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
+pub fn run(mut args: ImageArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
     check_device(&args.device)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let req = request(&args, seed)?;
     sdxl::validate(&req).map_err(explain)?;
+    super::config::resolve_image(&mut args, find)?;
     super::plan::check_image(&args)?;
     let files = files(&args);
     let opts = run_options(args.threads);

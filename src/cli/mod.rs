@@ -100,15 +100,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// [`run`] with the parsed command line (`None`: every value counts as given).
 pub fn run_with(mut cli: Cli, matches: Option<&clap::ArgMatches>) -> anyhow::Result<()> {
-    config::apply(&mut cli, matches)?;
+    let settings = config::apply(&mut cli, matches)?;
+    let find = &settings.search;
     let quiet = cli.quiet;
     match cli.command {
         Command::Convert(args) => convert::run(args, quiet),
         Command::Info(args) => info::run(args),
         Command::Devices(args) => devices::run(args),
-        Command::Image(args) => image::run(*args, quiet),
-        Command::Video(args) => video::run(*args, quiet),
-        Command::I2v(args) => i2v::run(*args, quiet),
+        Command::Image(args) => image::run(*args, quiet, find),
+        Command::Video(args) => video::run(*args, quiet, find),
+        Command::I2v(args) => i2v::run(*args, quiet, find),
         Command::Demo(args) => demo::run(args, quiet),
         Command::Config(args) => config::run(args, &cli.models_dir, &cli.comfyui),
         Command::Plan(args) => plan::run(args),

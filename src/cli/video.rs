@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 
+use super::find::Search;
 use super::image::{check_device, explain, random_seed, run_options};
 use super::progress::{Progress, Summary};
 use crate::media::video::{
@@ -290,7 +291,7 @@ impl Outputs {
     }
 }
 
-pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
+pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
     check_device(&args.device)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let image = match &args.image {
@@ -302,6 +303,7 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
     };
     let req = request(&args, image, seed);
     wan::validate(&req).map_err(explain)?;
+    super::config::resolve_video(&mut args, find)?;
     super::plan::check_video(&args)?;
     let shift = req
         .shift
