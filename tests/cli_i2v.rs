@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use common::{nijigen, stderr, stdout, write_tensors, St};
+use common::{stderr, stdout, write_tensors, St};
 use nijigen::demo::{self, DemoModels};
 use nijigen::media::GenerationParams;
 use serde_json::Value;
@@ -69,9 +69,10 @@ const SIZES: &[&str] = &[
 const PROMPT: &str = "1girl, silver hair, cherry blossoms";
 const MOTION: &str = "she turns her head and smiles";
 
+/// Runs the binary with no config file and no NIJIGEN_* folders from the environment.
 fn run(args: &[String]) -> std::process::Output {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    nijigen(&refs)
+    let cwd = std::env::current_dir().unwrap();
+    run_in(&cwd, args, &[("NIJIGEN_CONFIG", Path::new(""))])
 }
 
 fn i2v_args(out: &Path, extra: &[&str]) -> Vec<String> {
@@ -397,6 +398,7 @@ fn run_in(cwd: &Path, args: &[String], env: &[(&str, &Path)]) -> std::process::O
     }
     // No user config file from the machine running the tests.
     c.env("XDG_CONFIG_HOME", cwd.join("no-user-config"));
+    c.env("HOME", cwd.join("no-home"));
     for (k, v) in env {
         c.env(k, v);
     }
@@ -588,6 +590,10 @@ fn config_file_sets_models_and_defaults_and_flags_override_it() {
     assert_eq!(j["config_from"].as_str(), Some("NIJIGEN_CONFIG"));
     assert_eq!(get(&j, "image.steps").0, Value::from(9));
     assert_eq!(get(&j, "comfyui").0, Value::Null);
+    // NIJIGEN_CONFIG set and empty: no file at all, not even ./nijigen.toml.
+    let j = config(&[], &[("NIJIGEN_CONFIG", Path::new(""))]);
+    assert!(j["config_file"].is_null());
+    assert_eq!(get(&j, "image.steps"), (Value::from(25), "default".into()));
     // A typo in the file: one line naming the file, and a hint.
     std::fs::write(&other, "[image]\nstep = 9\n").unwrap();
     let o = run_in(root, &["config".to_string()], &[("NIJIGEN_CONFIG", &other)]);
@@ -610,6 +616,7 @@ fn ctrl_c_in_the_video_stage_leaves_no_partial_file() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nijigen"))
         .args(&args)
         .env_remove("RUST_LOG")
+        .env("NIJIGEN_CONFIG", "")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

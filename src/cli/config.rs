@@ -3,7 +3,8 @@
 //! and where each value came from.
 //!
 //! The config file is the first of: `$NIJIGEN_CONFIG`; `./nijigen.toml`;
-//! `$XDG_CONFIG_HOME/nijigen/nijigen.toml` (else `~/.config/nijigen/nijigen.toml`).
+//! `$XDG_CONFIG_HOME/nijigen/nijigen.toml` (else `~/.config/nijigen/nijigen.toml`); none when
+//! `NIJIGEN_CONFIG` is set and empty.
 //!
 //! ```toml
 //! models_dir = "/data/models"        # bare file names are looked up here (also NIJIGEN_MODELS)
@@ -155,6 +156,13 @@ fn user_config_path() -> Option<PathBuf> {
 /// Finds and parses the config file.
 pub fn load() -> anyhow::Result<Loaded> {
     let mut searched = Vec::new();
+    if std::env::var_os("NIJIGEN_CONFIG").is_some_and(|v| v.is_empty()) {
+        // Set and empty: no config file at all (scripts and tests that want only flags).
+        return Ok(Loaded {
+            origin: "none: NIJIGEN_CONFIG is empty",
+            ..Loaded::default()
+        });
+    }
     let (path, origin) =
         if let Some(p) = std::env::var_os("NIJIGEN_CONFIG").filter(|v| !v.is_empty()) {
             let p = PathBuf::from(p);
@@ -672,6 +680,7 @@ pub fn run(
     }
     match &l.path {
         Some(p) => writeln!(out, "config file: {} ({})", p.display(), l.origin)?,
+        None if !l.origin.is_empty() => writeln!(out, "config file: {}", l.origin)?,
         None => writeln!(
             out,
             "config file: none (looked for {})",
