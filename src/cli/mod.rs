@@ -63,7 +63,7 @@ pub enum Command {
     Config(config::ConfigArgs),
     /// List the compute devices of this build (CPU; CUDA GPUs) with free and total memory.
     Devices(devices::DevicesArgs),
-    /// Print the memory plan of an image or video run without computing: placement of every
+    /// Print the memory plan of an image, video or i2v run without computing: placement of every
     /// component, predicted peak device memory and RAM, bytes uploaded per step.
     Plan(plan::PlanArgs),
 }
