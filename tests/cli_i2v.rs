@@ -480,6 +480,49 @@ fn bare_names_are_found_in_models_dir_env_and_comfyui() {
         assert!(files.contains(&"demo_umt5.gguf"), "{files:?}");
         assert!(j["peak_device_bytes"].as_u64().unwrap() > 0);
     }
+    // The same lookup for `image` and `video` (their plans open every file).
+    for args in [
+        vec![
+            "plan",
+            "image",
+            "-m",
+            "demo_sdxl.safetensors",
+            "-W",
+            "128",
+            "-H",
+            "96",
+        ],
+        vec![
+            "plan",
+            "video",
+            "-m",
+            "demo_wan_i2v.gguf",
+            "--t5",
+            "demo_umt5.gguf",
+            "--clip-vision",
+            "demo_clip_vision.safetensors",
+            "--vae",
+            "demo_wan_vae.safetensors",
+            "-W",
+            "64",
+            "-H",
+            "48",
+            "--frames",
+            "5",
+        ],
+    ] {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend([
+            "--comfyui".to_string(),
+            "ComfyUI".to_string(),
+            "--json".to_string(),
+        ]);
+        let o = run_in(root, &a, &[]);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let o = run_in(root, &a[..a.len() - 3], &[]);
+        assert_eq!(o.status.code(), Some(1), "{args:?} without --comfyui");
+        assert!(stderr(&o).contains("not found in the working directory"));
+    }
     // In a ComfyUI folder, a file is looked up only in its slot's folders: the DiT is not a
     // text encoder, so --t5 does not find it under diffusion_models.
     let args = plan_by_name(&["--comfyui", "ComfyUI"]);

@@ -536,6 +536,38 @@ pub fn run(args: I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> I2vArgs {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: I2vArgs,
+        }
+        Wrap::try_parse_from(std::iter::once("i2v").chain(args.iter().copied()))
+            .unwrap()
+            .a
+    }
+
+    #[test]
+    fn still_size_follows_the_video_or_the_flags() {
+        assert_eq!(parse(&[]).still_size(), (1344, 768));
+        assert_eq!(parse(&["-W", "480", "-H", "832"]).still_size(), (768, 1344));
+        assert_eq!(parse(&["--image-width", "1024"]).still_size(), (1024, 592));
+        assert_eq!(parse(&["--image-height", "960"]).still_size(), (1664, 960));
+        let a = parse(&["--image-width", "800", "--image-height", "600"]);
+        assert_eq!(a.still_size(), (800, 600));
+        // Stage 2 gets the video size and the motion prompt (the prompt without one).
+        let v = a.video_args("m".into(), "s.png".into(), "o.mp4".into());
+        assert_eq!(
+            (v.width, v.height, v.prompt.as_str()),
+            (Some(832), Some(480), "")
+        );
+        let a = parse(&["-p", "girl", "--seed", "5", "--video-seed", "6"]);
+        let v = a.video_args("m".into(), "s.png".into(), "o.mp4".into());
+        assert_eq!((v.prompt.as_str(), v.seed), ("girl", Some(6)));
+        assert_eq!(a.image_args("m".into(), "s.png".into()).seed, Some(5));
+    }
 
     #[test]
     fn video_and_still_share_a_free_name() {
