@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod demo;
 pub mod formats;
 pub mod ggml;
 pub mod lora;

@@ -7,13 +7,15 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 
+use super::find::Search;
 use super::progress::{Progress, Summary};
-use super::{human_bytes, WithHint};
+use super::WithHint;
 use crate::media::output::unique_path;
 use crate::media::png::write_png;
 use crate::media::{GenerationParams, LoraRef};
 use crate::pipeline::sdxl::{self, InitImage, SdxlFiles, SdxlRequest, SizeCond};
-use crate::pipeline::{PipelineError, RunOptions};
+use crate::pipeline::{Memory, PipelineError, RunOptions};
+use crate::runtime::plan::{Component, Plan};
 use crate::sampling::{SamplerKind, Scheduler};
 
 #[derive(Debug, Args)]
@@ -24,7 +26,8 @@ use crate::sampling::{SamplerKind, Scheduler};
 pub struct ImageArgs {
     /// SDXL-family checkpoint (.safetensors), UNet-only file (.gguf / .safetensors), or a
     /// diffusers folder.
-    #[arg(long, short = 'm', value_name = "FILE", help_heading = "Models")]
+    /// A path, or a file name in --models-dir / --comfyui; default: `model` in nijigen.toml.
+    #[arg(long, short = 'm', value_name = "FILE", default_value = "", hide_default_value = true, value_parser = super::find::any_path, help_heading = "Models")]
     pub model: PathBuf,
     /// CLIP-L text encoder (HF names), when the model file has none or to replace it.
     #[arg(long, value_name = "FILE", help_heading = "Models")]
@@ -202,18 +205,24 @@ pub(super) fn check_device(device: &str) -> anyhow::Result<()> {
 
 /// Adds hints to pipeline errors a user can act on.
 pub(super) fn explain(e: PipelineError) -> anyhow::Error {
-    match e {
-        PipelineError::WrongModel { .. } => anyhow::Error::new(WithHint {
-            error: e.to_string(),
-            hint: "`nijigen info FILE` shows what a weight file contains".into(),
-        }),
-        e => anyhow::Error::new(e),
-    }
+    let hint = match &e {
+        PipelineError::WrongModel { .. } | PipelineError::Mismatch(_) => {
+            "`nijigen info FILE` shows what a weight file contains"
+        }
+        PipelineError::MissingComponent { .. } => {
+            "a path, or a bare file name found in --models-dir, NIJIGEN_MODELS or --comfyui"
+        }
+        PipelineError::Request(_) => "`--help` lists each option's accepted values",
+        _ => return anyhow::Error::new(e),
+    };
+    anyhow::Error::new(WithHint {
+        error: e.to_string(),
+        hint: hint.into(),
+    })
 }
 
-pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
-    check_device(&args.device)?;
-    let seed = args.seed.unwrap_or_else(random_seed);
+/// The request `args` describe (the init image read from its file).
+pub(super) fn request(args: &ImageArgs, seed: u64) -> anyhow::Result<SdxlRequest> {
     let init_image = match &args.init_image {
         Some(path) => {
             let (rgb, width, height) = crate::media::image::load_rgb(path)?;
@@ -232,7 +241,7 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
             target: args.target_size.unwrap_or(d.target),
         }
     });
-    let mut req = SdxlRequest {
+    Ok(SdxlRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
         width: args.width,
@@ -247,28 +256,96 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
         strength: args.strength,
         vae_tile: args.vae_tile,
         size_cond,
-    };
-    sdxl::validate(&req).map_err(explain)?;
-    let memory = super::plan::memory_image(&args)?;
-    if let Some((_, plan)) = &memory {
-        // The planner's VAE tile unless the user chose one.
-        let planned = plan
-            .get(crate::runtime::plan::Component::VaeSdxl)
-            .and_then(|c| c.tile);
-        req.vae_tile = req.vae_tile.or(planned);
-    }
-    let files = SdxlFiles {
+    })
+}
+
+/// The weight files `args` name.
+pub(super) fn files(args: &ImageArgs) -> SdxlFiles {
+    SdxlFiles {
         model: args.model.clone(),
         clip_l: args.clip_l.clone(),
         clip_g: args.clip_g.clone(),
         vae: args.vae.clone(),
         loras: args.lora.clone(),
-    };
-    let opts = RunOptions {
-        threads: args.threads,
-        memory: memory.as_ref().map(|(m, _)| m.clone()),
+    }
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The A1111 `parameters` of image `index` of a batch.
+pub(super) fn png_params(args: &ImageArgs, req: &SdxlRequest, index: usize) -> GenerationParams {
+    let mut params = GenerationParams::new(req.prompt.clone());
+    params.negative = req.negative_prompt.clone();
+    params.steps = req.steps as u32;
+    params.sampler = req.sampler.name().into();
+    params.scheduler = req.scheduler.name().into();
+    params.cfg = req.cfg;
+    params.seed = req.seed;
+    params.width = req.width;
+    params.height = req.height;
+    params.model = stem(&args.model);
+    params.loras = args
+        .lora
+        .iter()
+        .map(|(p, w)| LoraRef {
+            name: stem(p),
+            weight: *w,
+            hash: None,
+        })
+        .collect();
+    if req.init_image.is_some() {
+        params
+            .extra
+            .push(("Denoising strength".into(), format!("{}", req.strength)));
+    }
+    if args.batch > 1 {
+        params
+            .extra
+            .push(("Batch size".into(), args.batch.to_string()));
+        params.extra.push(("Batch pos".into(), index.to_string()));
+    }
+    if let Some(t) = req.vae_tile {
+        params.extra.push(("VAE tile".into(), t.to_string()));
+    }
+    params
+}
+
+/// Run options with the process-wide Ctrl-C flag and the memory plan (if any).
+pub(super) fn run_options(threads: usize, memory: Option<&(Memory, Plan)>) -> RunOptions {
+    RunOptions {
+        threads,
+        memory: memory.map(|(m, _)| m.clone()),
         cancel: Some(super::progress::cancel_flag()),
-    };
+    }
+}
+
+/// The planner's VAE tile for `component` when the user chose none.
+pub(super) fn planned_tile(
+    chosen: Option<u32>,
+    memory: Option<&(Memory, Plan)>,
+    component: Component,
+) -> Option<u32> {
+    chosen.or_else(|| {
+        memory
+            .and_then(|(_, p)| p.get(component))
+            .and_then(|c| c.tile)
+    })
+}
+
+pub fn run(mut args: ImageArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
+    check_device(&args.device)?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let mut req = request(&args, seed)?;
+    sdxl::validate(&req).map_err(explain)?;
+    super::config::resolve_image(&mut args, find)?;
+    let memory = super::plan::memory_image(&args)?;
+    req.vae_tile = planned_tile(req.vae_tile, memory.as_ref(), Component::VaeSdxl);
+    let files = files(&args);
+    let opts = run_options(args.threads, memory.as_ref());
     if !quiet && !args.json {
         eprintln!("seed {seed}");
     }
@@ -279,50 +356,15 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
     let out = out.map_err(explain)?;
 
     let paths = batch_paths(&args.output, args.batch, args.overwrite);
-    let model_name = args
-        .model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
     for (i, (img, path)) in out.images.iter().zip(&paths).enumerate() {
-        let mut params = GenerationParams::new(req.prompt.clone());
-        params.negative = req.negative_prompt.clone();
-        params.steps = req.steps as u32;
-        params.sampler = req.sampler.name().into();
-        params.scheduler = req.scheduler.name().into();
-        params.cfg = req.cfg;
-        params.seed = seed;
-        params.width = req.width;
-        params.height = req.height;
-        params.model = model_name.clone();
-        params.loras = args
-            .lora
-            .iter()
-            .map(|(p, w)| LoraRef {
-                name: p
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                weight: *w,
-                hash: None,
-            })
-            .collect();
-        if req.init_image.is_some() {
-            params
-                .extra
-                .push(("Denoising strength".into(), format!("{}", req.strength)));
-        }
-        if args.batch > 1 {
-            params
-                .extra
-                .push(("Batch size".into(), args.batch.to_string()));
-            params.extra.push(("Batch pos".into(), i.to_string()));
-        }
-        if let Some(t) = req.vae_tile {
-            params.extra.push(("VAE tile".into(), t.to_string()));
-        }
-        write_png(path, &img.rgb, img.width, img.height, &params)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_png(
+            path,
+            &img.rgb,
+            img.width,
+            img.height,
+            &png_params(&args, &req, i),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     let summary = Summary {
         outputs: paths.clone(),
@@ -340,22 +382,7 @@ pub fn run(args: ImageArgs, quiet: bool) -> anyhow::Result<()> {
         for p in &paths {
             writeln!(stdout, "wrote {}", p.display())?;
         }
-        let t = &out.timings;
-        writeln!(
-            stdout,
-            "seed {seed}; load {:.1} s, encode {:.1} s, sample {:.1} s, decode {:.1} s, \
-             total {:.1} s; peak RAM {}",
-            t.load_s,
-            t.encode_s,
-            t.sample_s,
-            t.decode_s,
-            summary.total_s,
-            summary.peak_ram_bytes.map_or("?".into(), human_bytes),
-        )?;
-        let device = summary.device_text();
-        if !device.is_empty() {
-            writeln!(stdout, "{}", device.trim_start_matches("; "))?;
-        }
+        writeln!(stdout, "{}", summary.line())?;
     }
     Ok(())
 }

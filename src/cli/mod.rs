@@ -1,15 +1,20 @@
 //! Command-line interface: clap definitions (one file per subcommand), logging setup, and the
 //! one place where errors become messages and exit codes.
 
+pub mod config;
 mod convert;
+mod demo;
 mod devices;
-mod image;
+pub mod find;
+pub mod i2v;
+pub mod image;
 mod info;
 pub mod plan;
 pub mod progress;
-mod video;
+pub mod video;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +29,15 @@ pub struct Cli {
     /// Only errors; no progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Folder where bare model file names are looked up (also its ComfyUI-style subfolders);
+    /// else NIJIGEN_MODELS, else `models_dir` in nijigen.toml.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// A ComfyUI folder: bare names are looked up in its models/checkpoints, diffusion_models,
+    /// unet, text_encoders, clip, clip_vision, vae, loras; else NIJIGEN_COMFYUI, else `comfyui`
+    /// in nijigen.toml.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub comfyui: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -38,9 +52,18 @@ pub enum Command {
     Image(Box<image::ImageArgs>),
     /// Animate a still with Wan2.1 image-to-video (or text-to-video with a T2V model).
     Video(Box<video::VideoArgs>),
+    /// Both stages in one run: an SDXL still from --prompt, then Wan2.1 animating it with
+    /// --motion (the still is saved beside the video).
+    I2v(Box<i2v::I2vArgs>),
+    /// Run both stages on tiny random-weight models (no download): writes demo.png and
+    /// demo.mp4 and prints what a real run needs.
+    Demo(demo::DemoArgs),
+    /// Print the settings in effect (flags, environment, nijigen.toml, defaults) and where
+    /// each one comes from.
+    Config(config::ConfigArgs),
     /// List the compute devices of this build (CPU; CUDA GPUs) with free and total memory.
     Devices(devices::DevicesArgs),
-    /// Print the memory plan of an image or video run without computing: placement of every
+    /// Print the memory plan of an image, video or i2v run without computing: placement of every
     /// component, predicted peak device memory and RAM, bytes uploaded per step.
     Plan(plan::PlanArgs),
 }
@@ -65,15 +88,30 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
         .try_init();
 }
 
-/// Runs the chosen subcommand.
+/// Runs the chosen subcommand, with the settings of the environment and nijigen.toml applied
+/// to what the command line leaves unset.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // The parse again, for where each value came from (command line or default).
+    let matches = <Cli as clap::CommandFactory>::command()
+        .try_get_matches_from(std::env::args_os())
+        .ok();
+    run_with(cli, matches.as_ref())
+}
+
+/// [`run`] with the parsed command line (`None`: every value counts as given).
+pub fn run_with(mut cli: Cli, matches: Option<&clap::ArgMatches>) -> anyhow::Result<()> {
+    let settings = config::apply(&mut cli, matches)?;
+    let find = &settings.search;
     let quiet = cli.quiet;
     match cli.command {
         Command::Convert(args) => convert::run(args, quiet),
         Command::Info(args) => info::run(args),
         Command::Devices(args) => devices::run(args),
-        Command::Image(args) => image::run(*args, quiet),
-        Command::Video(args) => video::run(*args, quiet),
+        Command::Image(args) => image::run(*args, quiet, find),
+        Command::Video(args) => video::run(*args, quiet, find),
+        Command::I2v(args) => i2v::run(*args, quiet, find),
+        Command::Demo(args) => demo::run(args, quiet),
+        Command::Config(args) => config::run(args, &cli.models_dir, &cli.comfyui),
         Command::Plan(args) => plan::run(args),
     }
 }

@@ -46,6 +46,9 @@ pub enum PlanWhat {
     Image(Box<ImageArgs>),
     /// Plan `nijigen video` with these arguments.
     Video(Box<VideoArgs>),
+    /// Plan both stages of `nijigen i2v` with these arguments (each stage alone: stage 1 is
+    /// released before stage 2 loads).
+    I2v(Box<super::i2v::I2vArgs>),
 }
 
 pub fn parse_budget(s: &str) -> Result<u64, String> {
@@ -675,6 +678,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
             a.json,
             video_inputs(a)?,
         ),
+        PlanWhat::I2v(a) => return run_i2v(a),
     };
     super::image::check_device(device)?;
     let (components, rows, what) = inputs;
@@ -685,6 +689,42 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     } else {
         print_table(&mut out, &p, &rows, &what)?;
     }
+    Ok(())
+}
+
+/// `plan i2v`: the plan of each stage, and the run's peak (the larger of the two).
+fn run_i2v(a: &super::i2v::I2vArgs) -> anyhow::Result<()> {
+    super::image::check_device(&a.device)?;
+    let (ia, va) = a.stages()?;
+    let (ic, irows, iwhat) = image_inputs(&ia)?;
+    let still = make_plan(ia.vram_budget, image_options(&ia), ic)?;
+    let (vc, vrows, vwhat) = video_inputs(&va)?;
+    let video = make_plan(va.vram_budget, video_options(&va), vc)?;
+    let peak_device = still.peak_device.max(video.peak_device);
+    let peak_ram = still.peak_ram.max(video.peak_ram);
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v = json!({
+            "still": plan_json(&still, &irows, &iwhat),
+            "video": plan_json(&video, &vrows, &vwhat),
+            "peak_device_bytes": peak_device,
+            "peak_ram_bytes": peak_ram,
+        });
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    writeln!(out, "stage 1 (still):")?;
+    print_table(&mut out, &still, &irows, &iwhat)?;
+    writeln!(out, "\nstage 2 (video; stage 1 released first):")?;
+    print_table(&mut out, &video, &vrows, &vwhat)?;
+    writeln!(
+        out,
+        "\npredicted peak of the run: device {} ({}), RAM {} ({})",
+        mib(peak_device),
+        human_bytes(peak_device),
+        mib(peak_ram),
+        human_bytes(peak_ram)
+    )?;
     Ok(())
 }
 

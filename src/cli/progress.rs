@@ -37,6 +37,33 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// "seed 42; load 1.0 s, encode ..., total 9.9 s; peak RAM 1.2 GiB".
+    pub fn line(&self) -> String {
+        format!(
+            "seed {}; {}, total {:.1} s; peak RAM {}{}",
+            self.seed,
+            timings_text(&self.timings),
+            self.total_s,
+            ram_text(self.peak_ram_bytes),
+            self.device_text()
+        )
+    }
+}
+
+/// "load 1.0 s, encode 0.2 s, sample 30.1 s, decode 2.0 s".
+pub fn timings_text(t: &Timings) -> String {
+    format!(
+        "load {:.1} s, encode {:.1} s, sample {:.1} s, decode {:.1} s",
+        t.load_s, t.encode_s, t.sample_s, t.decode_s
+    )
+}
+
+/// A peak RAM figure, "?" where the platform does not tell.
+pub fn ram_text(bytes: Option<u64>) -> String {
+    bytes.map_or("?".into(), super::human_bytes)
+}
+
 /// Peak resident set size of this process, from /proc/self/status (`None` elsewhere).
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -71,6 +98,8 @@ pub struct Progress {
     quiet: bool,
     bar: Option<ProgressBar>,
     stage: &'static str,
+    /// Put before every message ("[1/2 still] "), for commands that run several stages.
+    prefix: String,
 }
 
 fn style(template: &str) -> ProgressStyle {
@@ -93,14 +122,22 @@ impl Progress {
             quiet,
             bar: None,
             stage: "",
+            prefix: String::new(),
         }
+    }
+
+    /// Bars whose messages start with `[label] `.
+    pub fn labelled(quiet: bool, label: &str) -> Progress {
+        let mut p = Progress::new(quiet);
+        p.prefix = format!("[{label}] ");
+        p
     }
 
     fn spinner(&mut self, msg: &str) {
         self.finish();
         let bar = ProgressBar::new_spinner();
         bar.set_style(style("{spinner} {msg} [{elapsed}]"));
-        bar.set_message(msg.to_string());
+        bar.set_message(format!("{}{msg}", self.prefix));
         bar.enable_steady_tick(Duration::from_millis(120));
         self.bar = Some(bar);
     }
@@ -110,7 +147,8 @@ impl Progress {
             self.finish();
             let bar = ProgressBar::new(total);
             bar.set_style(style(&format!(
-                "{label:>7} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {{msg}} (eta {{eta}})"
+                "{}{label:>7} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {{msg}} (eta {{eta}})",
+                self.prefix
             )));
             self.bar = Some(bar);
         }
@@ -139,7 +177,8 @@ impl Progress {
             } => {
                 if let Some(b) = &self.bar {
                     b.set_message(format!(
-                        "loading models: {component} from {} ({})",
+                        "{}loading models: {component} from {} ({})",
+                        self.prefix,
                         path.display(),
                         super::human_bytes(bytes)
                     ));

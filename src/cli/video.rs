@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::human_bytes;
-use super::image::{check_device, explain, random_seed};
+use super::find::Search;
+use super::image::{check_device, explain, planned_tile, random_seed, run_options};
 use super::progress::{Progress, Summary};
 use crate::media::video::{
     write_sidecar_json, FrameDirWriter, VideoMetadata, VideoOptions, VideoWriter,
 };
-use crate::pipeline::wan::{self, WanFiles, WanRequest, DEFAULT_FPS};
+use crate::pipeline::wan::{self, WanFiles, WanOutput, WanRequest, DEFAULT_FPS};
 use crate::pipeline::{InitImage, RunOptions};
 use crate::sampling::{SamplerKind, Scheduler};
 
@@ -23,7 +23,8 @@ use crate::sampling::{SamplerKind, Scheduler};
     -i still.png -p 'she turns her head and smiles, hair blowing in the wind' -o clip.mp4")]
 pub struct VideoArgs {
     /// Wan2.1 DiT: GGUF (any quant), ComfyUI .safetensors, or a diffusers folder.
-    #[arg(long, short = 'm', value_name = "FILE", help_heading = "Models")]
+    /// A path, or a file name in --models-dir / --comfyui; default: `model` in nijigen.toml.
+    #[arg(long, short = 'm', value_name = "FILE", default_value = "", hide_default_value = true, value_parser = super::find::any_path, help_heading = "Models")]
     pub model: PathBuf,
     /// umT5-XXL encoder: GGUF (tokenizer inside) or safetensors (with --t5-tokenizer).
     #[arg(long, value_name = "FILE", help_heading = "Models")]
@@ -160,21 +161,13 @@ fn parameters_json(args: &VideoArgs, req: &WanRequest, shift: f64) -> String {
     v.to_string()
 }
 
-pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
-    check_device(&args.device)?;
-    let seed = args.seed.unwrap_or_else(random_seed);
-    let image = match &args.image {
-        Some(path) => {
-            let (rgb, width, height) = crate::media::image::load_rgb(path)?;
-            Some(InitImage { rgb, width, height })
-        }
-        None => None,
-    };
+/// The request `args` describe, with `image` as the first frame.
+pub(super) fn request(args: &VideoArgs, image: Option<InitImage>, seed: u64) -> WanRequest {
     let (dw, dh) = match &image {
         Some(img) => wan::size_for_image(img.width, img.height),
         None => (832, 480),
     };
-    let mut req = WanRequest {
+    WanRequest {
         image,
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
@@ -189,55 +182,137 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
         seed,
         vae_tile: args.vae_tile,
         keep_decoded: false,
-    };
-    wan::validate(&req).map_err(explain)?;
-    let memory = super::plan::memory_video(&args)?;
-    if let Some((_, plan)) = &memory {
-        // The planner's VAE tile unless the user chose one.
-        let planned = plan
-            .get(crate::runtime::plan::Component::VaeWan)
-            .and_then(|c| c.tile);
-        req.vae_tile = req.vae_tile.or(planned);
     }
-    let shift = req
-        .shift
-        .unwrap_or_else(|| wan::default_shift(req.width, req.height));
-    let files = WanFiles {
+}
+
+/// The weight files `args` name.
+pub(super) fn files(args: &VideoArgs) -> WanFiles {
+    WanFiles {
         model: args.model.clone(),
         t5: args.t5.clone(),
         t5_tokenizer: args.t5_tokenizer.clone(),
         clip_vision: args.clip_vision.clone(),
         vae: args.vae.clone(),
         loras: args.lora.clone(),
-    };
-    let opts = RunOptions {
-        threads: args.threads,
-        memory: memory.as_ref().map(|(m, _)| m.clone()),
-        cancel: Some(super::progress::cancel_flag()),
-    };
-    // Open the outputs first: a bad path fails before minutes of sampling.
-    let json = parameters_json(&args, &req, shift);
-    let meta = VideoMetadata {
-        title: args.prompt.chars().take(120).collect(),
-        comment: format!("nijigen video, seed {seed}"),
-        parameters_json: json.clone(),
-    };
-    let vopts = VideoOptions {
-        fps: args.fps,
-        qp: args.qp,
-        overwrite: args.overwrite,
-        ..VideoOptions::default()
-    };
-    let mut writer = VideoWriter::create(&args.output, req.width, req.height, &vopts, &meta)?;
-    let mut frames_dir = match &args.frames_dir {
-        Some(d) => Some(FrameDirWriter::create(
-            d,
-            req.width,
-            req.height,
-            args.overwrite,
-        )?),
+    }
+}
+
+/// The open outputs of a video run: created before computing, so a bad path fails first.
+pub(super) struct Outputs {
+    pub writer: VideoWriter,
+    pub frames_dir: Option<FrameDirWriter>,
+    /// The parameters JSON (MP4 metadata and sidecar).
+    pub json: String,
+}
+
+impl Outputs {
+    pub fn open(args: &VideoArgs, req: &WanRequest) -> anyhow::Result<Outputs> {
+        let shift = req
+            .shift
+            .unwrap_or_else(|| wan::default_shift(req.width, req.height));
+        let json = parameters_json(args, req, shift);
+        let meta = VideoMetadata {
+            title: args.prompt.chars().take(120).collect(),
+            comment: format!("nijigen video, seed {}", req.seed),
+            parameters_json: json.clone(),
+        };
+        let vopts = VideoOptions {
+            fps: args.fps,
+            qp: args.qp,
+            overwrite: args.overwrite,
+            ..VideoOptions::default()
+        };
+        let writer = VideoWriter::create(&args.output, req.width, req.height, &vopts, &meta)?;
+        let frames_dir = match &args.frames_dir {
+            Some(d) => Some(FrameDirWriter::create(
+                d,
+                req.width,
+                req.height,
+                args.overwrite,
+            )?),
+            None => None,
+        };
+        Ok(Outputs {
+            writer,
+            frames_dir,
+            json,
+        })
+    }
+
+    /// Loads the models, generates `req` with each frame written as it is decoded, releases
+    /// the models; the load time is counted in the timings.
+    pub fn render(
+        &mut self,
+        files: &WanFiles,
+        req: &WanRequest,
+        opts: &RunOptions,
+        progress: &mut Progress,
+    ) -> anyhow::Result<WanOutput> {
+        let t0 = Instant::now();
+        let result = wan::with_models(
+            files,
+            req.image.is_some(),
+            opts,
+            &mut |e| progress.event(e),
+            |m, events| {
+                let load_s = t0.elapsed().as_secs_f64();
+                let mut out = m.generate(req, events, &mut |_, rgb| {
+                    self.writer.push_frame(rgb)?;
+                    if let Some(d) = self.frames_dir.as_mut() {
+                        d.push_frame(rgb)?;
+                    }
+                    Ok(())
+                })?;
+                out.timings.load_s = load_s;
+                Ok(out)
+            },
+        );
+        progress.finish();
+        result.map_err(explain)
+    }
+
+    /// Completes the files: the video (renamed onto its final name), its sidecar JSON, and the
+    /// frames folder if any, in that order.
+    pub fn finish(self) -> anyhow::Result<Vec<PathBuf>> {
+        let path = self.writer.finish()?;
+        let sidecar = write_sidecar_json(&path, &self.json)?;
+        let mut outputs = vec![path, sidecar];
+        if let Some(d) = &self.frames_dir {
+            outputs.push(d.dir().to_path_buf());
+        }
+        Ok(outputs)
+    }
+
+    /// "wrote DIR (N frames)" for the frames folder, if any.
+    pub fn frames_note(&self) -> Option<String> {
+        self.frames_dir
+            .as_ref()
+            .map(|d| format!("wrote {} frames to {}", d.frames(), d.dir().display()))
+    }
+}
+
+pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
+    check_device(&args.device)?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let image = match &args.image {
+        Some(path) => {
+            let (rgb, width, height) = crate::media::image::load_rgb(path)?;
+            Some(InitImage { rgb, width, height })
+        }
         None => None,
     };
+    let mut req = request(&args, image, seed);
+    wan::validate(&req).map_err(explain)?;
+    super::config::resolve_video(&mut args, find)?;
+    let memory = super::plan::memory_video(&args)?;
+    let vae = crate::runtime::plan::Component::VaeWan;
+    req.vae_tile = planned_tile(req.vae_tile, memory.as_ref(), vae);
+    let shift = req
+        .shift
+        .unwrap_or_else(|| wan::default_shift(req.width, req.height));
+    let files = files(&args);
+    let opts = run_options(args.threads, memory.as_ref());
+    let mut outputs = Outputs::open(&args, &req)?;
     if !quiet && !args.json {
         eprintln!(
             "seed {seed}; {}x{}, {} frames, shift {shift}",
@@ -246,31 +321,11 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
     }
     let start = Instant::now();
     let mut progress = Progress::new(quiet);
-    let result = wan::with_models(
-        &files,
-        req.image.is_some(),
-        &opts,
-        &mut |e| progress.event(e),
-        |m, events| {
-            m.generate(&req, events, &mut |_, rgb| {
-                writer.push_frame(rgb)?;
-                if let Some(d) = frames_dir.as_mut() {
-                    d.push_frame(rgb)?;
-                }
-                Ok(())
-            })
-        },
-    );
-    progress.finish();
-    let out = result.map_err(explain)?;
-    let path = writer.finish()?;
-    let sidecar = write_sidecar_json(&path, &json)?;
-    let mut outputs = vec![path.clone(), sidecar];
-    if let Some(d) = &frames_dir {
-        outputs.push(d.dir().to_path_buf());
-    }
+    let out = outputs.render(&files, &req, &opts, &mut progress)?;
+    let frames_note = outputs.frames_note();
+    let paths = outputs.finish()?;
     let summary = Summary {
-        outputs,
+        outputs: paths.clone(),
         seed,
         timings: out.timings.clone(),
         total_s: start.elapsed().as_secs_f64(),
@@ -285,33 +340,13 @@ pub fn run(args: VideoArgs, quiet: bool) -> anyhow::Result<()> {
         writeln!(
             stdout,
             "wrote {} ({} frames)",
-            path.display(),
+            paths[0].display(),
             out.frames.len()
         )?;
-        if let Some(d) = &frames_dir {
-            writeln!(
-                stdout,
-                "wrote {} frames to {}",
-                d.frames(),
-                d.dir().display()
-            )?;
+        if let Some(note) = frames_note {
+            writeln!(stdout, "{note}")?;
         }
-        let t = &out.timings;
-        writeln!(
-            stdout,
-            "seed {seed}; load {:.1} s, encode {:.1} s, sample {:.1} s, decode {:.1} s, \
-             total {:.1} s; peak RAM {}",
-            t.load_s,
-            t.encode_s,
-            t.sample_s,
-            t.decode_s,
-            summary.total_s,
-            summary.peak_ram_bytes.map_or("?".into(), human_bytes),
-        )?;
-        let device = summary.device_text();
-        if !device.is_empty() {
-            writeln!(stdout, "{}", device.trim_start_matches("; "))?;
-        }
+        writeln!(stdout, "{}", summary.line())?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Generation pipelines: the models of a stage loaded from the files users have, run in order
 //! (text encoders, sampler over the denoiser, VAE), with progress reported to the caller.
 
+pub mod i2v;
 pub mod sdxl;
 pub mod wan;
 

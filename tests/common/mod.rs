@@ -60,11 +60,15 @@ pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Runs the nijigen binary with `args`.
+/// Runs the nijigen binary with `args`, isolated from the user's settings (no config file, no
+/// models folders from the environment).
 pub fn nijigen(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nijigen"))
         .args(args)
         .env_remove("RUST_LOG")
+        .env("NIJIGEN_CONFIG", "")
+        .env_remove("NIJIGEN_MODELS")
+        .env_remove("NIJIGEN_COMFYUI")
         .output()
         .expect("run nijigen")
 }

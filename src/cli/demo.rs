@@ -1,0 +1,187 @@
+//! `nijigen demo`: the whole two-stage pipeline on tiny random-weight models, no download.
+//!
+//! The models ([`crate::demo`]) are written to a cache folder the first time (and again when
+//! missing or built by another version), then `nijigen i2v` runs on them at a tiny size on
+//! the CPU. The outputs are noise-like pictures (the weights are random); what the demo shows
+//! is every stage running, the files it writes, and what a real run needs.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser};
+
+use super::i2v::{self, I2vArgs, I2vSummary};
+use super::WithHint;
+use crate::demo::{self, DemoModels};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The weights are random: demo.png and demo.mp4 are noise-like \
+    patterns. `nijigen demo` prints the files and the command of a real run at the end."
+)]
+pub struct DemoArgs {
+    /// Where the tiny models are kept (default: $XDG_CACHE_HOME/nijigen/demo or
+    /// ~/.cache/nijigen/demo); written when missing or stale.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Folder for demo.png and demo.mp4 (numbered names if they exist, unless --overwrite).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub output_dir: PathBuf,
+    /// Replace existing demo.png / demo.mp4.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Seed of both stages.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// CPU threads (default: all cores).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The demo's request: what `nijigen i2v` would be given.
+const PROMPT: &str = "1girl, silver hair, school uniform, cherry blossoms, masterpiece";
+const MOTION: &str = "she turns her head and smiles, petals falling in the wind";
+
+/// `nijigen i2v` arguments for the demo models (the still at 128 x 96, the video at 64 x 48 with
+/// 9 frames, few steps: well under a minute on two CPU cores).
+fn i2v_args(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vArgs> {
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: I2vArgs,
+    }
+    let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+    let output = a.output_dir.join("demo.mp4");
+    let mut argv: Vec<String> = [
+        "i2v",
+        "--image-model",
+        &path(&m.sdxl),
+        "--video-model",
+        &path(&m.dit),
+        "--t5",
+        &path(&m.t5),
+        "--clip-vision",
+        &path(&m.clip_vision),
+        "--video-vae",
+        &path(&m.vae),
+        "-p",
+        PROMPT,
+        "--motion",
+        MOTION,
+        "-W",
+        "64",
+        "-H",
+        "48",
+        "--image-width",
+        "128",
+        "--image-height",
+        "96",
+        "--frames",
+        "9",
+        "--fps",
+        "8",
+        "--image-steps",
+        "6",
+        "--video-steps",
+        "4",
+        "--seed",
+        &a.seed.to_string(),
+        "--threads",
+        &a.threads.to_string(),
+        "-o",
+        &path(&output),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if a.overwrite {
+        argv.push("--overwrite".into());
+    }
+    if a.json {
+        argv.push("--json".into());
+    }
+    Ok(Wrap::try_parse_from(argv)?.args)
+}
+
+/// What `--json` prints.
+#[derive(serde::Serialize)]
+struct DemoSummary<'a> {
+    cache_dir: &'a std::path::Path,
+    models_built: bool,
+    #[serde(flatten)]
+    run: &'a I2vSummary,
+}
+
+const REAL_RUN: &str = "\
+A real run needs these files (see README \"Quickstart\"), in a ComfyUI folder (--comfyui DIR)
+or one models folder (--models-dir DIR or NIJIGEN_MODELS):
+  still  an SDXL-family checkpoint, e.g. illustriousXL_v01.safetensors  (models/checkpoints)
+  video  wan2.1-i2v-14b-480p-Q4_K_M.gguf   city96/Wan2.1-I2V-14B-480P-gguf  (models/diffusion_models)
+         umt5-xxl-encoder-Q8_0.gguf        city96/umt5-xxl-encoder-gguf     (models/text_encoders)
+         clip_vision_h.safetensors         Comfy-Org/Wan_2.1_ComfyUI_repackaged (models/clip_vision)
+         wan_2.1_vae.safetensors           Comfy-Org/Wan_2.1_ComfyUI_repackaged (models/vae)
+then:
+  nijigen i2v --comfyui ~/ComfyUI --image-model illustriousXL_v01.safetensors \\
+    --video-model wan2.1-i2v-14b-480p-Q4_K_M.gguf --t5 umt5-xxl-encoder-Q8_0.gguf \\
+    --clip-vision clip_vision_h.safetensors --video-vae wan_2.1_vae.safetensors \\
+    -p '1girl, silver hair, school uniform, cherry blossoms, masterpiece' \\
+    --motion 'she turns her head and smiles, petals falling in the wind' -o clip.mp4";
+
+pub fn run(args: DemoArgs, quiet: bool) -> anyhow::Result<()> {
+    let dir = match &args.cache_dir {
+        Some(d) => d.clone(),
+        None => demo::default_cache_dir().ok_or_else(|| WithHint {
+            error: "no cache folder: neither XDG_CACHE_HOME nor HOME is set".into(),
+            hint: "pass --cache-dir DIR".into(),
+        })?,
+    };
+    let chatty = !quiet && !args.json;
+    if chatty {
+        eprintln!(
+            "nijigen demo: tiny random-weight models of the real SDXL and Wan2.1 I2V \
+             architectures, on the CPU"
+        );
+    }
+    let models = demo::ensure(&dir)
+        .with_context(|| format!("writing the demo models to {}", dir.display()))?;
+    if chatty {
+        eprintln!(
+            "models: {} {}",
+            if models.built {
+                "written to"
+            } else {
+                "up to date in"
+            },
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(&args.output_dir)
+        .with_context(|| format!("creating {}", args.output_dir.display()))?;
+    let i2v_args = i2v_args(&models, &args)?;
+    let summary = i2v::execute(&i2v_args, quiet, &Default::default())?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let s = DemoSummary {
+            cache_dir: &dir,
+            models_built: models.built,
+            run: &summary,
+        };
+        writeln!(out, "{}", serde_json::to_string(&s)?)?;
+        return Ok(());
+    }
+    i2v::print_summary(&summary, false, quiet)?;
+    if !quiet {
+        writeln!(
+            out,
+            "\nThe weights are random, so {} and {} show noise-like patterns, not a picture:\n\
+             the demo checks that every stage runs on this machine.\n\n{REAL_RUN}",
+            summary.still.display(),
+            summary.video.display()
+        )?;
+    }
+    Ok(())
+}

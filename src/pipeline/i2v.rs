@@ -1,0 +1,254 @@
+//! Both stages chained (`nijigen i2v`): an SDXL still, then Wan2.1 animating it.
+//!
+//! The stages run one after the other in one process: stage 1 loads its models, draws the
+//! still and releases everything ([`super::sdxl::generate`] drops its models when it returns)
+//! before stage 2 opens the Wan files. What is checked here runs *before* either stage: every
+//! file is opened (headers only, memory-mapped) and its architecture compared with the slot it
+//! was given for, so a wrong or missing file fails in a second, not after the still is drawn.
+//!
+//! Seeds: stage 1 uses the seed as `nijigen image` does (torch.randn of the latent); stage 2
+//! uses the same seed unless the caller gives it another, as `nijigen video --seed` does. So
+//! `nijigen image --seed S` then `nijigen video -i still.png --seed S` gives the same video.
+
+use std::path::Path;
+
+use super::sdxl::SdxlFiles;
+use super::wan::WanFiles;
+use super::{describe, PipelineError};
+use crate::formats::names::{ArchConfig, Architecture};
+use crate::formats::weights::Format;
+use crate::runtime::WeightStore;
+
+/// The area SDXL-family models are trained at (1024 x 1024): default still sizes aim at it.
+pub const SDXL_AREA: u32 = 1024 * 1024;
+
+/// The still's default size for a `width` x `height` video: the video's aspect at about
+/// SDXL's 1024 x 1024 area, sides multiples of 64 (SDXL's training buckets, e.g. 1344 x 768
+/// for 832 x 480). Stage 2 fits the still to the video size (center crop, Lanczos).
+pub fn still_size(width: u32, height: u32) -> (u32, u32) {
+    if width == 0 || height == 0 {
+        return (1024, 1024);
+    }
+    let aspect = f64::from(width) / f64::from(height);
+    let h = (f64::from(SDXL_AREA) / aspect).sqrt();
+    let round64 = |v: f64| ((v / 64.0).round() as u32).max(1) * 64;
+    (round64(h * aspect), round64(h))
+}
+
+/// The flags of `nijigen i2v` that name each file, for messages.
+pub mod flags {
+    pub const IMAGE_MODEL: &str = "--image-model";
+    pub const CLIP_L: &str = "--clip-l";
+    pub const CLIP_G: &str = "--clip-g";
+    pub const IMAGE_VAE: &str = "--image-vae";
+    pub const VIDEO_MODEL: &str = "--video-model";
+    pub const T5: &str = "--t5";
+    pub const T5_TOKENIZER: &str = "--t5-tokenizer";
+    pub const CLIP_VISION: &str = "--clip-vision";
+    pub const VIDEO_VAE: &str = "--video-vae";
+}
+
+fn open(path: &Path) -> Result<WeightStore, PipelineError> {
+    Ok(WeightStore::open_path(path)?)
+}
+
+fn wrong(path: &Path, store: &WeightStore, wanted: &'static str) -> PipelineError {
+    let d = store.detection();
+    PipelineError::WrongModel {
+        path: path.to_path_buf(),
+        found: describe(d.architecture, &d.summary),
+        wanted,
+    }
+}
+
+/// Whether `store` is `arch`, or carries it as a component (an SDXL checkpoint).
+fn holds(store: &WeightStore, arch: Architecture) -> bool {
+    let d = store.detection();
+    d.architecture == arch || d.components.iter().any(|c| c.architecture == arch)
+}
+
+/// Checks the files of stage 1: the model is an SDXL checkpoint or UNet, and CLIP-L, bigG and
+/// the VAE are each in their own file or in the checkpoint.
+pub fn check_image_files(files: &SdxlFiles) -> Result<(), PipelineError> {
+    if files.model.is_dir() {
+        // A diffusers folder: the pipeline checks its subfolders.
+        return Ok(());
+    }
+    let model = open(&files.model)?;
+    if !matches!(
+        model.detection().architecture,
+        Architecture::SdxlCheckpoint | Architecture::SdxlUnet
+    ) {
+        return Err(wrong(
+            &files.model,
+            &model,
+            "an SDXL-family checkpoint or UNet (--image-model)",
+        ));
+    }
+    let parts: [(
+        &Option<std::path::PathBuf>,
+        Architecture,
+        &'static str,
+        &'static str,
+    ); 3] = [
+        (
+            &files.clip_l,
+            Architecture::ClipL,
+            flags::CLIP_L,
+            "a CLIP-L text encoder",
+        ),
+        (
+            &files.clip_g,
+            Architecture::ClipG,
+            flags::CLIP_G,
+            "an OpenCLIP bigG text encoder",
+        ),
+        (
+            &files.vae,
+            Architecture::SdxlVae,
+            flags::IMAGE_VAE,
+            "an SDXL VAE",
+        ),
+    ];
+    for (given, arch, flag, wanted) in parts {
+        match given {
+            Some(p) => {
+                let store = open(p)?;
+                if !holds(&store, arch) {
+                    return Err(wrong(p, &store, wanted));
+                }
+            }
+            None if holds(&model, arch) => {}
+            None => {
+                return Err(PipelineError::MissingComponent {
+                    what: format!(
+                        "{} has no {} ({wanted} is needed)",
+                        files.model.display(),
+                        arch.name()
+                    ),
+                    flag,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the files of stage 2 for image-to-video: an I2V DiT (a T2V one has no image
+/// branch), umT5 with a tokenizer, CLIP vision H and the Wan VAE, with matching widths.
+pub fn check_video_files(files: &WanFiles) -> Result<(), PipelineError> {
+    if files.model.is_dir() {
+        return Ok(());
+    }
+    let dit = open(&files.model)?;
+    match dit.detection().architecture {
+        Architecture::WanDitI2v => {}
+        Architecture::WanDitT2v => {
+            return Err(wrong(
+                &files.model,
+                &dit,
+                "a Wan2.1 image-to-video DiT (I2V, e.g. wan2.1-i2v-14b-480p-Q4_K_M.gguf)",
+            ))
+        }
+        _ => {
+            return Err(wrong(
+                &files.model,
+                &dit,
+                "a Wan2.1 image-to-video DiT (--video-model)",
+            ))
+        }
+    }
+    let need = |p: &Option<std::path::PathBuf>, what: &str, flag: &'static str| {
+        p.clone().ok_or_else(|| PipelineError::MissingComponent {
+            what: format!("image-to-video needs {what}"),
+            flag,
+        })
+    };
+    let t5_path = need(
+        &files.t5,
+        "the umT5 text encoder (e.g. umt5-xxl-encoder-Q8_0.gguf)",
+        flags::T5,
+    )?;
+    let t5 = open(&t5_path)?;
+    if t5.detection().architecture != Architecture::Umt5 {
+        return Err(wrong(&t5_path, &t5, "a umT5 text encoder (--t5)"));
+    }
+    if files.t5_tokenizer.is_none() {
+        let has =
+            t5.file().format() == Format::Gguf && t5.file().meta("tokenizer.ggml.model").is_some();
+        if !has {
+            return Err(PipelineError::MissingComponent {
+                what: format!(
+                    "{}: no tokenizer in the file (tokenizer.json or spiece.model of \
+                     google/umt5-xxl)",
+                    t5_path.display()
+                ),
+                flag: flags::T5_TOKENIZER,
+            });
+        }
+    }
+    let clip_path = need(
+        &files.clip_vision,
+        "the CLIP vision encoder (clip_vision_h.safetensors)",
+        flags::CLIP_VISION,
+    )?;
+    let clip = open(&clip_path)?;
+    if clip.detection().architecture != Architecture::ClipVisionH {
+        return Err(wrong(
+            &clip_path,
+            &clip,
+            "a CLIP vision H encoder (--clip-vision)",
+        ));
+    }
+    let vae_path = need(
+        &files.vae,
+        "the Wan VAE (wan_2.1_vae.safetensors)",
+        flags::VIDEO_VAE,
+    )?;
+    let vae = open(&vae_path)?;
+    if vae.detection().architecture != Architecture::WanVae {
+        return Err(wrong(&vae_path, &vae, "a Wan2.1 VAE (--video-vae)"));
+    }
+    if let ArchConfig::WanDit(c) = &dit.detection().config {
+        if let (Some(text), ArchConfig::Umt5(t)) = (c.text_dim, &t5.detection().config) {
+            if let Some(d) = t.d_model.filter(|&d| d != text) {
+                return Err(PipelineError::Mismatch(format!(
+                    "{}: umT5 gives {d}-wide tokens but {} takes {text}: wrong --t5 for this \
+                     model?",
+                    t5_path.display(),
+                    files.model.display()
+                )));
+            }
+        }
+        if let (Some(inc), ArchConfig::WanVae(v)) = (c.in_channels, &vae.detection().config) {
+            if let Some(z) = v.z_dim.filter(|&z| 2 * z + 4 != inc) {
+                return Err(PipelineError::Mismatch(format!(
+                    "{}: the DiT takes {inc} input channels, the VAE has {z} latent channels \
+                     (an I2V DiT takes 2 x {z} + 4): wrong --video-vae for this model?",
+                    vae_path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn still_sizes_follow_the_video_aspect_at_sdxl_area() {
+        assert_eq!(still_size(832, 480), (1344, 768));
+        assert_eq!(still_size(480, 832), (768, 1344));
+        assert_eq!(still_size(640, 640), (1024, 1024));
+        assert_eq!(still_size(0, 480), (1024, 1024));
+        for (w, h) in [(832, 480), (1280, 720), (624, 624), (480, 832)] {
+            let (sw, sh) = still_size(w, h);
+            assert_eq!((sw % 64, sh % 64), (0, 0));
+            let a = f64::from(w) / f64::from(h);
+            let b = f64::from(sw) / f64::from(sh);
+            assert!((a / b - 1.0).abs() < 0.05, "{w}x{h} -> {sw}x{sh}");
+        }
+    }
+}
