@@ -231,6 +231,32 @@ fn i2v_writes_a_valid_mp4_and_a_still_with_parameters() {
     // The frames are not all one colour (the pipeline ran, it did not write a blank video).
     let first = &f1[0];
     assert!(first.iter().any(|&v| v != first[0]));
+
+    // Under a (simulated) 1 GiB budget with the DiT streamed: the same still and frames, and
+    // the accountant's peak over both stages under the budget.
+    let out3 = dir.path().join("budget.mp4");
+    let frames3 = dir.path().join("frames_budget");
+    let extra = [
+        "--json",
+        "--frames-dir",
+        &s(&frames3),
+        "--vram-budget",
+        "1G",
+        "--offload",
+        "blocks",
+    ];
+    let o = run(&i2v_args(&out3, &extra));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    let peak = j["peak_device_bytes"].as_u64().expect("peak_device_bytes");
+    assert_eq!(j["vram_budget_bytes"].as_u64(), Some(1 << 30));
+    assert!(peak > 0 && peak <= 1 << 30, "{peak}");
+    let still3 = image::open(dir.path().join("budget.png")).unwrap();
+    assert_eq!(still3.to_rgb8().into_raw(), img.to_rgb8().into_raw());
+    assert!(
+        frame_pixels(&frames3) == f1,
+        "the budgeted run's frames differ"
+    );
 }
 
 #[test]
