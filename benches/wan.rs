@@ -734,7 +734,7 @@ fn dit(opts: &Args, threads: usize) {
             let st = model.last_stream_stats();
             if st.uploaded_bytes > 0 {
                 println!(
-                    "  forward {i}: {:.1} s; streamed {:.0} MiB: copies {:.2} s, compute waited {:.2} s                  for them",
+                    "  forward {i}: {:.1} s; streamed {:.0} MiB: copies {:.2} s, compute waited {:.2} s for them",
                     times[i],
                     st.uploaded_bytes as f64 / MIB,
                     st.upload.as_secs_f64(),

@@ -464,6 +464,24 @@ impl<'a> Upload<'a> {
     }
 }
 
+/// Forgets where `t` was placed if a graph allocator placed it (its buffer is a compute
+/// buffer), so that the next allocation places it again.
+///
+/// # Safety
+/// `t` must be null or a live tensor not used by a running computation.
+unsafe fn detach_compute(t: *mut sys::ggml_tensor) {
+    if t.is_null() {
+        return;
+    }
+    let raw = &mut *t;
+    if !raw.buffer.is_null()
+        && sys::ggml_backend_buffer_get_usage(raw.buffer) == sys::GGML_BACKEND_BUFFER_USAGE_COMPUTE
+    {
+        raw.data = std::ptr::null_mut();
+        raw.buffer = std::ptr::null_mut();
+    }
+}
+
 /// The host address of a tensor's data, if it lives in host memory.
 ///
 /// # Safety
@@ -578,8 +596,28 @@ impl GraphAllocator {
         }
     }
 
-    /// Allocates every tensor of `graph` that has no data.
+    /// Allocates the intermediate tensors of `graph` (every tensor that has no data, or whose
+    /// data is in a compute buffer from an earlier allocation).
+    ///
+    /// ggml keeps the data pointer of a tensor that already has one, and frees its compute
+    /// buffer when a larger graph makes it grow. A graph allocated before by this allocator,
+    /// while another graph made the buffer grow in between (the graphs of a staged forward),
+    /// would keep pointers into the freed buffer: so every tensor whose memory is in a compute
+    /// buffer is detached first and placed again. Weights, state tensors and inputs set by
+    /// the caller after this call live elsewhere or are placed now.
     pub fn alloc_graph(&mut self, graph: &Graph<'_>) -> Result<(), GgmlError> {
+        // SAFETY: live graph; nodes and their sources are live tensors of the graph's context
+        // (or of weight sets that outlive it). Only gallocr-owned tensors are reset.
+        unsafe {
+            let n = sys::ggml_graph_n_nodes(graph.as_ptr());
+            for i in 0..n {
+                let node = sys::ggml_graph_node(graph.as_ptr(), i);
+                detach_compute(node);
+                for &src in (*node).src.iter() {
+                    detach_compute(src);
+                }
+            }
+        }
         // SAFETY: live allocator and graph; tensors with data are skipped by ggml.
         if unsafe { sys::ggml_gallocr_alloc_graph(self.ptr.as_ptr(), graph.as_ptr()) } {
             self.metered()

@@ -885,6 +885,48 @@ mod owned_graph_tests {
         assert_eq!(owned.graph().n_nodes(), 2);
     }
 
+    /// A graph allocated again after a larger graph made the shared allocator's buffer grow
+    /// (and free the old one) gets fresh memory: its inputs are written into the new buffer,
+    /// not the freed one (64 MiB buffers are unmapped when freed: a stale pointer faults).
+    #[test]
+    fn graphs_sharing_an_allocator_survive_its_buffer_growing() {
+        let small = 1 << 16;
+        let large = 16 << 20;
+        let set = GraphSet::build(
+            16,
+            8,
+            2,
+            32,
+            |_| Err(GgmlError::Backend("no state".into())),
+            |ctx, _| {
+                let x = ctx.new_f32(&[small]).set_input();
+                let y = ctx.scale(x, 2.0).set_output();
+                let z = ctx.new_f32(&[large]).set_input();
+                let w = ctx.scale(z, 3.0).set_output();
+                Ok::<_, GgmlError>(GraphSetParts {
+                    keep: vec![x, y, z, w],
+                    graphs: vec![vec![y], vec![w]],
+                    state: vec![],
+                })
+            },
+        )
+        .unwrap();
+        let mut backend = Backend::cpu(1).unwrap();
+        let mut alloc = backend.graph_allocator().unwrap();
+        let t = |i| set.tensor(i).unwrap();
+        for round in 0..3 {
+            let v = round as f32 + 1.0;
+            alloc.alloc_graph(&set.graph(0)).unwrap();
+            tensor_set_f32(t(0), &vec![v; small as usize]).unwrap();
+            backend.compute(&set.graph(0)).unwrap();
+            assert!(tensor_get_f32(t(1)).unwrap().iter().all(|&y| y == 2.0 * v));
+            alloc.alloc_graph(&set.graph(1)).unwrap();
+            tensor_set_f32(t(2), &vec![v; large as usize]).unwrap();
+            backend.compute(&set.graph(1)).unwrap();
+            assert!(tensor_get_f32(t(3)).unwrap().iter().all(|&w| w == 3.0 * v));
+        }
+    }
+
     #[test]
     fn a_graph_set_carries_state_from_one_graph_to_the_next() {
         let backend = Backend::cpu(1).unwrap();
