@@ -25,16 +25,7 @@ type Tensors = Vec<(String, Vec<u64>, Vec<f32>)>;
 
 /// Same generator as the Python script: splitmix64 of (seed * golden + i), in [-1, 1).
 fn hash_unit(n: usize, seed: u64) -> Vec<f32> {
-    let base = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..n as u64)
-        .map(|i| {
-            let mut z = base.wrapping_add(i).wrapping_add(0x9E37_79B9_7F4A_7C15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    nijigen::demo::hash_values(n, seed, 1.0, 0.0)
 }
 
 /// RGB u8 [h, w, 3] as the Python script draws it.

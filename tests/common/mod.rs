@@ -162,20 +162,8 @@ pub fn tiny_wan_i2v() -> Vec<(&'static str, Vec<u64>, Vec<f32>)> {
 
 /// Deterministic weights shared with the Python fixture scripts (tools/reference/*): splitmix64
 /// of (seed * golden + i), mapped to [-1, 1) and scaled. The scripts compute the same values, so
-/// reference outputs are committed without the weights.
-pub fn hash_values(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
-    let base = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..n as u64)
-        .map(|i| {
-            let mut z = base.wrapping_add(i).wrapping_add(0x9E37_79B9_7F4A_7C15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-            u * scale + offset
-        })
-        .collect()
-}
+/// reference outputs are committed without the weights. (The library's, used by the demo.)
+pub use nijigen::demo::hash_values;
 
 /// Reads a fixture array `{"file": ..., "shape": [...]}` of little-endian f32 from `dir`.
 pub fn read_f32_entry(dir: &str, entry: &serde_json::Value) -> (Vec<f32>, Vec<usize>) {
