@@ -303,6 +303,8 @@ pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()
     };
     let mut req = request(&args, image, seed);
     wan::validate(&req).map_err(explain)?;
+    // An output format we cannot write is refused before any model file is looked at.
+    crate::media::video::VideoFormat::from_path(&args.output)?;
     super::config::resolve_video(&mut args, find)?;
     let memory = super::plan::memory_video(&args)?;
     let vae = crate::runtime::plan::Component::VaeWan;
