@@ -410,3 +410,28 @@ fn devices_lists_the_cpu() {
         stdout(&o)
     );
 }
+
+/// `--device` names a device of this build, or fails before any file is read, in one line with
+/// a hint. (Without CUDA in the build, asking for a GPU says how to get one.)
+#[test]
+fn device_flag_is_checked_before_work() {
+    for cmd in ["image", "video", "i2v"] {
+        let model: &[&str] = if cmd == "i2v" {
+            &[]
+        } else {
+            &["-m", "/no/such.gguf"]
+        };
+        let o = nijigen(&[&[cmd, "--device", "vulkan0", "-p", "x"], model].concat());
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("expected cpu, cuda or cuda:N"), "{cmd}: {e}");
+        assert!(!e.contains("/no/such.gguf"), "{cmd}: files read first: {e}");
+        if !cfg!(feature = "cuda") {
+            let o = nijigen(&[&[cmd, "--device", "cuda:0", "-p", "x"], model].concat());
+            let e = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{cmd}: {e}");
+            assert!(e.contains("this build has no CUDA backend"), "{cmd}: {e}");
+            assert!(e.contains("--features cuda"), "{cmd}: {e}");
+        }
+    }
+}

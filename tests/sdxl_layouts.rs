@@ -872,6 +872,18 @@ fn lora_weight_changes_the_image_and_zero_is_a_no_op() {
     assert!(n > rgb.len() / 10 && worst > 5, "{worst} {n}");
     let text = nijigen::media::png::read_parameters(&out).unwrap().unwrap();
     assert!(text.contains("<lora:tiny_lora:0.8>"), "{text}");
+    // Under a (simulated) VRAM budget the adapters are copied to the device beside the
+    // weights: the same image, bit for bit.
+    let budgeted = cli_rgb(
+        &[&checkpoint()],
+        &["--model"],
+        Size::Small,
+        &["--lora", &spec("0.8"), "--vram-budget", "1G"],
+    );
+    assert!(
+        budgeted == rgb,
+        "LoRA under a budget differs from the run without"
+    );
     // Multiplier 0: the unmodified image, bit for bit.
     let zero = cli_rgb(
         &[&checkpoint()],

@@ -608,6 +608,7 @@ fn budgets_give_the_same_image_and_stay_under_them() {
             let memory = Memory {
                 accountant: Accountant::with_budget(budget),
                 placements: placements.clone(),
+                ..Default::default()
             };
             let o = RunOptions {
                 memory: Some(memory.clone()),
@@ -630,6 +631,7 @@ fn budgets_give_the_same_image_and_stay_under_them() {
                     memory: Some(Memory {
                         accountant: Accountant::with_budget(peak - 1),
                         placements,
+                        ..Default::default()
                     }),
                     ..opts()
                 };

@@ -628,6 +628,7 @@ fn budgets_give_the_same_video_and_stay_under_them() {
         let memory = Memory {
             accountant: Accountant::with_budget(budget),
             placements: placements.clone(),
+            ..Default::default()
         };
         let o = RunOptions {
             memory: Some(memory.clone()),
@@ -650,6 +651,7 @@ fn budgets_give_the_same_video_and_stay_under_them() {
         let tight = Memory {
             accountant: Accountant::with_budget(peak - 1),
             placements,
+            ..Default::default()
         };
         let o = RunOptions {
             memory: Some(tight),

@@ -12,9 +12,13 @@ lib=$(ls -d "$target"/release/build/llama-cpp-sys-2-*/out/lib | head -n 1)
 [ -f "$lib/libggml-cuda.so.0" ] || { echo "$lib has no libggml-cuda.so.0: not a CUDA build" >&2; exit 1; }
 mkdir -p "$out"
 cp -f "$bin" "$out/"
+# The helpers tools/gpu_measure.sh runs (cargo build --release --features cuda --examples).
+for e in compare_images make_real_shape_files; do
+    if [ -x "$target/release/examples/$e" ]; then cp -f "$target/release/examples/$e" "$out/"; fi
+done
 for l in ggml ggml-base ggml-cpu ggml-cuda; do cp -fL "$lib/lib$l.so.0" "$out/"; done
 cu=${CUDA_PATH:-$(echo "$PWD"/.cuda/lib/python3*/site-packages/nvidia/cu13)}
 [ -f "$cu/lib/libcudart.so.13" ] && cp -fL "$cu/lib/libcudart.so.13" "$out/"
 xz -T0 -3 -f -k "$out/libggml-cuda.so.0"
 ls -la "$out"
-echo "on the GPU machine, in the copied folder: unxz -k libggml-cuda.so.0.xz; LD_LIBRARY_PATH=\$PWD:<cuBLAS lib dir> ./nijigen devices"
+echo "on the GPU machine: tools/gpu_measure.sh $out (all measurements), or in the copied folder: unxz -k libggml-cuda.so.0.xz; LD_LIBRARY_PATH=\$PWD:<cuBLAS lib dir> ./nijigen devices"

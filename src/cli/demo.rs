@@ -2,7 +2,7 @@
 //!
 //! The models ([`crate::demo`]) are written to a cache folder the first time (and again when
 //! missing or built by another version), then `nijigen i2v` runs on them at a tiny size on
-//! the CPU. The outputs are noise-like pictures (the weights are random); what the demo shows
+//! the CPU (or the GPU of a CUDA build). The outputs are noise-like pictures (the weights are random); what the demo shows
 //! is every stage running, the files it writes, and what a real run needs.
 
 use std::io::Write;
@@ -37,6 +37,12 @@ pub struct DemoArgs {
     /// CPU threads (default: all cores).
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// Compute device: auto (the first CUDA GPU of a CUDA build, else the CPU), cpu, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Also write every video frame as a PNG into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub frames_dir: Option<PathBuf>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +98,8 @@ fn i2v_args(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vArgs> {
         &a.seed.to_string(),
         "--threads",
         &a.threads.to_string(),
+        "--device",
+        &a.device,
         "-o",
         &path(&output),
     ]
@@ -100,6 +108,9 @@ fn i2v_args(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vArgs> {
     .collect();
     if a.overwrite {
         argv.push("--overwrite".into());
+    }
+    if let Some(d) = &a.frames_dir {
+        argv.extend(["--frames-dir".into(), path(d)]);
     }
     if a.json {
         argv.push("--json".into());

@@ -15,8 +15,7 @@ use clap::Args;
 
 use super::find::Search;
 use super::image::{
-    check_device, explain, parse_lora, parse_sampler, parse_scheduler, random_seed, run_options,
-    ImageArgs,
+    explain, parse_lora, parse_sampler, parse_scheduler, random_seed, run_options, ImageArgs,
 };
 use super::progress::{peak_rss_bytes, ram_text, timings_text, Progress};
 use super::video::{Outputs, VideoArgs};
@@ -164,8 +163,9 @@ pub struct I2vArgs {
     #[arg(long, help_heading = "Output")]
     pub json: bool,
 
-    /// Compute device: cpu (this version computes the models on the CPU).
-    #[arg(long, default_value = "cpu", help_heading = "Performance")]
+    /// Compute device: auto (the first CUDA GPU of a CUDA build, else the CPU), cpu, cuda,
+    /// cuda:N. `nijigen devices` lists them.
+    #[arg(long, default_value = "auto", help_heading = "Performance")]
     pub device: String,
     /// CPU threads (default: all cores).
     #[arg(long, short = 't', default_value_t = 0, help_heading = "Performance")]
@@ -177,7 +177,8 @@ pub struct I2vArgs {
     #[arg(long, value_name = "SIZE", help_heading = "Performance")]
     pub video_vae_tile: Option<u32>,
     /// Device memory each stage may use: 12G, 11.5GiB, 900M. Both stages' plans must fit it
-    /// (checked before computing; simulated with --device cpu).
+    /// (checked before computing). Default on a GPU: its free memory less 256 MiB; with
+    /// --device cpu a budget is simulated.
     #[arg(long, value_name = "SIZE", value_parser = super::plan::parse_budget, help_heading = "Memory")]
     pub vram_budget: Option<u64>,
     /// Weight offloading: auto, none, blocks, full.
@@ -353,10 +354,14 @@ pub struct I2vSummary {
     pub peak_ram_bytes: Option<u64>,
     /// Resident memory between the stages, after stage 1 released its models.
     pub ram_between_stages_bytes: Option<u64>,
-    /// With `--vram-budget`: the accountant's peak over both stages (the device simulated on
-    /// the CPU in this version), and the budget.
+    /// With a budget: the accountant's peak over both stages (on a GPU, or simulated with
+    /// --device cpu), and the budget.
     pub peak_device_bytes: Option<u64>,
     pub vram_budget_bytes: Option<u64>,
+    /// On a GPU: the most device memory the driver showed in use.
+    pub driver_peak_device_bytes: Option<u64>,
+    /// The compute device: "cpu", "cuda:0".
+    pub device: String,
 }
 
 /// Current resident set size (Linux `VmRSS`).
@@ -370,7 +375,7 @@ fn rss_bytes() -> Option<u64> {
 /// Runs both stages and returns the summary (nothing printed on stdout); bare file names are
 /// looked up with `find`.
 pub fn execute(args: &I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<I2vSummary> {
-    check_device(&args.device)?;
+    super::plan::resolve_device(&args.device)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let mut args = I2vArgs {
         seed: Some(seed),
@@ -405,6 +410,7 @@ pub fn execute(args: &I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<I2v
                 Memory {
                     accountant: m1.accountant,
                     placements,
+                    device: m1.device,
                 },
                 p1,
             ))
@@ -501,6 +507,12 @@ pub fn execute(args: &I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<I2v
         ram_between_stages_bytes: ram_between,
         peak_device_bytes: memory.as_ref().map(|(m, _)| m.accountant.peak()),
         vram_budget_bytes: memory.as_ref().and_then(|(m, _)| m.accountant.budget()),
+        driver_peak_device_bytes: memory
+            .as_ref()
+            .and_then(|(m, _)| m.accountant.driver_peak()),
+        device: memory
+            .as_ref()
+            .map_or_else(|| "cpu".into(), |(m, _)| m.device.to_string()),
     })
 }
 
@@ -545,9 +557,15 @@ pub fn print_summary(s: &I2vSummary, json: bool, quiet: bool) -> anyhow::Result<
     }
     writeln!(
         out,
-        "total {:.1} s; peak RAM {}; device memory: not used (CPU)",
+        "total {:.1} s; peak RAM {}{}",
         s.total_s,
-        ram_text(s.peak_ram_bytes)
+        ram_text(s.peak_ram_bytes),
+        super::progress::device_text(
+            s.peak_device_bytes,
+            s.vram_budget_bytes,
+            s.driver_peak_device_bytes,
+            &s.device
+        )
     )?;
     Ok(())
 }

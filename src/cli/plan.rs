@@ -26,10 +26,85 @@ use crate::runtime::plan::{
     self, Action, Component, ComponentSpec, EncoderDevice, Offload, Plan, PlanInput, PlanOptions,
     TileOption,
 };
-use crate::runtime::{Accountant, WeightStore};
+use crate::runtime::{Accountant, ComputeDevice, WeightStore};
 
 /// Bytes of a budget kept free of planned allocations.
 pub const RESERVE: u64 = 256 << 20;
+
+/// Bytes a CUDA budget keeps aside, besides [`RESERVE`], for the temporaries ggml's CUDA
+/// backend takes from its own pool (activations converted for cuBLAS or quantized for MMQ,
+/// flash-attention K/V in F16): they are not graph-allocator memory, so the accountant does
+/// not see them.
+pub const CUDA_POOL_RESERVE: u64 = 1 << 30;
+
+/// Device memory left out of a GPU's free memory when the budget is taken from it (cuBLAS
+/// handles and workspaces, the driver's growth while the run starts).
+pub const DRIVER_MARGIN: u64 = 256 << 20;
+
+/// The device `--device` names: `auto` is the first CUDA GPU of a CUDA build when one is
+/// present, else the CPU.
+pub(super) fn resolve_device(spec: &str) -> anyhow::Result<ComputeDevice> {
+    if spec.trim().eq_ignore_ascii_case("auto") {
+        let gpu = ComputeDevice::Cuda(0);
+        return Ok(if cfg!(nijigen_cuda) && gpu.ggml_device().is_ok() {
+            gpu
+        } else {
+            ComputeDevice::Cpu
+        });
+    }
+    let device: ComputeDevice = spec.parse().map_err(|e: String| WithHint {
+        error: format!("--device {e}"),
+        hint: "`nijigen devices` lists the devices of this build".into(),
+    })?;
+    device.ggml_device().map_err(|e| WithHint {
+        error: e.to_string(),
+        hint: if cfg!(nijigen_cuda) {
+            "`nijigen devices` lists the GPUs the driver shows; check CUDA_VISIBLE_DEVICES".into()
+        } else {
+            "build with `cargo build --release --features cuda` (README, \"CUDA build\"), or \
+             leave out --device to compute on the CPU"
+                .into()
+        },
+    })?;
+    Ok(device)
+}
+
+/// The budget a run on `device` follows. On a GPU it is the free memory less
+/// [`DRIVER_MARGIN`], or `--vram-budget` when that is smaller (a larger one is lowered, with
+/// a warning); on the CPU it is `--vram-budget` (a simulated device) or none.
+pub(super) fn device_budget(
+    device: ComputeDevice,
+    given: Option<u64>,
+) -> anyhow::Result<Option<u64>> {
+    if device.is_cpu() {
+        return Ok(given);
+    }
+    let (free, _) = device.memory()?;
+    let usable = free.saturating_sub(DRIVER_MARGIN);
+    Ok(Some(match given {
+        Some(b) if b <= usable => b,
+        Some(b) => {
+            tracing::warn!(
+                "--vram-budget {} is more than {device} has free ({} less a {} margin); using {}",
+                human_bytes(b),
+                human_bytes(free),
+                human_bytes(DRIVER_MARGIN),
+                human_bytes(usable)
+            );
+            usable
+        }
+        None => usable,
+    }))
+}
+
+/// The planned-allocation-free part of a budget on `device`.
+fn reserve_for(device: ComputeDevice) -> u64 {
+    if device.is_cpu() {
+        RESERVE
+    } else {
+        RESERVE + CUDA_POOL_RESERVE
+    }
+}
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -483,13 +558,23 @@ fn mib(n: u64) -> String {
     format!("{} MiB", n.div_ceil(1 << 20))
 }
 
-fn print_table(out: &mut impl Write, p: &Plan, rows: &[Row], what: &str) -> std::io::Result<()> {
+fn print_table(
+    out: &mut impl Write,
+    p: &Plan,
+    rows: &[Row],
+    what: &str,
+    device: ComputeDevice,
+) -> std::io::Result<()> {
+    let on = if device.is_cpu() {
+        "simulated on the CPU".to_string()
+    } else {
+        format!(
+            "on {device}, {} of it for CUDA's own pool",
+            mib(CUDA_POOL_RESERVE)
+        )
+    };
     let budget = match p.budget {
-        Some(b) => format!(
-            "{} (reserve {}, simulated on the CPU)",
-            human_bytes(b),
-            mib(p.reserve)
-        ),
+        Some(b) => format!("{} (reserve {}, {on})", human_bytes(b), mib(p.reserve)),
         None => "unlimited (simulated on the CPU)".into(),
     };
     writeln!(out, "plan: {what}, budget {budget}")?;
@@ -588,8 +673,9 @@ fn plan_json(p: &Plan, rows: &[Row], what: &str) -> serde_json::Value {
     })
 }
 
-/// Plans `inputs` under `budget`, turning a shortfall into an error with its hint.
+/// Plans `inputs` under `budget` on `device`, turning a shortfall into an error with its hint.
 fn make_plan(
+    device: ComputeDevice,
     budget: Option<u64>,
     options: PlanOptions,
     components: Vec<ComponentSpec>,
@@ -597,7 +683,11 @@ fn make_plan(
     let input = PlanInput {
         components,
         budget,
-        reserve: if budget.is_some() { RESERVE } else { 0 },
+        reserve: if budget.is_some() {
+            reserve_for(device)
+        } else {
+            0
+        },
         options,
     };
     plan::plan(&input).map_err(|e| match e.hint().map(str::to_string) {
@@ -626,40 +716,48 @@ fn video_options(a: &VideoArgs) -> PlanOptions {
     }
 }
 
-/// The memory plan a run follows under `budget`: the accountant that enforces it and the
-/// planner's placement of every component (`None` without a budget: the CPU, unaccounted).
-fn memory_of(budget: Option<u64>, plan: Option<Plan>) -> Option<(Memory, Plan)> {
-    let (budget, plan) = (budget?, plan?);
+/// The memory plan a run on `device` follows under `budget`: the accountant that enforces it
+/// and the planner's placement of every component (`None` without a budget: the CPU from the
+/// mapped files, unaccounted).
+fn memory_of(device: ComputeDevice, budget: Option<u64>, plan: Plan) -> Option<(Memory, Plan)> {
+    let budget = budget?;
+    let accountant = Accountant::with_budget(budget);
+    if !device.is_cpu() {
+        accountant.watch_free_memory(move || device.memory().ok().map(|(free, _)| free));
+    }
     let memory = Memory {
-        accountant: Accountant::with_budget(budget),
+        accountant,
         placements: plan
             .components
             .iter()
             .map(|c| (c.component, c.placement.clone()))
             .collect(),
+        device,
     };
     Some((memory, plan))
 }
 
-/// For `image` with `--vram-budget`: the plan (it must fit before anything is computed) and the
-/// memory it puts the run under.
+/// For `image`: the plan (it must fit before anything is computed) and the memory it puts the
+/// run under; `None` on the CPU without `--vram-budget`.
 pub(super) fn memory_image(a: &ImageArgs) -> anyhow::Result<Option<(Memory, Plan)>> {
-    if a.vram_budget.is_none() {
+    let device = resolve_device(&a.device)?;
+    let Some(budget) = device_budget(device, a.vram_budget)? else {
         return Ok(None);
-    }
+    };
     let (components, _, _) = image_inputs(a)?;
-    let plan = make_plan(a.vram_budget, image_options(a), components)?;
-    Ok(memory_of(a.vram_budget, Some(plan)))
+    let plan = make_plan(device, Some(budget), image_options(a), components)?;
+    Ok(memory_of(device, Some(budget), plan))
 }
 
 /// As [`memory_image`] for `video`.
 pub(super) fn memory_video(a: &VideoArgs) -> anyhow::Result<Option<(Memory, Plan)>> {
-    if a.vram_budget.is_none() {
+    let device = resolve_device(&a.device)?;
+    let Some(budget) = device_budget(device, a.vram_budget)? else {
         return Ok(None);
-    }
+    };
     let (components, _, _) = video_inputs(a)?;
-    let plan = make_plan(a.vram_budget, video_options(a), components)?;
-    Ok(memory_of(a.vram_budget, Some(plan)))
+    let plan = make_plan(device, Some(budget), video_options(a), components)?;
+    Ok(memory_of(device, Some(budget), plan))
 }
 
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
@@ -680,26 +778,37 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         ),
         PlanWhat::I2v(a) => return run_i2v(a),
     };
-    super::image::check_device(device)?;
+    let device = resolve_device(device)?;
+    let budget = device_budget(device, budget)?;
     let (components, rows, what) = inputs;
-    let p = make_plan(budget, options, components)?;
+    let p = make_plan(device, budget, options, components)?;
     let mut out = std::io::stdout().lock();
     if json_out {
         writeln!(out, "{}", plan_json(&p, &rows, &what))?;
     } else {
-        print_table(&mut out, &p, &rows, &what)?;
+        print_table(&mut out, &p, &rows, &what, device)?;
     }
     Ok(())
 }
 
 /// `plan i2v`: the plan of each stage, and the run's peak (the larger of the two).
 fn run_i2v(a: &super::i2v::I2vArgs) -> anyhow::Result<()> {
-    super::image::check_device(&a.device)?;
+    let device = resolve_device(&a.device)?;
     let (ia, va) = a.stages()?;
     let (ic, irows, iwhat) = image_inputs(&ia)?;
-    let still = make_plan(ia.vram_budget, image_options(&ia), ic)?;
+    let still = make_plan(
+        device,
+        device_budget(device, ia.vram_budget)?,
+        image_options(&ia),
+        ic,
+    )?;
     let (vc, vrows, vwhat) = video_inputs(&va)?;
-    let video = make_plan(va.vram_budget, video_options(&va), vc)?;
+    let video = make_plan(
+        device,
+        device_budget(device, va.vram_budget)?,
+        video_options(&va),
+        vc,
+    )?;
     let peak_device = still.peak_device.max(video.peak_device);
     let peak_ram = still.peak_ram.max(video.peak_ram);
     let mut out = std::io::stdout().lock();
@@ -714,9 +823,9 @@ fn run_i2v(a: &super::i2v::I2vArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     writeln!(out, "stage 1 (still):")?;
-    print_table(&mut out, &still, &irows, &iwhat)?;
+    print_table(&mut out, &still, &irows, &iwhat, device)?;
     writeln!(out, "\nstage 2 (video; stage 1 released first):")?;
-    print_table(&mut out, &video, &vrows, &vwhat)?;
+    print_table(&mut out, &video, &vrows, &vwhat, device)?;
     writeln!(
         out,
         "\npredicted peak of the run: device {} ({}), RAM {} ({})",

@@ -21,20 +21,44 @@ pub struct Summary {
     /// With a VRAM budget: the device-memory accountant's peak and the budget.
     pub peak_device_bytes: Option<u64>,
     pub vram_budget_bytes: Option<u64>,
+    /// On a GPU: the most device memory the driver showed in use (sampled at each step and
+    /// component boundary), which includes what the accountant does not see.
+    pub driver_peak_device_bytes: Option<u64>,
+    /// The compute device: "cpu", "cuda:0".
+    pub device: String,
 }
 
 impl Summary {
-    /// "; peak device memory 5.1 GiB of 8.0 GiB" when the run had a budget, else "".
+    /// The device part of the summary line ([`device_text`]).
     pub fn device_text(&self) -> String {
-        match (self.peak_device_bytes, self.vram_budget_bytes) {
-            (Some(p), Some(b)) => format!(
-                "; peak device memory {} of {} (simulated on the CPU)",
-                super::human_bytes(p),
-                super::human_bytes(b)
-            ),
-            _ => String::new(),
-        }
+        device_text(
+            self.peak_device_bytes,
+            self.vram_budget_bytes,
+            self.driver_peak_device_bytes,
+            &self.device,
+        )
     }
+}
+
+/// "; peak device memory 5.1 GiB of 8.0 GiB on cuda:0 (driver: 5.6 GiB)", "...(simulated on
+/// the CPU)" for a budget on the CPU, or "" without a budget.
+pub fn device_text(
+    peak: Option<u64>,
+    budget: Option<u64>,
+    driver: Option<u64>,
+    device: &str,
+) -> String {
+    let (Some(p), Some(b)) = (peak, budget) else {
+        return String::new();
+    };
+    let (p, b) = (super::human_bytes(p), super::human_bytes(b));
+    if device == "cpu" {
+        return format!("; peak device memory {p} of {b} (simulated on the CPU)");
+    }
+    let driver = driver.map_or(String::new(), |d| {
+        format!(" (driver: {})", super::human_bytes(d))
+    });
+    format!("; peak device memory {p} of {b} on {device}{driver}")
 }
 
 impl Summary {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 
 use super::find::Search;
-use super::image::{check_device, explain, planned_tile, random_seed, run_options};
+use super::image::{explain, planned_tile, random_seed, run_options};
 use super::progress::{Progress, Summary};
 use crate::media::video::{
     write_sidecar_json, FrameDirWriter, VideoMetadata, VideoOptions, VideoWriter,
@@ -105,8 +105,9 @@ pub struct VideoArgs {
     #[arg(long, help_heading = "Output")]
     pub json: bool,
 
-    /// Compute device: cpu (this version computes the models on the CPU).
-    #[arg(long, default_value = "cpu", help_heading = "Performance")]
+    /// Compute device: auto (the first CUDA GPU of a CUDA build, else the CPU), cpu, cuda,
+    /// cuda:N. `nijigen devices` lists them.
+    #[arg(long, default_value = "auto", help_heading = "Performance")]
     pub device: String,
     /// Decode with the VAE in spatial tiles of SIZE pixels (less memory; seams blended).
     #[arg(long, value_name = "SIZE", help_heading = "Performance")]
@@ -114,16 +115,16 @@ pub struct VideoArgs {
     /// CPU threads (default: all cores).
     #[arg(long, short = 't', default_value_t = 0, help_heading = "Performance")]
     pub threads: usize,
-    /// Device memory the run may use: 12G, 11.5GiB, 900M (binary units). With --device cpu
-    /// the budget is simulated: the plan must fit it (checked before computing); default:
-    /// unlimited on the CPU.
+    /// Device memory the run may use: 12G, 11.5GiB, 900M (binary units); the plan must fit it
+    /// (checked before computing). Default on a GPU: its free memory less 256 MiB; on the CPU:
+    /// none (with a budget, --device cpu simulates the device).
     #[arg(long, value_name = "SIZE", value_parser = crate::cli::plan::parse_budget, help_heading = "Memory")]
     pub vram_budget: Option<u64>,
-    /// Weight offloading: auto (the planner's choice), none, blocks, full (everything on the
-    /// CPU). Used by `nijigen plan`; this version computes on the CPU.
+    /// Weight offloading: auto (the planner's choice), none (all resident), blocks (stream
+    /// the denoiser's blocks), full (everything on the CPU).
     #[arg(long, default_value = "auto", value_parser = crate::cli::plan::parse_offload, help_heading = "Memory")]
     pub offload: crate::runtime::plan::Offload,
-    /// Where the text encoders (and CLIP vision) run: auto, gpu, cpu. Used by `nijigen plan`.
+    /// Where the text encoders (and CLIP vision) run: auto (the planner's choice), gpu, cpu.
     #[arg(long, default_value = "auto", value_parser = crate::cli::plan::parse_encoder_device, help_heading = "Memory")]
     pub text_encoder_device: crate::runtime::plan::EncoderDevice,
 }
@@ -292,7 +293,7 @@ impl Outputs {
 }
 
 pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
-    check_device(&args.device)?;
+    super::plan::resolve_device(&args.device)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let image = match &args.image {
         Some(path) => {
@@ -334,6 +335,12 @@ pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()
         peak_ram_bytes: super::progress::peak_rss_bytes(),
         peak_device_bytes: memory.as_ref().map(|(m, _)| m.accountant.peak()),
         vram_budget_bytes: memory.as_ref().and_then(|(m, _)| m.accountant.budget()),
+        driver_peak_device_bytes: memory
+            .as_ref()
+            .and_then(|(m, _)| m.accountant.driver_peak()),
+        device: memory
+            .as_ref()
+            .map_or_else(|| "cpu".into(), |(m, _)| m.device.to_string()),
     };
     let mut stdout = std::io::stdout().lock();
     if args.json {

@@ -119,6 +119,26 @@ impl Device {
         (free as u64, total as u64)
     }
 
+    /// A buffer of `size` bytes of host memory the device copies from fastest: page-locked
+    /// (pinned) memory for CUDA, so that uploads are DMA transfers that run beside compute;
+    /// plain host memory where the device has no such type (the CPU).
+    pub fn host_buffer(&self, size: usize) -> Result<Buffer<'static>, GgmlError> {
+        init();
+        // SAFETY: live device; the host buffer type may be null (then the CPU type is used);
+        // alloc returns null on failure.
+        let ptr = unsafe {
+            let mut buft = sys::ggml_backend_dev_host_buffer_type(self.ptr);
+            if buft.is_null() {
+                buft = sys::ggml_backend_cpu_buffer_type();
+            }
+            sys::ggml_backend_buft_alloc_buffer(buft, size.max(1))
+        };
+        Buffer::from_raw(ptr).ok_or(GgmlError::OutOfMemory {
+            what: "pinned host buffer",
+            bytes: size,
+        })
+    }
+
     /// Starts a backend on this device.
     pub fn init_backend(&self) -> Result<Backend, GgmlError> {
         init();
@@ -195,6 +215,55 @@ impl Backend {
         cstr(unsafe { sys::ggml_backend_name(self.as_ptr()) })
     }
 
+    /// The registry device this backend computes on.
+    pub fn device(&self) -> Option<Device> {
+        // SAFETY: live backend; returns the static registry device (or null).
+        let ptr = unsafe { sys::ggml_backend_get_device(self.as_ptr()) };
+        (!ptr.is_null()).then_some(Device { ptr })
+    }
+
+    /// Whether this backend can compute with `t` where its data lives (a CPU backend cannot
+    /// read a CUDA buffer, nor a CUDA backend a plain host buffer). Tensors without data
+    /// (placed later by the graph allocator) are usable.
+    pub fn can_use(&self, t: Tensor<'_>) -> bool {
+        // SAFETY: live backend and tensor; the buffer pointer is read only when non-null.
+        unsafe {
+            let buf = (*t.as_ptr()).buffer;
+            buf.is_null()
+                || sys::ggml_backend_supports_buft(
+                    self.as_ptr(),
+                    sys::ggml_backend_buffer_get_type(buf),
+                )
+        }
+    }
+
+    /// The nodes of `graph` this backend cannot compute ("CONV_3D (f16, f32)"), deduplicated.
+    /// ggml aborts the process on an unsupported op, so callers check first.
+    pub fn unsupported_ops(&self, graph: &Graph<'_>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        // SAFETY: live backend and graph; nodes and their sources are live tensors.
+        unsafe {
+            let n = sys::ggml_graph_n_nodes(graph.as_ptr());
+            for i in 0..n {
+                let node = sys::ggml_graph_node(graph.as_ptr(), i);
+                if sys::ggml_backend_supports_op(self.as_ptr(), node) {
+                    continue;
+                }
+                let types: Vec<String> = (*node)
+                    .src
+                    .iter()
+                    .take_while(|s| !s.is_null())
+                    .map(|&s| cstr(sys::ggml_type_name((*s).type_)))
+                    .collect();
+                let d = format!("{} ({})", cstr(sys::ggml_op_desc(node)), types.join(", "));
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+        out
+    }
+
     pub fn is_cpu(&self) -> bool {
         // SAFETY: live backend.
         unsafe { sys::ggml_backend_is_cpu(self.as_ptr()) }
@@ -210,6 +279,17 @@ impl Backend {
 
     /// Runs the graph to completion.
     pub fn compute(&mut self, graph: &Graph<'_>) -> Result<(), GgmlError> {
+        // ggml aborts on an op a GPU backend lacks: refuse with the list instead.
+        if !self.is_cpu() {
+            let bad = self.unsupported_ops(graph);
+            if !bad.is_empty() {
+                return Err(GgmlError::Unsupported(format!(
+                    "the {} backend cannot compute {}",
+                    self.name(),
+                    bad.join(", ")
+                )));
+            }
+        }
         // SAFETY: graph tensors all have data (allocated by a buffer or the graph allocator;
         // ggml checks and fails otherwise); compute is synchronous here.
         let status = unsafe { sys::ggml_backend_graph_compute(self.as_ptr(), graph.as_ptr()) };
@@ -230,6 +310,17 @@ impl Backend {
     pub fn alignment(&self) -> usize {
         // SAFETY: live backend.
         unsafe { sys::ggml_backend_get_alignment(self.as_ptr()) }
+    }
+
+    /// Bytes a tensor shaped like `t` takes in this backend's buffers: its data plus any
+    /// padding the device's kernels read past the end (CUDA pads the last row of quantized
+    /// matrices to 512 values).
+    pub fn alloc_size(&self, t: Tensor<'_>) -> usize {
+        // SAFETY: live backend and tensor; get_alloc_size only reads the type and shape.
+        unsafe {
+            let buft = sys::ggml_backend_get_default_buffer_type(self.as_ptr());
+            sys::ggml_backend_buft_get_alloc_size(buft, t.as_ptr())
+        }
     }
 
     /// Allocates a buffer of `size` bytes on this backend's device.
@@ -342,6 +433,19 @@ impl<'d> Buffer<'d> {
     pub fn size(&self) -> usize {
         // SAFETY: live buffer.
         unsafe { sys::ggml_backend_buffer_get_size(self.ptr.as_ptr()) }
+    }
+
+    /// The buffer's bytes, for a host buffer (pinned staging memory); `None` for device memory.
+    pub fn host_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        if !self.is_host() {
+            return None;
+        }
+        // SAFETY: a host buffer's base points at `size` bytes it owns (or borrows mutably for
+        // 'd); &mut self makes this the only access for the slice's life.
+        unsafe {
+            let base = sys::ggml_backend_buffer_get_base(self.ptr.as_ptr()) as *mut u8;
+            (!base.is_null()).then(|| std::slice::from_raw_parts_mut(base, self.size()))
+        }
     }
 
     pub fn is_host(&self) -> bool {
@@ -462,6 +566,32 @@ impl<'a> Upload<'a> {
             sys::ggml_backend_tensor_set(self.dst.as_ptr(), self.src as *const _, 0, self.len)
         }
     }
+
+    /// Performs the copy through `staging` (pinned host memory): the bytes are first copied
+    /// there (reading the mapped file), then sent in pieces of the staging size. From pinned
+    /// memory, CUDA copies by DMA on the calling thread's stream, beside the compute stream.
+    pub fn run_staged(&self, staging: &mut [u8]) {
+        if staging.is_empty() {
+            return self.run();
+        }
+        let mut done = 0;
+        while done < self.len {
+            let n = staging.len().min(self.len - done);
+            // SAFETY: src holds len readable bytes (checked in `new`); done + n <= len.
+            let src = unsafe { std::slice::from_raw_parts(self.src.add(done), n) };
+            staging[..n].copy_from_slice(src);
+            // SAFETY: see the Send impl; offset done + n <= the tensor's size.
+            unsafe {
+                sys::ggml_backend_tensor_set(
+                    self.dst.as_ptr(),
+                    staging.as_ptr() as *const _,
+                    done,
+                    n,
+                )
+            }
+            done += n;
+        }
+    }
 }
 
 /// Forgets where `t` was placed if a graph allocator placed it (its buffer is a compute
@@ -573,6 +703,15 @@ impl GraphAllocator {
     /// Installs (or removes) the check run with the buffer size after each allocation.
     pub fn set_meter(&mut self, meter: Option<AllocMeter>) {
         self.meter = meter;
+    }
+
+    /// Replaces the allocator with a fresh one for `backend`'s buffer type, keeping the meter
+    /// (a model moved to another backend).
+    pub fn rebind(&mut self, backend: &Backend) -> Result<(), GgmlError> {
+        let mut fresh = backend.graph_allocator()?;
+        fresh.meter = self.meter.take();
+        *self = fresh;
+        Ok(())
     }
 
     fn metered(&mut self) -> Result<(), GgmlError> {

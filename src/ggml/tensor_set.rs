@@ -168,6 +168,15 @@ impl<'d> TensorSet<'d> {
     }
 
     /// Names in the order they were added.
+    /// The first tensor `backend` cannot compute with where it lives (e.g. weights in mapped
+    /// host memory for a CUDA backend), or `None` when it can use them all.
+    pub fn unusable_by(&self, backend: &super::Backend) -> Option<&str> {
+        self.order
+            .iter()
+            .find(|n| !backend.can_use(Tensor::from_raw(self.index[n.as_str()])))
+            .map(String::as_str)
+    }
+
     pub fn names(&self) -> &[String] {
         &self.order
     }

@@ -603,3 +603,52 @@ fn pad_upscale_nearest_and_clamp() {
     let want: Vec<f32> = x.iter().map(|v| v.clamp(-1.0, 2.5)).collect();
     assert_eq!(y, want);
 }
+
+#[test]
+fn staged_uploads_copy_the_same_bytes_in_pieces() {
+    // A 1000-byte tensor copied through a 7-byte staging buffer (the last piece short) arrives
+    // exactly as a direct copy does; a CPU backend's staging buffer is plain host memory.
+    let src_bytes: Vec<u8> = (0..1000u32).map(|i| (i * 37 % 251) as u8).collect();
+    let mut src = TensorSet::new(1).unwrap();
+    src.add_owned("w", GgmlType::I8, &[1000], &src_bytes)
+        .unwrap();
+    let backend = Backend::cpu(1).unwrap();
+    let mut dst = TensorSet::new(2).unwrap();
+    let buf = dst.adopt(backend.alloc_buffer(2048).unwrap());
+    dst.add_in("direct", GgmlType::I8, &[1000], buf, 0).unwrap();
+    dst.add_in("staged", GgmlType::I8, &[1000], buf, 1024)
+        .unwrap();
+    let w = src.get("w").unwrap();
+    Upload::new(w, dst.get("direct").unwrap()).unwrap().run();
+    let cpu = backend
+        .device()
+        .expect("the CPU backend has a registry device");
+    let mut staging = cpu.host_buffer(7).unwrap();
+    assert!(staging.is_host());
+    let up = Upload::new(w, dst.get("staged").unwrap()).unwrap();
+    up.run_staged(&mut staging.host_bytes_mut().unwrap()[..7]);
+    assert_eq!(tensor_get(dst.get("direct").unwrap()).unwrap(), src_bytes);
+    assert_eq!(tensor_get(dst.get("staged").unwrap()).unwrap(), src_bytes);
+    // An upload needs memory behind its destination and equal sizes.
+    let mut other = TensorSet::new(1).unwrap();
+    other
+        .add_owned("small", GgmlType::I8, &[10], &[0; 10])
+        .unwrap();
+    assert!(Upload::new(w, other.get("small").unwrap()).is_err());
+}
+
+#[test]
+fn the_cpu_backend_uses_host_weights_and_supports_every_op_of_a_graph() {
+    let mut set = TensorSet::new(1).unwrap();
+    set.add_owned("w", GgmlType::F32, &[4, 4], &[0; 64])
+        .unwrap();
+    let backend = Backend::cpu(1).unwrap();
+    assert_eq!(set.unusable_by(&backend), None);
+    assert_eq!(backend.alloc_size(set.get("w").unwrap()), 64);
+    let ctx = Context::new_meta(8, 16).unwrap();
+    let x = ctx.new_f32(&[4, 2]);
+    let y = ctx.gelu(ctx.mul_mat(set.get("w").unwrap(), x));
+    let mut g = ctx.new_graph(16);
+    g.expand(y);
+    assert!(backend.unsupported_ops(&g).is_empty());
+}

@@ -31,7 +31,7 @@ pub struct AdapterReport {
 }
 
 /// One additive term of an adapted weight.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Term {
     /// Row block of the output it adds to (0 unless the weight is fused).
     part: usize,
@@ -40,7 +40,7 @@ struct Term {
 }
 
 /// Names in [`Adapters::set`].
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum TermKind {
     /// Linear: down ne [in, r], up ne [r, out]. Conv: down ne [KW, KH, IC, r], up ne
     /// [1, 1, r, OC].
@@ -49,7 +49,7 @@ enum TermKind {
     Diff(String),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Adapted {
     name: String,
     /// The base weight's ggml shape.
@@ -71,6 +71,8 @@ pub struct Adapters {
     replaced: HashMap<String, String>,
     target: LoraTarget,
     reports: Vec<AdapterReport>,
+    /// The device memory of a copy made by [`Adapters::on_device`].
+    _leases: Vec<crate::runtime::Lease>,
 }
 
 /// An adapter tensor to copy into the set.
@@ -238,6 +240,7 @@ impl Adapters {
             replaced,
             target,
             reports,
+            _leases: Vec::new(),
         })
     }
 
@@ -266,6 +269,37 @@ impl Adapters {
             }
         }
         out
+    }
+
+    /// A copy with every adapter tensor on `backend`'s device, leased from `acct` as
+    /// "`what` lora", to attach to a model computing there.
+    pub fn on_device(
+        &self,
+        backend: &ggml::Backend,
+        acct: &crate::runtime::Accountant,
+        what: &str,
+    ) -> Result<Adapters, crate::runtime::DeviceError> {
+        let dw = crate::runtime::DeviceWeights::build(
+            &self.set,
+            backend,
+            &crate::runtime::Residency::Resident,
+            acct,
+            &format!("{what} lora"),
+        )?;
+        let (set, leases) = dw.into_resident()?;
+        Ok(Adapters {
+            set,
+            by_weight: self.by_weight.clone(),
+            replaced: self.replaced.clone(),
+            target: self.target,
+            reports: self.reports.clone(),
+            _leases: leases,
+        })
+    }
+
+    /// The adapter tensors (and merged vectors), by name.
+    pub fn tensors(&self) -> &TensorSet<'static> {
+        &self.set
     }
 
     /// The network these adapters are for.

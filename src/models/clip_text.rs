@@ -213,6 +213,15 @@ pub struct ClipTextModel<'w> {
 }
 
 impl<'w> ClipTextModel<'w> {
+    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
+    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
+    pub fn set_backend(&mut self, backend: Backend) -> Result<(), ClipError> {
+        self.weights.check_backend(&backend)?;
+        self.alloc.rebind(&backend)?;
+        self.backend = backend;
+        Ok(())
+    }
+
     /// Accounts this model's compute buffer in `acct` (device memory of the run).
     pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
         self.alloc

@@ -161,6 +161,15 @@ pub struct ClipVision<'w> {
 }
 
 impl<'w> ClipVision<'w> {
+    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
+    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
+    pub fn set_backend(&mut self, backend: Backend) -> Result<(), ClipVisionError> {
+        self.weights.check_backend(&backend)?;
+        self.alloc.rebind(&backend)?;
+        self.backend = backend;
+        Ok(())
+    }
+
     /// Accounts this model's compute buffer in `acct` (device memory of the run).
     pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
         self.alloc.set_meter(

@@ -331,6 +331,15 @@ impl<'w> SdxlUnet<'w> {
         &self.config
     }
 
+    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
+    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
+    pub fn set_backend(&mut self, backend: Backend) -> Result<(), UnetError> {
+        self.weights.check_backend(&backend)?;
+        self.backend = backend;
+        self.cache = None;
+        Ok(())
+    }
+
     /// Accounts this model's compute buffer in `acct` (device memory of the run).
     pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
         self.accountant = acct.cloned();

@@ -294,6 +294,16 @@ impl<'w> WanDit<'w> {
         Ok(())
     }
 
+    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
+    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
+    pub fn set_backend(&mut self, backend: Backend) -> Result<(), WanDitError> {
+        self.weights.check_backend(&backend)?;
+        self.alloc.rebind(&backend)?;
+        self.backend = backend;
+        self.graphs = None;
+        Ok(())
+    }
+
     /// Accounts this model's device memory (compute buffer, carried activations) in `acct`.
     pub fn set_accountant(&mut self, acct: Option<&Accountant>) {
         self.alloc

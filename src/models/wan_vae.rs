@@ -397,6 +397,15 @@ impl WanVaeMemory {
 }
 
 impl<'w> WanVae<'w> {
+    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
+    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
+    pub fn set_backend(&mut self, backend: Backend) -> Result<(), WanVaeError> {
+        self.weights.check_backend(&backend)?;
+        self.alloc.rebind(&backend)?;
+        self.backend = backend;
+        Ok(())
+    }
+
     /// Accounts this model's device memory (compute buffer, causal caches) in `acct`.
     pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
         self.alloc

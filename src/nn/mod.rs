@@ -7,7 +7,7 @@ mod attention;
 
 pub use attention::{causal_mask, multi_head_attention};
 
-use crate::ggml::{Context, GgmlType, Tensor, TensorSet};
+use crate::ggml::{Backend, Context, GgmlError, GgmlType, Tensor, TensorSet};
 use crate::lora::Adapters;
 
 /// Why a graph could not be built from a weight set.
@@ -58,6 +58,23 @@ impl<'a> Weights<'a> {
             }
         }
         Ok(Weights { adapters, ..self })
+    }
+
+    /// Checks that `backend` can compute with every tensor of the set and of its adapters
+    /// where they are stored (a GPU backend cannot read mapped host memory).
+    pub fn check_backend(&self, backend: &Backend) -> Result<(), GgmlError> {
+        let bad = self
+            .set
+            .unusable_by(backend)
+            .or_else(|| self.adapters.and_then(|a| a.tensors().unusable_by(backend)));
+        match bad {
+            None => Ok(()),
+            Some(n) => Err(GgmlError::Unsupported(format!(
+                "the {} backend cannot compute with '{n}' where it is stored: the weights must \
+                 be copied to its device first",
+                backend.name()
+            ))),
+        }
     }
 
     /// The adapters attached, if any.

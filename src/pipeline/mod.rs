@@ -17,7 +17,7 @@ use crate::media::MediaError;
 use crate::models::{ClipError, UnetError, VaeError};
 use crate::runtime::plan::{Component, Placement};
 use crate::runtime::weights::LoadError;
-use crate::runtime::{Accountant, DeviceWeights, Residency};
+use crate::runtime::{Accountant, ComputeDevice, DeviceWeights, Residency};
 use crate::sampling::SamplingError;
 
 /// Why a pipeline could not run. Messages name the file and say what to pass instead.
@@ -77,6 +77,16 @@ pub enum PipelineError {
 pub struct Memory {
     pub accountant: Accountant,
     pub placements: Vec<(Component, Placement)>,
+    /// The device the placed components compute on (the CPU: a simulated device).
+    pub device: ComputeDevice,
+}
+
+/// A component placed on the compute device for one call: the backend it computes with, its
+/// weights copied there (resident or streamed), and its LoRA adapters copied beside them.
+pub(crate) struct OnDevice<'s> {
+    pub backend: crate::ggml::Backend,
+    pub weights: DeviceWeights<'s>,
+    pub adapters: Option<crate::lora::Adapters>,
 }
 
 impl Memory {
@@ -88,14 +98,18 @@ impl Memory {
             .map_or(Placement::Cpu, |(_, p)| p.clone())
     }
 
-    /// `set` copied to the device as the plan places `c`, or `None` when `c` runs on the CPU.
-    /// `blocks` names the block prefixes in execution order for a streamed placement.
-    pub fn device_weights<'s>(
+    /// `set` (and `adapters`) copied to the device as the plan places `c`, with a backend to
+    /// compute there (`threads` for a CPU backend), or `None` when `c` runs on the CPU from the
+    /// mapped file. `blocks` names the block prefixes in execution order for a streamed
+    /// placement.
+    pub(crate) fn on_device<'s>(
         &self,
         c: Component,
         set: &'s TensorSet<'s>,
         blocks: impl FnOnce() -> Vec<String>,
-    ) -> Result<Option<DeviceWeights<'s>>, PipelineError> {
+        adapters: Option<&crate::lora::Adapters>,
+        threads: usize,
+    ) -> Result<Option<OnDevice<'s>>, PipelineError> {
         let residency = match self.placement(c) {
             Placement::Cpu => return Ok(None),
             Placement::Resident => Residency::Resident,
@@ -104,15 +118,16 @@ impl Memory {
                 slots: slots as usize,
             },
         };
-        // Weights are copied with a backend of the compute device (the CPU here).
-        let backend = crate::ggml::Backend::cpu(1)?;
-        Ok(Some(DeviceWeights::build(
-            set,
-            &backend,
-            &residency,
-            &self.accountant,
-            c.name(),
-        )?))
+        let backend = self.device.backend(threads)?;
+        let weights = DeviceWeights::build(set, &backend, &residency, &self.accountant, c.name())?;
+        let adapters = adapters
+            .map(|a| a.on_device(&backend, &self.accountant, c.name()))
+            .transpose()?;
+        Ok(Some(OnDevice {
+            backend,
+            weights,
+            adapters,
+        }))
     }
 }
 
@@ -135,6 +150,9 @@ where
             crate::sampling::StepError::Denoiser { source, .. } => source,
             crate::sampling::StepError::Sampling(e) => PipelineError::Sampling(e),
         })?;
+        if let Some(m) = &opts.memory {
+            m.accountant.sample();
+        }
         events(Event::Step {
             step: report.step + 1,
             total,

@@ -732,13 +732,19 @@ impl<'w> SdxlModels<'w> {
             return f(cpu);
         };
         let (set, prefix) = self.sets[i];
-        let Some(dw) = mem.device_weights(comp, set, Vec::new)? else {
+        let threads = self.opts.cpu_threads();
+        let adapters = self.adapters.map(|a| &a[i]);
+        let Some(d) = mem.on_device(comp, set, Vec::new, adapters, threads)? else {
             return f(cpu);
         };
-        let mut m = ClipTextModel::new(dw.set(), prefix, self.opts.cpu_threads())?;
-        m.set_adapters(self.adapters.map(|a| &a[i]))?;
+        let mut m = ClipTextModel::new(d.weights.set(), prefix, threads)?;
+        m.set_adapters(d.adapters.as_ref())?;
+        m.set_backend(d.backend)?;
         m.set_accountant(Some(&mem.accountant));
-        f(&mut m)
+        let r = f(&mut m);
+        // The driver's figure while the model and its buffers are alive.
+        mem.accountant.sample();
+        r
     }
 
     /// As [`SdxlModels::with_clip`] for the UNet (resident only: it is not streamed).
@@ -754,14 +760,20 @@ impl<'w> SdxlModels<'w> {
             return f(&mut self.unet, &self.opts, &self.sampling);
         };
         let (set, prefix) = self.sets[2];
-        let Some(dw) = mem.device_weights(Component::Unet, set, Vec::new)? else {
+        let threads = self.opts.cpu_threads();
+        let adapters = self.adapters.map(|a| &a[2]);
+        let Some(d) = mem.on_device(Component::Unet, set, Vec::new, adapters, threads)? else {
             return f(&mut self.unet, &self.opts, &self.sampling);
         };
-        let mut m = SdxlUnet::new(dw.set(), prefix, self.opts.cpu_threads())?;
+        let mut m = SdxlUnet::new(d.weights.set(), prefix, threads)?;
         m.set_attention(UnetAttention::Flash);
-        m.set_adapters(self.adapters.map(|a| &a[2]))?;
+        m.set_adapters(d.adapters.as_ref())?;
+        m.set_backend(d.backend)?;
         m.set_accountant(Some(&mem.accountant));
-        f(&mut m, &self.opts, &self.sampling)
+        let r = f(&mut m, &self.opts, &self.sampling);
+        // The driver's figure while the model and its buffers are alive.
+        mem.accountant.sample();
+        r
     }
 
     /// As [`SdxlModels::with_clip`] for the VAE.
@@ -773,12 +785,17 @@ impl<'w> SdxlModels<'w> {
             return f(&mut self.vae);
         };
         let (set, prefix) = self.sets[3];
-        let Some(dw) = mem.device_weights(Component::VaeSdxl, set, Vec::new)? else {
+        let threads = self.opts.cpu_threads();
+        let Some(d) = mem.on_device(Component::VaeSdxl, set, Vec::new, None, threads)? else {
             return f(&mut self.vae);
         };
-        let mut m = SdxlVae::new(dw.set(), prefix, self.opts.cpu_threads())?;
+        let mut m = SdxlVae::new(d.weights.set(), prefix, threads)?;
+        m.set_backend(d.backend)?;
         m.set_accountant(Some(&mem.accountant));
-        f(&mut m)
+        let r = f(&mut m);
+        // The driver's figure while the model and its buffers are alive.
+        mem.accountant.sample();
+        r
     }
 
     /// Runs a whole request on the loaded models.

@@ -557,12 +557,17 @@ impl<'w> WanModels<'w> {
         let Some(mem) = self.opts.memory.clone() else {
             return f(&mut self.t5);
         };
-        let Some(dw) = mem.device_weights(Component::T5, self.sets.t5, Vec::new)? else {
+        let threads = self.opts.cpu_threads();
+        let Some(d) = mem.on_device(Component::T5, self.sets.t5, Vec::new, None, threads)? else {
             return f(&mut self.t5);
         };
-        let mut m = Umt5Encoder::new(dw.set(), "", self.opts.cpu_threads())?;
+        let mut m = Umt5Encoder::new(d.weights.set(), "", threads)?;
+        m.set_backend(d.backend)?;
         m.set_accountant(Some(&mem.accountant));
-        f(&mut m)
+        let r = f(&mut m);
+        // The driver's figure while the model and its buffers are alive.
+        mem.accountant.sample();
+        r
     }
 
     /// As [`WanModels::with_t5`] for CLIP vision (the model must have one).
@@ -576,12 +581,17 @@ impl<'w> WanModels<'w> {
         let Some(mem) = self.opts.memory.clone() else {
             return f(cpu);
         };
-        let Some(dw) = mem.device_weights(Component::ClipVision, set, Vec::new)? else {
+        let threads = self.opts.cpu_threads();
+        let Some(d) = mem.on_device(Component::ClipVision, set, Vec::new, None, threads)? else {
             return f(cpu);
         };
-        let mut m = ClipVision::new(dw.set(), "", self.opts.cpu_threads())?;
+        let mut m = ClipVision::new(d.weights.set(), "", threads)?;
+        m.set_backend(d.backend)?;
         m.set_accountant(Some(&mem.accountant));
-        f(&mut m)
+        let r = f(&mut m);
+        // The driver's figure while the model and its buffers are alive.
+        mem.accountant.sample();
+        r
     }
 
     /// As [`WanModels::with_t5`] for the VAE.
@@ -592,12 +602,18 @@ impl<'w> WanModels<'w> {
         let Some(mem) = self.opts.memory.clone() else {
             return f(&mut self.vae);
         };
-        let Some(dw) = mem.device_weights(Component::VaeWan, self.sets.vae, Vec::new)? else {
+        let threads = self.opts.cpu_threads();
+        let Some(d) = mem.on_device(Component::VaeWan, self.sets.vae, Vec::new, None, threads)?
+        else {
             return f(&mut self.vae);
         };
-        let mut m = WanVae::new(dw.set(), "", self.opts.cpu_threads())?;
+        let mut m = WanVae::new(d.weights.set(), "", threads)?;
+        m.set_backend(d.backend)?;
         m.set_accountant(Some(&mem.accountant));
-        f(&mut m)
+        let r = f(&mut m);
+        // The driver's figure while the model and its buffers are alive.
+        mem.accountant.sample();
+        r
     }
 
     /// As [`WanModels::with_t5`] for the DiT: resident, or its blocks streamed through the
@@ -611,15 +627,27 @@ impl<'w> WanModels<'w> {
         };
         let layers = self.dit.config().layers;
         let blocks = || (0..layers).map(|i| format!("blocks.{i}.")).collect();
-        let Some(dw) = mem.device_weights(Component::Dit, self.sets.dit, blocks)? else {
+        let threads = self.opts.cpu_threads();
+        let Some(d) = mem.on_device(
+            Component::Dit,
+            self.sets.dit,
+            blocks,
+            self.adapters,
+            threads,
+        )?
+        else {
             return f(&mut self.dit, &self.opts);
         };
-        let mut m = WanDit::new(dw.set(), "", self.opts.cpu_threads())?;
+        let mut m = WanDit::new(d.weights.set(), "", threads)?;
         m.set_attention(WanAttention::Flash);
-        m.set_adapters(self.adapters)?;
+        m.set_adapters(d.adapters.as_ref())?;
+        m.set_backend(d.backend)?;
         m.set_accountant(Some(&mem.accountant));
-        m.set_streaming(Some(&dw))?;
-        f(&mut m, &self.opts)
+        m.set_streaming(Some(&d.weights))?;
+        let r = f(&mut m, &self.opts);
+        // The driver's figure while the model and its buffers are alive.
+        mem.accountant.sample();
+        r
     }
 
     /// The I2V condition `y` [4 + z, T, h, w]: the mask, then the normalised VAE latent of

@@ -24,8 +24,22 @@ pub struct OverBudget {
     pub budget: u64,
 }
 
+/// Reads the device's free memory as its driver reports it.
+#[derive(Clone)]
+struct FreeProbe(Arc<dyn Fn() -> Option<u64> + Send + Sync>);
+
+impl std::fmt::Debug for FreeProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FreeProbe")
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    /// The driver's free memory when watching started, and how to read it again.
+    watch: Option<(u64, FreeProbe)>,
+    /// The most device memory the driver showed in use (baseline free - free) at a sample.
+    driver_peak: Option<u64>,
     budget: Option<u64>,
     used: u64,
     peak: u64,
@@ -77,6 +91,37 @@ impl Accountant {
         let mut v: Vec<(String, u64)> = self.lock().at_peak.clone().into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v
+    }
+
+    /// Also follows the device's own figure: `free` reads the driver's free memory (e.g.
+    /// `cudaMemGetInfo`). What it shows in use beyond the free memory now is sampled by
+    /// [`Accountant::sample`] (and whenever a lease is given back), catching what the ledger
+    /// cannot see: the backend's own pools, the CUDA context's growth.
+    pub fn watch_free_memory(&self, free: impl Fn() -> Option<u64> + Send + Sync + 'static) {
+        let probe = FreeProbe(Arc::new(free));
+        let base = (probe.0)();
+        let mut s = self.lock();
+        s.watch = base.map(|b| (b, probe));
+        s.driver_peak = base.map(|_| 0);
+    }
+
+    /// Samples the device's memory in use (see [`Accountant::watch_free_memory`]).
+    pub fn sample(&self) {
+        let watch = self.lock().watch.clone();
+        let Some((base, probe)) = watch else {
+            return;
+        };
+        if let Some(free) = (probe.0)() {
+            let used = base.saturating_sub(free);
+            let mut s = self.lock();
+            s.driver_peak = Some(s.driver_peak.unwrap_or(0).max(used));
+        }
+    }
+
+    /// The most device memory the driver showed in use at a sample, since watching started
+    /// (`None` when not watching: the CPU).
+    pub fn driver_peak(&self) -> Option<u64> {
+        self.lock().driver_peak
     }
 
     /// Takes `bytes` for `what`, or fails without taking anything when the budget would be
@@ -165,6 +210,8 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        // The memory is still in use: a last look at the driver's figure.
+        self.owner.sample();
         give(&mut self.owner.lock(), &self.what, self.bytes);
     }
 }
@@ -235,6 +282,26 @@ mod tests {
         assert!(e.contains("budget exceeded"), "{e}");
         drop(m);
         assert_eq!(a.used(), 0);
+    }
+
+    #[test]
+    fn the_driver_figure_is_sampled_against_the_free_memory_at_the_start() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let a = Accountant::with_budget(1000);
+        assert_eq!(a.driver_peak(), None, "not watching");
+        a.sample();
+        let free = Arc::new(AtomicU64::new(5000));
+        let f = free.clone();
+        a.watch_free_memory(move || Some(f.load(Ordering::Relaxed)));
+        assert_eq!(a.driver_peak(), Some(0));
+        free.store(4200, Ordering::Relaxed);
+        let l = a.lease("weights", 700).unwrap();
+        free.store(3900, Ordering::Relaxed); // the backend's pool grew beside the lease
+        drop(l); // sampled before the lease is given back
+        free.store(5000, Ordering::Relaxed);
+        a.sample();
+        assert_eq!(a.driver_peak(), Some(1100));
+        assert_eq!(a.peak(), 700);
     }
 
     #[test]

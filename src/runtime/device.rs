@@ -8,10 +8,10 @@
 //! into its slot before the caller computes it; with two slots a copy thread uploads block
 //! `b + 1` while block `b` computes, so the upload hides behind the compute.
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::ggml::{Backend, GgmlError, TensorSet, Upload};
+use crate::ggml::{Backend, Buffer, GgmlError, TensorSet, Upload};
 
 use super::accountant::{Accountant, Lease, OverBudget};
 
@@ -24,6 +24,89 @@ pub enum DeviceError {
     Ggml(#[from] GgmlError),
     #[error("{0}")]
     Layout(String),
+}
+
+/// Where the models of a run compute: `--device cpu|cuda|cuda:N`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ComputeDevice {
+    /// ggml's CPU backend. With a VRAM budget the device is simulated: weights placed "on
+    /// the device" are copied into leased host buffers.
+    #[default]
+    Cpu,
+    /// CUDA GPU `N` (ggml's "CUDAN"), in a build with `--features cuda`.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for ComputeDevice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let l = s.trim().to_ascii_lowercase();
+        if l == "cpu" {
+            return Ok(ComputeDevice::Cpu);
+        }
+        if let Some(rest) = l.strip_prefix("cuda") {
+            let idx = rest.strip_prefix(':').unwrap_or(rest);
+            if idx.is_empty() {
+                return Ok(ComputeDevice::Cuda(0));
+            }
+            if let Ok(i) = idx.parse() {
+                return Ok(ComputeDevice::Cuda(i));
+            }
+        }
+        Err(format!("'{s}': expected cpu, cuda or cuda:N"))
+    }
+}
+
+impl std::fmt::Display for ComputeDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComputeDevice::Cpu => f.write_str("cpu"),
+            ComputeDevice::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl ComputeDevice {
+    pub fn is_cpu(self) -> bool {
+        self == ComputeDevice::Cpu
+    }
+
+    /// The device in ggml's registry, or why there is none in this build or on this machine.
+    pub fn ggml_device(self) -> Result<crate::ggml::Device, GgmlError> {
+        let want = match self {
+            ComputeDevice::Cpu => "cpu".to_string(),
+            ComputeDevice::Cuda(i) => format!("cuda{i}"),
+        };
+        let devs = crate::ggml::devices();
+        devs.iter()
+            .find(|d| d.name().to_ascii_lowercase() == want)
+            .copied()
+            .ok_or_else(|| {
+                let have: Vec<String> = devs.iter().map(|d| d.name()).collect();
+                GgmlError::Backend(if cfg!(nijigen_cuda) || self.is_cpu() {
+                    format!(
+                        "no device {self} on this machine (ggml sees: {})",
+                        have.join(", ")
+                    )
+                } else {
+                    format!("--device {self}: this build has no CUDA backend")
+                })
+            })
+    }
+
+    /// (free, total) bytes of device memory as the driver reports them now.
+    pub fn memory(self) -> Result<(u64, u64), GgmlError> {
+        Ok(self.ggml_device()?.memory())
+    }
+
+    /// A compute backend on this device (`threads` for the CPU's).
+    pub fn backend(self, threads: usize) -> Result<Backend, GgmlError> {
+        match self {
+            ComputeDevice::Cpu => Backend::cpu(threads),
+            ComputeDevice::Cuda(_) => self.ggml_device()?.init_backend(),
+        }
+    }
 }
 
 /// How a component's weights sit on the device.
@@ -55,8 +138,13 @@ pub struct DeviceWeights<'s> {
     slots: usize,
     resident_bytes: u64,
     slot_bytes: u64,
-    _leases: Vec<Lease>,
+    /// Pinned host memory uploads go through (GPU backends; `None` on the CPU).
+    staging: Mutex<Option<Buffer<'static>>>,
+    leases: Vec<Lease>,
 }
+
+/// Bytes of the pinned host buffer uploads to a GPU are staged through.
+pub const STAGING_BYTES: usize = 64 << 20;
 
 /// Every device tensor starts at a multiple of this (at least any backend's alignment: CPU 32,
 /// CUDA 128), so the planner can count the padding without knowing the backend.
@@ -101,7 +189,7 @@ impl<'s> DeviceWeights<'s> {
         let mut block_end = vec![0usize; prefixes.len()];
         for name in src.names() {
             let t = src.get(name).expect("listed tensor");
-            let size = align_up(t.nbytes(), align);
+            let size = align_up(backend.alloc_size(t), align);
             match prefixes.iter().position(|p| name.starts_with(p.as_str())) {
                 Some(b) => {
                     blocks[b].push((name, block_end[b]));
@@ -143,9 +231,17 @@ impl<'s> DeviceWeights<'s> {
                 set.add_in(name, t.ty(), &t.ne(), slot_buf[b % slots], off)?;
             }
         }
+        // A GPU copies by DMA from pinned memory only; the CPU needs no staging.
+        let mut staging = match backend.device() {
+            Some(dev) if !backend.is_cpu() => {
+                Some(dev.host_buffer(STAGING_BYTES.min(resident_end.max(slot_bytes)))?)
+            }
+            _ => None,
+        };
         for &(name, _) in &resident {
             let (s, d) = (src.get(name), set.get(name));
-            Upload::new(s.expect("listed"), d.expect("added"))?.run();
+            let up = Upload::new(s.expect("listed"), d.expect("added"))?;
+            run_upload(&up, staging.as_mut());
         }
         Ok(DeviceWeights {
             src,
@@ -157,8 +253,20 @@ impl<'s> DeviceWeights<'s> {
             slots,
             resident_bytes: resident_end as u64,
             slot_bytes: slot_bytes as u64,
-            _leases: leases,
+            staging: Mutex::new(staging),
+            leases,
         })
+    }
+
+    /// The device set and its leases, for a resident copy that must outlive its source's
+    /// borrow (LoRA adapters copied beside a model's weights).
+    pub fn into_resident(self) -> Result<(TensorSet<'static>, Vec<Lease>), DeviceError> {
+        if self.is_streamed() {
+            return Err(DeviceError::Layout(
+                "a streamed set cannot be detached from its source".into(),
+            ));
+        }
+        Ok((self.set, self.leases))
     }
 
     /// The device tensors under their canonical names.
@@ -216,10 +324,13 @@ impl<'s> DeviceWeights<'s> {
             stats.uploaded_bytes += up.iter().map(|u| u.bytes() as u64).sum::<u64>();
             jobs.push(up);
         }
+        let mut staging_guard = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        let mut staging = staging_guard.as_mut();
         if self.slots < 2 {
             for (b, up) in jobs.into_iter().enumerate() {
                 let t = Instant::now();
-                up.iter().for_each(Upload::run);
+                up.iter()
+                    .for_each(|u| run_upload(u, staging.as_deref_mut()));
                 stats.upload += t.elapsed();
                 stats.waited += t.elapsed();
                 compute(b)?;
@@ -237,7 +348,8 @@ impl<'s> DeviceWeights<'s> {
                         return; // the compute side stopped (an error)
                     }
                     let t = Instant::now();
-                    up.iter().for_each(Upload::run);
+                    up.iter()
+                        .for_each(|u| run_upload(u, staging.as_deref_mut()));
                     if ready_tx.send((b, t.elapsed())).is_err() {
                         return;
                     }
@@ -255,5 +367,58 @@ impl<'s> DeviceWeights<'s> {
             }
             Ok(stats)
         })
+    }
+}
+
+/// Runs `up`, through the pinned `staging` buffer when there is one.
+fn run_upload(up: &Upload<'_>, staging: Option<&mut Buffer<'static>>) {
+    match staging.and_then(Buffer::host_bytes_mut) {
+        Some(bytes) => up.run_staged(bytes),
+        None => up.run(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ComputeDevice;
+
+    #[test]
+    fn device_names_parse_and_print_as_the_cli_spells_them() {
+        for (s, d) in [
+            ("cpu", ComputeDevice::Cpu),
+            ("CPU", ComputeDevice::Cpu),
+            ("cuda", ComputeDevice::Cuda(0)),
+            ("cuda:0", ComputeDevice::Cuda(0)),
+            ("cuda:1", ComputeDevice::Cuda(1)),
+            ("CUDA1", ComputeDevice::Cuda(1)),
+        ] {
+            assert_eq!(s.parse::<ComputeDevice>(), Ok(d), "{s}");
+        }
+        assert_eq!(ComputeDevice::Cuda(1).to_string(), "cuda:1");
+        assert_eq!(ComputeDevice::Cpu.to_string(), "cpu");
+        for bad in ["gpu", "cuda:x", "", "vulkan0"] {
+            let e = bad.parse::<ComputeDevice>().unwrap_err();
+            assert!(e.contains("expected cpu, cuda or cuda:N"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_cpu_is_always_there_and_a_cuda_device_only_in_a_cuda_build() {
+        assert!(ComputeDevice::Cpu.ggml_device().is_ok());
+        assert!(ComputeDevice::Cpu.backend(1).unwrap().is_cpu());
+        if !cfg!(nijigen_cuda) {
+            let e = ComputeDevice::Cuda(0)
+                .ggml_device()
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("this build has no CUDA backend"), "{e}");
+        }
+        let e = ComputeDevice::Cuda(99)
+            .ggml_device()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("cuda:99"), "{e}");
     }
 }

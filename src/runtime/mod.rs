@@ -7,5 +7,5 @@ pub mod plan;
 pub mod weights;
 
 pub use accountant::{Accountant, Lease, OverBudget};
-pub use device::{DeviceError, DeviceWeights, Residency, StreamStats};
+pub use device::{ComputeDevice, DeviceError, DeviceWeights, Residency, StreamStats};
 pub use weights::{LoadError, WeightStore};
