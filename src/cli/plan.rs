@@ -2,9 +2,10 @@
 //!
 //! Opens the weight files (headers only: the tensor tables give every byte count), estimates
 //! each component's compute buffer from the request's shapes ([`crate::models::estimate`]),
-//! and runs the planner ([`crate::runtime::plan`]). With `--device cpu` (the only device of this
-//! version) the budget is simulated: `--vram-budget` gives it, and without one it is unlimited
-//! (everything resident). A budget keeps [`RESERVE`] aside for the tensors carried between
+//! and runs the planner ([`crate::runtime::plan`]). On `--device cpu` the budget is simulated:
+//! `--vram-budget` gives it, and without one it is unlimited (everything resident); on a GPU it
+//! defaults to the free memory less [`DRIVER_MARGIN`]. A budget keeps [`RESERVE`] aside for the
+//! tensors carried between
 //! components (prompt embeddings, latents) and allocator slack.
 
 use std::io::Write;
@@ -632,9 +633,10 @@ fn print_table(
     )
 }
 
-fn plan_json(p: &Plan, rows: &[Row], what: &str) -> serde_json::Value {
+fn plan_json(p: &Plan, rows: &[Row], what: &str, device: ComputeDevice) -> serde_json::Value {
     json!({
         "request": what,
+        "device": device.to_string(),
         "budget": p.budget,
         "reserve": p.reserve,
         "components": p.components.iter().map(|c| {
@@ -784,7 +786,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let p = make_plan(device, budget, options, components)?;
     let mut out = std::io::stdout().lock();
     if json_out {
-        writeln!(out, "{}", plan_json(&p, &rows, &what))?;
+        writeln!(out, "{}", plan_json(&p, &rows, &what, device))?;
     } else {
         print_table(&mut out, &p, &rows, &what, device)?;
     }
@@ -814,8 +816,8 @@ fn run_i2v(a: &super::i2v::I2vArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if a.json {
         let v = json!({
-            "still": plan_json(&still, &irows, &iwhat),
-            "video": plan_json(&video, &vrows, &vwhat),
+            "still": plan_json(&still, &irows, &iwhat, device),
+            "video": plan_json(&video, &vrows, &vwhat, device),
             "peak_device_bytes": peak_device,
             "peak_ram_bytes": peak_ram,
         });

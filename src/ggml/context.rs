@@ -261,7 +261,14 @@ impl Context {
             "mul_mat: cannot broadcast {na:?} over {nb:?}"
         );
         // SAFETY: both tensors belong to this context; shapes checked above.
-        self.wrap(unsafe { sys::ggml_mul_mat(self.as_ptr(), a.as_ptr(), b.as_ptr()) })
+        let y = unsafe { sys::ggml_mul_mat(self.as_ptr(), a.as_ptr(), b.as_ptr()) };
+        if a.ty() == GgmlType::F16 {
+            // F32 accumulation for F16 weights: CUDA's cuBLAS path otherwise sums in F16 (and
+            // overflows past 65504); the CPU always accumulates in F32.
+            // SAFETY: y is the live mul_mat node just made.
+            unsafe { sys::ggml_mul_mat_set_prec(y, sys::GGML_PREC_F32) };
+        }
+        self.wrap(y)
     }
 
     /// a + b, b broadcast over a.

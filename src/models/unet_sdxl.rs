@@ -688,14 +688,7 @@ impl<'w> SdxlUnet<'w> {
         let v = ctx.reshape(v, &[d, heads, tk, n]);
         let a = match self.attention {
             Attention::MulMat => nn::multi_head_attention(ctx, q, k, v, None),
-            Attention::Flash => {
-                // [D, H, T, N] -> [D, T, H, N]; K and V stay F32 (contiguous copies).
-                let kv = |t: Tensor<'c>| ctx.cont(ctx.permute(t, [0, 2, 1, 3]));
-                let q = ctx.permute(q, [0, 2, 1, 3]);
-                let o = ctx.flash_attn_ext(q, kv(k), kv(v), None, 1.0 / (d as f32).sqrt());
-                // [D, H, T, N] -> [D*H, T, N]
-                ctx.reshape(o, &[d * heads, t, n])
-            }
+            Attention::Flash => nn::flash_attention(ctx, q, k, v, !self.backend.is_cpu()),
         };
         Ok(nn::linear(ctx, &w.pp("to_out").pp(0), a)?)
     }

@@ -350,15 +350,7 @@ impl<'w> WanDit<'w> {
     ) -> Tensor<'c> {
         match self.attention {
             Attention::MulMat => nn::multi_head_attention(ctx, q, k, v, None),
-            Attention::Flash => {
-                let [d, h, t, n] = q.ne();
-                // [D, H, T, N] -> [D, T, H, N]; K and V stay F32 (contiguous copies).
-                let kv = |x: Tensor<'c>| ctx.cont(ctx.permute(x, [0, 2, 1, 3]));
-                let q = ctx.permute(q, [0, 2, 1, 3]);
-                let o = ctx.flash_attn_ext(q, kv(k), kv(v), None, 1.0 / (d as f32).sqrt());
-                // [D, H, T, N] -> [D*H, T, N]
-                ctx.reshape(o, &[d * h, t, n])
-            }
+            Attention::Flash => nn::flash_attention(ctx, q, k, v, !self.backend.is_cpu()),
         }
     }
 
@@ -847,7 +839,9 @@ fn rope<'c>(ctx: &'c Context, x: Tensor<'c>, cos: Tensor<'c>, sin: Tensor<'c>) -
     let ne = [1, hd / 2, h, t];
     let even = ctx.cont(ctx.view(pairs, &ne, &[nb[1], nb[2], nb[3]], 0));
     let odd = ctx.cont(ctx.view(pairs, &ne, &[nb[1], nb[2], nb[3]], nb[0]));
-    let swapped = ctx.reshape(ctx.concat(odd, even, 0), &[hd, h, t, 1]);
+    // As [1, hd/2, h * t]: ggml's CUDA concat launches one kernel per index of dim 3.
+    let flat = |x: Tensor<'c>| ctx.reshape(x, &[1, hd / 2, h * t]);
+    let swapped = ctx.reshape(ctx.concat(flat(odd), flat(even), 0), &[hd, h, t, 1]);
     let cos = ctx.reshape(cos, &[hd, 1, t, 1]);
     let sin = ctx.reshape(sin, &[hd, 1, t, 1]);
     ctx.add(ctx.mul(x, cos), ctx.mul(swapped, sin))

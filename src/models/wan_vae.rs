@@ -1121,12 +1121,13 @@ fn time_down<'c>(
             &[es, 3 * es, 3 * c as usize * es],
             k as usize * es,
         ));
-        let frames = ctx.view(
+        // Contiguous: ggml's CUDA conv_2d takes no strided input.
+        let frames = ctx.cont(ctx.view(
             full,
             &[xw, xh, c, t_out],
             &[nb[1], nb[2], 2 * nb[3]],
             k as usize * nb[3],
-        );
+        ));
         let yk = ctx.conv_2d_direct(wk, frames, (1, 1), (0, 0), (1, 1));
         acc = Some(match acc {
             Some(a) => ctx.add(a, yk),

@@ -2,7 +2,7 @@
 //! optional additive mask, mul_mat). The fused `flash_attn_ext` wants F16 K/V on the CPU, which
 //! costs about 1e-3 relative error; text encoders are small enough for the plain path.
 
-use crate::ggml::{Context, Tensor};
+use crate::ggml::{Context, GgmlType, Tensor};
 
 /// Attention of q/k/v given as [D, H, T, N] (head dim, heads, tokens, batch; may be strided
 /// views, e.g. of a fused qkv projection). `mask` is an additive F32 [Tk, Tq] mask (see
@@ -34,6 +34,33 @@ pub fn multi_head_attention<'c>(
     let out = ctx.mul_mat(vt, probs);
     let out = ctx.cont(ctx.permute(out, [0, 2, 1, 3]));
     ctx.reshape(out, &[d * h, t, n])
+}
+
+/// Fused attention (ggml's `flash_attn_ext`, F32 accumulation, no score matrix) of q/k/v given
+/// as [D, H, T, N]; returns [D*H, Tq, N] like [`multi_head_attention`]. K and V are copied
+/// into [D, T, H, N]: as F32 (exact, the CPU's choice), or with `kv_f16` as F16, the type a
+/// GPU's kernel converts them to anyway (half the memory, and no conversion buffer beside the
+/// graph's).
+pub fn flash_attention<'c>(
+    ctx: &'c Context,
+    q: Tensor<'c>,
+    k: Tensor<'c>,
+    v: Tensor<'c>,
+    kv_f16: bool,
+) -> Tensor<'c> {
+    let [d, h, t, n] = q.ne();
+    let kv = |x: Tensor<'c>| {
+        let x = ctx.permute(x, [0, 2, 1, 3]);
+        if kv_f16 {
+            ctx.cast(x, GgmlType::F16)
+        } else {
+            ctx.cont(x)
+        }
+    };
+    let q = ctx.permute(q, [0, 2, 1, 3]);
+    let o = ctx.flash_attn_ext(q, kv(k), kv(v), None, 1.0 / (d as f32).sqrt());
+    // [D, H, T, N] -> [D*H, T, N]
+    ctx.reshape(o, &[d * h, t, n])
 }
 
 /// Values of an additive causal mask [Tk = t, Tq = t], row-major by query: 0 where the key

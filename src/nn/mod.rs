@@ -5,7 +5,7 @@
 
 mod attention;
 
-pub use attention::{causal_mask, multi_head_attention};
+pub use attention::{causal_mask, flash_attention, multi_head_attention};
 
 use crate::ggml::{Backend, Context, GgmlError, GgmlType, Tensor, TensorSet};
 use crate::lora::Adapters;

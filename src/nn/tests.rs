@@ -107,3 +107,35 @@ fn missing_tensor_names_the_full_name() {
         _ => panic!("expected a missing tensor error"),
     }
 }
+
+#[test]
+fn flash_attention_with_f32_or_f16_kv_matches_the_exact_path() {
+    // The GPU variant (K/V cast to F16) runs here on the CPU too: same shapes, F16 rounding.
+    let (d, h, t, n) = (64usize, 2usize, 7usize, 1usize);
+    let len = d * h * t * n;
+    let (qv, kv, vv) = (vals(len, 11), vals(len, 12), vals(len, 13));
+    let ctx = Context::new_meta(64, 256).unwrap();
+    let shape = [d as i64, h as i64, t as i64, n as i64];
+    let q = ctx.new_f32(&shape).set_input();
+    let k = ctx.new_f32(&shape).set_input();
+    let v = ctx.new_f32(&shape).set_input();
+    let exact = multi_head_attention(&ctx, q, k, v, None).set_output();
+    let f32kv = flash_attention(&ctx, q, k, v, false).set_output();
+    let f16kv = flash_attention(&ctx, q, k, v, true).set_output();
+    assert_eq!(f16kv.ne(), exact.ne());
+    let mut g = ctx.new_graph(256);
+    for o in [exact, f32kv, f16kv] {
+        g.expand(o);
+    }
+    let mut backend = Backend::cpu(2).unwrap();
+    let _buf = backend.alloc_ctx_tensors(&ctx).unwrap();
+    ggml::tensor_set_f32(q, &qv).unwrap();
+    ggml::tensor_set_f32(k, &kv).unwrap();
+    ggml::tensor_set_f32(v, &vv).unwrap();
+    backend.compute(&g).unwrap();
+    let want = ggml::tensor_get_f32(exact).unwrap();
+    let e32 = rel_err(&ggml::tensor_get_f32(f32kv).unwrap(), &want);
+    let e16 = rel_err(&ggml::tensor_get_f32(f16kv).unwrap(), &want);
+    assert!(e32 < 1e-5, "F32 K/V: rel err {e32}");
+    assert!(e16 > 0.0 && e16 < 3e-3, "F16 K/V: rel err {e16}");
+}
