@@ -356,12 +356,8 @@ pub struct I2vSummary {
     pub ram_between_stages_bytes: Option<u64>,
     /// With a budget: the accountant's peak over both stages (on a GPU, or simulated with
     /// --device cpu), and the budget.
-    pub peak_device_bytes: Option<u64>,
-    pub vram_budget_bytes: Option<u64>,
-    /// On a GPU: the most device memory the driver showed in use.
-    pub driver_peak_device_bytes: Option<u64>,
-    /// The compute device: "cpu", "cuda:0".
-    pub device: String,
+    #[serde(flatten)]
+    pub device: super::progress::DeviceUse,
 }
 
 /// Current resident set size (Linux `VmRSS`).
@@ -505,14 +501,7 @@ pub fn execute(args: &I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<I2v
         total_s: start.elapsed().as_secs_f64(),
         peak_ram_bytes: peak_rss_bytes(),
         ram_between_stages_bytes: ram_between,
-        peak_device_bytes: memory.as_ref().map(|(m, _)| m.accountant.peak()),
-        vram_budget_bytes: memory.as_ref().and_then(|(m, _)| m.accountant.budget()),
-        driver_peak_device_bytes: memory
-            .as_ref()
-            .and_then(|(m, _)| m.accountant.driver_peak()),
-        device: memory
-            .as_ref()
-            .map_or_else(|| "cpu".into(), |(m, _)| m.device.to_string()),
+        device: super::progress::DeviceUse::of(memory.as_ref().map(|(m, _)| m)),
     })
 }
 
@@ -560,12 +549,7 @@ pub fn print_summary(s: &I2vSummary, json: bool, quiet: bool) -> anyhow::Result<
         "total {:.1} s; peak RAM {}{}",
         s.total_s,
         ram_text(s.peak_ram_bytes),
-        super::progress::device_text(
-            s.peak_device_bytes,
-            s.vram_budget_bytes,
-            s.driver_peak_device_bytes,
-            &s.device
-        )
+        s.device.text()
     )?;
     Ok(())
 }

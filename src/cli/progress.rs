@@ -18,7 +18,15 @@ pub struct Summary {
     pub total_s: f64,
     /// Peak resident memory of the process (Linux `VmHWM`).
     pub peak_ram_bytes: Option<u64>,
-    /// With a VRAM budget: the device-memory accountant's peak and the budget.
+    /// Where the run computed and the device memory it used.
+    #[serde(flatten)]
+    pub device: DeviceUse,
+}
+
+/// The device part of a run's summary (flattened into its JSON).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceUse {
+    /// With a budget: the device-memory accountant's peak and the budget.
     pub peak_device_bytes: Option<u64>,
     pub vram_budget_bytes: Option<u64>,
     /// On a GPU: the most device memory the driver showed in use (sampled at each step and
@@ -28,37 +36,32 @@ pub struct Summary {
     pub device: String,
 }
 
-impl Summary {
-    /// The device part of the summary line ([`device_text`]).
-    pub fn device_text(&self) -> String {
-        device_text(
-            self.peak_device_bytes,
-            self.vram_budget_bytes,
-            self.driver_peak_device_bytes,
-            &self.device,
-        )
+impl DeviceUse {
+    /// What a run under `memory` used (the CPU, unaccounted, without one).
+    pub fn of(memory: Option<&crate::pipeline::Memory>) -> DeviceUse {
+        DeviceUse {
+            peak_device_bytes: memory.map(|m| m.accountant.peak()),
+            vram_budget_bytes: memory.and_then(|m| m.accountant.budget()),
+            driver_peak_device_bytes: memory.and_then(|m| m.accountant.driver_peak()),
+            device: memory.map_or_else(|| "cpu".into(), |m| m.device.to_string()),
+        }
     }
-}
 
-/// "; peak device memory 5.1 GiB of 8.0 GiB on cuda:0 (driver: 5.6 GiB)", "...(simulated on
-/// the CPU)" for a budget on the CPU, or "" without a budget.
-pub fn device_text(
-    peak: Option<u64>,
-    budget: Option<u64>,
-    driver: Option<u64>,
-    device: &str,
-) -> String {
-    let (Some(p), Some(b)) = (peak, budget) else {
-        return String::new();
-    };
-    let (p, b) = (super::human_bytes(p), super::human_bytes(b));
-    if device == "cpu" {
-        return format!("; peak device memory {p} of {b} (simulated on the CPU)");
+    /// "; peak device memory 5.1 GiB of 8.0 GiB on cuda:0 (driver: 5.6 GiB)", "...(simulated
+    /// on the CPU)" for a budget on the CPU, or "" without a budget.
+    pub fn text(&self) -> String {
+        let (Some(p), Some(b)) = (self.peak_device_bytes, self.vram_budget_bytes) else {
+            return String::new();
+        };
+        let (p, b) = (super::human_bytes(p), super::human_bytes(b));
+        if self.device == "cpu" {
+            return format!("; peak device memory {p} of {b} (simulated on the CPU)");
+        }
+        let driver = self.driver_peak_device_bytes.map_or(String::new(), |d| {
+            format!(" (driver: {})", super::human_bytes(d))
+        });
+        format!("; peak device memory {p} of {b} on {}{driver}", self.device)
     }
-    let driver = driver.map_or(String::new(), |d| {
-        format!(" (driver: {})", super::human_bytes(d))
-    });
-    format!("; peak device memory {p} of {b} on {device}{driver}")
 }
 
 impl Summary {
@@ -70,7 +73,7 @@ impl Summary {
             timings_text(&self.timings),
             self.total_s,
             ram_text(self.peak_ram_bytes),
-            self.device_text()
+            self.device.text()
         )
     }
 }

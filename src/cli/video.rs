@@ -333,14 +333,7 @@ pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()
         timings: out.timings.clone(),
         total_s: start.elapsed().as_secs_f64(),
         peak_ram_bytes: super::progress::peak_rss_bytes(),
-        peak_device_bytes: memory.as_ref().map(|(m, _)| m.accountant.peak()),
-        vram_budget_bytes: memory.as_ref().and_then(|(m, _)| m.accountant.budget()),
-        driver_peak_device_bytes: memory
-            .as_ref()
-            .and_then(|(m, _)| m.accountant.driver_peak()),
-        device: memory
-            .as_ref()
-            .map_or_else(|| "cpu".into(), |(m, _)| m.device.to_string()),
+        device: super::progress::DeviceUse::of(memory.as_ref().map(|(m, _)| m)),
     };
     let mut stdout = std::io::stdout().lock();
     if args.json {
