@@ -74,11 +74,26 @@ fn run(
     residency: &Residency,
     budget: Option<u64>,
 ) -> Result<(Vec<f32>, Accountant), String> {
+    run_staged(c, residency, budget, None)
+}
+
+/// As [`run`], with block uploads sent through a host staging buffer of `staging` bytes (the
+/// path a GPU takes through pinned memory).
+fn run_staged(
+    c: &Case,
+    residency: &Residency,
+    budget: Option<u64>,
+    staging: Option<usize>,
+) -> Result<(Vec<f32>, Accountant), String> {
     let set = c.store.load_cpu(|_| true).unwrap();
     let acct = budget.map_or_else(Accountant::unlimited, Accountant::with_budget);
     let backend = Backend::cpu(1).unwrap();
-    let dw =
+    let mut dw =
         DeviceWeights::build(&set, &backend, residency, &acct, "dit").map_err(|e| e.to_string())?;
+    if let Some(bytes) = staging {
+        let host = backend.device().unwrap().host_buffer(bytes).unwrap();
+        dw.stage_through(host).unwrap();
+    }
     let mut dit = WanDit::new(dw.set(), "", 1).unwrap();
     dit.set_accountant(Some(&acct));
     dit.set_streaming(Some(&dw)).unwrap();
@@ -149,6 +164,23 @@ fn resident_and_streamed_dit_equal_the_unconstrained_run() {
                 acct.peak_breakdown()
             );
         }
+    }
+}
+
+#[test]
+fn uploads_staged_in_small_pieces_give_the_same_output() {
+    // 1000 bytes: every tensor of a block goes in several pieces, the last one short, from the
+    // copy thread (two slots) and from the compute thread (one slot).
+    let c = case(St::F16);
+    let want = unconstrained(&c);
+    for slots in [2, 1] {
+        let r = Residency::Streamed {
+            blocks: blocks(2),
+            slots,
+        };
+        let (got, acct) = run_staged(&c, &r, Some(64 << 20), Some(1000)).unwrap();
+        assert!(got == want, "{slots} slots: staged output differs");
+        assert_eq!(acct.used(), 0);
     }
 }
 

@@ -269,6 +269,18 @@ impl<'s> DeviceWeights<'s> {
         Ok((self.set, self.leases))
     }
 
+    /// Sends later block uploads through `staging` (host memory; the pinned buffer a GPU
+    /// backend gets by itself), in pieces of its size.
+    pub fn stage_through(&mut self, staging: Buffer<'static>) -> Result<(), DeviceError> {
+        if !staging.is_host() {
+            return Err(DeviceError::Layout(
+                "a staging buffer must be host memory".into(),
+            ));
+        }
+        *self.staging.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(staging);
+        Ok(())
+    }
+
     /// The device tensors under their canonical names.
     pub fn set(&self) -> &TensorSet<'static> {
         &self.set
