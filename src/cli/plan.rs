@@ -81,21 +81,28 @@ pub(super) fn device_budget(
         return Ok(given);
     }
     let (free, _) = device.memory()?;
+    let (budget, lowered) = gpu_budget(given, free);
+    if lowered {
+        tracing::warn!(
+            "--vram-budget {} is more than {device} has free ({} less a {} margin); using {}",
+            human_bytes(given.unwrap_or(0)),
+            human_bytes(free),
+            human_bytes(DRIVER_MARGIN),
+            human_bytes(budget)
+        );
+    }
+    Ok(Some(budget))
+}
+
+/// The budget on a GPU with `free` bytes free: `given`, or the free memory less
+/// [`DRIVER_MARGIN`] when there is none or it is larger (then `true`: lowered).
+fn gpu_budget(given: Option<u64>, free: u64) -> (u64, bool) {
     let usable = free.saturating_sub(DRIVER_MARGIN);
-    Ok(Some(match given {
-        Some(b) if b <= usable => b,
-        Some(b) => {
-            tracing::warn!(
-                "--vram-budget {} is more than {device} has free ({} less a {} margin); using {}",
-                human_bytes(b),
-                human_bytes(free),
-                human_bytes(DRIVER_MARGIN),
-                human_bytes(usable)
-            );
-            usable
-        }
-        None => usable,
-    }))
+    match given {
+        Some(b) if b <= usable => (b, false),
+        Some(_) => (usable, true),
+        None => (usable, false),
+    }
 }
 
 /// The planned-allocation-free part of a budget on `device`.
@@ -841,7 +848,20 @@ fn run_i2v(a: &super::i2v::I2vArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::block_key;
+    use super::{block_key, gpu_budget, DRIVER_MARGIN};
+
+    #[test]
+    fn a_gpu_budget_never_exceeds_the_free_memory_less_the_margin() {
+        let gib = 1u64 << 30;
+        let free = 11 * gib;
+        assert_eq!(gpu_budget(None, free), (free - DRIVER_MARGIN, false));
+        assert_eq!(gpu_budget(Some(8 * gib), free), (8 * gib, false));
+        assert_eq!(
+            gpu_budget(Some(12 * gib), free),
+            (free - DRIVER_MARGIN, true)
+        );
+        assert_eq!(gpu_budget(Some(gib), 0), (0, true));
+    }
 
     #[test]
     fn block_keys() {
