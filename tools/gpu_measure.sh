@@ -21,8 +21,9 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$bin"
 [ -f libggml-cuda.so.0 ] || unxz -k libggml-cuda.so.0.xz
+# cuBLAS (and the rest of CUDA) from the machine's PyTorch environment, or CUDA_LIBS.
 NV=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)/nvidia
-export LD_LIBRARY_PATH=$bin:$(ls -d "$NV"/*/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$bin:${CUDA_LIBS:+$CUDA_LIBS:}$(ls -d "$NV"/*/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}
 N=$bin/nijigen
 log() { echo "== $*" | tee -a "$out/log.txt"; }
 run() { # name, command...: stdout to name.out (JSON summaries), stderr to name.err, time to log

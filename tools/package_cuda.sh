@@ -19,6 +19,12 @@ done
 for l in ggml ggml-base ggml-cpu ggml-cuda; do cp -fL "$lib/lib$l.so.0" "$out/"; done
 cu=${CUDA_PATH:-$(echo "$PWD"/.cuda/lib/python3*/site-packages/nvidia/cu13)}
 [ -f "$cu/lib/libcudart.so.13" ] && cp -fL "$cu/lib/libcudart.so.13" "$out/"
-xz -T0 -3 -f -k "$out/libggml-cuda.so.0"
+# Without debug info (the release profile keeps it) and with the large CUDA library compressed,
+# the folder fits the 64 MiB a GPU session can carry (about 58 MB).
+for f in "$out"/nijigen "$out"/compare_images "$out"/make_real_shape_files "$out"/lib*.so.0; do
+    if [ -f "$f" ]; then strip --strip-debug "$f"; fi
+done
+xz -T0 -3 -f "$out/libggml-cuda.so.0"
 ls -la "$out"
+du -sb "$out"
 echo "on the GPU machine: tools/gpu_measure.sh $out (all measurements), or in the copied folder: unxz -k libggml-cuda.so.0.xz; LD_LIBRARY_PATH=\$PWD:<cuBLAS lib dir> ./nijigen devices"
