@@ -164,7 +164,7 @@ impl<'w> ClipVision<'w> {
     /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
     /// constructor starts. Every weight must be where `backend` can read it (a device copy).
     pub fn set_backend(&mut self, backend: Backend) -> Result<(), ClipVisionError> {
-        self.weights.check_backend(&backend)?;
+        self.weights = self.weights.clone().for_backend(&backend)?;
         self.alloc.rebind(&backend)?;
         self.backend = backend;
         Ok(())

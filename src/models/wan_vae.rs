@@ -58,7 +58,7 @@
 //! [OC, IC, KT, KH, KW] are stored folded as [KW, KH, KT, IC*OC].
 
 use crate::ggml::{
-    self, Backend, Buffer, Context, GgmlError, GgmlType, Graph, GraphAllocator, Tensor, TensorSet,
+    self, Backend, Buffer, Context, GgmlError, Graph, GraphAllocator, Tensor, TensorSet,
 };
 use crate::nn::{self, NnError, Weights};
 
@@ -400,7 +400,7 @@ impl<'w> WanVae<'w> {
     /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
     /// constructor starts. Every weight must be where `backend` can read it (a device copy).
     pub fn set_backend(&mut self, backend: Backend) -> Result<(), WanVaeError> {
-        self.weights.check_backend(&backend)?;
+        self.weights = self.weights.clone().for_backend(&backend)?;
         self.alloc.rebind(&backend)?;
         self.backend = backend;
         Ok(())
@@ -1013,10 +1013,7 @@ fn causal_conv<'c>(
         }
         .into());
     }
-    let weight = match weight.ty() {
-        GgmlType::F32 | GgmlType::F16 => weight,
-        _ => ctx.cast(weight, GgmlType::F32),
-    };
+    let weight = nn::conv_kernel(ctx, w, weight);
     let es = weight.nb()[0];
     let kb = (kw * kh) as usize * es;
     // Time tap k of the kernel as a 2-D kernel [KW, KH, IC, OC].
@@ -1103,10 +1100,7 @@ fn time_down<'c>(
         }
         .into());
     }
-    let weight = match weight.ty() {
-        GgmlType::F32 | GgmlType::F16 => weight,
-        _ => ctx.cast(weight, GgmlType::F32),
-    };
+    let weight = nn::conv_kernel(ctx, w, weight);
     let full = ctx.concat(g.read(ctx, i)?, x, 3); // [W, H, C, T + 1]
     g.write(ctx, i, frame(full, t))?;
     let t_out = (t + 1 - 3) / 2 + 1;

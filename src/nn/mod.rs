@@ -33,6 +33,9 @@ pub struct Weights<'a> {
     set: &'a TensorSet<'a>,
     prefix: String,
     adapters: Option<&'a Adapters>,
+    /// Convolution kernels stored in other types (BF16) are cast to F16 rather than F32: on a
+    /// GPU, ggml's F16 convolution runs on tensor cores and its F32 one is a plain loop.
+    half_convs: bool,
 }
 
 impl<'a> Weights<'a> {
@@ -46,6 +49,7 @@ impl<'a> Weights<'a> {
             set,
             prefix,
             adapters: None,
+            half_convs: false,
         }
     }
 
@@ -77,6 +81,26 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// The same view for `backend`: checked that it can use every tensor, and with convolution
+    /// kernels cast to F16 instead of F32 on a GPU (see [`conv_kernel`]).
+    pub fn for_backend(self, backend: &Backend) -> Result<Weights<'a>, GgmlError> {
+        self.check_backend(backend)?;
+        Ok(Weights {
+            half_convs: !backend.is_cpu(),
+            ..self
+        })
+    }
+
+    /// The view with F16 convolution kernels whatever the backend (tests run the GPU's graph
+    /// on the CPU).
+    #[cfg(test)]
+    pub(crate) fn with_half_convs(self) -> Weights<'a> {
+        Weights {
+            half_convs: true,
+            ..self
+        }
+    }
+
     /// The adapters attached, if any.
     pub fn adapters(&self) -> Option<&'a Adapters> {
         self.adapters
@@ -88,6 +112,7 @@ impl<'a> Weights<'a> {
             set: self.set,
             prefix: format!("{}{sub}.", self.prefix),
             adapters: self.adapters,
+            half_convs: self.half_convs,
         }
     }
 
@@ -217,7 +242,7 @@ mod tests;
 /// PyTorch `nn.Conv2d` stored as `{prefix}weight` [OC, IC, KH, KW] (ggml ne [KW, KH, IC, OC])
 /// and an optional `{prefix}bias` [OC]: x [W, H, IC, N] -> [OW, OH, OC, N]. Symmetric `pad`.
 /// Uses ggml's direct convolution (F32 throughout for F32 weights, no im2col tensor); other
-/// weight types (BF16, quantized) are cast to F32 first.
+/// weight types (BF16) are cast first ([`conv_kernel`]).
 pub fn conv2d<'c>(
     ctx: &'c Context,
     w: &Weights<'c>,
@@ -235,10 +260,7 @@ pub fn conv2d<'c>(
         });
     }
     let stored = weight;
-    let weight = match weight.ty() {
-        GgmlType::F32 | GgmlType::F16 => weight,
-        _ => ctx.cast(weight, GgmlType::F32),
-    };
+    let weight = conv_kernel(ctx, w, weight);
     let y = ctx.conv_2d_direct(weight, x, (stride, stride), (pad, pad), (1, 1));
     let y = match w.adapters {
         Some(a) => match w.set.name_of(stored) {
@@ -253,6 +275,17 @@ pub fn conv2d<'c>(
     let b = w.get_shaped("bias", &[wn[3]])?;
     let b = ctx.reshape(to_f32(ctx, b), &[1, 1, wn[3], 1]);
     Ok(ctx.add(y, b))
+}
+
+/// A convolution kernel as ggml's direct convolution takes it: F32 and F16 as stored, other
+/// types (BF16) cast to F32 (exact, the CPU's choice) or, for a GPU view
+/// ([`Weights::for_backend`]), to F16 (BF16 values fit F16 except below 6e-5 in magnitude).
+pub fn conv_kernel<'c>(ctx: &'c Context, w: &Weights<'c>, weight: Tensor<'c>) -> Tensor<'c> {
+    match weight.ty() {
+        GgmlType::F32 | GgmlType::F16 => weight,
+        _ if w.half_convs => ctx.cast(weight, GgmlType::F16),
+        _ => ctx.cast(weight, GgmlType::F32),
+    }
 }
 
 /// PyTorch `nn.GroupNorm` over a [W, H, C, N] tensor with `{prefix}weight` and `{prefix}bias`

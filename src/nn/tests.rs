@@ -139,3 +139,54 @@ fn flash_attention_with_f32_or_f16_kv_matches_the_exact_path() {
     assert!(e32 < 1e-5, "F32 K/V: rel err {e32}");
     assert!(e16 > 0.0 && e16 < 3e-3, "F16 K/V: rel err {e16}");
 }
+
+#[test]
+fn bf16_conv_kernels_are_cast_to_f32_on_the_cpu_and_to_f16_for_a_gpu() {
+    use half::bf16;
+    let (k, ic, oc, wd) = (3usize, 4usize, 5usize, 6usize);
+    let wv: Vec<f32> = vals(k * k * ic * oc, 21)
+        .iter()
+        .map(|&v| bf16::from_f32(v).to_f32())
+        .collect();
+    let xv = vals(wd * wd * ic, 22);
+    let bytes: Vec<u8> = wv
+        .iter()
+        .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+        .collect();
+    let mut set = TensorSet::new(2).unwrap();
+    let ne = [k as i64, k as i64, ic as i64, oc as i64];
+    set.add_owned("c.weight", GgmlType::BF16, &ne, &bytes)
+        .unwrap();
+    set.add_owned("f.weight", GgmlType::F32, &ne, bytemuck::cast_slice(&wv))
+        .unwrap();
+    let w = Weights::new(&set, "");
+    let ctx = Context::new_meta(64, 256).unwrap();
+    let x = ctx
+        .new_f32(&[wd as i64, wd as i64, ic as i64, 1])
+        .set_input();
+    let exact = conv2d(&ctx, &w.pp("f"), x, 1, 1).unwrap();
+    let cpu = conv2d(&ctx, &w.pp("c"), x, 1, 1).unwrap();
+    let half = w.clone().with_half_convs();
+    assert_eq!(
+        conv_kernel(&ctx, &half, set.get("c.weight").unwrap()).ty(),
+        GgmlType::F16
+    );
+    assert_eq!(
+        conv_kernel(&ctx, &w, set.get("c.weight").unwrap()).ty(),
+        GgmlType::F32
+    );
+    let gpu = conv2d(&ctx, &half.pp("c"), x, 1, 1).unwrap();
+    let mut g = ctx.new_graph(256);
+    for t in [exact, cpu, gpu] {
+        g.expand(t);
+    }
+    let mut backend = Backend::cpu(1).unwrap();
+    let _buf = backend.alloc_ctx_tensors(&ctx).unwrap();
+    ggml::tensor_set_f32(x, &xv).unwrap();
+    backend.compute(&g).unwrap();
+    let want = ggml::tensor_get_f32(exact).unwrap();
+    let e_cpu = rel_err(&ggml::tensor_get_f32(cpu).unwrap(), &want);
+    let e_gpu = rel_err(&ggml::tensor_get_f32(gpu).unwrap(), &want);
+    assert!(e_cpu < 1e-6, "BF16 cast to F32: {e_cpu}");
+    assert!(e_gpu > 0.0 && e_gpu < 2e-3, "BF16 cast to F16: {e_gpu}");
+}
