@@ -192,6 +192,18 @@ impl<'s> DeviceWeights<'s> {
             let size = align_up(backend.alloc_size(t), align);
             match prefixes.iter().position(|p| name.starts_with(p.as_str())) {
                 Some(b) => {
+                    // The blocks of a slot share its bytes, so one block's data may land in
+                    // another's row padding, which the device's kernels read (CUDA: quantized
+                    // rows not a multiple of 512 values) and expect zero. Wan's and umT5's
+                    // widths are multiples of 512; refuse rather than compute on garbage.
+                    if backend.alloc_size(t) != t.nbytes() {
+                        return Err(DeviceError::Layout(format!(
+                            "{what}: cannot stream '{name}' ({} {:?}): {} pads its rows",
+                            t.ty(),
+                            t.ne(),
+                            backend.name()
+                        )));
+                    }
                     blocks[b].push((name, block_end[b]));
                     block_end[b] += size;
                 }
