@@ -333,6 +333,7 @@ impl Backend {
         NonNull::new(ptr)
             .map(|ptr| Buffer {
                 ptr,
+                borrowed: false,
                 _data: PhantomData,
             })
             .ok_or(GgmlError::OutOfMemory {
@@ -349,6 +350,7 @@ impl Backend {
         NonNull::new(ptr)
             .map(|ptr| Buffer {
                 ptr,
+                borrowed: false,
                 _data: PhantomData,
             })
             .ok_or(GgmlError::OutOfMemory {
@@ -380,6 +382,8 @@ impl Drop for Backend {
 /// existing memory (`'static` for buffers that own their memory).
 pub struct Buffer<'d> {
     ptr: NonNull<sys::ggml_backend_buffer>,
+    /// Over caller bytes ([`Buffer::from_host_bytes`], read-only): never handed out mutably.
+    borrowed: bool,
     _data: PhantomData<&'d [u8]>,
 }
 
@@ -417,6 +421,7 @@ impl<'d> Buffer<'d> {
         NonNull::new(ptr)
             .map(|ptr| Buffer {
                 ptr,
+                borrowed: true,
                 _data: PhantomData,
             })
             .ok_or_else(|| GgmlError::Backend("ggml_backend_cpu_buffer_from_ptr failed".into()))
@@ -426,6 +431,7 @@ impl<'d> Buffer<'d> {
     pub(crate) fn from_raw(ptr: sys::ggml_backend_buffer_t) -> Option<Buffer<'static>> {
         NonNull::new(ptr).map(|ptr| Buffer {
             ptr,
+            borrowed: false,
             _data: PhantomData,
         })
     }
@@ -435,13 +441,14 @@ impl<'d> Buffer<'d> {
         unsafe { sys::ggml_backend_buffer_get_size(self.ptr.as_ptr()) }
     }
 
-    /// The buffer's bytes, for a host buffer (pinned staging memory); `None` for device memory.
+    /// The buffer's bytes, for a host buffer it owns (pinned staging memory); `None` for device
+    /// memory and for buffers over caller bytes (read-only, e.g. a mapped file).
     pub fn host_bytes_mut(&mut self) -> Option<&mut [u8]> {
-        if !self.is_host() {
+        if !self.is_host() || self.borrowed {
             return None;
         }
-        // SAFETY: a host buffer's base points at `size` bytes it owns (or borrows mutably for
-        // 'd); &mut self makes this the only access for the slice's life.
+        // SAFETY: an owned host buffer's base points at `size` bytes it allocated; &mut self
+        // makes this the only access for the slice's life.
         unsafe {
             let base = sys::ggml_backend_buffer_get_base(self.ptr.as_ptr()) as *mut u8;
             (!base.is_null()).then(|| std::slice::from_raw_parts_mut(base, self.size()))

@@ -479,8 +479,12 @@ fn zero_copy_host_buffer_and_graph_allocator() {
     let off = bytes.as_ptr().align_offset(32);
     bytes[off..off + k * n * 4].copy_from_slice(bytemuck::cast_slice(&w));
     let weights = &bytes[off..off + k * n * 4];
-    let wbuf = Buffer::from_host_bytes(weights).unwrap();
+    let mut wbuf = Buffer::from_host_bytes(weights).unwrap();
     assert!(wbuf.is_host());
+    assert!(
+        wbuf.host_bytes_mut().is_none(),
+        "caller bytes handed out mutably"
+    );
     assert!(
         Buffer::from_host_bytes(&bytes[off + 1..off + 65]).is_err(),
         "misaligned accepted"

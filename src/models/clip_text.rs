@@ -213,15 +213,6 @@ pub struct ClipTextModel<'w> {
 }
 
 impl<'w> ClipTextModel<'w> {
-    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
-    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
-    pub fn set_backend(&mut self, backend: Backend) -> Result<(), ClipError> {
-        self.weights = self.weights.clone().for_backend(&backend)?;
-        self.alloc.rebind(&backend)?;
-        self.backend = backend;
-        Ok(())
-    }
-
     /// Accounts this model's compute buffer in `acct` (device memory of the run).
     pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
         self.alloc
@@ -487,3 +478,5 @@ impl<'w> ClipTextModel<'w> {
         Ok(())
     }
 }
+
+super::impl_set_backend!(ClipTextModel, ClipError);

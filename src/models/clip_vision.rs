@@ -161,15 +161,6 @@ pub struct ClipVision<'w> {
 }
 
 impl<'w> ClipVision<'w> {
-    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
-    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
-    pub fn set_backend(&mut self, backend: Backend) -> Result<(), ClipVisionError> {
-        self.weights = self.weights.clone().for_backend(&backend)?;
-        self.alloc.rebind(&backend)?;
-        self.backend = backend;
-        Ok(())
-    }
-
     /// Accounts this model's compute buffer in `acct` (device memory of the run).
     pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
         self.alloc.set_meter(
@@ -600,3 +591,5 @@ fn cubic(x: f32, a: f32) -> f32 {
         0.0
     }
 }
+
+super::impl_set_backend!(ClipVision, ClipVisionError);

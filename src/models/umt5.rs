@@ -173,15 +173,6 @@ pub struct Umt5Encoder<'w> {
 }
 
 impl<'w> Umt5Encoder<'w> {
-    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
-    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
-    pub fn set_backend(&mut self, backend: Backend) -> Result<(), Umt5Error> {
-        self.weights = self.weights.clone().for_backend(&backend)?;
-        self.alloc.rebind(&backend)?;
-        self.backend = backend;
-        Ok(())
-    }
-
     /// Accounts this model's compute buffer in `acct` (device memory of the run).
     pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
         self.alloc
@@ -391,6 +382,8 @@ struct Umt5Graph<'c> {
     buckets: Tensor<'c>,
     out: Tensor<'c>,
 }
+
+super::impl_set_backend!(Umt5Encoder, Umt5Error);
 
 #[cfg(test)]
 mod tests {

@@ -188,15 +188,6 @@ pub struct SdxlVae<'w> {
 }
 
 impl<'w> SdxlVae<'w> {
-    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
-    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
-    pub fn set_backend(&mut self, backend: Backend) -> Result<(), VaeError> {
-        self.weights = self.weights.clone().for_backend(&backend)?;
-        self.alloc.rebind(&backend)?;
-        self.backend = backend;
-        Ok(())
-    }
-
     /// Accounts this model's compute buffer in `acct` (device memory of the run).
     pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
         self.alloc
@@ -634,6 +625,8 @@ fn blend_weight(p: usize, len: usize, before: Option<usize>, after: Option<usize
     }
     wt.clamp(0.0, 1.0)
 }
+
+super::impl_set_backend!(SdxlVae, VaeError);
 
 #[cfg(test)]
 mod tests {

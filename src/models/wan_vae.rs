@@ -397,15 +397,6 @@ impl WanVaeMemory {
 }
 
 impl<'w> WanVae<'w> {
-    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
-    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
-    pub fn set_backend(&mut self, backend: Backend) -> Result<(), WanVaeError> {
-        self.weights = self.weights.clone().for_backend(&backend)?;
-        self.alloc.rebind(&backend)?;
-        self.backend = backend;
-        Ok(())
-    }
-
     /// Accounts this model's device memory (compute buffer, causal caches) in `acct`.
     pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
         self.alloc
@@ -1222,3 +1213,5 @@ fn attention<'c>(
     let a = nn::conv2d(ctx, &w.pp("proj"), a, 1, 0)?;
     Ok(ctx.add(x, a))
 }
+
+super::impl_set_backend!(WanVae, WanVaeError);
