@@ -29,7 +29,7 @@ use std::sync::OnceLock;
 
 use common::{read_f32_entry, recipe_tensors, rel_err, St};
 use nijigen::formats::names::{Architecture, Layout};
-use nijigen::pipeline::sdxl::{self, SdxlFiles, SdxlImage, SdxlRequest};
+use nijigen::pipeline::image::{self, SdxlFiles, SdxlImage, SdxlRequest};
 use nijigen::pipeline::RunOptions;
 use nijigen::runtime::WeightStore;
 use nijigen::sampling::{SamplerKind, Scheduler};
@@ -430,7 +430,7 @@ fn generate(files: &SdxlFiles, size: Size) -> SdxlImage {
         threads: THREADS,
         ..RunOptions::default()
     };
-    let mut out = sdxl::generate(files, &request(size), &opts, &mut |_| {}).unwrap();
+    let mut out = image::generate(files, &request(size), &opts, &mut |_| {}).unwrap();
     assert_eq!(out.images.len(), 1);
     out.images.remove(0)
 }
@@ -816,7 +816,7 @@ fn v_pred_key_reproduces_diffusers_v_prediction() {
         threads: THREADS,
         ..RunOptions::default()
     };
-    let out = sdxl::generate(
+    let out = image::generate(
         &SdxlFiles::single(checkpoint_vpred()),
         &request(Size::Small),
         &opts,
@@ -913,7 +913,7 @@ fn vae_tile_is_close_to_the_untiled_decode() {
         ..RunOptions::default()
     };
     let files = SdxlFiles::single(checkpoint());
-    let (tiled, whole, one) = sdxl::with_models(&files, &opts, &mut |_| {}, |m, _| {
+    let (tiled, whole, one) = image::with_models(&files, &opts, &mut |_| {}, |m, _| {
         Ok((
             m.vae_decode(&latent, 12, 16, Some(64))?,
             m.vae_decode(&latent, 12, 16, None)?,
@@ -1018,7 +1018,7 @@ fn ztsnr_key_rescales_v_prediction_schedules_only() {
             vae: Some(vae_file(St::F32)),
             loras: Vec::new(),
         };
-        let (got_v, got_max) = sdxl::with_models(&files, &opts, &mut |_| {}, |m, _| {
+        let (got_v, got_max) = image::with_models(&files, &opts, &mut |_| {}, |m, _| {
             Ok((m.v_prediction(), m.sampling().sigma_max()))
         })
         .unwrap();

@@ -20,7 +20,7 @@ use common::{read_f32_entry, recipe_tensors, rel_err, write_safetensors, St};
 use nijigen::formats::names::Architecture;
 use nijigen::models::unet_sdxl::sdxl_added_cond;
 use nijigen::models::{ClipTextModel, SdxlUnet, SdxlVae};
-use nijigen::pipeline::sdxl::{self, InitImage, SdxlFiles, SdxlImage, SdxlRequest};
+use nijigen::pipeline::image::{self, InitImage, SdxlFiles, SdxlImage, SdxlRequest};
 use nijigen::pipeline::RunOptions;
 use nijigen::runtime::WeightStore;
 use nijigen::sampling::{
@@ -373,7 +373,7 @@ fn composed_txt2img_matches_diffusers() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The pipeline (nijigen::pipeline::sdxl) and the CLI
+// The pipeline (nijigen::pipeline::image) and the CLI
 // ---------------------------------------------------------------------------------------------
 
 fn opts() -> RunOptions {
@@ -428,7 +428,7 @@ fn image_errors(case: &Value, img: &SdxlImage) -> (f32, f32, u8, usize) {
 #[test]
 fn pipeline_txt2img_f32_matches_diffusers() {
     let files = SdxlFiles::single(checkpoint(St::F32));
-    let out = sdxl::generate(&files, &t2i_request(), &opts(), &mut |_| {}).unwrap();
+    let out = image::generate(&files, &t2i_request(), &opts(), &mut |_| {}).unwrap();
     assert_eq!(out.images.len(), 1);
     let img = &out.images[0];
     assert_eq!(
@@ -449,7 +449,7 @@ fn pipeline_txt2img_f32_matches_diffusers() {
 #[test]
 fn pipeline_txt2img_f16_checkpoint_is_close() {
     let files = SdxlFiles::single(checkpoint(St::F16));
-    let out = sdxl::generate(&files, &t2i_request(), &opts(), &mut |_| {}).unwrap();
+    let out = image::generate(&files, &t2i_request(), &opts(), &mut |_| {}).unwrap();
     let (lat, dec, worst, n) = image_errors(&index()["t2i"], &out.images[0]);
     eprintln!("t2i f16: latent rel {lat:.2e}, decoded max abs {dec:.2e}, u8 worst {worst} on {n}");
     // F16 weights (diffusers ran the F32 ones): measured latent 2.2e-3, decoded 8.5e-3, u8 off
@@ -461,7 +461,7 @@ fn pipeline_txt2img_f16_checkpoint_is_close() {
 #[test]
 fn pipeline_img2img_matches_diffusers() {
     let files = SdxlFiles::single(checkpoint(St::F32));
-    let out = sdxl::generate(&files, &i2i_request(), &opts(), &mut |_| {}).unwrap();
+    let out = image::generate(&files, &i2i_request(), &opts(), &mut |_| {}).unwrap();
     let (lat, dec, worst, n) = image_errors(&index()["i2i"], &out.images[0]);
     eprintln!("i2i f32: latent rel {lat:.2e}, decoded max abs {dec:.2e}, u8 worst {worst} on {n}");
     // Measured: latent 2.1e-6, decoded 7.7e-6, u8 off by 1 on 2 of 6144 values.
@@ -475,7 +475,7 @@ fn pipeline_parts_match_diffusers() {
     let ix = index();
     let t2i = &ix["t2i"];
     let files = SdxlFiles::single(checkpoint(St::F32));
-    sdxl::with_models(&files, &opts(), &mut |_| {}, |m, _| {
+    image::with_models(&files, &opts(), &mut |_| {}, |m, _| {
         assert!(!m.v_prediction());
         for (side, prompt, want_unet) in [
             ("pos", "prompt", "unet_cond"),
@@ -596,7 +596,7 @@ fn budgets_give_the_same_image_and_stay_under_them() {
     use nijigen::runtime::Accountant;
     let files = SdxlFiles::single(checkpoint(St::F32));
     for req in [t2i_request(), i2i_request()] {
-        let base = sdxl::generate(&files, &req, &opts(), &mut |_| {}).unwrap();
+        let base = image::generate(&files, &req, &opts(), &mut |_| {}).unwrap();
         for enc in [Placement::Resident, Placement::Cpu] {
             let placements = vec![
                 (Component::ClipL, enc.clone()),
@@ -614,7 +614,7 @@ fn budgets_give_the_same_image_and_stay_under_them() {
                 memory: Some(memory.clone()),
                 ..opts()
             };
-            let out = sdxl::generate(&files, &req, &o, &mut |_| {}).unwrap();
+            let out = image::generate(&files, &req, &o, &mut |_| {}).unwrap();
             assert!(
                 out.images[0].latent == base.images[0].latent,
                 "{enc:?}: latent"
@@ -635,7 +635,7 @@ fn budgets_give_the_same_image_and_stay_under_them() {
                     }),
                     ..opts()
                 };
-                let err = sdxl::generate(&files, &req, &o, &mut |_| {}).unwrap_err();
+                let err = image::generate(&files, &req, &o, &mut |_| {}).unwrap_err();
                 assert!(err.to_string().contains("budget exceeded"), "{err}");
             }
         }

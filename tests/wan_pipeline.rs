@@ -5,7 +5,7 @@
 //! writes the four files from the recipes in the layouts users have (city96-style GGUF DiT with
 //! original Wan names and a 5-D `patch_embedding`, llama.cpp-named umT5 GGUF with the tokenizer
 //! in `tokenizer.ggml.*`, HF CLIP vision safetensors, original-name VAE safetensors), then runs
-//! the pipeline (component by component, the whole `wan::generate`, and `nijigen video`).
+//! the pipeline (component by component, the whole `video::generate`, and `nijigen video`).
 //!
 //! Tolerances (all F32; the worst values are printed with `--nocapture`; measured on x86-64,
 //! CPU backend, 2 threads, in brackets):
@@ -29,7 +29,7 @@ use common::{hash_values, nijigen, read_f32_entry, rel_err, stderr, write_safete
 use nijigen::formats::gguf::{GgufFile, GgufWriter, TensorDecl};
 use nijigen::formats::MetaValue;
 use nijigen::ggml::GgmlType;
-use nijigen::pipeline::wan::{self, WanFiles, WanRequest};
+use nijigen::pipeline::video::{self, WanFiles, WanRequest};
 use nijigen::pipeline::{InitImage, RunOptions};
 use nijigen::sampling::{SamplerKind, Scheduler};
 use serde_json::Value;
@@ -305,7 +305,7 @@ fn components_match_the_reference() {
     let img = image();
     let (w, h) = (req.width as usize, req.height as usize);
     let (lt, lh, lw) = (1 + (req.frames - 1) / 4, h / 8, w / 8);
-    wan::with_models(&files, true, &opts(), &mut |_| {}, |m, _ev| {
+    video::with_models(&files, true, &opts(), &mut |_| {}, |m, _ev| {
         // Tokens and umT5 (real rows, then zero rows up to 512).
         for (key, prompt, out) in [
             ("prompt", &req.prompt, "text_prompt"),
@@ -424,7 +424,7 @@ fn generate_reproduces_the_reference_frames() {
     let idx = index();
     let (_dir, files) = write_files("generate", false);
     let req = request(&idx);
-    let out = wan::generate(&files, &req, &opts(), &mut |_| {}).expect("generate");
+    let out = video::generate(&files, &req, &opts(), &mut |_| {}).expect("generate");
     close(
         "final latent (3 steps)",
         &out.latent,
@@ -455,7 +455,7 @@ fn q8_0_dit_stays_close_to_the_reference() {
     let idx = index();
     let (_dir, files) = write_files("q8", true);
     let req = request(&idx);
-    let out = wan::generate(&files, &req, &opts(), &mut |_| {}).expect("generate");
+    let out = video::generate(&files, &req, &opts(), &mut |_| {}).expect("generate");
     let q8 = &idx["q8_0"];
     let want = read_f32_entry(DIR, &q8["final_latent"]).0;
     let f32_ref = entry(&idx, "final_latent");
@@ -599,7 +599,7 @@ fn budgets_give_the_same_video_and_stay_under_them() {
     let idx = index();
     let (_dir, files) = write_files("budgets", false);
     let req = request(&idx);
-    let base = wan::generate(&files, &req, &opts(), &mut |_| {}).expect("unconstrained");
+    let base = video::generate(&files, &req, &opts(), &mut |_| {}).expect("unconstrained");
     let streamed = |slots| Placement::Streamed {
         blocks: vec![0, 0],
         slots,
@@ -634,7 +634,7 @@ fn budgets_give_the_same_video_and_stay_under_them() {
             memory: Some(memory.clone()),
             ..opts()
         };
-        let out = wan::generate(&files, &req, &o, &mut |_| {}).expect(what);
+        let out = video::generate(&files, &req, &o, &mut |_| {}).expect(what);
         assert!(out.latent == base.latent, "{what}: latent differs");
         assert!(out.frames == base.frames, "{what}: frames differ");
         let peak = memory.accountant.peak();
@@ -657,7 +657,7 @@ fn budgets_give_the_same_video_and_stay_under_them() {
             memory: Some(tight),
             ..opts()
         };
-        let err = wan::generate(&files, &req, &o, &mut |_| {}).expect_err(what);
+        let err = video::generate(&files, &req, &o, &mut |_| {}).expect_err(what);
         assert!(err.to_string().contains("budget exceeded"), "{what}: {err}");
     }
 }

@@ -33,57 +33,13 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory};
 use serde::{Deserialize, Serialize};
 
+use super::common::{parse_budget, parse_sampler, parse_scheduler};
+use super::common::{Setting, Source};
 use super::find::{Search, Slot};
 use super::i2v::I2vArgs;
-use super::image::{parse_sampler, parse_scheduler, ImageArgs};
+use super::image::ImageArgs;
 use super::video::VideoArgs;
 use super::{Cli, Command, WithHint};
-
-/// Where a setting's value came from.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Source {
-    /// A command-line flag (its name).
-    Flag(&'static str),
-    /// An environment variable (its name).
-    Env(&'static str),
-    /// The config file.
-    File(PathBuf),
-    Default,
-}
-
-impl Source {
-    /// "--models-dir", "NIJIGEN_MODELS", "models_dir in /x/nijigen.toml", "default".
-    pub fn flag_or_key(&self, key: &str) -> String {
-        match self {
-            Source::Flag(f) => (*f).to_string(),
-            Source::Env(e) => (*e).to_string(),
-            Source::File(p) => format!("{key} in {}", p.display()),
-            Source::Default => "default".into(),
-        }
-    }
-
-    fn label(&self) -> String {
-        match self {
-            Source::Flag(f) => format!("flag {f}"),
-            Source::Env(e) => format!("env {e}"),
-            Source::File(p) => format!("file {}", p.display()),
-            Source::Default => "default".into(),
-        }
-    }
-}
-
-/// A value and where it came from.
-#[derive(Clone, Debug)]
-pub struct Setting<T> {
-    pub value: T,
-    pub source: Source,
-}
-
-impl<T> Setting<T> {
-    pub fn new(value: T, source: Source) -> Setting<T> {
-        Setting { value, source }
-    }
-}
 
 /// `[image]` of nijigen.toml.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -341,7 +297,7 @@ fn budget(f: &FileConfig) -> anyhow::Result<Option<Option<u64>>> {
     f.vram_budget
         .as_deref()
         .map(|s| {
-            super::plan::parse_budget(s)
+            parse_budget(s)
                 .map(Some)
                 .map_err(|e| anyhow::anyhow!("vram_budget in the config file: {e}"))
         })
@@ -379,15 +335,6 @@ pub fn apply_image(a: &mut ImageArgs, m: Option<&ArgMatches>, c: &Context) -> an
     Ok(())
 }
 
-/// Finds the files `image` names (after its request is checked: a bad size fails first).
-pub fn resolve_image(a: &mut ImageArgs, find: &Search) -> anyhow::Result<()> {
-    a.model = find.resolve(&a.model, Slot::Checkpoint, "--model")?;
-    find.resolve_opt(&mut a.clip_l, Slot::TextEncoder, "--clip-l")?;
-    find.resolve_opt(&mut a.clip_g, Slot::TextEncoder, "--clip-g")?;
-    find.resolve_opt(&mut a.vae, Slot::Vae, "--vae")?;
-    find.resolve_loras(&mut a.lora, "--lora")
-}
-
 /// Fills `video` arguments from the file and finds its files.
 pub fn apply_video(a: &mut VideoArgs, m: Option<&ArgMatches>, c: &Context) -> anyhow::Result<()> {
     let f = &c.loaded.file;
@@ -413,16 +360,6 @@ pub fn apply_video(a: &mut VideoArgs, m: Option<&ArgMatches>, c: &Context) -> an
     fill!(m, a.threads, f.threads);
     fill!(m, a.vram_budget, budget(f)?);
     Ok(())
-}
-
-/// Finds the files `video` names (after its request is checked).
-pub fn resolve_video(a: &mut VideoArgs, find: &Search) -> anyhow::Result<()> {
-    a.model = find.resolve(&a.model, Slot::Diffusion, "--model")?;
-    find.resolve_opt(&mut a.t5, Slot::TextEncoder, "--t5")?;
-    find.resolve_opt(&mut a.t5_tokenizer, Slot::TextEncoder, "--t5-tokenizer")?;
-    find.resolve_opt(&mut a.clip_vision, Slot::ClipVision, "--clip-vision")?;
-    find.resolve_opt(&mut a.vae, Slot::Vae, "--vae")?;
-    find.resolve_loras(&mut a.lora, "--lora")
 }
 
 /// Fills `i2v` arguments from both sections and finds its files.
@@ -466,25 +403,6 @@ pub fn apply_i2v(a: &mut I2vArgs, m: Option<&ArgMatches>, c: &Context) -> anyhow
     Ok(())
 }
 
-/// Finds the files `i2v` names (after both requests are checked).
-pub fn resolve_i2v(a: &mut I2vArgs, find: &Search) -> anyhow::Result<()> {
-    for (p, slot, flag) in [
-        (&mut a.image_model, Slot::Checkpoint, "--image-model"),
-        (&mut a.clip_l, Slot::TextEncoder, "--clip-l"),
-        (&mut a.clip_g, Slot::TextEncoder, "--clip-g"),
-        (&mut a.image_vae, Slot::Vae, "--image-vae"),
-        (&mut a.video_model, Slot::Diffusion, "--video-model"),
-        (&mut a.t5, Slot::TextEncoder, "--t5"),
-        (&mut a.t5_tokenizer, Slot::TextEncoder, "--t5-tokenizer"),
-        (&mut a.clip_vision, Slot::ClipVision, "--clip-vision"),
-        (&mut a.video_vae, Slot::Vae, "--video-vae"),
-    ] {
-        find.resolve_opt(p, slot, flag)?;
-    }
-    find.resolve_loras(&mut a.image_lora, "--image-lora")?;
-    find.resolve_loras(&mut a.video_lora, "--video-lora")
-}
-
 /// Applies the settings to the command about to run (`matches`: its parsed command line) and
 /// returns them; model files are found later, by each command after it checked its request
 /// (a `plan` has none, so its files are found here).
@@ -508,15 +426,15 @@ pub fn apply(cli: &mut Cli, matches: Option<&ArgMatches>) -> anyhow::Result<Cont
             match &mut p.what {
                 super::plan::PlanWhat::Image(a) => {
                     apply_image(a, inner("image"), &c)?;
-                    resolve_image(a, &c.search)?;
+                    super::image::resolve(a, &c.search)?;
                 }
                 super::plan::PlanWhat::Video(a) => {
                     apply_video(a, inner("video"), &c)?;
-                    resolve_video(a, &c.search)?;
+                    super::video::resolve(a, &c.search)?;
                 }
                 super::plan::PlanWhat::I2v(a) => {
                     apply_i2v(a, inner("i2v"), &c)?;
-                    resolve_i2v(a, &c.search)?;
+                    super::i2v::resolve(a, &c.search)?;
                 }
             }
         }

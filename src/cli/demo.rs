@@ -9,11 +9,19 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Args, Parser};
+use clap::Args;
 
-use super::i2v::{self, I2vArgs, I2vSummary};
+use super::common::{explain, resolve_device};
+use super::i2v::{self, I2vRun, I2vSummary};
 use super::WithHint;
 use crate::demo::{self, DemoModels};
+use crate::pipeline;
+use crate::pipeline::i2v::{I2vFiles, I2vRequest};
+use crate::pipeline::image::{SdxlFiles, SdxlRequest};
+use crate::pipeline::output::VideoTarget;
+use crate::pipeline::plan::MemoryOptions;
+use crate::pipeline::video::{WanFiles, WanRequest};
+use crate::sampling::{SamplerKind, Scheduler};
 
 #[derive(Debug, Args)]
 #[command(
@@ -52,70 +60,74 @@ pub struct DemoArgs {
 const PROMPT: &str = "1girl, silver hair, school uniform, cherry blossoms, masterpiece";
 const MOTION: &str = "she turns her head and smiles, petals falling in the wind";
 
-/// `nijigen i2v` arguments for the demo models (the still at 128 x 96, the video at 64 x 48 with
-/// 9 frames, few steps: well under a minute on two CPU cores).
-fn i2v_args(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vArgs> {
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: I2vArgs,
-    }
-    let path = |p: &PathBuf| p.to_string_lossy().into_owned();
-    let output = a.output_dir.join("demo.mp4");
-    let mut argv: Vec<String> = [
-        "i2v",
-        "--image-model",
-        &path(&m.sdxl),
-        "--video-model",
-        &path(&m.dit),
-        "--t5",
-        &path(&m.t5),
-        "--clip-vision",
-        &path(&m.clip_vision),
-        "--video-vae",
-        &path(&m.vae),
-        "-p",
-        PROMPT,
-        "--motion",
-        MOTION,
-        "-W",
-        "64",
-        "-H",
-        "48",
-        "--image-width",
-        "128",
-        "--image-height",
-        "96",
-        "--frames",
-        "9",
-        "--fps",
-        "8",
-        "--image-steps",
-        "6",
-        "--video-steps",
-        "4",
-        "--seed",
-        &a.seed.to_string(),
-        "--threads",
-        &a.threads.to_string(),
-        "--device",
-        &a.device,
-        "-o",
-        &path(&output),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if a.overwrite {
-        argv.push("--overwrite".into());
-    }
-    if let Some(d) = &a.frames_dir {
-        argv.extend(["--frames-dir".into(), path(d)]);
-    }
-    if a.json {
-        argv.push("--json".into());
-    }
-    Ok(Wrap::try_parse_from(argv)?.args)
+/// The demo's run through the library: the still at 128 x 96, the video at 64 x 48 with 9
+/// frames, few steps (well under a minute on two CPU cores), with `nijigen i2v`'s defaults
+/// otherwise.
+fn demo_run(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vRun> {
+    let device = resolve_device(&a.device)?;
+    let (video_path, still_path) = i2v::paired_paths(&a.output_dir.join("demo.mp4"), a.overwrite);
+    let files = I2vFiles {
+        image: SdxlFiles::single(&m.sdxl),
+        video: WanFiles {
+            model: m.dit.clone(),
+            t5: Some(m.t5.clone()),
+            clip_vision: Some(m.clip_vision.clone()),
+            vae: Some(m.vae.clone()),
+            ..WanFiles::default()
+        },
+    };
+    let request = I2vRequest {
+        image: SdxlRequest {
+            prompt: PROMPT.into(),
+            negative_prompt: String::new(),
+            width: 128,
+            height: 96,
+            steps: 6,
+            cfg: 6.0,
+            sampler: SamplerKind::Euler,
+            scheduler: Scheduler::Normal,
+            seed: a.seed,
+            batch: 1,
+            init_image: None,
+            strength: 0.6,
+            vae_tile: None,
+            size_cond: None,
+        },
+        video: WanRequest {
+            image: None,
+            prompt: MOTION.into(),
+            negative_prompt: None,
+            width: 64,
+            height: 48,
+            frames: 9,
+            steps: 4,
+            cfg: 5.0,
+            shift: None,
+            sampler: SamplerKind::UniPc,
+            scheduler: Scheduler::Simple,
+            seed: a.seed,
+            vae_tile: None,
+            keep_decoded: false,
+        },
+    };
+    let memory = MemoryOptions {
+        device,
+        ..MemoryOptions::default()
+    };
+    let job = pipeline::i2v::prepare(files, request, &memory).map_err(explain)?;
+    Ok(I2vRun {
+        job,
+        video: VideoTarget {
+            path: video_path,
+            frames_dir: a.frames_dir.clone(),
+            fps: 8,
+            qp: 20,
+            overwrite: a.overwrite,
+            image_file: Some(still_path.clone()),
+        },
+        still: still_path,
+        threads: a.threads,
+    })
 }
 
 /// What `--json` prints.
@@ -172,8 +184,8 @@ pub fn run(args: DemoArgs, quiet: bool) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("creating {}", args.output_dir.display()))?;
-    let i2v_args = i2v_args(&models, &args)?;
-    let summary = i2v::execute(&i2v_args, quiet, &Default::default())?;
+    let run = demo_run(&models, &args)?;
+    let summary = i2v::execute_job(&run, quiet, chatty)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let s = DemoSummary {

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::config::Setting;
+use super::common::Setting;
 use super::WithHint;
 
 /// A path argument that may be empty (not given: the config file or an error supplies it).
@@ -135,7 +135,7 @@ impl Search {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::config::Source;
+    use crate::cli::common::Source;
 
     #[test]
     fn bare_names_are_found_in_the_slot_folders_in_order() {

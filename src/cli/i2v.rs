@@ -10,22 +10,23 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context as _;
 use clap::Args;
 
-use super::find::Search;
-use super::image::{
-    explain, parse_lora, parse_sampler, parse_scheduler, random_seed, run_options, ImageArgs,
+use super::common::{
+    explain, parse_lora, parse_sampler, parse_scheduler, random_seed, resolve_device,
 };
+use super::find::{Search, Slot};
+use super::image::ImageArgs;
 use super::progress::{peak_rss_bytes, ram_text, timings_text, Progress};
-use super::video::{Outputs, VideoArgs};
+use super::video::VideoArgs;
 use super::WithHint;
 use crate::media::png::write_png;
-use crate::pipeline::i2v::{check_image_files, check_video_files, still_size};
-use crate::pipeline::wan::{self, DEFAULT_FPS};
-use crate::pipeline::Memory;
-use crate::pipeline::{sdxl, InitImage, Timings};
-use crate::runtime::plan::{Component, EncoderDevice, Offload, Plan};
+use crate::pipeline::i2v::{self, still_size, I2vFiles, I2vJob, I2vRequest};
+use crate::pipeline::output::{png_params, VideoOutputs, VideoTarget};
+use crate::pipeline::plan::MemoryOptions;
+use crate::pipeline::video::DEFAULT_FPS;
+use crate::pipeline::{image, video, PipelineError, RunOptions, Timings};
+use crate::runtime::plan::{EncoderDevice, Offload};
 use crate::sampling::{SamplerKind, Scheduler};
 
 #[derive(Clone, Debug, Args)]
@@ -179,13 +180,13 @@ pub struct I2vArgs {
     /// Device memory each stage may use: 12G, 11.5GiB, 900M. Both stages' plans must fit it
     /// (checked before computing). Default on a GPU: its free memory less 256 MiB; with
     /// --device cpu a budget is simulated.
-    #[arg(long, value_name = "SIZE", value_parser = super::plan::parse_budget, help_heading = "Memory")]
+    #[arg(long, value_name = "SIZE", value_parser = super::common::parse_budget, help_heading = "Memory")]
     pub vram_budget: Option<u64>,
     /// Weight offloading: auto, none, blocks, full.
-    #[arg(long, default_value = "auto", value_parser = super::plan::parse_offload, help_heading = "Memory")]
+    #[arg(long, default_value = "auto", value_parser = super::common::parse_offload, help_heading = "Memory")]
     pub offload: Offload,
     /// Where the text encoders (and CLIP vision) run: auto, gpu, cpu.
-    #[arg(long, default_value = "auto", value_parser = super::plan::parse_encoder_device, help_heading = "Memory")]
+    #[arg(long, default_value = "auto", value_parser = super::common::parse_encoder_device, help_heading = "Memory")]
     pub text_encoder_device: EncoderDevice,
 }
 
@@ -368,10 +369,19 @@ fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Both stages checked and planned, with where their files go.
+pub struct I2vRun {
+    pub job: I2vJob,
+    /// The still's PNG (beside the video).
+    pub still: PathBuf,
+    pub video: VideoTarget,
+    pub threads: usize,
+}
+
 /// Runs both stages and returns the summary (nothing printed on stdout); bare file names are
 /// looked up with `find`.
 pub fn execute(args: &I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<I2vSummary> {
-    super::plan::resolve_device(&args.device)?;
+    let device = resolve_device(&args.device)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let mut args = I2vArgs {
         seed: Some(seed),
@@ -379,44 +389,48 @@ pub fn execute(args: &I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<I2v
     };
     // Requests, files, memory plans of both stages: before anything is computed.
     let (ia, va) = args.stages()?;
-    sdxl::validate(&super::image::request(&ia, seed)?).map_err(explain)?;
+    image::validate(&super::image::request(&ia, seed)?).map_err(explain)?;
     let video_seed = va.seed.unwrap_or(seed);
-    wan::validate(&super::video::request(&va, None, video_seed)).map_err(explain)?;
-    super::config::resolve_i2v(&mut args, find)?;
+    video::validate(&super::video::request(&va, None, video_seed)).map_err(explain)?;
+    resolve(&mut args, find)?;
     let (ia, va) = args.stages()?;
-    let mut image_req = super::image::request(&ia, seed)?;
-    let mut video_req = super::video::request(&va, None, video_seed);
-    let image_files = super::image::files(&ia);
-    let video_files = super::video::files(&va);
-    check_image_files(&image_files).map_err(explain)?;
-    check_video_files(&video_files).map_err(explain)?;
-    // One ledger for both stages (the peak is over the whole run); each component placed as
-    // its stage's plan says.
-    let memory = match (
-        super::plan::memory_image(&ia)?,
-        super::plan::memory_video(&va)?,
-    ) {
-        (Some((m1, p1)), Some((m2, p2))) => {
-            let tile = |p: &Plan, c| p.get(c).and_then(|c| c.tile);
-            image_req.vae_tile = image_req.vae_tile.or(tile(&p1, Component::VaeSdxl));
-            video_req.vae_tile = video_req.vae_tile.or(tile(&p2, Component::VaeWan));
-            let mut placements = m1.placements;
-            placements.extend(m2.placements);
-            Some((
-                Memory {
-                    accountant: m1.accountant,
-                    placements,
-                    device: m1.device,
-                },
-                p1,
-            ))
-        }
-        _ => None,
+    let request = I2vRequest {
+        image: super::image::request(&ia, seed)?,
+        video: super::video::request(&va, None, video_seed),
     };
-    let still_path = ia.output.clone();
-    let mut outputs = Outputs::open(&va, &video_req)?;
-    let opts = run_options(args.threads, memory.as_ref());
-    let chatty = !quiet && !args.json;
+    let files = I2vFiles {
+        image: super::image::files(&ia),
+        video: super::video::files(&va),
+    };
+    let memory = MemoryOptions {
+        device,
+        vram_budget: args.vram_budget,
+        offload: args.offload,
+        encoders: args.text_encoder_device,
+    };
+    let job = i2v::prepare(files, request, &memory).map_err(explain)?;
+    let run = I2vRun {
+        job,
+        still: ia.output.clone(),
+        video: super::video::target(&va),
+        threads: args.threads,
+    };
+    execute_job(&run, quiet, !quiet && !args.json)
+}
+
+/// Runs a prepared i2v job, writing the still, the video and its sidecar (and the frames
+/// folder); `quiet`: no progress bars; `chatty`: the seed and the still's file on stderr.
+pub fn execute_job(run: &I2vRun, quiet: bool, chatty: bool) -> anyhow::Result<I2vSummary> {
+    let job = &run.job;
+    let memory = job.memory();
+    let (image_req, video_req) = (&job.image.request, &job.video.request);
+    let (seed, video_seed) = (image_req.seed, video_req.seed);
+    let mut outputs = VideoOutputs::open(&run.video, &job.video.files, video_req)?;
+    let opts = RunOptions {
+        threads: run.threads,
+        memory: memory.clone(),
+        cancel: Some(super::progress::cancel_flag()),
+    };
     if chatty {
         eprintln!(
             "seed {seed}{}; still {}x{}, video {}x{}, {} frames",
@@ -425,83 +439,78 @@ pub fn execute(args: &I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<I2v
             } else {
                 format!(" (video seed {video_seed})")
             },
-            ia.width,
-            ia.height,
+            image_req.width,
+            image_req.height,
             video_req.width,
             video_req.height,
             video_req.frames
         );
     }
     let start = Instant::now();
-
-    // Stage 1: the still. `generate` releases the SDXL models before it returns.
-    let mut progress = Progress::labelled(quiet, "1/2 still");
-    image_req.seed = seed;
-    let out = sdxl::generate(&image_files, &image_req, &opts, &mut |e| progress.event(e));
+    let mut still_stage = None;
+    let mut ram_between = None;
+    let mut progress = Progress::new(quiet);
+    let out = job.run(
+        &opts,
+        &mut |e| progress.event(e),
+        &mut |still| {
+            write_png(
+                &run.still,
+                &still.rgb,
+                still.width,
+                still.height,
+                &png_params(&job.image.files, image_req, 0),
+            )
+            .map_err(|source| PipelineError::Output {
+                path: run.still.clone(),
+                source,
+            })?;
+            let total_s = start.elapsed().as_secs_f64();
+            ram_between = rss_bytes();
+            if chatty {
+                eprintln!(
+                    "still: {} ({total_s:.1} s); resident memory now {}",
+                    run.still.display(),
+                    ram_text(ram_between)
+                );
+            }
+            still_stage = Some(total_s);
+            Ok(())
+        },
+        &mut |_, rgb| Ok(outputs.push_frame(rgb)?),
+    );
     progress.finish();
     let out = out.map_err(explain)?;
-    let still = out
-        .images
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("stage 1 returned no image"))?;
-    write_png(
-        &still_path,
-        &still.rgb,
-        still.width,
-        still.height,
-        &super::image::png_params(&ia, &image_req, 0),
-    )
-    .with_context(|| format!("writing {}", still_path.display()))?;
-    let still_stage = StageReport {
-        timings: out.timings,
-        total_s: start.elapsed().as_secs_f64(),
-    };
-    let ram_between = rss_bytes();
-    if chatty {
-        eprintln!(
-            "still: {} ({:.1} s); resident memory now {}",
-            still_path.display(),
-            still_stage.total_s,
-            ram_text(ram_between)
-        );
-    }
-    opts.check_cancel().map_err(explain)?;
-
-    // Stage 2: the video from the still's pixels (the same bytes as the PNG).
-    let t2 = Instant::now();
-    video_req.image = Some(InitImage {
-        rgb: still.rgb,
-        width: still.width,
-        height: still.height,
-    });
-    let mut progress = Progress::labelled(quiet, "2/2 video");
-    let vout = outputs.render(&video_files, &video_req, &opts, &mut progress)?;
+    let still_s = still_stage.unwrap_or_default();
     let mut written = outputs.finish()?;
+    let still_stage = StageReport {
+        timings: out.image.timings,
+        total_s: still_s,
+    };
     let video_stage = StageReport {
-        timings: vout.timings,
-        total_s: t2.elapsed().as_secs_f64(),
+        timings: out.video.timings,
+        total_s: start.elapsed().as_secs_f64() - still_s,
     };
     let video = written[0].clone();
-    written.insert(2, still_path.clone());
+    written.insert(2, run.still.clone());
     Ok(I2vSummary {
         video,
-        still: still_path,
+        still: run.still.clone(),
         outputs: written,
         seed,
         video_seed,
         width: video_req.width,
         height: video_req.height,
-        frames: vout.frames.len(),
-        fps: args.fps,
-        still_width: still.width,
-        still_height: still.height,
+        frames: out.video.frames.len(),
+        fps: run.video.fps,
+        still_width: out.still.width,
+        still_height: out.still.height,
         still_stage,
         video_stage,
         total_s: start.elapsed().as_secs_f64(),
         peak_ram_bytes: peak_rss_bytes(),
         ram_between_stages_bytes: ram_between,
-        device: super::progress::DeviceUse::of(memory.as_ref().map(|(m, _)| m)),
+        device: super::progress::DeviceUse::of(memory.as_ref()),
     })
 }
 
@@ -557,6 +566,25 @@ pub fn print_summary(s: &I2vSummary, json: bool, quiet: bool) -> anyhow::Result<
 pub fn run(args: I2vArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
     let summary = execute(&args, quiet, find)?;
     print_summary(&summary, args.json, quiet)
+}
+
+/// Finds the files `i2v` names (after both requests are checked).
+pub fn resolve(a: &mut I2vArgs, find: &Search) -> anyhow::Result<()> {
+    for (p, slot, flag) in [
+        (&mut a.image_model, Slot::Checkpoint, "--image-model"),
+        (&mut a.clip_l, Slot::TextEncoder, "--clip-l"),
+        (&mut a.clip_g, Slot::TextEncoder, "--clip-g"),
+        (&mut a.image_vae, Slot::Vae, "--image-vae"),
+        (&mut a.video_model, Slot::Diffusion, "--video-model"),
+        (&mut a.t5, Slot::TextEncoder, "--t5"),
+        (&mut a.t5_tokenizer, Slot::TextEncoder, "--t5-tokenizer"),
+        (&mut a.clip_vision, Slot::ClipVision, "--clip-vision"),
+        (&mut a.video_vae, Slot::Vae, "--video-vae"),
+    ] {
+        find.resolve_opt(p, slot, flag)?;
+    }
+    find.resolve_loras(&mut a.image_lora, "--image-lora")?;
+    find.resolve_loras(&mut a.video_lora, "--video-lora")
 }
 
 #[cfg(test)]

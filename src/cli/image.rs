@@ -7,15 +7,15 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::find::Search;
+use super::common::{explain, random_seed, resolve_device};
+use super::find::{Search, Slot};
 use super::progress::{Progress, Summary};
-use super::WithHint;
 use crate::media::output::unique_path;
 use crate::media::png::write_png;
-use crate::media::{GenerationParams, LoraRef};
-use crate::pipeline::sdxl::{self, InitImage, SdxlFiles, SdxlRequest, SizeCond};
-use crate::pipeline::{Memory, PipelineError, RunOptions};
-use crate::runtime::plan::{Component, Plan};
+use crate::pipeline::image::{self, InitImage, SdxlFiles, SdxlRequest, SizeCond};
+use crate::pipeline::output::png_params;
+use crate::pipeline::plan::MemoryOptions;
+use crate::pipeline::RunOptions;
 use crate::sampling::{SamplerKind, Scheduler};
 
 #[derive(Debug, Args)]
@@ -39,7 +39,7 @@ pub struct ImageArgs {
     #[arg(long, value_name = "FILE", help_heading = "Models")]
     pub vae: Option<PathBuf>,
     /// LoRA FILE[:WEIGHT] (kohya / LyCORIS LoCon / PEFT), repeatable; weight defaults to 1.
-    #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = parse_lora, help_heading = "Models")]
+    #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = super::common::parse_lora, help_heading = "Models")]
     pub lora: Vec<(PathBuf, f32)>,
 
     /// What to draw. Weights: (text:1.2), (text) = 1.1, [text] = 1/1.1, \( \) for literal
@@ -82,10 +82,10 @@ pub struct ImageArgs {
     #[arg(long, default_value_t = 6.0, help_heading = "Sampling")]
     pub cfg: f32,
     /// Sampler: euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, lcm, uni_pc.
-    #[arg(long, default_value = "euler", value_parser = parse_sampler, help_heading = "Sampling")]
+    #[arg(long, default_value = "euler", value_parser = super::common::parse_sampler, help_heading = "Sampling")]
     pub sampler: SamplerKind,
     /// Scheduler: normal, karras, exponential, simple, sgm_uniform.
-    #[arg(long, default_value = "normal", value_parser = parse_scheduler, help_heading = "Sampling")]
+    #[arg(long, default_value = "normal", value_parser = super::common::parse_scheduler, help_heading = "Sampling")]
     pub scheduler: Scheduler,
     /// Seed (default: random, printed).
     #[arg(long, help_heading = "Sampling")]
@@ -122,19 +122,15 @@ pub struct ImageArgs {
     /// Device memory the run may use: 12G, 11.5GiB, 900M (binary units); the plan must fit it
     /// (checked before computing). Default on a GPU: its free memory less 256 MiB; on the CPU:
     /// none (with a budget, --device cpu simulates the device).
-    #[arg(long, value_name = "SIZE", value_parser = crate::cli::plan::parse_budget, help_heading = "Memory")]
+    #[arg(long, value_name = "SIZE", value_parser = super::common::parse_budget, help_heading = "Memory")]
     pub vram_budget: Option<u64>,
     /// Weight offloading: auto (the planner's choice), none (all resident), blocks (stream
     /// the denoiser's blocks), full (everything on the CPU).
-    #[arg(long, default_value = "auto", value_parser = crate::cli::plan::parse_offload, help_heading = "Memory")]
+    #[arg(long, default_value = "auto", value_parser = super::common::parse_offload, help_heading = "Memory")]
     pub offload: crate::runtime::plan::Offload,
     /// Where the text encoders (and CLIP vision) run: auto (the planner's choice), gpu, cpu.
-    #[arg(long, default_value = "auto", value_parser = crate::cli::plan::parse_encoder_device, help_heading = "Memory")]
+    #[arg(long, default_value = "auto", value_parser = super::common::parse_encoder_device, help_heading = "Memory")]
     pub text_encoder_device: crate::runtime::plan::EncoderDevice,
-}
-
-pub(super) fn parse_lora(s: &str) -> Result<(PathBuf, f32), String> {
-    crate::lora::parse_lora_spec(s).map_err(|e| e.to_string())
 }
 
 fn parse_pair(s: &str) -> Result<(u32, u32), String> {
@@ -147,26 +143,6 @@ fn parse_pair(s: &str) -> Result<(u32, u32), String> {
             .map_err(|_| format!("'{s}': expected AxB with whole numbers"))
     };
     Ok((num(a)?, num(b)?))
-}
-
-pub(super) fn parse_sampler(s: &str) -> Result<SamplerKind, String> {
-    s.parse::<SamplerKind>().map_err(|e| e.to_string())
-}
-
-pub(super) fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
-    s.parse::<Scheduler>().map_err(|e| e.to_string())
-}
-
-/// A seed from the clock and the process (not cryptographic; printed so it can be reused).
-pub fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish() & 0xFFFF_FFFF
 }
 
 /// Output paths for a batch: `out.png`, or `out_01.png`, `out_02.png`, ...; each one numbered
@@ -189,24 +165,6 @@ pub fn batch_paths(output: &Path, batch: usize, overwrite: bool) -> Vec<PathBuf>
             )
         })
         .collect()
-}
-
-/// Adds hints to pipeline errors a user can act on.
-pub(super) fn explain(e: PipelineError) -> anyhow::Error {
-    let hint = match &e {
-        PipelineError::WrongModel { .. } | PipelineError::Mismatch(_) => {
-            "`nijigen info FILE` shows what a weight file contains"
-        }
-        PipelineError::MissingComponent { .. } => {
-            "a path, or a bare file name found in --models-dir, NIJIGEN_MODELS or --comfyui"
-        }
-        PipelineError::Request(_) => "`--help` lists each option's accepted values",
-        _ => return anyhow::Error::new(e),
-    };
-    anyhow::Error::new(WithHint {
-        error: e.to_string(),
-        hint: hint.into(),
-    })
 }
 
 /// The request `args` describe (the init image read from its file).
@@ -258,88 +216,35 @@ pub(super) fn files(args: &ImageArgs) -> SdxlFiles {
     }
 }
 
-fn stem(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// The A1111 `parameters` of image `index` of a batch.
-pub(super) fn png_params(args: &ImageArgs, req: &SdxlRequest, index: usize) -> GenerationParams {
-    let mut params = GenerationParams::new(req.prompt.clone());
-    params.negative = req.negative_prompt.clone();
-    params.steps = req.steps as u32;
-    params.sampler = req.sampler.name().into();
-    params.scheduler = req.scheduler.name().into();
-    params.cfg = req.cfg;
-    params.seed = req.seed;
-    params.width = req.width;
-    params.height = req.height;
-    params.model = stem(&args.model);
-    params.loras = args
-        .lora
-        .iter()
-        .map(|(p, w)| LoraRef {
-            name: stem(p),
-            weight: *w,
-            hash: None,
-        })
-        .collect();
-    if req.init_image.is_some() {
-        params
-            .extra
-            .push(("Denoising strength".into(), format!("{}", req.strength)));
-    }
-    if args.batch > 1 {
-        params
-            .extra
-            .push(("Batch size".into(), args.batch.to_string()));
-        params.extra.push(("Batch pos".into(), index.to_string()));
-    }
-    if let Some(t) = req.vae_tile {
-        params.extra.push(("VAE tile".into(), t.to_string()));
-    }
-    params
-}
-
-/// Run options with the process-wide Ctrl-C flag and the memory plan (if any).
-pub(super) fn run_options(threads: usize, memory: Option<&(Memory, Plan)>) -> RunOptions {
-    RunOptions {
-        threads,
-        memory: memory.map(|(m, _)| m.clone()),
-        cancel: Some(super::progress::cancel_flag()),
-    }
-}
-
-/// The planner's VAE tile for `component` when the user chose none.
-pub(super) fn planned_tile(
-    chosen: Option<u32>,
-    memory: Option<&(Memory, Plan)>,
-    component: Component,
-) -> Option<u32> {
-    chosen.or_else(|| {
-        memory
-            .and_then(|(_, p)| p.get(component))
-            .and_then(|c| c.tile)
+/// Where the run may compute and put its weights.
+pub(super) fn memory_options(a: &ImageArgs) -> anyhow::Result<MemoryOptions> {
+    Ok(MemoryOptions {
+        device: resolve_device(&a.device)?,
+        vram_budget: a.vram_budget,
+        offload: a.offload,
+        encoders: a.text_encoder_device,
     })
 }
 
 pub fn run(mut args: ImageArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
-    super::plan::resolve_device(&args.device)?;
+    let memory = memory_options(&args)?;
     let seed = args.seed.unwrap_or_else(random_seed);
-    let mut req = request(&args, seed)?;
-    sdxl::validate(&req).map_err(explain)?;
-    super::config::resolve_image(&mut args, find)?;
-    let memory = super::plan::memory_image(&args)?;
-    req.vae_tile = planned_tile(req.vae_tile, memory.as_ref(), Component::VaeSdxl);
-    let files = files(&args);
-    let opts = run_options(args.threads, memory.as_ref());
+    let req = request(&args, seed)?;
+    image::validate(&req).map_err(explain)?;
+    resolve(&mut args, find)?;
+    let job = image::prepare(files(&args), req, &memory).map_err(explain)?;
+    let memory = job.memory();
+    let opts = RunOptions {
+        threads: args.threads,
+        memory: memory.clone(),
+        cancel: Some(super::progress::cancel_flag()),
+    };
     if !quiet && !args.json {
         eprintln!("seed {seed}");
     }
     let start = Instant::now();
     let mut progress = Progress::new(quiet);
-    let out = sdxl::generate(&files, &req, &opts, &mut |e| progress.event(e));
+    let out = job.run(&opts, &mut |e| progress.event(e));
     progress.finish();
     let out = out.map_err(explain)?;
 
@@ -350,7 +255,7 @@ pub fn run(mut args: ImageArgs, quiet: bool, find: &Search) -> anyhow::Result<()
             &img.rgb,
             img.width,
             img.height,
-            &png_params(&args, &req, i),
+            &png_params(&job.files, &job.request, i),
         )
         .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -360,7 +265,7 @@ pub fn run(mut args: ImageArgs, quiet: bool, find: &Search) -> anyhow::Result<()
         timings: out.timings.clone(),
         total_s: start.elapsed().as_secs_f64(),
         peak_ram_bytes: super::progress::peak_rss_bytes(),
-        device: super::progress::DeviceUse::of(memory.as_ref().map(|(m, _)| m)),
+        device: super::progress::DeviceUse::of(memory.as_ref()),
     };
     let mut stdout = std::io::stdout().lock();
     if args.json {
@@ -372,6 +277,15 @@ pub fn run(mut args: ImageArgs, quiet: bool, find: &Search) -> anyhow::Result<()
         writeln!(stdout, "{}", summary.line())?;
     }
     Ok(())
+}
+
+/// Finds the files `image` names (after its request is checked: a bad size fails first).
+pub fn resolve(a: &mut ImageArgs, find: &Search) -> anyhow::Result<()> {
+    a.model = find.resolve(&a.model, Slot::Checkpoint, "--model")?;
+    find.resolve_opt(&mut a.clip_l, Slot::TextEncoder, "--clip-l")?;
+    find.resolve_opt(&mut a.clip_g, Slot::TextEncoder, "--clip-g")?;
+    find.resolve_opt(&mut a.vae, Slot::Vae, "--vae")?;
+    find.resolve_loras(&mut a.lora, "--lora")
 }
 
 #[cfg(test)]

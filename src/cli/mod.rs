@@ -1,6 +1,7 @@
 //! Command-line interface: clap definitions (one file per subcommand), logging setup, and the
 //! one place where errors become messages and exit codes.
 
+pub mod common;
 pub mod config;
 mod convert;
 mod demo;
@@ -89,16 +90,8 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
 }
 
 /// Runs the chosen subcommand, with the settings of the environment and nijigen.toml applied
-/// to what the command line leaves unset.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    // The parse again, for where each value came from (command line or default).
-    let matches = <Cli as clap::CommandFactory>::command()
-        .try_get_matches_from(std::env::args_os())
-        .ok();
-    run_with(cli, matches.as_ref())
-}
-
-/// [`run`] with the parsed command line (`None`: every value counts as given).
+/// to what the command line leaves unset (`matches`: the parsed command line, which tells
+/// given values from clap's defaults; `None`: every value counts as given).
 pub fn run_with(mut cli: Cli, matches: Option<&clap::ArgMatches>) -> anyhow::Result<()> {
     let settings = config::apply(&mut cli, matches)?;
     let find = &settings.search;

@@ -221,6 +221,10 @@ impl Progress {
                 bar.set_position(step as u64);
                 bar.set_message(rate(elapsed));
             }
+            Event::Part { label } => {
+                self.finish();
+                self.prefix = format!("[{label}] ");
+            }
             Event::Decoded { index, total } => {
                 if total > 1 {
                     let bar = self.counted("decode", total as u64);

@@ -6,13 +6,12 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::find::Search;
-use super::image::{explain, planned_tile, random_seed, run_options};
+use super::common::{explain, random_seed, resolve_device};
+use super::find::{Search, Slot};
 use super::progress::{Progress, Summary};
-use crate::media::video::{
-    write_sidecar_json, FrameDirWriter, VideoMetadata, VideoOptions, VideoWriter,
-};
-use crate::pipeline::wan::{self, WanFiles, WanOutput, WanRequest, DEFAULT_FPS};
+use crate::pipeline::output::{VideoOutputs, VideoTarget};
+use crate::pipeline::plan::MemoryOptions;
+use crate::pipeline::video::{self, WanFiles, WanRequest, DEFAULT_FPS};
 use crate::pipeline::{InitImage, RunOptions};
 use crate::sampling::{SamplerKind, Scheduler};
 
@@ -39,7 +38,7 @@ pub struct VideoArgs {
     #[arg(long, value_name = "FILE", help_heading = "Models")]
     pub vae: Option<PathBuf>,
     /// LoRA FILE[:WEIGHT] for the DiT (PEFT, kohya, ComfyUI diff), repeatable.
-    #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = super::image::parse_lora, help_heading = "Models")]
+    #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = super::common::parse_lora, help_heading = "Models")]
     pub lora: Vec<(PathBuf, f32)>,
 
     /// The first frame (I2V models).
@@ -75,10 +74,10 @@ pub struct VideoArgs {
     #[arg(long, help_heading = "Sampling")]
     pub shift: Option<f64>,
     /// Sampler: uni_pc (official), euler, dpmpp_2m, ...
-    #[arg(long, default_value = "uni_pc", value_parser = super::image::parse_sampler, help_heading = "Sampling")]
+    #[arg(long, default_value = "uni_pc", value_parser = super::common::parse_sampler, help_heading = "Sampling")]
     pub sampler: SamplerKind,
     /// Scheduler: simple, normal, ...
-    #[arg(long, default_value = "simple", value_parser = super::image::parse_scheduler, help_heading = "Sampling")]
+    #[arg(long, default_value = "simple", value_parser = super::common::parse_scheduler, help_heading = "Sampling")]
     pub scheduler: Scheduler,
     /// Seed (default: random, printed).
     #[arg(long, help_heading = "Sampling")]
@@ -118,54 +117,21 @@ pub struct VideoArgs {
     /// Device memory the run may use: 12G, 11.5GiB, 900M (binary units); the plan must fit it
     /// (checked before computing). Default on a GPU: its free memory less 256 MiB; on the CPU:
     /// none (with a budget, --device cpu simulates the device).
-    #[arg(long, value_name = "SIZE", value_parser = crate::cli::plan::parse_budget, help_heading = "Memory")]
+    #[arg(long, value_name = "SIZE", value_parser = super::common::parse_budget, help_heading = "Memory")]
     pub vram_budget: Option<u64>,
     /// Weight offloading: auto (the planner's choice), none (all resident), blocks (stream
     /// the denoiser's blocks), full (everything on the CPU).
-    #[arg(long, default_value = "auto", value_parser = crate::cli::plan::parse_offload, help_heading = "Memory")]
+    #[arg(long, default_value = "auto", value_parser = super::common::parse_offload, help_heading = "Memory")]
     pub offload: crate::runtime::plan::Offload,
     /// Where the text encoders (and CLIP vision) run: auto (the planner's choice), gpu, cpu.
-    #[arg(long, default_value = "auto", value_parser = crate::cli::plan::parse_encoder_device, help_heading = "Memory")]
+    #[arg(long, default_value = "auto", value_parser = super::common::parse_encoder_device, help_heading = "Memory")]
     pub text_encoder_device: crate::runtime::plan::EncoderDevice,
-}
-
-/// The generation parameters as stored in the MP4 metadata and the sidecar JSON.
-fn parameters_json(args: &VideoArgs, req: &WanRequest, shift: f64) -> String {
-    let name = |p: &PathBuf| {
-        p.file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
-    let v = serde_json::json!({
-        "prompt": req.prompt,
-        "negative_prompt": req.negative_prompt.clone().unwrap_or_else(|| wan::DEFAULT_NEGATIVE_PROMPT.into()),
-        "image": args.image.as_ref().map(name),
-        "model": name(&args.model),
-        "t5": args.t5.as_ref().map(name),
-        "clip_vision": args.clip_vision.as_ref().map(name),
-        "vae": args.vae.as_ref().map(name),
-        "loras": args.lora.iter().map(|(p, w)| serde_json::json!({"file": name(p), "weight": w})).collect::<Vec<_>>(),
-        "width": req.width,
-        "height": req.height,
-        "frames": req.frames,
-        "fps": args.fps,
-        "steps": req.steps,
-        "cfg": req.cfg,
-        "shift": shift,
-        "sampler": req.sampler.name(),
-        "scheduler": req.scheduler.name(),
-        "seed": req.seed,
-        "rng": "torch",
-        "vae_tile": req.vae_tile,
-        "version": crate::media::params::nijigen_version(),
-    });
-    v.to_string()
 }
 
 /// The request `args` describe, with `image` as the first frame.
 pub(super) fn request(args: &VideoArgs, image: Option<InitImage>, seed: u64) -> WanRequest {
     let (dw, dh) = match &image {
-        Some(img) => wan::size_for_image(img.width, img.height),
+        Some(img) => video::size_for_image(img.width, img.height),
         None => (832, 480),
     };
     WanRequest {
@@ -198,102 +164,30 @@ pub(super) fn files(args: &VideoArgs) -> WanFiles {
     }
 }
 
-/// The open outputs of a video run: created before computing, so a bad path fails first.
-pub(super) struct Outputs {
-    pub writer: VideoWriter,
-    pub frames_dir: Option<FrameDirWriter>,
-    /// The parameters JSON (MP4 metadata and sidecar).
-    pub json: String,
+/// Where `args` puts the video.
+pub(super) fn target(args: &VideoArgs) -> VideoTarget {
+    VideoTarget {
+        path: args.output.clone(),
+        frames_dir: args.frames_dir.clone(),
+        fps: args.fps,
+        qp: args.qp,
+        overwrite: args.overwrite,
+        image_file: args.image.clone(),
+    }
 }
 
-impl Outputs {
-    pub fn open(args: &VideoArgs, req: &WanRequest) -> anyhow::Result<Outputs> {
-        let shift = req
-            .shift
-            .unwrap_or_else(|| wan::default_shift(req.width, req.height));
-        let json = parameters_json(args, req, shift);
-        let meta = VideoMetadata {
-            title: args.prompt.chars().take(120).collect(),
-            comment: format!("nijigen video, seed {}", req.seed),
-            parameters_json: json.clone(),
-        };
-        let vopts = VideoOptions {
-            fps: args.fps,
-            qp: args.qp,
-            overwrite: args.overwrite,
-            ..VideoOptions::default()
-        };
-        let writer = VideoWriter::create(&args.output, req.width, req.height, &vopts, &meta)?;
-        let frames_dir = match &args.frames_dir {
-            Some(d) => Some(FrameDirWriter::create(
-                d,
-                req.width,
-                req.height,
-                args.overwrite,
-            )?),
-            None => None,
-        };
-        Ok(Outputs {
-            writer,
-            frames_dir,
-            json,
-        })
-    }
-
-    /// Loads the models, generates `req` with each frame written as it is decoded, releases
-    /// the models; the load time is counted in the timings.
-    pub fn render(
-        &mut self,
-        files: &WanFiles,
-        req: &WanRequest,
-        opts: &RunOptions,
-        progress: &mut Progress,
-    ) -> anyhow::Result<WanOutput> {
-        let t0 = Instant::now();
-        let result = wan::with_models(
-            files,
-            req.image.is_some(),
-            opts,
-            &mut |e| progress.event(e),
-            |m, events| {
-                let load_s = t0.elapsed().as_secs_f64();
-                let mut out = m.generate(req, events, &mut |_, rgb| {
-                    self.writer.push_frame(rgb)?;
-                    if let Some(d) = self.frames_dir.as_mut() {
-                        d.push_frame(rgb)?;
-                    }
-                    Ok(())
-                })?;
-                out.timings.load_s = load_s;
-                Ok(out)
-            },
-        );
-        progress.finish();
-        result.map_err(explain)
-    }
-
-    /// Completes the files: the video (renamed onto its final name), its sidecar JSON, and the
-    /// frames folder if any, in that order.
-    pub fn finish(self) -> anyhow::Result<Vec<PathBuf>> {
-        let path = self.writer.finish()?;
-        let sidecar = write_sidecar_json(&path, &self.json)?;
-        let mut outputs = vec![path, sidecar];
-        if let Some(d) = &self.frames_dir {
-            outputs.push(d.dir().to_path_buf());
-        }
-        Ok(outputs)
-    }
-
-    /// "wrote DIR (N frames)" for the frames folder, if any.
-    pub fn frames_note(&self) -> Option<String> {
-        self.frames_dir
-            .as_ref()
-            .map(|d| format!("wrote {} frames to {}", d.frames(), d.dir().display()))
-    }
+/// Where the run may compute and put its weights.
+pub(super) fn memory_options(a: &VideoArgs) -> anyhow::Result<MemoryOptions> {
+    Ok(MemoryOptions {
+        device: resolve_device(&a.device)?,
+        vram_budget: a.vram_budget,
+        offload: a.offload,
+        encoders: a.text_encoder_device,
+    })
 }
 
 pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
-    super::plan::resolve_device(&args.device)?;
+    let memory = memory_options(&args)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let image = match &args.image {
         Some(path) => {
@@ -302,20 +196,23 @@ pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()
         }
         None => None,
     };
-    let mut req = request(&args, image, seed);
-    wan::validate(&req).map_err(explain)?;
+    let req = request(&args, image, seed);
+    video::validate(&req).map_err(explain)?;
     // An output format we cannot write is refused before any model file is looked at.
     crate::media::video::VideoFormat::from_path(&args.output)?;
-    super::config::resolve_video(&mut args, find)?;
-    let memory = super::plan::memory_video(&args)?;
-    let vae = crate::runtime::plan::Component::VaeWan;
-    req.vae_tile = planned_tile(req.vae_tile, memory.as_ref(), vae);
+    resolve(&mut args, find)?;
+    let job = video::prepare(files(&args), req, &memory).map_err(explain)?;
+    let req = &job.request;
+    let memory = job.memory();
     let shift = req
         .shift
-        .unwrap_or_else(|| wan::default_shift(req.width, req.height));
-    let files = files(&args);
-    let opts = run_options(args.threads, memory.as_ref());
-    let mut outputs = Outputs::open(&args, &req)?;
+        .unwrap_or_else(|| video::default_shift(req.width, req.height));
+    let opts = RunOptions {
+        threads: args.threads,
+        memory: memory.clone(),
+        cancel: Some(super::progress::cancel_flag()),
+    };
+    let mut outputs = VideoOutputs::open(&target(&args), &job.files, req)?;
     if !quiet && !args.json {
         eprintln!(
             "seed {seed}; {}x{}, {} frames, shift {shift}",
@@ -324,7 +221,11 @@ pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()
     }
     let start = Instant::now();
     let mut progress = Progress::new(quiet);
-    let out = outputs.render(&files, &req, &opts, &mut progress)?;
+    let out = job.run(&opts, &mut |e| progress.event(e), &mut |_, rgb| {
+        Ok(outputs.push_frame(rgb)?)
+    });
+    progress.finish();
+    let out = out.map_err(explain)?;
     let frames_note = outputs.frames_note();
     let paths = outputs.finish()?;
     let summary = Summary {
@@ -333,7 +234,7 @@ pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()
         timings: out.timings.clone(),
         total_s: start.elapsed().as_secs_f64(),
         peak_ram_bytes: super::progress::peak_rss_bytes(),
-        device: super::progress::DeviceUse::of(memory.as_ref().map(|(m, _)| m)),
+        device: super::progress::DeviceUse::of(memory.as_ref()),
     };
     let mut stdout = std::io::stdout().lock();
     if args.json {
@@ -351,4 +252,13 @@ pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()
         writeln!(stdout, "{}", summary.line())?;
     }
     Ok(())
+}
+/// Finds the files `video` names (after its request is checked).
+pub fn resolve(a: &mut VideoArgs, find: &Search) -> anyhow::Result<()> {
+    a.model = find.resolve(&a.model, Slot::Diffusion, "--model")?;
+    find.resolve_opt(&mut a.t5, Slot::TextEncoder, "--t5")?;
+    find.resolve_opt(&mut a.t5_tokenizer, Slot::TextEncoder, "--t5-tokenizer")?;
+    find.resolve_opt(&mut a.clip_vision, Slot::ClipVision, "--clip-vision")?;
+    find.resolve_opt(&mut a.vae, Slot::Vae, "--vae")?;
+    find.resolve_loras(&mut a.lora, "--lora")
 }

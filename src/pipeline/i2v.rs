@@ -1,7 +1,7 @@
 //! Both stages chained (`nijigen i2v`): an SDXL still, then Wan2.1 animating it.
 //!
 //! The stages run one after the other in one process: stage 1 loads its models, draws the
-//! still and releases everything ([`super::sdxl::generate`] drops its models when it returns)
+//! still and releases everything ([`super::image::generate`] drops its models when it returns)
 //! before stage 2 opens the Wan files. What is checked here runs *before* either stage: every
 //! file is opened (headers only, memory-mapped) and its architecture compared with the slot it
 //! was given for, so a wrong or missing file fails in a second, not after the still is drawn.
@@ -12,9 +12,11 @@
 
 use std::path::Path;
 
-use super::sdxl::SdxlFiles;
-use super::wan::WanFiles;
-use super::{describe, PipelineError};
+use super::image::{self, ImageJob, SdxlFiles, SdxlImage, SdxlOutput, SdxlRequest};
+use super::plan::MemoryOptions;
+use super::video::FrameSink;
+use super::video::{self, VideoJob, WanFiles, WanOutput, WanRequest};
+use super::{describe, Event, InitImage, Memory, Options, PipelineError};
 use crate::formats::names::{ArchConfig, Architecture};
 use crate::formats::weights::Format;
 use crate::runtime::WeightStore;
@@ -231,6 +233,125 @@ pub fn check_video_files(files: &WanFiles) -> Result<(), PipelineError> {
         }
     }
     Ok(())
+}
+
+/// The files of both stages.
+#[derive(Clone, Debug, Default)]
+pub struct I2vFiles {
+    pub image: SdxlFiles,
+    pub video: WanFiles,
+}
+
+/// Both requests: the still, then the video of it (its first frame is the still, whatever
+/// `video.image` holds).
+#[derive(Clone, Debug)]
+pub struct I2vRequest {
+    pub image: SdxlRequest,
+    pub video: WanRequest,
+}
+
+/// Both stages checked (requests, every file against its slot) and planned, before anything
+/// is computed.
+#[derive(Clone, Debug)]
+pub struct I2vJob {
+    pub image: ImageJob,
+    pub video: VideoJob,
+}
+
+impl I2vJob {
+    /// One ledger for both stages (the peak is over the whole run), each component placed as
+    /// its stage's plan says; `None` without a budget.
+    pub fn memory(&self) -> Option<Memory> {
+        let still = self.image.memory()?;
+        let video = self.video.memory()?;
+        let mut placements = still.placements;
+        placements.extend(video.placements);
+        Some(Memory {
+            accountant: still.accountant,
+            placements,
+            device: still.device,
+        })
+    }
+}
+
+/// Checks both requests and every file, and plans both stages under `memory`.
+pub fn prepare(
+    files: I2vFiles,
+    request: I2vRequest,
+    memory: &MemoryOptions,
+) -> Result<I2vJob, PipelineError> {
+    image::validate(&request.image)?;
+    video::validate(&request.video)?;
+    check_image_files(&files.image)?;
+    check_video_files(&files.video)?;
+    Ok(I2vJob {
+        image: image::prepare(files.image, request.image, memory)?,
+        video: video::prepare(files.video, request.video, memory)?,
+    })
+}
+
+/// What [`I2vJob::run`] made.
+pub struct I2vOutput {
+    pub still: SdxlImage,
+    /// Stage 1's output (its image moved to `still`).
+    pub image: SdxlOutput,
+    pub video: WanOutput,
+}
+
+impl I2vJob {
+    /// Runs stage 1, gives the still to `on_still` (e.g. to save it), then animates it in
+    /// stage 2 with each frame given to `on_frame`. Stage 1's models are released before stage
+    /// 2 opens its files; a stop asked for between the stages ends the run there.
+    pub fn run(
+        &self,
+        opts: &super::RunOptions,
+        events: &mut dyn FnMut(Event),
+        on_still: &mut dyn FnMut(&SdxlImage) -> Result<(), PipelineError>,
+        on_frame: &mut FrameSink<'_>,
+    ) -> Result<I2vOutput, PipelineError> {
+        events(Event::Part { label: "1/2 still" });
+        let mut image = self.image.run(opts, events)?;
+        if image.images.is_empty() {
+            return Err(PipelineError::Request("stage 1 returned no image".into()));
+        }
+        let still = image.images.remove(0);
+        on_still(&still)?;
+        opts.check_cancel()?;
+        // Stage 2 starts from the still's pixels (the same bytes as a saved PNG).
+        let mut req = self.video.request.clone();
+        req.image = Some(InitImage {
+            rgb: still.rgb.clone(),
+            width: still.width,
+            height: still.height,
+        });
+        events(Event::Part { label: "2/2 video" });
+        let video = video::generate_frames(&self.video.files, &req, opts, events, on_frame)?;
+        Ok(I2vOutput {
+            still,
+            image,
+            video,
+        })
+    }
+}
+
+/// Checks, plans and runs both stages in one call (see [`prepare`] and [`I2vJob::run`]).
+pub fn run(
+    request: I2vRequest,
+    files: I2vFiles,
+    options: &Options,
+    events: &mut dyn FnMut(Event),
+    on_still: &mut dyn FnMut(&SdxlImage) -> Result<(), PipelineError>,
+    on_frame: &mut FrameSink<'_>,
+) -> Result<(I2vJob, I2vOutput, Option<Memory>), PipelineError> {
+    let job = prepare(files, request, &options.memory)?;
+    let memory = job.memory();
+    let out = job.run(
+        &options.run_options(memory.clone()),
+        events,
+        on_still,
+        on_frame,
+    )?;
+    Ok((job, out, memory))
 }
 
 #[cfg(test)]

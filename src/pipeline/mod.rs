@@ -2,8 +2,10 @@
 //! (text encoders, sampler over the denoiser, VAE), with progress reported to the caller.
 
 pub mod i2v;
-pub mod sdxl;
-pub mod wan;
+pub mod image;
+pub mod output;
+pub mod plan;
+pub mod video;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +27,32 @@ use crate::sampling::SamplingError;
 pub enum PipelineError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A weight file that could not be opened.
+    #[error("opening {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: LoadError,
+    },
+    /// A file that does not hold the network a slot needs.
+    #[error("{}: not {what}", path.display())]
+    NotA { path: PathBuf, what: &'static str },
+    /// A component a plan needs is in none of the given files.
+    #[error("no {what} to plan")]
+    NothingToPlan {
+        what: &'static str,
+        flag: &'static str,
+    },
+    /// An output file that could not be written.
+    #[error("writing {}", path.display())]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: MediaError,
+    },
+    /// The plan does not fit the budget (with a hint).
+    #[error(transparent)]
+    Plan(#[from] crate::runtime::plan::PlanError),
     #[error("{}: is {found}, not {wanted}", path.display())]
     WrongModel {
         path: PathBuf,
@@ -163,6 +191,28 @@ where
     Ok(())
 }
 
+/// How a run computes, before it is planned: threads, the stop flag, and where it may put
+/// its weights ([`plan::MemoryOptions`]).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// CPU threads for ggml (0: all cores).
+    pub threads: usize,
+    /// Set (e.g. by a Ctrl-C handler) to stop at the next step.
+    pub cancel: Option<Arc<AtomicBool>>,
+    pub memory: plan::MemoryOptions,
+}
+
+impl Options {
+    /// The options a planned run computes with, under `memory`.
+    pub fn run_options(&self, memory: Option<Memory>) -> RunOptions {
+        RunOptions {
+            threads: self.threads,
+            memory,
+            cancel: self.cancel.clone(),
+        }
+    }
+}
+
 /// How the models compute.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -222,6 +272,8 @@ pub enum Event {
     },
     /// An image (or frame) was decoded (`index` counts from 1).
     Decoded { index: usize, total: usize },
+    /// A run of several stages starts the next one ("1/2 still", "2/2 video").
+    Part { label: &'static str },
 }
 
 /// Wall time spent per stage.

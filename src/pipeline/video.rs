@@ -19,7 +19,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{describe, Event, PipelineError, RunOptions, Timings};
+use super::plan::{plan_video, when_budgeted, Finished, Job, MemoryOptions};
+use super::{describe, Event, Options, PipelineError, RunOptions, Timings};
 pub use super::{from_rgb8, to_rgb8, InitImage};
 use crate::formats::names::Architecture;
 use crate::formats::weights::Format;
@@ -490,23 +491,90 @@ pub fn with_models<R>(
     f(&mut models, events)
 }
 
-/// Loads the models, generates the video of `req`, releases the models. `on_frame` receives
-/// each RGB8 frame as soon as it is decoded (index, pixels).
+/// Loads the models, generates the video of `req`, releases the models.
 pub fn generate(
     files: &WanFiles,
     req: &WanRequest,
     opts: &RunOptions,
     events: &mut dyn FnMut(Event),
 ) -> Result<WanOutput, PipelineError> {
+    generate_frames(files, req, opts, events, &mut |_, _| Ok(()))
+}
+
+/// [`generate`], with each RGB8 frame given to `on_frame` as soon as it is decoded (index,
+/// pixels); the load time is counted in the timings.
+pub fn generate_frames(
+    files: &WanFiles,
+    req: &WanRequest,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(Event),
+    on_frame: &mut FrameSink<'_>,
+) -> Result<WanOutput, PipelineError> {
     validate(req)?;
     let t0 = Instant::now();
     with_models(files, req.image.is_some(), opts, events, |m, events| {
         let load_s = t0.elapsed().as_secs_f64();
-        let mut out = m.generate(req, events, &mut |_, _| Ok(()))?;
+        let mut out = m.generate(req, events, on_frame)?;
         out.timings.load_s = load_s;
         Ok(out)
     })
 }
+
+/// A video run checked and planned ([`prepare`]).
+pub type VideoJob = Job<WanFiles, WanRequest>;
+
+impl VideoJob {
+    /// Generates the video under `memory` (from [`VideoJob::memory`]; `None`: the CPU from
+    /// the mapped files), each frame given to `on_frame` as it is decoded.
+    pub fn run(
+        &self,
+        opts: &RunOptions,
+        events: &mut dyn FnMut(Event),
+        on_frame: &mut FrameSink<'_>,
+    ) -> Result<WanOutput, PipelineError> {
+        generate_frames(&self.files, &self.request, opts, events, on_frame)
+    }
+}
+
+/// Checks `request` and plans it on `files` under `memory` (no plan on the CPU without a
+/// budget); the planner's VAE tile fills an unset one.
+pub fn prepare(
+    files: WanFiles,
+    mut request: WanRequest,
+    memory: &MemoryOptions,
+) -> Result<VideoJob, PipelineError> {
+    validate(&request)?;
+    let plan = when_budgeted(memory, || plan_video(&files, &request, memory))?;
+    if let Some(p) = &plan {
+        request.vae_tile = request.vae_tile.or(p.tile(Component::VaeWan));
+    }
+    Ok(VideoJob {
+        files,
+        request,
+        plan,
+    })
+}
+
+/// Checks, plans and generates `request` in one call (see [`prepare`] and [`VideoJob::run`]).
+pub fn run(
+    request: WanRequest,
+    files: WanFiles,
+    options: &Options,
+    events: &mut dyn FnMut(Event),
+    on_frame: &mut FrameSink<'_>,
+) -> Result<VideoRun, PipelineError> {
+    let job = prepare(files, request, &options.memory)?;
+    let memory = job.memory();
+    let output = job.run(&options.run_options(memory.clone()), events, on_frame)?;
+    Ok(Finished {
+        job,
+        output,
+        memory,
+    })
+}
+
+/// What [`run`] returns.
+pub type VideoRun = Finished<WanFiles, WanRequest, WanOutput>;
 
 impl<'w> WanModels<'w> {
     /// Wan's tokenization of `prompt` (cleaned, 512 ids with the real length).

@@ -22,7 +22,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{describe, Event, PipelineError, RunOptions, Timings};
+use super::plan::{plan_image, when_budgeted, Finished, Job, MemoryOptions};
+use super::{describe, Event, Options, PipelineError, RunOptions, Timings};
 pub use super::{from_rgb8, to_rgb8, InitImage};
 use crate::formats::names::{ArchConfig, Architecture, SDXL_CHECKPOINT_PREFIXES};
 use crate::ggml::TensorSet;
@@ -545,6 +546,59 @@ pub fn generate(
         Ok(out)
     })
 }
+
+/// An image run checked and planned ([`prepare`]).
+pub type ImageJob = Job<SdxlFiles, SdxlRequest>;
+
+impl ImageJob {
+    /// Generates the images under `opts.memory` (from [`ImageJob::memory`]).
+    pub fn run(
+        &self,
+        opts: &RunOptions,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<SdxlOutput, PipelineError> {
+        generate(&self.files, &self.request, opts, events)
+    }
+}
+
+/// Checks `request` and plans it on `files` under `memory` (no plan on the CPU without a
+/// budget); the planner's VAE tile fills an unset one.
+pub fn prepare(
+    files: SdxlFiles,
+    mut request: SdxlRequest,
+    memory: &MemoryOptions,
+) -> Result<ImageJob, PipelineError> {
+    validate(&request)?;
+    let plan = when_budgeted(memory, || plan_image(&files, &request, memory))?;
+    if let Some(p) = &plan {
+        request.vae_tile = request.vae_tile.or(p.tile(Component::VaeSdxl));
+    }
+    Ok(ImageJob {
+        files,
+        request,
+        plan,
+    })
+}
+
+/// Checks, plans and generates `request` in one call (see [`prepare`] and [`ImageJob::run`]).
+pub fn run(
+    request: SdxlRequest,
+    files: SdxlFiles,
+    options: &Options,
+    events: &mut dyn FnMut(Event),
+) -> Result<ImageRun, PipelineError> {
+    let job = prepare(files, request, &options.memory)?;
+    let memory = job.memory();
+    let output = job.run(&options.run_options(memory.clone()), events)?;
+    Ok(Finished {
+        job,
+        output,
+        memory,
+    })
+}
+
+/// What [`run`] returns.
+pub type ImageRun = Finished<SdxlFiles, SdxlRequest, SdxlOutput>;
 
 /// Checks a request before anything is loaded.
 pub fn validate(req: &SdxlRequest) -> Result<(), PipelineError> {

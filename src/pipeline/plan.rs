@@ -1,0 +1,644 @@
+//! The memory plan of a request: each component's file opened (tensor tables only), its
+//! device bytes and blocks counted, its compute buffer sized from its own graph built for the
+//! request's shapes without reading weights, and the planner ([`crate::runtime::plan`]) run
+//! under the budget. `nijigen plan` prints what [`plan_image`] / [`plan_video`] return; a run
+//! follows it through [`StagePlan::memory`].
+//!
+//! On the CPU the budget is simulated: a given budget, or none (everything from the mapped
+//! files, unaccounted). On a GPU it defaults to the free memory less [`DRIVER_MARGIN`]. A budget
+//! keeps [`RESERVE`] aside for the tensors carried between components (prompt embeddings,
+//! latents) and allocator slack, and on a GPU also [`CUDA_POOL_RESERVE`].
+
+use std::path::{Path, PathBuf};
+
+use super::image::{SdxlFiles, SdxlRequest};
+use super::video::{WanFiles, WanRequest};
+use super::{Memory, PipelineError};
+use crate::formats::names::{ArchConfig, Architecture};
+use crate::models::estimate;
+use crate::runtime::device::padded;
+use crate::runtime::plan::{
+    self, Component, ComponentSpec, EncoderDevice, Offload, Plan, PlanInput, PlanOptions,
+    TileOption,
+};
+use crate::runtime::{Accountant, ComputeDevice, WeightStore};
+
+/// Bytes of a budget kept free of planned allocations.
+pub const RESERVE: u64 = 256 << 20;
+
+/// Bytes a CUDA budget keeps aside, besides [`RESERVE`], for the temporaries ggml's CUDA
+/// backend takes from its own pool (activations converted for cuBLAS or quantized for MMQ,
+/// flash-attention K/V in F16): they are not graph-allocator memory, so the accountant does
+/// not see them.
+pub const CUDA_POOL_RESERVE: u64 = 1 << 30;
+
+/// Device memory left out of a GPU's free memory when the budget is taken from it (cuBLAS
+/// handles and workspaces, the driver's growth while the run starts).
+pub const DRIVER_MARGIN: u64 = 256 << 20;
+
+/// Where a run computes and how much device memory it may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MemoryOptions {
+    /// The compute device (the CPU: a simulated device).
+    pub device: ComputeDevice,
+    /// The budget asked for (`None`: the free memory of a GPU; no budget on the CPU).
+    pub vram_budget: Option<u64>,
+    pub offload: Offload,
+    pub encoders: EncoderDevice,
+}
+
+/// The budget a run on `device` follows: on a GPU the free memory less [`DRIVER_MARGIN`], or
+/// `given` when that is smaller (a larger one is lowered, with a warning); on the CPU `given`
+/// (a simulated device) or none.
+pub fn device_budget(
+    device: ComputeDevice,
+    given: Option<u64>,
+) -> Result<Option<u64>, PipelineError> {
+    if device.is_cpu() {
+        return Ok(given);
+    }
+    let (free, _) = device.memory()?;
+    let (budget, lowered) = gpu_budget(given, free);
+    if lowered {
+        tracing::warn!(
+            "--vram-budget {} MiB is more than {device} has free ({} MiB less a {} MiB margin); \
+             using {} MiB",
+            given.unwrap_or(0) >> 20,
+            free >> 20,
+            DRIVER_MARGIN >> 20,
+            budget >> 20
+        );
+    }
+    Ok(Some(budget))
+}
+
+/// The budget on a GPU with `free` bytes free: `given`, or the free memory less
+/// [`DRIVER_MARGIN`] when there is none or it is larger (then `true`: lowered).
+pub fn gpu_budget(given: Option<u64>, free: u64) -> (u64, bool) {
+    let usable = free.saturating_sub(DRIVER_MARGIN);
+    match given {
+        Some(b) if b <= usable => (b, false),
+        Some(_) => (usable, true),
+        None => (usable, false),
+    }
+}
+
+/// The planned-allocation-free part of a budget on `device`.
+pub fn reserve_for(device: ComputeDevice) -> u64 {
+    if device.is_cpu() {
+        RESERVE
+    } else {
+        RESERVE + CUDA_POOL_RESERVE
+    }
+}
+
+/// The plan of one stage, with what the table shows besides it.
+#[derive(Clone, Debug)]
+pub struct StagePlan {
+    pub plan: Plan,
+    /// The file each component comes from (its name).
+    pub files: Vec<(Component, String)>,
+    /// "image 1024x1024", "video 832x480x81".
+    pub what: String,
+    pub device: ComputeDevice,
+}
+
+impl StagePlan {
+    /// The file `c` comes from.
+    pub fn file(&self, c: Component) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, f)| f.as_str())
+    }
+
+    /// The VAE tile the planner chose for `c`.
+    pub fn tile(&self, c: Component) -> Option<u32> {
+        self.plan.get(c).and_then(|c| c.tile)
+    }
+
+    /// The memory a run under this plan follows: a fresh accountant with the plan's budget and
+    /// each component's placement (`None` without a budget: the CPU from the mapped files).
+    pub fn memory(&self) -> Option<Memory> {
+        let budget = self.plan.budget?;
+        let accountant = Accountant::with_budget(budget);
+        let device = self.device;
+        if !device.is_cpu() {
+            accountant.watch_free_memory(move || device.memory().ok().map(|(free, _)| free));
+        }
+        Some(Memory {
+            accountant,
+            placements: self
+                .plan
+                .components
+                .iter()
+                .map(|c| (c.component, c.placement.clone()))
+                .collect(),
+            device,
+        })
+    }
+}
+
+/// A stage checked and planned, ready to compute: its files, its request (with the planner's
+/// VAE tile filled in where none was asked for) and its plan.
+#[derive(Clone, Debug)]
+pub struct Job<F, R> {
+    pub files: F,
+    pub request: R,
+    /// The plan (with a budget: given, or a GPU's free memory).
+    pub plan: Option<StagePlan>,
+}
+
+impl<F, R> Job<F, R> {
+    /// The memory the run follows (a fresh accountant for the plan's budget); `None` without a
+    /// budget: the CPU from the mapped files.
+    pub fn memory(&self) -> Option<Memory> {
+        self.plan.as_ref().and_then(StagePlan::memory)
+    }
+}
+
+/// What a stage's one-call `run` returns: the job, its output, and the memory it followed (its
+/// accountant holds the peak).
+pub struct Finished<F, R, O> {
+    pub job: Job<F, R>,
+    pub output: O,
+    pub memory: Option<Memory>,
+}
+
+/// The plan `plan` makes, when there is a budget (given, or on a GPU).
+pub(crate) fn when_budgeted(
+    memory: &MemoryOptions,
+    plan: impl FnOnce() -> Result<StagePlan, PipelineError>,
+) -> Result<Option<StagePlan>, PipelineError> {
+    if memory.device.is_cpu() && memory.vram_budget.is_none() {
+        Ok(None)
+    } else {
+        plan().map(Some)
+    }
+}
+
+/// One opened file and the stored-name prefix of the component wanted in it.
+struct Part {
+    path: PathBuf,
+    store: WeightStore,
+    prefix: String,
+}
+
+/// Opens `path` and finds `wanted` in it (the whole file, or a component of an SDXL checkpoint).
+fn open_part(path: &Path, wanted: Architecture) -> Result<Option<Part>, PipelineError> {
+    let store = WeightStore::open_path(path).map_err(|source| PipelineError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let d = store.detection();
+    let prefix = if d.architecture == wanted {
+        String::new()
+    } else if let Some(c) = d.components.iter().find(|c| c.architecture == wanted) {
+        c.prefix.clone()
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Part {
+        path: path.to_path_buf(),
+        store,
+        prefix,
+    }))
+}
+
+/// The block a stored tensor name belongs to: `input_blocks.N`, `middle_block`,
+/// `output_blocks.N` (ldm UNet), `down_blocks.N` / `mid_block` / `up_blocks.N` (diffusers),
+/// `blocks.N` (Wan DiT).
+pub fn block_key(name: &str) -> Option<String> {
+    let segs: Vec<&str> = name.split('.').collect();
+    for (i, s) in segs.iter().enumerate() {
+        match *s {
+            "input_blocks" | "output_blocks" | "blocks" | "down_blocks" | "up_blocks" => {
+                let n = segs.get(i + 1)?;
+                if n.parse::<usize>().is_ok() {
+                    return Some(segs[..=i + 1].join("."));
+                }
+                return None;
+            }
+            "middle_block" | "mid_block" => return Some(segs[..=i].join(".")),
+            _ => {}
+        }
+    }
+    None
+}
+
+impl Part {
+    fn tensors(&self) -> impl Iterator<Item = &crate::formats::TensorInfo> {
+        self.store
+            .file()
+            .tensors()
+            .iter()
+            .filter(move |t| t.name.starts_with(&self.prefix))
+    }
+
+    /// Device bytes of the weights: each tensor padded as device buffers place it.
+    fn bytes(&self) -> u64 {
+        self.tensors().map(|t| padded(t.size)).sum()
+    }
+
+    /// Bytes per block in execution order (UNet: input, middle, output).
+    fn blocks(&self) -> Vec<u64> {
+        let mut by: Vec<(u32, usize, String, u64)> = Vec::new();
+        for t in self.tensors() {
+            let Some(key) = block_key(&t.name) else {
+                continue;
+            };
+            if let Some(e) = by.iter_mut().find(|e| e.2 == key) {
+                e.3 += padded(t.size);
+                continue;
+            }
+            let group = if key.contains("middle_block") || key.contains("mid_block") {
+                1
+            } else if key.contains("output_blocks") || key.contains("up_blocks") {
+                2
+            } else {
+                0
+            };
+            let index = key
+                .rsplit('.')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            by.push((group, index, key, padded(t.size)));
+        }
+        by.sort();
+        by.into_iter().map(|e| e.3).collect()
+    }
+
+    fn config(&self) -> &ArchConfig {
+        &self.store.detection().config
+    }
+
+    fn file_name(&self) -> String {
+        self.path.file_name().map_or_else(
+            || self.path.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        )
+    }
+}
+
+fn checkpoint_part<T: Clone>(
+    cfg: &ArchConfig,
+    own: impl Fn(&ArchConfig) -> Option<T>,
+    of_checkpoint: impl Fn(&crate::formats::names::SdxlCheckpointConfig) -> Option<T>,
+) -> Option<T> {
+    match cfg {
+        ArchConfig::SdxlCheckpoint(c) => of_checkpoint(c),
+        c => own(c),
+    }
+}
+
+fn nothing_to_plan(what: &'static str, flag: &'static str) -> PipelineError {
+    PipelineError::NothingToPlan { what, flag }
+}
+
+fn tiles(area: impl Fn(u64, u64) -> u64, h: u64, w: u64) -> Vec<TileOption> {
+    let mut v = vec![TileOption {
+        tile: None,
+        compute_bytes: area(h, w),
+    }];
+    for t in estimate::VAE_TILES {
+        let (th, tw) = estimate::tile_area(t, h, w);
+        v.push(TileOption {
+            tile: Some(t),
+            compute_bytes: area(th, tw),
+        });
+    }
+    v
+}
+
+/// Plans stage 1 (`nijigen image`) for `req` on `files`.
+pub fn plan_image(
+    files: &SdxlFiles,
+    req: &SdxlRequest,
+    memory: &MemoryOptions,
+) -> Result<StagePlan, PipelineError> {
+    let (h, w) = (u64::from(req.height), u64::from(req.width));
+    let mut specs = Vec::new();
+    let mut names = Vec::new();
+    let model = &files.model;
+    let unet = open_part(model, Architecture::SdxlUnet)?.ok_or_else(|| PipelineError::NotA {
+        path: model.clone(),
+        what: "an SDXL checkpoint or UNet",
+    })?;
+    let forwards = if req.cfg == 1.0 { 1 } else { 2 } * req.batch.max(1) as u32;
+    let ucfg = checkpoint_part(
+        unet.config(),
+        |c| match c {
+            ArchConfig::SdxlUnet(u) => Some(u.clone()),
+            _ => None,
+        },
+        |c| c.unet.clone(),
+    );
+    let compute = match unet_compute(&unet, h, w) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::debug!(error = %e, "UNet memory from the formula");
+            ucfg.map_or(0, |c| estimate::unet_compute_bytes(&c, h, w))
+        }
+    };
+    specs.push(
+        ComponentSpec::new(Component::Unet, unet.bytes())
+            .with_compute(compute)
+            .with_forwards(forwards),
+    );
+    names.push((Component::Unet, unet.file_name()));
+    for (comp, arch, explicit, flag, what) in [
+        (
+            Component::ClipL,
+            Architecture::ClipL,
+            &files.clip_l,
+            "--clip-l",
+            "CLIP-L",
+        ),
+        (
+            Component::ClipG,
+            Architecture::ClipG,
+            &files.clip_g,
+            "--clip-g",
+            "bigG",
+        ),
+        (
+            Component::VaeSdxl,
+            Architecture::SdxlVae,
+            &files.vae,
+            "--vae",
+            "VAE",
+        ),
+    ] {
+        let path = explicit.as_ref().unwrap_or(model);
+        let part = open_part(path, arch)?.ok_or_else(|| nothing_to_plan(what, flag))?;
+        let cfg = part.config().clone();
+        let spec = ComponentSpec::new(comp, part.bytes());
+        let spec = if comp == Component::VaeSdxl {
+            let vc = checkpoint_part(
+                &cfg,
+                |c| match c {
+                    ArchConfig::SdxlVae(v) => Some(v.clone()),
+                    _ => None,
+                },
+                |c| c.vae.clone(),
+            );
+            match vc {
+                Some(vc) => spec.with_tiles(tiles(
+                    |th, tw| estimate::sdxl_vae_decode_compute_bytes(&vc, th, tw),
+                    h,
+                    w,
+                )),
+                None => spec,
+            }
+        } else {
+            let tc = checkpoint_part(
+                &cfg,
+                |c| match c {
+                    ArchConfig::ClipText(t) => Some(t.clone()),
+                    _ => None,
+                },
+                |c| {
+                    if comp == Component::ClipL {
+                        c.clip_l.clone()
+                    } else {
+                        c.clip_g.clone()
+                    }
+                },
+            );
+            spec.with_compute(tc.map_or(0, |t| estimate::clip_text_compute_bytes(&t)))
+        };
+        specs.push(spec);
+        names.push((comp, part.file_name()));
+    }
+    let what = format!("image {}x{}", req.width, req.height);
+    stage_plan(memory, req.vae_tile, specs, names, what)
+}
+
+/// Plans stage 2 (`nijigen video`) for `req` on `files`.
+pub fn plan_video(
+    files: &WanFiles,
+    req: &WanRequest,
+    memory: &MemoryOptions,
+) -> Result<StagePlan, PipelineError> {
+    let (h, w) = (u64::from(req.height), u64::from(req.width));
+    let frames = req.frames;
+    let mut specs = Vec::new();
+    let mut names = Vec::new();
+    let dit = match open_part(&files.model, Architecture::WanDitI2v)? {
+        Some(p) => p,
+        None => open_part(&files.model, Architecture::WanDitT2v)?.ok_or_else(|| {
+            PipelineError::NotA {
+                path: files.model.clone(),
+                what: "a Wan2.1 DiT",
+            }
+        })?,
+    };
+    let compute = match wan_dit_memory(&dit, frames, h, w) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::debug!(error = %e, "Wan DiT memory from the formula");
+            match dit.config() {
+                // Streamed, the activations carried between block graphs are held besides.
+                ArchConfig::WanDit(c) => {
+                    estimate::wan_dit_compute_bytes(c, frames as u64, h, w)
+                        + estimate::wan_dit_state_bytes(c, frames as u64, h, w)
+                }
+                _ => 0,
+            }
+        }
+    };
+    specs.push(
+        ComponentSpec::new(Component::Dit, dit.bytes())
+            .with_blocks(dit.blocks())
+            .with_compute(compute)
+            .with_forwards(if req.cfg == 1.0 { 1 } else { 2 }),
+    );
+    names.push((Component::Dit, dit.file_name()));
+    let t5 = files
+        .t5
+        .as_ref()
+        .ok_or_else(|| nothing_to_plan("umT5 encoder", "--t5"))?;
+    let part = open_part(t5, Architecture::Umt5)?
+        .ok_or_else(|| nothing_to_plan("umT5 encoder", "--t5"))?;
+    let compute = match part.config() {
+        ArchConfig::Umt5(c) => estimate::umt5_compute_bytes(c, 512),
+        _ => 0,
+    };
+    specs.push(ComponentSpec::new(Component::T5, part.bytes()).with_compute(compute));
+    names.push((Component::T5, part.file_name()));
+    if let Some(cv) = &files.clip_vision {
+        let part = open_part(cv, Architecture::ClipVisionH)?
+            .ok_or_else(|| nothing_to_plan("CLIP vision H", "--clip-vision"))?;
+        let compute = match part.config() {
+            ArchConfig::ClipVision(c) => estimate::clip_vision_compute_bytes(c),
+            _ => 0,
+        };
+        specs.push(ComponentSpec::new(Component::ClipVision, part.bytes()).with_compute(compute));
+        names.push((Component::ClipVision, part.file_name()));
+    }
+    let vae = files
+        .vae
+        .as_ref()
+        .ok_or_else(|| nothing_to_plan("Wan VAE", "--vae"))?;
+    let part =
+        open_part(vae, Architecture::WanVae)?.ok_or_else(|| nothing_to_plan("Wan VAE", "--vae"))?;
+    let spec = ComponentSpec::new(Component::VaeWan, part.bytes());
+    let spec = match wan_vae_tiles(&part, frames, h, w, req.vae_tile) {
+        Ok(t) => spec.with_tiles(t),
+        Err(e) => {
+            tracing::debug!(error = %e, "Wan VAE memory from the formula");
+            match part.config() {
+                ArchConfig::WanVae(c) => spec.with_tiles(tiles(
+                    |th, tw| estimate::wan_vae_decode_compute_bytes(c, th, tw),
+                    h,
+                    w,
+                )),
+                _ => spec,
+            }
+        }
+    };
+    specs.push(spec);
+    names.push((Component::VaeWan, part.file_name()));
+    let what = format!("video {}x{}x{frames}", req.width, req.height);
+    stage_plan(memory, req.vae_tile, specs, names, what)
+}
+
+/// Plans `components` under the budget `memory` gives on its device.
+fn stage_plan(
+    memory: &MemoryOptions,
+    vae_tile: Option<u32>,
+    components: Vec<ComponentSpec>,
+    files: Vec<(Component, String)>,
+    what: String,
+) -> Result<StagePlan, PipelineError> {
+    let device = memory.device;
+    let budget = device_budget(device, memory.vram_budget)?;
+    let input = PlanInput {
+        components,
+        budget,
+        reserve: if budget.is_some() {
+            reserve_for(device)
+        } else {
+            0
+        },
+        options: PlanOptions {
+            offload: memory.offload,
+            encoders: memory.encoders,
+            vae_tile,
+        },
+    };
+    Ok(StagePlan {
+        plan: plan::plan(&input)?,
+        files,
+        what,
+        device,
+    })
+}
+
+/// The SDXL UNet's compute buffer for an `h` x `w` image with flash attention, as a run
+/// allocates it (context of 3 prompt chunks, 231 tokens: long tag prompts take 2 or 3).
+fn unet_compute(part: &Part, h: u64, w: u64) -> Result<u64, PipelineError> {
+    let set = part.store.load_cpu(|n| n.starts_with(&part.prefix))?;
+    let mut unet = crate::models::SdxlUnet::new(&set, &part.prefix, 1)?;
+    unet.set_attention(crate::models::UnetAttention::Flash);
+    Ok(unet.compute_bytes(h as usize / 8, w as usize / 8, 231)?)
+}
+
+/// The Wan DiT's device memory besides its weights for a request, exactly as a run allocates
+/// it: the larger of one whole graph and the staged graphs of a streamed forward plus the
+/// activations they carry (512 text tokens; 257 image tokens for an I2V model).
+fn wan_dit_memory(part: &Part, frames: usize, h: u64, w: u64) -> Result<u64, PipelineError> {
+    let set = part.store.load_cpu(|n| n.starts_with(&part.prefix))?;
+    let dit = crate::models::WanDit::new(&set, &part.prefix, 1)?;
+    let img = dit.config().image_dim.map(|_| 257);
+    let lat = (
+        1 + frames.saturating_sub(1) / 4,
+        h as usize / 8,
+        w as usize / 8,
+    );
+    let (whole, _) = dit.memory(lat, 512, img, false)?;
+    let (staged, state) = dit.memory(lat, 512, img, true)?;
+    Ok(whole.max(staged + state))
+}
+
+/// The Wan VAE's device memory per tile option, exactly as the runs allocate it: the graph
+/// allocator sizes the chunk graphs (compute buffer) and the causal caches are laid out, for
+/// the decode in each tile size and for the (untiled) encode of the first frame, which bounds
+/// every option from below.
+fn wan_vae_tiles(
+    part: &Part,
+    frames: usize,
+    h: u64,
+    w: u64,
+    chosen: Option<u32>,
+) -> Result<Vec<TileOption>, PipelineError> {
+    let set = part.store.load_cpu(|n| n.starts_with(&part.prefix))?;
+    let vae = crate::models::WanVae::new(&set, &part.prefix, 1)?;
+    let c = vae.config();
+    let (s, tf) = (c.spatial_factor(), c.temporal_factor());
+    let (lh, lw) = (h as usize / s, w as usize / s);
+    let t = 1 + frames.saturating_sub(1) / tf;
+    let dev = |m: crate::models::wan_vae::WanVaeMemory| (m.compute_bytes + m.cache_bytes) as u64;
+    let encode = if c.has_encoder {
+        dev(vae.encode_memory(h as usize, w as usize)?)
+    } else {
+        0
+    };
+    let mut v = vec![TileOption {
+        tile: None,
+        compute_bytes: dev(vae.decode_memory(t, lh, lw, None)?).max(encode),
+    }];
+    let mut sizes = estimate::VAE_TILES.to_vec();
+    if let Some(t) = chosen.filter(|t| !sizes.contains(t)) {
+        sizes.push(t);
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+    }
+    for px in sizes {
+        // As the pipeline tiles: latent tiles of px / 8, overlapping by 1/8 of a tile.
+        let tl = (px as usize / s).max(2);
+        let overlap = (tl / 8).max(1);
+        let m = vae.decode_memory(t, lh, lw, Some((tl, overlap)))?;
+        v.push(TileOption {
+            tile: Some(px),
+            compute_bytes: dev(m).max(encode),
+        });
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{block_key, gpu_budget, DRIVER_MARGIN};
+
+    #[test]
+    fn a_gpu_budget_never_exceeds_the_free_memory_less_the_margin() {
+        let gib = 1u64 << 30;
+        let free = 11 * gib;
+        assert_eq!(gpu_budget(None, free), (free - DRIVER_MARGIN, false));
+        assert_eq!(gpu_budget(Some(8 * gib), free), (8 * gib, false));
+        assert_eq!(
+            gpu_budget(Some(12 * gib), free),
+            (free - DRIVER_MARGIN, true)
+        );
+        assert_eq!(gpu_budget(Some(gib), 0), (0, true));
+    }
+
+    #[test]
+    fn block_keys() {
+        assert_eq!(
+            block_key("model.diffusion_model.input_blocks.4.1.proj_in.weight").as_deref(),
+            Some("model.diffusion_model.input_blocks.4")
+        );
+        assert_eq!(
+            block_key("middle_block.1.norm.weight").as_deref(),
+            Some("middle_block")
+        );
+        assert_eq!(
+            block_key("blocks.39.ffn.2.weight").as_deref(),
+            Some("blocks.39")
+        );
+        assert_eq!(block_key("head.head.weight"), None);
+        assert_eq!(block_key("time_embed.0.weight"), None);
+    }
+}
