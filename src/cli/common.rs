@@ -4,13 +4,12 @@
 use std::path::PathBuf;
 
 use super::WithHint;
+use crate::pipeline::plan::{ComputeDevice, EncoderDevice, Offload};
 use crate::pipeline::PipelineError;
-use crate::runtime::plan::{EncoderDevice, Offload};
-use crate::runtime::ComputeDevice;
 use crate::sampling::{SamplerKind, Scheduler};
 
 pub fn parse_lora(s: &str) -> Result<(PathBuf, f32), String> {
-    crate::lora::parse_lora_spec(s).map_err(|e| e.to_string())
+    crate::pipeline::parse_lora_spec(s).map_err(|e| e.to_string())
 }
 
 pub fn parse_sampler(s: &str) -> Result<SamplerKind, String> {
@@ -22,7 +21,7 @@ pub fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
 }
 
 pub fn parse_budget(s: &str) -> Result<u64, String> {
-    crate::runtime::plan::parse_size(s).map_err(|e| e.to_string())
+    crate::pipeline::plan::parse_size(s).map_err(|e| e.to_string())
 }
 
 pub fn parse_offload(s: &str) -> Result<Offload, String> {

@@ -24,9 +24,9 @@ use crate::media::png::write_png;
 use crate::pipeline::i2v::{self, still_size, I2vFiles, I2vJob, I2vRequest};
 use crate::pipeline::output::{png_params, VideoOutputs, VideoTarget};
 use crate::pipeline::plan::MemoryOptions;
+use crate::pipeline::plan::{EncoderDevice, Offload};
 use crate::pipeline::video::DEFAULT_FPS;
 use crate::pipeline::{image, video, PipelineError, RunOptions, Timings};
-use crate::runtime::plan::{EncoderDevice, Offload};
 use crate::sampling::{SamplerKind, Scheduler};
 
 #[derive(Clone, Debug, Args)]

@@ -127,10 +127,10 @@ pub struct ImageArgs {
     /// Weight offloading: auto (the planner's choice), none (all resident), blocks (stream
     /// the denoiser's blocks), full (everything on the CPU).
     #[arg(long, default_value = "auto", value_parser = super::common::parse_offload, help_heading = "Memory")]
-    pub offload: crate::runtime::plan::Offload,
+    pub offload: crate::pipeline::plan::Offload,
     /// Where the text encoders (and CLIP vision) run: auto (the planner's choice), gpu, cpu.
     #[arg(long, default_value = "auto", value_parser = super::common::parse_encoder_device, help_heading = "Memory")]
-    pub text_encoder_device: crate::runtime::plan::EncoderDevice,
+    pub text_encoder_device: crate::pipeline::plan::EncoderDevice,
 }
 
 fn parse_pair(s: &str) -> Result<(u32, u32), String> {

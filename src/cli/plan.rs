@@ -14,7 +14,7 @@ use super::human_bytes;
 use super::image::ImageArgs;
 use super::video::VideoArgs;
 use crate::pipeline::plan::{plan_image, plan_video, StagePlan, CUDA_POOL_RESERVE};
-use crate::runtime::plan::{self, Action, Component};
+use crate::pipeline::plan::{Action, Component, Placement};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -115,9 +115,9 @@ fn plan_json(stage: &StagePlan) -> serde_json::Value {
         "reserve": p.reserve,
         "components": p.components.iter().map(|c| {
             let (kind, blocks, slots) = match &c.placement {
-                plan::Placement::Resident => ("resident", None, None),
-                plan::Placement::Streamed { blocks, slots } => ("streamed", Some(blocks.clone()), Some(*slots)),
-                plan::Placement::Cpu => ("cpu", None, None),
+                Placement::Resident => ("resident", None, None),
+                Placement::Streamed { blocks, slots } => ("streamed", Some(blocks.clone()), Some(*slots)),
+                Placement::Cpu => ("cpu", None, None),
             };
             json!({
                 "component": c.component.name(),

@@ -8,6 +8,9 @@ pub mod plan;
 pub mod video;
 
 use std::path::PathBuf;
+
+pub use crate::lora::parse_lora_spec;
+pub use crate::runtime::devices::{list as devices, DeviceInfo};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

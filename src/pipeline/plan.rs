@@ -11,17 +11,19 @@
 
 use std::path::{Path, PathBuf};
 
+pub use crate::runtime::plan::{
+    parse_size, Action, Component, EncoderDevice, Offload, Placement, Plan, PlanError,
+};
+pub use crate::runtime::ComputeDevice;
+
 use super::image::{SdxlFiles, SdxlRequest};
 use super::video::{WanFiles, WanRequest};
 use super::{Memory, PipelineError};
 use crate::formats::names::{ArchConfig, Architecture};
 use crate::models::estimate;
 use crate::runtime::device::padded;
-use crate::runtime::plan::{
-    self, Component, ComponentSpec, EncoderDevice, Offload, Plan, PlanInput, PlanOptions,
-    TileOption,
-};
-use crate::runtime::{Accountant, ComputeDevice, WeightStore};
+use crate::runtime::plan::{self, ComponentSpec, PlanInput, PlanOptions, TileOption};
+use crate::runtime::{Accountant, WeightStore};
 
 /// Bytes of a budget kept free of planned allocations.
 pub const RESERVE: u64 = 256 << 20;

@@ -3,6 +3,7 @@
 
 pub mod accountant;
 pub mod device;
+pub mod devices;
 pub mod plan;
 pub mod weights;
 
