@@ -188,14 +188,23 @@ struct Part {
 
 /// Opens `path` and finds `wanted` in it (the whole file, or a component of an SDXL checkpoint).
 fn open_part(path: &Path, wanted: Architecture) -> Result<Option<Part>, PipelineError> {
+    open_any(path, &[wanted])
+}
+
+/// Opens `path` once and finds the first of `wanted` in it.
+fn open_any(path: &Path, wanted: &[Architecture]) -> Result<Option<Part>, PipelineError> {
     let store = WeightStore::open_path(path).map_err(|source| PipelineError::Open {
         path: path.to_path_buf(),
         source,
     })?;
     let d = store.detection();
-    let prefix = if d.architecture == wanted {
+    let prefix = if wanted.contains(&d.architecture) {
         String::new()
-    } else if let Some(c) = d.components.iter().find(|c| c.architecture == wanted) {
+    } else if let Some(c) = d
+        .components
+        .iter()
+        .find(|c| wanted.contains(&c.architecture))
+    {
         c.prefix.clone()
     } else {
         return Ok(None);
@@ -427,15 +436,14 @@ pub fn plan_video(
     let frames = req.frames;
     let mut specs = Vec::new();
     let mut names = Vec::new();
-    let dit = match open_part(&files.model, Architecture::WanDitI2v)? {
-        Some(p) => p,
-        None => open_part(&files.model, Architecture::WanDitT2v)?.ok_or_else(|| {
-            PipelineError::NotA {
-                path: files.model.clone(),
-                what: "a Wan2.1 DiT",
-            }
-        })?,
-    };
+    let dit = open_any(
+        &files.model,
+        &[Architecture::WanDitI2v, Architecture::WanDitT2v],
+    )?
+    .ok_or_else(|| PipelineError::NotA {
+        path: files.model.clone(),
+        what: "a Wan2.1 DiT",
+    })?;
     let compute = match wan_dit_memory(&dit, frames, h, w) {
         Ok(bytes) => bytes,
         Err(e) => {
