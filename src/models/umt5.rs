@@ -17,7 +17,7 @@
 //! [keys, queries, heads].
 
 use crate::ggml::{self, Backend, Context, GgmlError, GgmlType, GraphAllocator, Tensor, TensorSet};
-use crate::nn::{NnError, Weights};
+use crate::nn::{gelu_tanh, NnError, Weights};
 
 /// Text length of the Wan pipeline: the encoder runs on the real tokens, the caller cuts the
 /// output to them and zero-pads it to this many rows.
@@ -364,16 +364,6 @@ fn rms_norm<'c>(
         ctx.cast(g, GgmlType::F32)
     };
     Ok(ctx.mul(ctx.rms_norm(x, eps), g))
-}
-
-/// transformers' `gelu_new`: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), composed in F32
-/// (ggml's CPU `gelu` reads an f16 table, about 1e-3 off).
-fn gelu_tanh<'c>(ctx: &'c Context, x: Tensor<'c>) -> Tensor<'c> {
-    let c = (2.0f64 / std::f64::consts::PI).sqrt() as f32;
-    let x3 = ctx.mul(x, ctx.sqr(x));
-    let inner = ctx.scale(ctx.add(x, ctx.scale(x3, 0.044715)), c);
-    let half = ctx.scale(x, 0.5);
-    ctx.add(half, ctx.mul(half, ctx.tanh(inner)))
 }
 
 /// The tensors of one forward graph.

@@ -30,6 +30,9 @@ use crate::ggml::{
 };
 use crate::nn::{self, NnError, Weights};
 
+/// Moved to [`crate::nn`]; here for the callers of its former path.
+pub use crate::nn::timestep_embedding;
+
 /// GroupNorm groups of the real model (not stored in the files).
 pub const DEFAULT_GROUPS: usize = 32;
 /// Attention head size of SDXL (heads = channels / 64; MODELS.md).
@@ -212,22 +215,6 @@ fn count_transformer_blocks(w: &Weights<'_>) -> usize {
         d += 1;
     }
     d
-}
-
-/// The sinusoidal embedding of `t` with `dim` values as ldm `timestep_embedding` and diffusers
-/// `get_timestep_embedding(flip_sin_to_cos=True, downscale_freq_shift=0)`: [cos(t f_i) ..,
-/// sin(t f_i) ..] with f_i = exp(-ln(10000) i / (dim/2)), in F32 as PyTorch computes it.
-pub fn timestep_embedding(t: f32, dim: usize) -> Vec<f32> {
-    let half = dim / 2;
-    let mut out = vec![0f32; dim];
-    let ln = -(10000f64.ln() as f32);
-    for i in 0..half {
-        let f = (ln * i as f32 / half as f32).exp();
-        let a = t * f;
-        out[i] = a.cos();
-        out[half + i] = a.sin();
-    }
-    out
 }
 
 /// SDXL's added condition `y` for `label_emb`: `pooled` followed by the sinusoidal embedding
@@ -739,16 +726,6 @@ impl<'w> SdxlUnet<'w> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestep_embedding_is_cos_then_sin() {
-        let e = timestep_embedding(3.0, 8);
-        assert!((e[0] - 3f32.cos()).abs() < 1e-7);
-        assert!((e[4] - 3f32.sin()).abs() < 1e-7);
-        let f = (-(10000f32.ln()) / 4.0).exp();
-        assert!((e[1] - (3.0 * f).cos()).abs() < 1e-6);
-        assert!((e[5] - (3.0 * f).sin()).abs() < 1e-6);
-    }
 
     #[test]
     fn added_cond_checks_widths() {

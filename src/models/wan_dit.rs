@@ -24,8 +24,7 @@
 use crate::ggml::{
     self, Backend, Context, GgmlError, GraphAllocator, GraphSet, GraphSetParts, Tensor, TensorSet,
 };
-use crate::models::unet_sdxl::timestep_embedding;
-use crate::nn::{self, to_f32, NnError, Weights};
+use crate::nn::{self, gelu_tanh, timestep_embedding, to_f32, NnError, Weights};
 use crate::runtime::accountant::compute_meter;
 use crate::runtime::{Accountant, DeviceWeights, Lease, StreamStats};
 
@@ -845,15 +844,6 @@ fn rope<'c>(ctx: &'c Context, x: Tensor<'c>, cos: Tensor<'c>, sin: Tensor<'c>) -
     let cos = ctx.reshape(cos, &[hd, 1, t, 1]);
     let sin = ctx.reshape(sin, &[hd, 1, t, 1]);
     ctx.add(ctx.mul(x, cos), ctx.mul(swapped, sin))
-}
-
-/// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) from exact F32 ops (see umt5).
-fn gelu_tanh<'c>(ctx: &'c Context, x: Tensor<'c>) -> Tensor<'c> {
-    let c = (2.0f64 / std::f64::consts::PI).sqrt() as f32;
-    let x3 = ctx.mul(x, ctx.sqr(x));
-    let inner = ctx.scale(ctx.add(x, ctx.scale(x3, 0.044715)), c);
-    let half = ctx.scale(x, 0.5);
-    ctx.add(half, ctx.mul(half, ctx.tanh(inner)))
 }
 
 // LoRA at run time (src/lora): kept at the end of the file so that it merges trivially.

@@ -38,10 +38,10 @@
 //! graph is rebuilt per frame (building is cheap: no data) and the allocator reused.
 //!
 //! Spatial tiling ([`WanVae::decode_tiled`]): each tile runs the whole causal decode over all
-//! frames with its own caches, and the tiles are blended linearly across their overlap (the
-//! SDXL VAE's `blend_tiles`); compute and cache memory are then those of one tile, and the
-//! blended video is the only buffer that grows with the frame count (3 x 4 bytes per output
-//! pixel and frame).
+//! frames with its own caches, and the tiles are blended linearly across their overlap
+//! ([`nn::blend_tiles`], as the SDXL VAE's); compute and cache memory are then those of one
+//! tile, and the blended video is the only buffer that grows with the frame count (3 x 4 bytes
+//! per output pixel and frame).
 //!
 //! Causal 3-D convs are computed as the sum over the time taps of F32 direct 2-D convs (ggml's
 //! `conv_3d` goes through an F16 im2col), so an F32 model stays F32 throughout.
@@ -60,9 +60,7 @@
 use crate::ggml::{
     self, Backend, Buffer, Context, GgmlError, Graph, GraphAllocator, Tensor, TensorSet,
 };
-use crate::nn::{self, NnError, Weights};
-
-use super::vae_sdxl::{blend_tiles, tile_starts};
+use crate::nn::{self, blend_tiles, tile_starts, NnError, Weights};
 
 /// Wan2.1 latent channel means (diffusers `AutoencoderKLWan` config `latents_mean`, the same
 /// values as `mean` in Wan's `wan/modules/vae.py` `WanVAE`).

@@ -1,11 +1,14 @@
 //! Small graph-building blocks shared by the models: a prefix-scoped view of a weight set
-//! ([`Weights`]), linear layers, layer norm, activations and multi-head attention.
+//! ([`Weights`]), linear layers, layer norm, activations and multi-head attention; and the
+//! helpers more than one model uses (timestep embeddings, tiled decoding).
 //!
 //! Shapes are ggml `ne` (innermost first): activations are [C, T, N] (channels, tokens, batch).
 
 mod attention;
+mod tiles;
 
 pub use attention::{causal_mask, flash_attention, multi_head_attention};
+pub(crate) use tiles::{blend_tiles, tile_starts};
 
 use crate::ggml::{Backend, Context, GgmlError, GgmlType, Tensor, TensorSet};
 use crate::lora::Adapters;
@@ -238,6 +241,32 @@ impl Activation {
 
 #[cfg(test)]
 mod tests;
+
+/// transformers' `gelu_new`: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), composed in F32
+/// (ggml's CPU `gelu` reads an f16 table, about 1e-3 off).
+pub fn gelu_tanh<'c>(ctx: &'c Context, x: Tensor<'c>) -> Tensor<'c> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt() as f32;
+    let x3 = ctx.mul(x, ctx.sqr(x));
+    let inner = ctx.scale(ctx.add(x, ctx.scale(x3, 0.044715)), c);
+    let half = ctx.scale(x, 0.5);
+    ctx.add(half, ctx.mul(half, ctx.tanh(inner)))
+}
+
+/// The sinusoidal embedding of `t` with `dim` values as ldm `timestep_embedding` and diffusers
+/// `get_timestep_embedding(flip_sin_to_cos=True, downscale_freq_shift=0)`: [cos(t f_i) ..,
+/// sin(t f_i) ..] with f_i = exp(-ln(10000) i / (dim/2)), in F32 as PyTorch computes it.
+pub fn timestep_embedding(t: f32, dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let mut out = vec![0f32; dim];
+    let ln = -(10000f64.ln() as f32);
+    for i in 0..half {
+        let f = (ln * i as f32 / half as f32).exp();
+        let a = t * f;
+        out[i] = a.cos();
+        out[half + i] = a.sin();
+    }
+    out
+}
 
 /// PyTorch `nn.Conv2d` stored as `{prefix}weight` [OC, IC, KH, KW] (ggml ne [KW, KH, IC, OC])
 /// and an optional `{prefix}bias` [OC]: x [W, H, IC, N] -> [OW, OH, OC, N]. Symmetric `pad`.

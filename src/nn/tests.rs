@@ -190,3 +190,37 @@ fn bf16_conv_kernels_are_cast_to_f32_on_the_cpu_and_to_f16_for_a_gpu() {
     assert!(e_cpu < 1e-6, "BF16 cast to F32: {e_cpu}");
     assert!(e_gpu > 0.0 && e_gpu < 2e-3, "BF16 cast to F16: {e_gpu}");
 }
+
+#[test]
+fn timestep_embedding_is_cos_then_sin() {
+    let e = timestep_embedding(3.0, 8);
+    assert!((e[0] - 3f32.cos()).abs() < 1e-7);
+    assert!((e[4] - 3f32.sin()).abs() < 1e-7);
+    let f = (-(10000f32.ln()) / 4.0).exp();
+    assert!((e[1] - (3.0 * f).cos()).abs() < 1e-6);
+    assert!((e[5] - (3.0 * f).sin()).abs() < 1e-6);
+}
+
+#[test]
+fn gelu_tanh_matches_the_formula() {
+    let xv: Vec<f32> = (0..64).map(|i| (i as f32 - 32.0) / 6.0).collect();
+    let ctx = Context::new_meta(8, 64).unwrap();
+    let x = ctx.new_f32(&[xv.len() as i64]).set_input();
+    let y = gelu_tanh(&ctx, x);
+    let mut g = ctx.new_graph(64);
+    g.expand(y);
+    let mut backend = Backend::cpu(1).unwrap();
+    let _buf = backend.alloc_ctx_tensors(&ctx).unwrap();
+    ggml::tensor_set_f32(x, &xv).unwrap();
+    backend.compute(&g).unwrap();
+    let want: Vec<f32> = xv
+        .iter()
+        .map(|&x| {
+            let x = x as f64;
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            (0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())) as f32
+        })
+        .collect();
+    let e = rel_err(&ggml::tensor_get_f32(y).unwrap(), &want);
+    assert!(e < 1e-6, "gelu_tanh: rel err {e}");
+}

@@ -91,71 +91,16 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     (n / d.max(1e-30)).sqrt() as f32
 }
 
-/// A tiny Wan2.1-I2V-shaped DiT (real names, dim 256, 2 blocks) as (name, shape, values).
+/// The demo's tiny Wan2.1 I2V DiT (real names, dim 256, 2 blocks; the table of
+/// `nijigen::demo::wan_dit`) as (name, shape, values).
 pub fn tiny_wan_i2v() -> Vec<(&'static str, Vec<u64>, Vec<f32>)> {
-    let d = 256u64;
-    let ffn = 512u64;
-    let mut t: Vec<(String, Vec<u64>)> = vec![
-        ("patch_embedding.weight".into(), vec![d, 36, 1, 2, 2]),
-        ("patch_embedding.bias".into(), vec![d]),
-        ("text_embedding.0.weight".into(), vec![d, 64]),
-        ("text_embedding.0.bias".into(), vec![d]),
-        ("text_embedding.2.weight".into(), vec![d, d]),
-        ("text_embedding.2.bias".into(), vec![d]),
-        ("time_embedding.0.weight".into(), vec![d, 256]),
-        ("time_embedding.0.bias".into(), vec![d]),
-        ("time_embedding.2.weight".into(), vec![d, d]),
-        ("time_embedding.2.bias".into(), vec![d]),
-        ("time_projection.1.weight".into(), vec![6 * d, d]),
-        ("time_projection.1.bias".into(), vec![6 * d]),
-        ("img_emb.proj.0.weight".into(), vec![128]),
-        ("img_emb.proj.0.bias".into(), vec![128]),
-        ("img_emb.proj.1.weight".into(), vec![d, 128]),
-        ("img_emb.proj.1.bias".into(), vec![d]),
-        ("img_emb.proj.3.weight".into(), vec![d, d]),
-        ("img_emb.proj.3.bias".into(), vec![d]),
-        ("img_emb.proj.4.weight".into(), vec![d]),
-        ("img_emb.proj.4.bias".into(), vec![d]),
-        ("head.modulation".into(), vec![1, 2, d]),
-        ("head.head.weight".into(), vec![64, d]),
-        ("head.head.bias".into(), vec![64]),
-    ];
-    for b in 0..2 {
-        let p = format!("blocks.{b}.");
-        t.push((format!("{p}modulation"), vec![1, 6, d]));
-        for a in ["self_attn", "cross_attn"] {
-            for l in ["q", "k", "v", "o"] {
-                t.push((format!("{p}{a}.{l}.weight"), vec![d, d]));
-                t.push((format!("{p}{a}.{l}.bias"), vec![d]));
-            }
-            t.push((format!("{p}{a}.norm_q.weight"), vec![d]));
-            t.push((format!("{p}{a}.norm_k.weight"), vec![d]));
-        }
-        for l in ["k_img", "v_img"] {
-            t.push((format!("{p}cross_attn.{l}.weight"), vec![d, d]));
-            t.push((format!("{p}cross_attn.{l}.bias"), vec![d]));
-        }
-        t.push((format!("{p}cross_attn.norm_k_img.weight"), vec![d]));
-        t.push((format!("{p}norm3.weight"), vec![d]));
-        t.push((format!("{p}norm3.bias"), vec![d]));
-        t.push((format!("{p}ffn.0.weight"), vec![ffn, d]));
-        t.push((format!("{p}ffn.0.bias"), vec![ffn]));
-        t.push((format!("{p}ffn.2.weight"), vec![d, ffn]));
-        t.push((format!("{p}ffn.2.bias"), vec![d]));
-    }
-    t.into_iter()
-        .enumerate()
-        .map(|(i, (n, s))| {
-            let numel = s.iter().product::<u64>() as usize;
-            let name: &'static str = Box::leak(n.into_boxed_str());
-            (
-                name,
-                s,
-                rand_vec(numel, i as u64 + 1)
-                    .iter()
-                    .map(|v| v * 0.1)
-                    .collect(),
-            )
+    nijigen::demo::wan_dit()
+        .into_iter()
+        .zip(1..)
+        .map(|(t, seed)| {
+            let vals = t.values(seed);
+            let name: &'static str = Box::leak(t.name.into_boxed_str());
+            (name, t.shape, vals)
         })
         .collect()
 }
