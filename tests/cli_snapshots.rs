@@ -567,6 +567,43 @@ fn errors_and_settings() {
     check("errors", &outputs, &skipped);
 }
 
+/// An error says why: "error: opening FILE" goes on with the reason, on the same line.
+#[test]
+fn errors_show_their_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_fixtures(tmp.path());
+    for (file, reason) in [
+        ("garbage.gguf", "not a GGUF or safetensors file"),
+        ("folder.gguf", "is a folder"),
+    ] {
+        let path = tmp.path().join(file).to_string_lossy().into_owned();
+        for args in [
+            &["plan", "image", "-m", &path, "--device", "cpu"][..],
+            &[
+                "image",
+                "-m",
+                &path,
+                "-p",
+                "x",
+                "--device",
+                "cpu",
+                "--vram-budget",
+                "8G",
+            ],
+        ] {
+            let text = render(&Case::new(file, args), tmp.path());
+            let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("error:")).collect();
+            assert!(text.contains("\nexit status: 1\n"), "{text}");
+            assert_eq!(errors.len(), 1, "{text}");
+            assert!(
+                errors[0].starts_with(&format!("error: opening [TMP]/{file}: "))
+                    && errors[0].contains(reason),
+                "{text}"
+            );
+        }
+    }
+}
+
 /// The diff of a changed snapshot shows what changed, with context.
 #[test]
 fn diff_shows_changed_lines() {
