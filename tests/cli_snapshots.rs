@@ -6,6 +6,8 @@
 //! cli_snapshots` rewrites the snapshots (and deletes those no command produces any more);
 //! review the change with `git diff tests/snapshots`.
 //!
+//! `NIJIGEN_BIN=FILE` tests that binary instead of cargo's.
+//!
 //! The runs are made deterministic: help wrapped at 100 columns (`COLUMNS`, with no terminal
 //! on stdin, stdout or stderr for clap to measure), no colours, no config file or models
 //! folders from the environment, and the temporary folder shown as `[TMP]`.
@@ -48,9 +50,27 @@ impl Case {
         }
     }
 
-    fn env(mut self, key: &'static str, value: &str) -> Self {
-        self.env.push((key, value.into()));
+    /// A case from a command line split at spaces; a word `@NAME` is the file NAME in `tmp`.
+    fn line(name: &str, line: &str, tmp: &Path) -> Self {
+        Case {
+            name: name.into(),
+            args: line.split_whitespace().map(|w| at(w, tmp)).collect(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Sets `key` to `value` (`@NAME`: the file NAME in `tmp`).
+    fn env(mut self, key: &'static str, value: &str, tmp: &Path) -> Self {
+        self.env.push((key, at(value, tmp)));
         self
+    }
+}
+
+/// `word`, or the path of file NAME in `tmp` for `@NAME`.
+fn at(word: &str, tmp: &Path) -> String {
+    match word.strip_prefix('@') {
+        Some(name) => tmp.join(name).to_string_lossy().into_owned(),
+        None => word.into(),
     }
 }
 
@@ -77,9 +97,17 @@ fn scrub(text: &str, tmp: &Path) -> String {
     out
 }
 
+/// The binary under test: cargo's, or `NIJIGEN_BIN` (a copy of it, where other checkouts
+/// share the target folder and may rebuild cargo's from their sources while the tests run).
+fn binary() -> PathBuf {
+    std::env::var_os("NIJIGEN_BIN")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| env!("CARGO_BIN_EXE_nijigen").into(), PathBuf::from)
+}
+
 /// Runs `case` in `cwd` and renders the command, exit status, stdout and stderr.
 fn render(case: &Case, cwd: &Path) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nijigen"));
+    let mut cmd = Command::new(binary());
     cmd.args(&case.args)
         .current_dir(cwd)
         // No terminal anywhere, so clap wraps at COLUMNS and nothing is coloured.
@@ -310,240 +338,154 @@ fn write_fixtures(dir: &Path) {
 /// file is a few MB of random values) and fails before computing anything, except the
 /// `config` listings, which are also shown here.
 fn error_cases(tmp: &Path) -> (Vec<Case>, Vec<String>) {
-    let p = |name: &str| tmp.join(name).to_string_lossy().into_owned();
-    let (wan, garbage, empty, folder) = (
-        p("wan_tiny.safetensors"),
-        p("garbage.gguf"),
-        p("empty.safetensors"),
-        p("folder.gguf"),
-    );
-    let missing = p("missing.gguf");
+    let c = |name: &str, line: &str| Case::line(name, line, tmp);
     let mut cases = vec![
         // clap: usage errors (exit status 2).
-        Case::new("no-command", &[]),
-        Case::new("unknown-command", &["imagine"]),
-        Case::new("unknown-flag", &["image", "--colour", "red"]),
-        Case::new("plan-no-what", &["plan"]),
-        Case::new("info-no-file", &["info"]),
-        Case::new("image-sampler", &["image", "--sampler", "euler_b"]),
-        Case::new("image-scheduler", &["image", "--scheduler", "linear"]),
-        Case::new("image-width-text", &["image", "-W", "wide"]),
-        Case::new("image-crop", &["image", "--crop", "12"]),
-        Case::new("image-lora-spec", &["image", "--lora", ":0.5"]),
-        Case::new("image-vram-budget", &["image", "--vram-budget", "12X"]),
-        Case::new("image-offload", &["image", "--offload", "disk"]),
-        Case::new(
-            "image-encoder-device",
-            &["image", "--text-encoder-device", "tpu"],
-        ),
-        Case::new("image-rng", &["image", "--rng", "philox"]),
-        Case::new("video-sampler", &["video", "--sampler", "ddim"]),
-        Case::new("video-qp", &["video", "--qp", "300"]),
-        Case::new("i2v-vram-budget", &["i2v", "--vram-budget", "lots"]),
-        Case::new(
-            "plan-video-vram-budget",
-            &["plan", "video", "--vram-budget=-1G"],
-        ),
-        Case::new(
+        c("no-command", ""),
+        c("unknown-command", "imagine"),
+        c("unknown-flag", "image --colour red"),
+        c("plan-no-what", "plan"),
+        c("info-no-file", "info"),
+        c("image-sampler", "image --sampler euler_b"),
+        c("image-scheduler", "image --scheduler linear"),
+        c("image-width-text", "image -W wide"),
+        c("image-crop", "image --crop 12"),
+        c("image-lora-spec", "image --lora :0.5"),
+        c("image-vram-budget", "image --vram-budget 12X"),
+        c("image-offload", "image --offload disk"),
+        c("image-encoder-device", "image --text-encoder-device tpu"),
+        c("image-rng", "image --rng philox"),
+        c("video-sampler", "video --sampler ddim"),
+        c("video-qp", "video --qp 300"),
+        c("i2v-vram-budget", "i2v --vram-budget lots"),
+        c("plan-video-vram-budget", "plan video --vram-budget=-1G"),
+        c(
             "convert-type",
-            &["convert", &wan, "-o", "out.gguf", "--type", "q4_k_z"],
+            "convert @wan_tiny.safetensors -o out.gguf --type q4_k_z",
         ),
-        Case::new(
+        c(
             "convert-imatrix-type",
-            &["convert", &wan, "-o", "out.gguf", "--type", "iq2_xxs"],
+            "convert @wan_tiny.safetensors -o out.gguf --type iq2_xxs",
         ),
         // nijigen: one line (and a hint), exit status 1.
-        Case::new(
-            "device-unknown",
-            &["image", "--device", "vulkan0", "-m", &missing],
-        ),
-        Case::new(
+        c("device-unknown", "image --device vulkan0 -m @missing.gguf"),
+        c(
             "video-device-unknown",
-            &["video", "--device", "gpu", "-m", &missing],
+            "video --device gpu -m @missing.gguf",
         ),
-        Case::new("i2v-device-unknown", &["i2v", "--device", "cuda:x"]),
-        Case::new(
+        c("i2v-device-unknown", "i2v --device cuda:x"),
+        c(
             "image-width",
-            &["image", "-m", &wan, "-W", "1001", "-p", "x", "--seed", "1"],
+            "image -m @wan_tiny.safetensors -W 1001 -p x --seed 1",
         ),
-        Case::new(
+        c(
             "image-steps",
-            &[
-                "image", "-m", &wan, "--steps", "0", "-p", "x", "--seed", "1",
-            ],
+            "image -m @wan_tiny.safetensors --steps 0 -p x --seed 1",
         ),
-        Case::new(
+        c(
             "image-strength",
-            &[
-                "image",
-                "-m",
-                &wan,
-                "--strength",
-                "1.5",
-                "-p",
-                "x",
-                "--seed",
-                "1",
-            ],
+            "image -m @wan_tiny.safetensors --strength 1.5 -p x --seed 1",
         ),
-        Case::new(
+        c(
             "video-size",
-            &[
-                "video", "-m", &wan, "-W", "830", "-H", "480", "-p", "x", "--seed", "1",
-            ],
+            "video -m @wan_tiny.safetensors -W 830 -H 480 -p x --seed 1",
         ),
-        Case::new(
+        c(
             "video-frames",
-            &[
-                "video", "-m", &wan, "--frames", "80", "-p", "x", "--seed", "1",
-            ],
+            "video -m @wan_tiny.safetensors --frames 80 -p x --seed 1",
         ),
-        Case::new(
+        c(
             "i2v-size",
-            &[
-                "i2v",
-                "--image-model",
-                &wan,
-                "--video-model",
-                &wan,
-                "-W",
-                "830",
-                "-p",
-                "x",
-                "--seed",
-                "1",
-            ],
+            "i2v --image-model @wan_tiny.safetensors --video-model @wan_tiny.safetensors \
+             -W 830 -p x --seed 1",
         ),
-        Case::new("i2v-no-image-model", &["i2v", "-p", "x"]),
-        Case::new(
-            "i2v-no-video-model",
-            &["i2v", "--image-model", &missing, "-p", "x"],
-        ),
-        Case::new("image-no-model", &["image", "-p", "x", "--device", "cpu"]),
-        Case::new(
+        c("i2v-no-image-model", "i2v -p x"),
+        c("i2v-no-video-model", "i2v --image-model @missing.gguf -p x"),
+        c("image-no-model", "image -p x --device cpu"),
+        c(
             "image-missing-model",
-            &["image", "-m", &missing, "-p", "x", "--device", "cpu"],
+            "image -m @missing.gguf -p x --device cpu",
         ),
-        Case::new(
+        c(
             "image-missing-model-budget",
-            &[
-                "image",
-                "-m",
-                &missing,
-                "-p",
-                "x",
-                "--device",
-                "cpu",
-                "--vram-budget",
-                "8G",
-            ],
+            "image -m @missing.gguf -p x --device cpu --vram-budget 8G",
         ),
-        Case::new(
+        c(
             "image-garbage-model-budget",
-            &[
-                "image",
-                "-m",
-                &garbage,
-                "-p",
-                "x",
-                "--device",
-                "cpu",
-                "--vram-budget",
-                "8G",
-                "--seed",
-                "1",
-            ],
+            "image -m @garbage.gguf -p x --device cpu --vram-budget 8G --seed 1",
         ),
-        Case::new(
+        c(
             "image-wrong-model",
-            &[
-                "image", "-m", &wan, "-p", "x", "--device", "cpu", "--seed", "1",
-            ],
+            "image -m @wan_tiny.safetensors -p x --device cpu --seed 1",
         ),
-        Case::new(
+        c(
             "video-missing-model",
-            &["video", "-m", &missing, "-p", "x", "--device", "cpu"],
+            "video -m @missing.gguf -p x --device cpu",
         ),
-        Case::new(
+        c(
             "video-garbage-model",
-            &[
-                "video", "-m", &garbage, "-p", "x", "--device", "cpu", "--seed", "1",
-            ],
+            "video -m @garbage.gguf -p x --device cpu --seed 1",
         ),
-        Case::new(
+        c(
             "video-bare-name",
-            &[
-                "video",
-                "-m",
-                "wan.gguf",
-                "-p",
-                "x",
-                "--device",
-                "cpu",
-                "--models-dir",
-                &p("models"),
-            ],
+            "video -m wan.gguf -p x --device cpu --models-dir @models",
         ),
-        Case::new(
+        c(
             "plan-image-missing",
-            &["plan", "image", "-m", &missing, "--device", "cpu"],
+            "plan image -m @missing.gguf --device cpu",
         ),
-        Case::new(
+        c(
             "plan-image-garbage",
-            &["plan", "image", "-m", &garbage, "--device", "cpu"],
+            "plan image -m @garbage.gguf --device cpu",
         ),
-        Case::new(
+        c(
             "plan-image-wrong-model",
-            &["plan", "image", "-m", &wan, "--device", "cpu"],
+            "plan image -m @wan_tiny.safetensors --device cpu",
         ),
-        Case::new("info-missing", &["info", &missing]),
-        Case::new("info-folder", &["info", &folder]),
-        Case::new("info-garbage", &["info", &garbage]),
-        Case::new("info-empty", &["info", &empty]),
-        Case::new(
+        c("info-missing", "info @missing.gguf"),
+        c("info-folder", "info @folder.gguf"),
+        c("info-garbage", "info @garbage.gguf"),
+        c("info-empty", "info @empty.safetensors"),
+        c(
             "convert-missing",
-            &["convert", &missing, "-o", "out.gguf", "--type", "q8_0"],
+            "convert @missing.gguf -o out.gguf --type q8_0",
         ),
-        Case::new(
+        c(
             "convert-onto-input",
-            &["convert", &wan, "-o", &wan, "--type", "q8_0", "--overwrite"],
+            "convert @wan_tiny.safetensors -o @wan_tiny.safetensors --type q8_0 --overwrite",
         ),
-        Case::new(
+        c(
             "convert-existing-output",
-            &["convert", &wan, "-o", &garbage, "--type", "q8_0"],
+            "convert @wan_tiny.safetensors -o @garbage.gguf --type q8_0",
         ),
-        Case::new(
+        c(
             "convert-no-folder",
-            &[
-                "convert",
-                &wan,
-                "-o",
-                &p("no/such/out.gguf"),
-                "--type",
-                "q8_0",
-            ],
+            "convert @wan_tiny.safetensors -o @no/such/out.gguf --type q8_0",
         ),
-        Case::new("config-missing-file", &["config"]).env("NIJIGEN_CONFIG", &p("nope.toml")),
-        Case::new("config-bad-value", &["config"]).env("NIJIGEN_CONFIG", &p("bad.toml")),
-        Case::new("config-broken-toml", &["config"]).env("NIJIGEN_CONFIG", &p("broken.toml")),
-        Case::new("image-bad-config", &["image", "-p", "x"]).env("NIJIGEN_CONFIG", &p("bad.toml")),
+        c("config-missing-file", "config").env("NIJIGEN_CONFIG", "@nope.toml", tmp),
+        c("config-bad-value", "config").env("NIJIGEN_CONFIG", "@bad.toml", tmp),
+        c("config-broken-toml", "config").env("NIJIGEN_CONFIG", "@broken.toml", tmp),
+        c("image-bad-config", "image -p x").env("NIJIGEN_CONFIG", "@bad.toml", tmp),
         // Not errors: the settings in effect.
-        Case::new("config-defaults", &["config"]),
-        Case::new("config-file", &["config"]).env("NIJIGEN_CONFIG", &p("settings.toml")),
-        Case::new("config-file-json", &["config", "--json"])
-            .env("NIJIGEN_CONFIG", &p("settings.toml")),
+        c("config-defaults", "config"),
+        c("config-file", "config").env("NIJIGEN_CONFIG", "@settings.toml", tmp),
+        c("config-file-json", "config --json").env("NIJIGEN_CONFIG", "@settings.toml", tmp),
     ];
     // Without CUDA in the build, asking for a GPU says how to get one.
-    let cuda = ["image-cuda-unbuilt", "i2v-cuda-unbuilt"];
+    let cuda = [
+        (
+            "image-cuda-unbuilt",
+            "image --device cuda:0 -m @missing.gguf",
+        ),
+        ("i2v-cuda-unbuilt", "i2v --device cuda"),
+    ];
     let mut skipped = Vec::new();
-    if cfg!(feature = "cuda") {
-        skipped.extend(cuda.iter().map(|n| format!("{n}.txt")));
-    } else {
-        cases.push(Case::new(
-            cuda[0],
-            &["image", "--device", "cuda:0", "-m", &missing],
-        ));
-        cases.push(Case::new(cuda[1], &["i2v", "--device", "cuda"]));
+    for (name, line) in cuda {
+        if cfg!(feature = "cuda") {
+            skipped.push(format!("{name}.txt"));
+        } else {
+            cases.push(c(name, line));
+        }
     }
     (cases, skipped)
 }
@@ -576,22 +518,11 @@ fn errors_show_their_cause() {
         ("garbage.gguf", "not a GGUF or safetensors file"),
         ("folder.gguf", "is a folder"),
     ] {
-        let path = tmp.path().join(file).to_string_lossy().into_owned();
-        for args in [
-            &["plan", "image", "-m", &path, "--device", "cpu"][..],
-            &[
-                "image",
-                "-m",
-                &path,
-                "-p",
-                "x",
-                "--device",
-                "cpu",
-                "--vram-budget",
-                "8G",
-            ],
+        for line in [
+            format!("plan image -m @{file} --device cpu"),
+            format!("image -m @{file} -p x --device cpu --vram-budget 8G"),
         ] {
-            let text = render(&Case::new(file, args), tmp.path());
+            let text = render(&Case::line(file, &line, tmp.path()), tmp.path());
             let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("error:")).collect();
             assert!(text.contains("\nexit status: 1\n"), "{text}");
             assert_eq!(errors.len(), 1, "{text}");
