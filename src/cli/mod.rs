@@ -109,8 +109,8 @@ pub fn run_with(mut cli: Cli, matches: Option<&clap::ArgMatches>) -> anyhow::Res
     }
 }
 
-/// Prints an error as one line (plus a hint line where we have one) and picks the exit code:
-/// 1 for every failure the user can act on; a closed stdout pipe is not an error.
+/// Prints an error as one line with its causes (plus a hint line where we have one) and picks
+/// the exit code: 1 for every failure the user can act on; a closed stdout pipe is not an error.
 pub fn report(err: &anyhow::Error) -> ExitCode {
     if let Some(io) = err.downcast_ref::<std::io::Error>() {
         if io.kind() == std::io::ErrorKind::BrokenPipe {
@@ -121,11 +121,30 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         .downcast_ref::<crate::pipeline::PipelineError>()
         .is_some_and(|e| matches!(e, crate::pipeline::PipelineError::Interrupted));
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "error: {err}");
+    let _ = writeln!(stderr, "error: {}", message(err));
     if let Some(h) = err.downcast_ref::<WithHint>() {
         let _ = writeln!(stderr, "hint: {}", h.hint);
     }
     ExitCode::from(if interrupted { 130 } else { 1 })
+}
+
+/// `err` and its causes joined with ": ", as anyhow's `{err:#}` ("opening X: not a GGUF or
+/// safetensors file", not just "opening X"), except that a cause whose text is already in the
+/// message before it (errors that print their source themselves) is not repeated.
+fn message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut prev = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out.clone_from(&text);
+        } else if !text.is_empty() && !prev.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        prev = text;
+    }
+    out
 }
 
 /// An error with a suggestion for the user, printed as a second line.
@@ -167,5 +186,24 @@ mod tests {
     fn clap_definitions_are_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn messages_keep_each_cause_once() {
+        use anyhow::Context as _;
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Err::<(), _>(io()).context("opening x.gguf").unwrap_err();
+        assert_eq!(super::message(&e), "opening x.gguf: no such file");
+        // A cause its parent already prints (thiserror's "{path}: {source}") comes once.
+        #[derive(Debug, thiserror::Error)]
+        #[error("x.gguf: {source}")]
+        struct Format {
+            source: std::io::Error,
+        }
+        let e = Err::<(), _>(Format { source: io() })
+            .context("opening x.gguf")
+            .unwrap_err();
+        assert_eq!(super::message(&e), "opening x.gguf: x.gguf: no such file");
+        assert_eq!(super::message(&anyhow::anyhow!("plain")), "plain");
     }
 }
