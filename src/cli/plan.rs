@@ -491,7 +491,7 @@ fn video_inputs(a: &VideoArgs) -> anyhow::Result<(Vec<ComponentSpec>, Vec<Row>, 
 /// allocates it (context of 3 prompt chunks, 231 tokens: long tag prompts take 2 or 3).
 fn unet_compute(part: &Part, h: u64, w: u64) -> anyhow::Result<u64> {
     let prefix = part.prefix.clone().unwrap_or_default();
-    let set = part.store.load_cpu(|n| n.starts_with(&prefix))?;
+    let set = part.store.load_meta(|n| n.starts_with(&prefix))?;
     let mut unet = crate::models::SdxlUnet::new(&set, &prefix, 1)?;
     unet.set_attention(crate::models::UnetAttention::Flash);
     Ok(unet.compute_bytes(h as usize / 8, w as usize / 8, 231)?)
@@ -503,7 +503,7 @@ fn unet_compute(part: &Part, h: u64, w: u64) -> anyhow::Result<u64> {
 /// metadata is read.
 fn wan_dit_memory(part: &Part, frames: usize, h: u64, w: u64) -> anyhow::Result<u64> {
     let prefix = part.prefix.clone().unwrap_or_default();
-    let set = part.store.load_cpu(|n| n.starts_with(&prefix))?;
+    let set = part.store.load_meta(|n| n.starts_with(&prefix))?;
     let dit = crate::models::WanDit::new(&set, &prefix, 1)?;
     let img = dit.config().image_dim.map(|_| 257);
     let lat = (
@@ -528,7 +528,7 @@ fn wan_vae_tiles(
     chosen: Option<u32>,
 ) -> anyhow::Result<Vec<TileOption>> {
     let prefix = part.prefix.clone().unwrap_or_default();
-    let set = part.store.load_cpu(|n| n.starts_with(&prefix))?;
+    let set = part.store.load_meta(|n| n.starts_with(&prefix))?;
     let vae = crate::models::WanVae::new(&set, &prefix, 1)?;
     let c = vae.config();
     let (s, tf) = (c.spatial_factor(), c.temporal_factor());
