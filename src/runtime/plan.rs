@@ -403,7 +403,7 @@ fn mib_up(n: u64) -> u64 {
 }
 
 /// A budget figure as the user would type it: GiB with one decimal, rounded up.
-fn size_arg(n: u64) -> String {
+pub(crate) fn size_arg(n: u64) -> String {
     let tenths = (n as u128 * 10).div_ceil(1u128 << 30) as u64;
     if tenths % 10 == 0 {
         format!("{}G", tenths / 10)
