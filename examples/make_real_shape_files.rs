@@ -8,6 +8,9 @@
 //!   weights (as city96's file), F32 norms and relative-position tables;
 //! - `clip_vision_h.safetensors`: CLIP vision H/14 (HF names), F16;
 //! - `wan_2.1_vae.safetensors`: Wan2.1 VAE (original names), BF16 as ComfyUI ships it;
+//! - `wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors`: the same DiT as ComfyUI's float8 files
+//!   (matrices F8_E4M3, vectors F32; 16.4 GB apparent size), and
+//!   `wan2.1_i2v_480p_14B_4blocks_fp8_e4m3fn.safetensors`, its first 4 blocks (1.8 GB);
 //! - `sdxl_checkpoint_f16.safetensors`: an SDXL single-file checkpoint (ldm UNet, CLIP-L HF
 //!   names, bigG open_clip names, ldm VAE), F16.
 //!
@@ -34,6 +37,11 @@ fn push(v: &mut Shapes, name: impl Into<String>, shape: &[u64]) {
 
 /// Wan2.1 I2V 14B DiT: dim 5120, ffn 13824, 40 blocks, in 36, text 4096, CLIP 1280.
 fn wan_dit() -> Shapes {
+    wan_dit_blocks(40)
+}
+
+/// [`wan_dit`] with `blocks` blocks.
+fn wan_dit_blocks(blocks: u64) -> Shapes {
     let (d, f) = (5120u64, 13824u64);
     let mut t = Shapes::new();
     push(&mut t, "patch_embedding.weight", &[d, 36, 1, 2, 2]);
@@ -59,7 +67,7 @@ fn wan_dit() -> Shapes {
     push(&mut t, "head.modulation", &[1, 2, d]);
     push(&mut t, "head.head.weight", &[64, d]);
     push(&mut t, "head.head.bias", &[64]);
-    for b in 0..40 {
+    for b in 0..blocks {
         let p = format!("blocks.{b}.");
         push(&mut t, format!("{p}modulation"), &[1, 6, d]);
         for a in ["self_attn", "cross_attn"] {
@@ -515,13 +523,35 @@ fn gguf(
 
 /// A safetensors header with every tensor of `dtype` ("F16", "BF16", "F32"), data left as a hole.
 fn safetensors(path: &Path, tensors: &Shapes, dtype: &str) -> anyhow::Result<()> {
-    let size = match dtype {
-        "F32" => 4,
-        _ => 2,
-    };
+    safetensors_typed(path, tensors, |_, _| dtype)
+}
+
+/// The float8_e4m3fn layout of ComfyUI's `*_fp8_e4m3fn.safetensors` DiTs: the matrices (and
+/// convolution kernels) in F8_E4M3, vectors and modulations in F32.
+fn fp8_type(name: &str, shape: &[u64]) -> &'static str {
+    if shape.len() >= 2 && !name.ends_with("modulation") {
+        "F8_E4M3"
+    } else {
+        "F32"
+    }
+}
+
+/// A safetensors header with each tensor of the type `dtype` gives it ("F8_E4M3", "F16",
+/// "BF16", "F32"), data left as a hole.
+fn safetensors_typed<'a>(
+    path: &Path,
+    tensors: &Shapes,
+    dtype: impl Fn(&str, &[u64]) -> &'a str,
+) -> anyhow::Result<()> {
     let mut header = serde_json::Map::new();
     let mut off = 0u64;
     for (n, s) in tensors {
+        let dtype = dtype(n, s);
+        let size = match dtype {
+            "F32" => 4,
+            "F8_E4M3" => 1,
+            _ => 2,
+        };
         let bytes = s.iter().product::<u64>() * size;
         header.insert(
             n.clone(),
@@ -578,6 +608,18 @@ fn main() -> anyhow::Result<()> {
         "F16",
     )?;
     safetensors(&dir.join("wan_2.1_vae.safetensors"), &wan_vae(), "BF16")?;
+    // The same DiT as ComfyUI ships it in float8 (16.4 GB, a hole on disk), and a 4-block cut
+    // of it (1.8 GB) for what a full f8 load would need to stay within a small machine's RAM.
+    safetensors_typed(
+        &dir.join("wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"),
+        &wan_dit(),
+        fp8_type,
+    )?;
+    safetensors_typed(
+        &dir.join("wan2.1_i2v_480p_14B_4blocks_fp8_e4m3fn.safetensors"),
+        &wan_dit_blocks(4),
+        fp8_type,
+    )?;
     let mut sdxl = Shapes::new();
     sdxl_unet(&mut sdxl);
     sdxl_clip_l(&mut sdxl);

@@ -218,3 +218,48 @@ fn budgets_from_everything_fits_to_one_block_at_a_time() {
         assert!(err.contains("budget exceeded"), "{r:?}: {err}");
     }
 }
+
+/// A run that goes over its budget fails with an error that still holds the accountant's
+/// refusal (typed, through every wrapper), so the CLI prints its hint: for the weights'
+/// lease (a `DeviceError`) and for a compute buffer (the allocator's meter, a `GgmlError`).
+#[test]
+fn over_budget_at_run_time_keeps_its_hint() {
+    use nijigen::pipeline::PipelineError;
+    let c = case(St::F16);
+    let set = c.store.load_cpu(|_| true).unwrap();
+    let backend = Backend::cpu(1).unwrap();
+    let hint_of = |e: PipelineError| {
+        let err = anyhow::Error::new(e).context("video");
+        let msg = err.root_cause().to_string();
+        (msg, nijigen::runtime::hint(err.as_ref()))
+    };
+
+    // The weights do not fit.
+    let acct = Accountant::with_budget(1 << 10);
+    let e = DeviceWeights::build(&set, &backend, &Residency::Resident, &acct, "dit")
+        .err()
+        .expect("over budget");
+    let (msg, hint) = hint_of(PipelineError::Device(e));
+    assert!(msg.contains("budget exceeded: dit weights"), "{msg}");
+    let hint = hint.expect("a hint");
+    assert!(hint.contains("--vram-budget"), "{hint}");
+
+    // The weights fit; the first compute buffer does not.
+    let weights = {
+        let acct = Accountant::unlimited();
+        let dw = DeviceWeights::build(&set, &backend, &Residency::Resident, &acct, "dit").unwrap();
+        drop(dw);
+        acct.peak()
+    };
+    let acct = Accountant::with_budget(weights + 1);
+    let dw = DeviceWeights::build(&set, &backend, &Residency::Resident, &acct, "dit").unwrap();
+    let mut dit = WanDit::new(dw.set(), "", 1).unwrap();
+    dit.set_accountant(Some(&acct));
+    let (f, h, w) = c.fhw;
+    let e = dit
+        .forward(&c.x, c.t, &c.text, Some(&c.image), f, h, w)
+        .expect_err("over budget");
+    let (msg, hint) = hint_of(PipelineError::WanDit(e));
+    assert!(msg.contains("budget exceeded"), "{msg}");
+    assert!(hint.expect("a hint").contains("--vram-budget"));
+}

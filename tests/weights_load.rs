@@ -225,3 +225,88 @@ fn hf_big_g_qkv_are_fused_and_projection_transposed() {
         }
     }
 }
+
+/// The metadata-only load gives every tensor of the real load with the same type and shape,
+/// and no data: nothing copied or converted.
+fn assert_meta_matches(store: &WeightStore) {
+    let real = store.load_cpu(|_| true).unwrap();
+    let meta = store.load_meta(|_| true).unwrap();
+    assert_eq!(meta.names().len(), real.names().len());
+    for n in real.names() {
+        let (r, m) = (real.get(n).unwrap(), meta.get(n).expect(n));
+        assert_eq!((m.ty(), m.ne()), (r.ty(), r.ne()), "{n}");
+    }
+    assert_eq!(meta.copied_bytes(), 0, "the metadata load copies nothing");
+    assert_eq!(meta.data_bytes(), real.data_bytes());
+    // A filter applies as in the real load.
+    let some = store.load_meta(|n| n.contains("bias")).unwrap();
+    let want = store.load_cpu(|n| n.contains("bias")).unwrap();
+    assert_eq!(some.names(), want.names());
+}
+
+#[test]
+fn metadata_load_has_the_real_types_and_shapes_without_data() {
+    // f8 and f64 (converted), the other types in place.
+    let store = WeightStore::open_path(std::path::Path::new(
+        "tests/fixtures/safetensors/all_dtypes.safetensors",
+    ))
+    .unwrap();
+    assert!(store.load_cpu(|_| true).unwrap().copied_bytes() > 0);
+    assert_meta_matches(&store);
+    // Fused parts and a transposed projection.
+    let dir = tempfile::tempdir().unwrap();
+    let store = clip_g_with_shapes(dir.path(), |_, s| s.to_vec());
+    assert_meta_matches(&store);
+}
+
+/// The tiny HF bigG of the names fixture in F16, each tensor of the shape `shape` gives it.
+fn clip_g_with_shapes(
+    dir: &std::path::Path,
+    shape: impl Fn(&str, &[u64]) -> Vec<u64>,
+) -> WeightStore {
+    let list = fixture_list("clip_g_hf.txt");
+    let tensors: Vec<(&str, Vec<u64>, Vec<f32>)> = list
+        .iter()
+        .map(|(n, s)| {
+            let s = shape(n, s);
+            let values = vec![0.5; s.iter().product::<u64>() as usize];
+            (n.as_str(), s, values)
+        })
+        .collect();
+    let path = dir.join("clip_g.safetensors");
+    write_safetensors(&path, &tensors, St::F16);
+    WeightStore::open_path(&path).unwrap()
+}
+
+/// A 0-D tensor where parts are fused along their outermost dim is an error naming it, not a
+/// panic, in both loads.
+#[test]
+fn scalar_parts_are_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = clip_g_with_shapes(dir.path(), |n, s| {
+        let qkv = n.starts_with("text_model.encoder.layers.0.self_attn.")
+            && n.ends_with("_proj.weight")
+            && !n.contains("out_proj");
+        if qkv {
+            vec![]
+        } else {
+            s.to_vec()
+        }
+    });
+    assert_eq!(store.detection().architecture.name(), "clip-g");
+    for e in [
+        store.load_cpu(|_| true).err().expect("load_cpu refuses"),
+        store.load_meta(|_| true).err().expect("load_meta refuses"),
+    ] {
+        let e = e.to_string();
+        assert!(e.contains("scalar"), "{e}");
+        assert!(e.contains("layers.0.self_attn"), "{e}");
+    }
+    // The other tensors still load.
+    let rest = store
+        .load_cpu(|n| !n.starts_with("transformer.resblocks.0.attn.in_proj_weight"))
+        .unwrap();
+    assert!(rest
+        .get("transformer.resblocks.1.attn.in_proj_weight")
+        .is_some());
+}

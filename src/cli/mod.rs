@@ -122,8 +122,13 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         .is_some_and(|e| matches!(e, crate::pipeline::PipelineError::Interrupted));
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(stderr, "error: {}", message(err));
-    if let Some(h) = err.downcast_ref::<WithHint>() {
-        let _ = writeln!(stderr, "hint: {}", h.hint);
+    // A budget error from deep inside a run carries its own hint (found through the sources).
+    let hint = match err.downcast_ref::<WithHint>() {
+        Some(h) => Some(h.hint.clone()),
+        None => crate::pipeline::hint(err.as_ref()),
+    };
+    if let Some(h) = hint {
+        let _ = writeln!(stderr, "hint: {h}");
     }
     ExitCode::from(if interrupted { 130 } else { 1 })
 }

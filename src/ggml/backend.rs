@@ -693,8 +693,10 @@ pub fn tensor_get_f32(t: Tensor<'_>) -> Result<Vec<f32>, GgmlError> {
 }
 
 /// A check run with the allocator's buffer size after each reserve or allocation (the
-/// runtime's memory accountant): an error stops the caller before it computes.
-pub type AllocMeter = Box<dyn FnMut(usize) -> Result<(), String> + Send>;
+/// runtime's memory accountant): an error stops the caller before it computes, as
+/// [`GgmlError::Refused`] with the check's error as its source.
+pub type AllocMeter =
+    Box<dyn FnMut(usize) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send>;
 
 /// ggml's graph allocator: plans and allocates the intermediate tensors of a graph, reusing
 /// memory between nodes. Reserve once per shape, then allocate each time the graph is rebuilt.
@@ -724,7 +726,7 @@ impl GraphAllocator {
     fn metered(&mut self) -> Result<(), GgmlError> {
         let size = self.buffer_size();
         match &mut self.meter {
-            Some(m) => m(size).map_err(GgmlError::Backend),
+            Some(m) => m(size).map_err(GgmlError::Refused),
             None => Ok(()),
         }
     }

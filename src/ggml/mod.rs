@@ -37,6 +37,10 @@ pub enum GgmlError {
     Compute(i32),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// An allocation a check refused (an [`AllocMeter`], e.g. the runtime's memory budget);
+    /// the check's own error stays reachable as the source, with its type.
+    #[error("{0}")]
+    Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// ggml's own (block size, type size, name, is_quantized) for `t`.

@@ -521,7 +521,7 @@ impl<'w> WanDit<'w> {
                 if let Some(a) = acct {
                     *lease_slot = Some(
                         a.lease("dit activations", bytes as u64)
-                            .map_err(|e| WanDitError::Ggml(GgmlError::Backend(e.to_string())))?,
+                            .map_err(|e| WanDitError::Ggml(GgmlError::Refused(e.into())))?,
                     );
                 }
                 Ok(backend.alloc_buffer(bytes)?)

@@ -267,7 +267,7 @@ impl CacheBuffer {
         let lease = match acct {
             Some(a) => Some(
                 a.lease("vae caches", size as u64)
-                    .map_err(|e| GgmlError::Backend(e.to_string()))?,
+                    .map_err(|e| GgmlError::Refused(e.into()))?,
             ),
             None => None,
         };

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 pub use crate::lora::parse_lora_spec;
 pub use crate::runtime::devices::{list as devices, DeviceInfo};
+pub use crate::runtime::hint;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

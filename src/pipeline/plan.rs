@@ -549,7 +549,7 @@ fn stage_plan(
 /// The SDXL UNet's compute buffer for an `h` x `w` image with flash attention, as a run
 /// allocates it (context of 3 prompt chunks, 231 tokens: long tag prompts take 2 or 3).
 fn unet_compute(part: &Part, h: u64, w: u64) -> Result<u64, PipelineError> {
-    let set = part.store.load_cpu(|n| n.starts_with(&part.prefix))?;
+    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
     let mut unet = crate::models::SdxlUnet::new(&set, &part.prefix, 1)?;
     unet.set_attention(crate::models::UnetAttention::Flash);
     Ok(unet.compute_bytes(h as usize / 8, w as usize / 8, 231)?)
@@ -559,7 +559,7 @@ fn unet_compute(part: &Part, h: u64, w: u64) -> Result<u64, PipelineError> {
 /// it: the larger of one whole graph and the staged graphs of a streamed forward plus the
 /// activations they carry (512 text tokens; 257 image tokens for an I2V model).
 fn wan_dit_memory(part: &Part, frames: usize, h: u64, w: u64) -> Result<u64, PipelineError> {
-    let set = part.store.load_cpu(|n| n.starts_with(&part.prefix))?;
+    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
     let dit = crate::models::WanDit::new(&set, &part.prefix, 1)?;
     let img = dit.config().image_dim.map(|_| 257);
     let lat = (
@@ -583,7 +583,7 @@ fn wan_vae_tiles(
     w: u64,
     chosen: Option<u32>,
 ) -> Result<Vec<TileOption>, PipelineError> {
-    let set = part.store.load_cpu(|n| n.starts_with(&part.prefix))?;
+    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
     let vae = crate::models::WanVae::new(&set, &part.prefix, 1)?;
     let c = vae.config();
     let (s, tf) = (c.spatial_factor(), c.temporal_factor());

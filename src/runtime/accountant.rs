@@ -24,6 +24,40 @@ pub struct OverBudget {
     pub budget: u64,
 }
 
+impl OverBudget {
+    /// What the user can do about it. The run was planned under this budget, so the plan
+    /// under-estimated what it needs here (or something outside the plan took device memory).
+    pub fn hint(&self) -> String {
+        format!(
+            "the run needed more device memory than its plan; give --vram-budget {} or more \
+             (this allocation alone), or move work off the device: --offload blocks streams \
+             the denoiser, --text-encoder-device cpu, a smaller --vae-tile, --offload full \
+             computes on the CPU",
+            super::plan::size_arg(self.used.saturating_add(self.bytes))
+        )
+    }
+}
+
+/// The hint for an error whose sources include a budget the user can change: a run-time
+/// [`OverBudget`] or a planner's [`super::plan::PlanError`]. Looks through `err` and its whole
+/// source chain (errors wrapped in others, or in `anyhow` with context, keep their type).
+pub fn hint(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(x) = e {
+        if let Some(o) = x.downcast_ref::<OverBudget>() {
+            return Some(o.hint());
+        }
+        if let Some(h) = x
+            .downcast_ref::<super::plan::PlanError>()
+            .and_then(|p| p.hint())
+        {
+            return Some(h.to_string());
+        }
+        e = x.source();
+    }
+    None
+}
+
 /// Reads the device's free memory as its driver reports it.
 #[derive(Clone)]
 struct FreeProbe(Arc<dyn Fn() -> Option<u64> + Send + Sync>);
@@ -225,12 +259,11 @@ pub fn compute_meter(acct: &Accountant, what: &str) -> crate::ggml::AllocMeter {
     Box::new(move |size| {
         let size = size as u64;
         match &mut lease {
-            Some(l) => l.resize(size).map_err(|e| e.to_string()),
-            None => {
-                lease = Some(acct.lease(&what, size).map_err(|e| e.to_string())?);
-                Ok(())
-            }
+            Some(l) => l.resize(size)?,
+            // The refusal keeps its type (the CLI finds its hint through the error's sources).
+            None => lease = Some(acct.lease(&what, size)?),
         }
+        Ok(())
     })
 }
 
@@ -279,7 +312,11 @@ mod tests {
         m(200).unwrap();
         assert_eq!((a.used(), a.peak()), (200, 300));
         let e = m(1001).unwrap_err();
-        assert!(e.contains("budget exceeded"), "{e}");
+        assert!(e.to_string().contains("budget exceeded"), "{e}");
+        let o = e
+            .downcast_ref::<OverBudget>()
+            .expect("the refusal keeps its type");
+        assert_eq!((o.bytes, o.used, o.budget), (1001, 0, 1000));
         drop(m);
         assert_eq!(a.used(), 0);
     }
@@ -312,5 +349,41 @@ mod tests {
         assert_eq!(a.peak(), u64::MAX / 2 + 7);
         drop(l);
         assert_eq!(a.used(), 7);
+    }
+
+    #[test]
+    fn over_budget_errors_keep_their_hint_through_the_errors_that_wrap_them() {
+        use crate::ggml::GgmlError;
+        use crate::runtime::DeviceError;
+        let a = Accountant::with_budget(3 << 30);
+        let _w = a.lease("dit weights", 2 << 30).unwrap();
+        let refusal = a.lease("dit compute", 1536 << 20).unwrap_err();
+        let h = refusal.hint();
+        assert!(h.contains("--vram-budget 3.5G or more"), "{h}");
+        // A lease of device weights (DeviceError), wrapped as a run wraps it, with context.
+        let device = crate::pipeline::PipelineError::Device(DeviceError::Budget(refusal.clone()));
+        let err = anyhow::Error::new(device).context("stage 2");
+        assert_eq!(hint(err.as_ref()), Some(h.clone()));
+        // A compute buffer refused by the meter (a GgmlError in a model's error).
+        let mut m = compute_meter(&a, "dit compute");
+        let refused = GgmlError::Refused(m(1536 << 20).unwrap_err());
+        let model = crate::models::WanDitError::Ggml(refused);
+        assert!(model.to_string().contains("budget exceeded"), "{model}");
+        let err = anyhow::Error::new(crate::pipeline::PipelineError::WanDit(model));
+        assert_eq!(hint(err.as_ref()), Some(h));
+        // Planner errors give theirs; other errors none.
+        let short = crate::runtime::plan::plan(&crate::runtime::plan::PlanInput {
+            components: vec![crate::runtime::plan::ComponentSpec::new(
+                crate::runtime::plan::Component::VaeWan,
+                1 << 30,
+            )],
+            budget: Some(1 << 20),
+            ..Default::default()
+        })
+        .unwrap_err();
+        let want = short.hint().map(str::to_string);
+        assert!(want.is_some());
+        assert_eq!(hint(anyhow::Error::new(short).as_ref()), want);
+        assert_eq!(hint(anyhow::anyhow!("other").as_ref()), None);
     }
 }

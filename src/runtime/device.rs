@@ -18,7 +18,9 @@ use super::accountant::{Accountant, Lease, OverBudget};
 /// Why weights could not be placed on the device.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error(transparent)]
+    /// Not transparent: the [`OverBudget`] is this error's source, so that it stays reachable
+    /// (with its hint, [`super::accountant::hint`]) through the errors that wrap this one.
+    #[error("{0}")]
     Budget(#[from] OverBudget),
     #[error(transparent)]
     Ggml(#[from] GgmlError),

@@ -7,6 +7,6 @@ pub mod devices;
 pub mod plan;
 pub mod weights;
 
-pub use accountant::{Accountant, Lease, OverBudget};
+pub use accountant::{hint, Accountant, Lease, OverBudget};
 pub use device::{ComputeDevice, DeviceError, DeviceWeights, Residency, StreamStats};
 pub use weights::{LoadError, WeightStore};

@@ -126,10 +126,11 @@ pub struct TileOption {
     pub compute_bytes: u64,
 }
 
-/// What the planner knows about one component.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// What the planner knows about one component. It always names its component: there is no
+/// default (a spec that forgot it would be planned as some other model).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentSpec {
-    pub component: Option<Component>,
+    pub component: Component,
     /// All weight bytes as stored (the sum of the tensor table's byte ranges).
     pub weight_bytes: u64,
     /// Bytes of each block, in execution order, for block-structured denoisers (UNet input /
@@ -147,10 +148,12 @@ pub struct ComponentSpec {
 impl ComponentSpec {
     pub fn new(component: Component, weight_bytes: u64) -> ComponentSpec {
         ComponentSpec {
-            component: Some(component),
+            component,
             weight_bytes,
+            blocks: Vec::new(),
+            compute_bytes: 0,
+            tiles: Vec::new(),
             forwards_per_step: 1,
-            ..ComponentSpec::default()
         }
     }
 
@@ -175,7 +178,7 @@ impl ComponentSpec {
     }
 
     fn kind(&self) -> Component {
-        self.component.unwrap_or(Component::Unet)
+        self.component
     }
 }
 
@@ -400,7 +403,7 @@ fn mib_up(n: u64) -> u64 {
 }
 
 /// A budget figure as the user would type it: GiB with one decimal, rounded up.
-fn size_arg(n: u64) -> String {
+pub(crate) fn size_arg(n: u64) -> String {
     let tenths = (n as u128 * 10).div_ceil(1u128 << 30) as u64;
     if tenths % 10 == 0 {
         format!("{}G", tenths / 10)
@@ -799,6 +802,31 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_spec_always_names_its_component() {
+        // Compile-time checks: `ComponentSpec` has no `Default` (the call below would be
+        // ambiguous if it had, both impls applying) and its component is not optional.
+        trait AmbiguousIfDefault<A> {
+            fn check() {}
+        }
+        impl<T> AmbiguousIfDefault<()> for T {}
+        struct IsDefault;
+        impl<T: Default> AmbiguousIfDefault<IsDefault> for T {}
+        <ComponentSpec as AmbiguousIfDefault<_>>::check();
+        let spec = ComponentSpec::new(Component::ClipL, 1 << 20);
+        let named: Component = spec.component;
+        assert_eq!(named, Component::ClipL);
+        // Planned as the component it names (an encoder, not the UNet).
+        let p = plan(&PlanInput {
+            components: vec![spec],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(p.components.len(), 1);
+        assert_eq!(p.components[0].component, Component::ClipL);
+        assert!(p.steps.iter().all(|s| s.component == Component::ClipL));
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The weight store: one open weight file, its detected architecture, and loading of its
 //! tensors under their canonical names into a [`TensorSet`]. On the CPU, tensors of a type ggml
 //! computes with are used in place from the memory map; only tensors that must change (f8/f64
-//! to a ggml type, fused or transposed layouts) are copied.
+//! to a ggml type, fused or transposed layouts) are copied. [`WeightStore::load_meta`] gives
+//! the same tensors without data, for sizing graphs from the tensor tables alone.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use crate::formats::names::{self, Detection, NameMap};
 use crate::formats::weights::WeightFile;
@@ -34,6 +37,8 @@ pub enum LoadError {
 pub struct WeightStore {
     file: WeightFile,
     detection: Detection,
+    /// Where [`WeightStore::load_meta`] points its tensors.
+    placeholder: OnceLock<memmap2::Mmap>,
 }
 
 /// How one canonical tensor is made from stored ones.
@@ -51,7 +56,11 @@ impl WeightStore {
     pub fn open(paths: &[PathBuf]) -> Result<WeightStore, LoadError> {
         let file = WeightFile::open(paths)?;
         let detection = names::detect(file.tensors(), file.metadata());
-        Ok(WeightStore { file, detection })
+        Ok(WeightStore {
+            file,
+            detection,
+            placeholder: OnceLock::new(),
+        })
     }
 
     pub fn open_path(path: &Path) -> Result<WeightStore, LoadError> {
@@ -132,13 +141,65 @@ impl WeightStore {
         self.sources().into_keys().collect()
     }
 
-    /// Loads every canonical tensor whose name passes `filter` into a [`TensorSet`] for the CPU.
-    pub fn load_cpu(&self, filter: impl Fn(&str) -> bool) -> Result<TensorSet<'_>, LoadError> {
-        let sources: Vec<(String, Source<'_>)> = self
-            .sources()
+    /// The ggml type and shape `load_cpu` gives the canonical tensor `name` made from `src`
+    /// (`None`: an empty tensor, left out), checking everything that can be checked without
+    /// reading data.
+    fn target(
+        &self,
+        name: &str,
+        src: &Source<'_>,
+    ) -> Result<Option<(GgmlType, Vec<i64>)>, LoadError> {
+        match src {
+            Source::Direct { info, .. } if info.numel() == 0 => Ok(None),
+            Source::Direct { info, shape } => {
+                let ne = ggml_ne(shape).map_err(|w| self.err(info, w))?;
+                Ok(Some((loaded_type(info.dtype), ne)))
+            }
+            Source::Transposed(info) => {
+                if info.shape.len() != 2 {
+                    return Err(self.err(info, "only 2-D tensors can be transposed"));
+                }
+                Ok(Some((
+                    GgmlType::F32,
+                    vec![info.shape[0] as i64, info.shape[1] as i64],
+                )))
+            }
+            Source::Parts(parts, n) => {
+                let parts = sorted_parts(parts);
+                let first = parts[0].1;
+                if parts.len() != *n || parts.iter().enumerate().any(|(k, (i, _))| *i != k) {
+                    return Err(self.err(
+                        first,
+                        format!("needs {n} parts to make '{name}', found {}", parts.len()),
+                    ));
+                }
+                let same = |t: &TensorInfo| {
+                    t.dtype == first.dtype && t.shape.get(1..) == first.shape.get(1..)
+                };
+                if let Some((_, bad)) = parts.iter().find(|(_, t)| !same(t)) {
+                    return Err(self.err(
+                        bad,
+                        format!("its parts of '{name}' differ in type or shape"),
+                    ));
+                }
+                let shape = fused_shape(&first.shape, *n)
+                    .map_err(|w| self.err(first, format!("part of '{name}': {w}")))?;
+                let ne = ggml_ne(&shape).map_err(|w| self.err(first, w))?;
+                Ok(Some((loaded_type(first.dtype), ne)))
+            }
+        }
+    }
+
+    fn filtered(&self, filter: impl Fn(&str) -> bool) -> Vec<(String, Source<'_>)> {
+        self.sources()
             .into_iter()
             .filter(|(n, _)| filter(n))
-            .collect();
+            .collect()
+    }
+
+    /// Loads every canonical tensor whose name passes `filter` into a [`TensorSet`] for the CPU.
+    pub fn load_cpu(&self, filter: impl Fn(&str) -> bool) -> Result<TensorSet<'_>, LoadError> {
+        let sources = self.filtered(filter);
         let gerr = |t: &TensorInfo, e: GgmlError| LoadError::Ggml {
             path: self.path_of(t),
             source: e,
@@ -148,31 +209,27 @@ impl WeightStore {
             source: e,
         })?;
         for (name, src) in &sources {
+            let Some((ty, ne)) = self.target(name, src)? else {
+                // ggml has no empty tensors; nothing computes with them.
+                tracing::debug!(tensor = %name, "skipping empty tensor");
+                continue;
+            };
             match src {
-                Source::Direct { info, .. } if info.numel() == 0 => {
-                    // ggml has no empty tensors; nothing computes with them.
-                    tracing::debug!(tensor = %info.name, "skipping empty tensor");
-                }
-                Source::Direct { info, shape } => {
-                    let ne = ggml_ne(shape).map_err(|w| self.err(info, w))?;
-                    match info.dtype {
-                        DType::Ggml(ty) if usable_in_place(ty) => {
-                            let region = self.file.map(info.shard);
-                            set.add_mapped(name, ty, &ne, region, info.offset as usize)
-                                .map_err(|e| gerr(info, e))?;
-                        }
-                        _ => {
-                            let (ty, bytes) = self.converted(info)?;
-                            set.add_owned(name, ty, &ne, &bytes)
-                                .map_err(|e| gerr(info, e))?;
-                        }
+                Source::Direct { info, .. } => match info.dtype {
+                    DType::Ggml(t) if usable_in_place(t) => {
+                        let region = self.file.map(info.shard);
+                        set.add_mapped(name, ty, &ne, region, info.offset as usize)
+                            .map_err(|e| gerr(info, e))?;
                     }
-                }
+                    _ => {
+                        let bytes = self.converted(info)?;
+                        set.add_owned(name, ty, &ne, &bytes)
+                            .map_err(|e| gerr(info, e))?;
+                        note_converted(bytes.len());
+                    }
+                },
                 Source::Transposed(info) => {
-                    if info.shape.len() != 2 {
-                        return Err(self.err(info, "only 2-D tensors can be transposed"));
-                    }
-                    let (r, c) = (info.shape[0] as usize, info.shape[1] as usize);
+                    let (r, c) = (ne[0] as usize, ne[1] as usize);
                     let vals = self.f32_values(info)?;
                     let mut out = vec![0f32; r * c];
                     for i in 0..r {
@@ -180,59 +237,104 @@ impl WeightStore {
                             out[j * r + i] = vals[i * c + j];
                         }
                     }
-                    set.add_owned(
-                        name,
-                        GgmlType::F32,
-                        &[r as i64, c as i64],
-                        bytemuck::cast_slice(&out),
-                    )
-                    .map_err(|e| gerr(info, e))?;
+                    set.add_owned(name, ty, &ne, bytemuck::cast_slice(&out))
+                        .map_err(|e| gerr(info, e))?;
+                    note_converted(out.len() * 4);
                 }
-                Source::Parts(parts, n) => {
-                    let mut parts: Vec<&(usize, &TensorInfo)> = parts.iter().collect();
-                    parts.sort_by_key(|(i, _)| *i);
+                Source::Parts(parts, _) => {
+                    let parts = sorted_parts(parts);
                     let first = parts[0].1;
-                    if parts.len() != *n || parts.iter().enumerate().any(|(k, (i, _))| *i != k) {
-                        return Err(self.err(
-                            first,
-                            format!("needs {n} parts to make '{name}', found {}", parts.len()),
-                        ));
-                    }
-                    let same = |t: &TensorInfo| {
-                        t.dtype == first.dtype && t.shape.get(1..) == first.shape.get(1..)
-                    };
-                    if let Some((_, bad)) = parts.iter().find(|(_, t)| !same(t)) {
-                        return Err(self.err(
-                            bad,
-                            format!("its parts of '{name}' differ in type or shape"),
-                        ));
-                    }
-                    let mut shape = first.shape.clone();
-                    shape[0] *= *n as u64;
-                    let ne = ggml_ne(&shape).map_err(|w| self.err(first, w))?;
                     // Concatenating along the outermost dim is concatenating the bytes.
-                    let (ty, bytes) = match first.dtype {
-                        DType::Ggml(ty) if usable_in_place(ty) => (
-                            ty,
-                            parts
-                                .iter()
-                                .flat_map(|(_, t)| self.file.data(t).iter().copied())
-                                .collect(),
-                        ),
-                        d => {
+                    let bytes: Vec<u8> = match first.dtype {
+                        DType::Ggml(t) if usable_in_place(t) => parts
+                            .iter()
+                            .flat_map(|(_, t)| self.file.data(t).iter().copied())
+                            .collect(),
+                        _ => {
                             let mut all = Vec::new();
                             for (_, t) in &parts {
-                                all.extend(self.converted(t)?.1);
+                                all.extend(self.converted(t)?);
                             }
-                            (convert_target(d), all)
+                            all
                         }
                     };
                     set.add_owned(name, ty, &ne, &bytes)
                         .map_err(|e| gerr(first, e))?;
+                    note_converted(bytes.len());
                 }
             }
         }
         Ok(set)
+    }
+
+    /// The tensors [`WeightStore::load_cpu`] would load for `filter`, with the same names,
+    /// types and shapes, but no data: nothing is read from the file or converted. For sizing
+    /// graphs (the planner): their allocator sees the weights as placed and leaves them out of
+    /// the compute buffer. Every tensor points at the start of one read-only anonymous map as
+    /// large as the largest of them, which is never written and stays untouched (no memory).
+    /// Never compute with this set: its values are zeros, shared by all tensors.
+    pub fn load_meta(&self, filter: impl Fn(&str) -> bool) -> Result<TensorSet<'_>, LoadError> {
+        let sources = self.filtered(filter);
+        let mut targets = Vec::with_capacity(sources.len());
+        for (name, src) in &sources {
+            if let Some((ty, ne)) = self.target(name, src)? {
+                targets.push((name.as_str(), ty, ne));
+            }
+        }
+        let gerr = |e: GgmlError| LoadError::Ggml {
+            path: self.file.paths().first().cloned().unwrap_or_default(),
+            source: e,
+        };
+        let mut set = TensorSet::new(targets.len()).map_err(gerr)?;
+        if targets.is_empty() {
+            return Ok(set);
+        }
+        let largest = targets
+            .iter()
+            .map(|(_, ty, ne)| tensor_bytes(*ty, ne))
+            .max()
+            .unwrap_or(0);
+        let region = self.placeholder(largest)?;
+        for (name, ty, ne) in &targets {
+            set.add_mapped(name, *ty, ne, region, 0).map_err(gerr)?;
+        }
+        Ok(set)
+    }
+
+    /// At least `bytes` of untouched, read-only, zero memory that lives as long as the store
+    /// (see [`WeightStore::load_meta`]); sized once for the largest tensor of the file.
+    fn placeholder(&self, bytes: u64) -> Result<&[u8], LoadError> {
+        let io = |e: std::io::Error| LoadError::Ggml {
+            path: self.file.paths().first().cloned().unwrap_or_default(),
+            source: GgmlError::Backend(format!("reserving address space for metadata: {e}")),
+        };
+        if self.placeholder.get().is_none() {
+            let largest = self
+                .sources()
+                .iter()
+                .filter_map(|(n, s)| self.target(n, s).ok().flatten())
+                .map(|(ty, ne)| tensor_bytes(ty, &ne))
+                .max()
+                .unwrap_or(0)
+                .max(bytes)
+                .max(1);
+            let len = usize::try_from(largest)
+                .map_err(|_| io(std::io::Error::other(format!("{largest} bytes"))))?;
+            let map = memmap2::MmapOptions::new()
+                .len(len)
+                .map_anon()
+                .and_then(|m| m.make_read_only())
+                .map_err(io)?;
+            let _ = self.placeholder.set(map);
+        }
+        let map = self.placeholder.get().map(|m| &m[..]).unwrap_or(&[]);
+        if (map.len() as u64) < bytes {
+            return Err(io(std::io::Error::other(format!(
+                "{} bytes reserved, {bytes} needed",
+                map.len()
+            ))));
+        }
+        Ok(map)
     }
 
     fn f32_values(&self, t: &TensorInfo) -> Result<Vec<f32>, LoadError> {
@@ -247,14 +349,15 @@ impl WeightStore {
         Ok(out)
     }
 
-    /// A tensor ggml cannot use as stored, converted: f8 -> f16, f64 -> f32.
-    fn converted(&self, t: &TensorInfo) -> Result<(GgmlType, Vec<u8>), LoadError> {
+    /// A tensor ggml cannot use as stored, converted ([`convert_target`]): f8 -> f16,
+    /// f64 -> f32.
+    fn converted(&self, t: &TensorInfo) -> Result<Vec<u8>, LoadError> {
         let ty = convert_target(t.dtype);
         let vals = self.f32_values(t)?;
         let mut out = vec![0u8; vals.len() * ty.type_size() as usize];
         float::from_f32(DType::Ggml(ty), &vals, &mut out)
             .map_err(|e| self.err(t, e.to_string()))?;
-        Ok((ty, out))
+        Ok(out)
     }
 }
 
@@ -264,6 +367,56 @@ fn usable_in_place(ty: GgmlType) -> bool {
         ty,
         GgmlType::F64 | GgmlType::I64 | GgmlType::Q8_1 | GgmlType::Q8_K
     )
+}
+
+/// The type a tensor stored as `d` is loaded as: itself where ggml uses it in place, else its
+/// conversion.
+fn loaded_type(d: DType) -> GgmlType {
+    match d {
+        DType::Ggml(t) if usable_in_place(t) => t,
+        d => convert_target(d),
+    }
+}
+
+/// Bytes of a tensor of `ty` and ggml shape `ne` (saturating: only compared).
+fn tensor_bytes(ty: GgmlType, ne: &[i64]) -> u64 {
+    let n = ne
+        .iter()
+        .fold(1u64, |a, &d| a.saturating_mul(d.max(0) as u64));
+    ty.bytes_for(n).unwrap_or(u64::MAX)
+}
+
+/// The parts of a fused tensor in index order.
+fn sorted_parts<'s, 'a>(parts: &'s [(usize, &'a TensorInfo)]) -> Vec<&'s (usize, &'a TensorInfo)> {
+    let mut v: Vec<_> = parts.iter().collect();
+    v.sort_by_key(|(i, _)| *i);
+    v
+}
+
+/// The PyTorch shape of `n` parts of `part` concatenated along their outermost dim; a 0-D part
+/// has no dim to concatenate along.
+fn fused_shape(part: &[u64], n: usize) -> Result<Vec<u64>, String> {
+    let mut shape = part.to_vec();
+    let Some(outer) = shape.first_mut() else {
+        return Err("a 0-D (scalar) tensor cannot be concatenated".into());
+    };
+    *outer = outer
+        .checked_mul(n as u64)
+        .ok_or_else(|| format!("{n} parts of {part:?} overflow"))?;
+    Ok(shape)
+}
+
+static CONVERTED: AtomicU64 = AtomicU64::new(0);
+
+fn note_converted(bytes: usize) {
+    CONVERTED.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+/// Bytes of weight data this process has converted or copied out of weight files (f8 and f64
+/// conversions, transposes, fused parts) since it started. [`WeightStore::load_meta`] adds
+/// nothing to it.
+pub fn converted_bytes() -> u64 {
+    CONVERTED.load(Ordering::Relaxed)
 }
 
 fn convert_target(d: DType) -> GgmlType {
@@ -293,4 +446,32 @@ pub fn ggml_ne(shape: &[u64]) -> Result<Vec<i64>, String> {
         return Err(format!("empty dim in shape {shape:?}"));
     }
     Ok(ne)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_fuse_along_the_outermost_dim_and_a_scalar_is_refused() {
+        assert_eq!(fused_shape(&[4, 2], 3).unwrap(), vec![12, 2]);
+        assert_eq!(fused_shape(&[5], 2).unwrap(), vec![10]);
+        let e = fused_shape(&[], 3).unwrap_err();
+        assert!(e.contains("scalar"), "{e}");
+        assert!(fused_shape(&[u64::MAX / 2, 1], 3).is_err());
+    }
+
+    #[test]
+    fn a_scalar_loads_as_one_element() {
+        assert_eq!(ggml_ne(&[]).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn loaded_types_follow_the_conversions() {
+        assert_eq!(loaded_type(DType::F8E4M3), GgmlType::F16);
+        assert_eq!(loaded_type(DType::F8E5M2), GgmlType::F16);
+        assert_eq!(loaded_type(DType::Ggml(GgmlType::F64)), GgmlType::F32);
+        assert_eq!(loaded_type(DType::BF16), GgmlType::BF16);
+        assert_eq!(loaded_type(DType::Ggml(GgmlType::Q4_K)), GgmlType::Q4_K);
+    }
 }
