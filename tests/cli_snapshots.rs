@@ -355,6 +355,8 @@ fn error_cases(tmp: &Path) -> (Vec<Case>, Vec<String>) {
         c("image-offload", "image --offload disk"),
         c("image-encoder-device", "image --text-encoder-device tpu"),
         c("image-rng", "image --rng philox"),
+        c("video-rng", "video --rng philox"),
+        c("i2v-rng", "i2v --rng philox"),
         c("video-sampler", "video --sampler ddim"),
         c("video-qp", "video --qp 300"),
         c("i2v-vram-budget", "i2v --vram-budget lots"),
@@ -532,6 +534,38 @@ fn errors_show_their_cause() {
                 "{text}"
             );
         }
+    }
+}
+
+/// `--rng` names the noise generator wherever noise is drawn (image, video, i2v and their
+/// plans); torch is the only one, any other value is a usage error.
+#[test]
+fn rng_flag_is_the_same_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |line: String| render(&Case::line("rng", &line, tmp.path()), tmp.path());
+    for cmd in [
+        "image",
+        "video",
+        "i2v",
+        "plan image",
+        "plan video",
+        "plan i2v",
+    ] {
+        // Accepted: the run goes on and stops at the missing model.
+        let torch = run(format!("{cmd} --rng torch"));
+        let stderr = torch.split_once("--- stderr\n").map_or("", |(_, e)| e);
+        assert!(torch.contains("\nexit status: 1\n"), "{torch}");
+        assert!(
+            stderr.starts_with("error: no ") && !stderr.contains("rng"),
+            "{torch}"
+        );
+        let other = run(format!("{cmd} --rng cuda"));
+        assert!(other.contains("\nexit status: 2\n"), "{other}");
+        assert!(
+            other.contains("error: invalid value 'cuda' for '--rng <RNG>'")
+                && other.contains("[possible values: torch]"),
+            "{other}"
+        );
     }
 }
 

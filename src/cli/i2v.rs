@@ -141,6 +141,9 @@ pub struct I2vArgs {
     /// Seed of the video (default: --seed).
     #[arg(long, help_heading = "Sampling")]
     pub video_seed: Option<u64>,
+    /// Noise generator of both stages: torch (torch.randn on the CPU, as ComfyUI).
+    #[arg(long, default_value = "torch", value_parser = ["torch"], help_heading = "Sampling")]
+    pub rng: String,
 
     /// Output video: .mp4, .webp or .gif; the still is saved beside it as .png with its
     /// parameters. Both are numbered if either exists, unless --overwrite.
@@ -264,7 +267,7 @@ impl I2vArgs {
             sampler: self.image_sampler,
             scheduler: self.image_scheduler,
             seed: self.seed,
-            rng: "torch".into(),
+            rng: self.rng.clone(),
             output: still,
             overwrite: self.overwrite,
             json: self.json,
@@ -299,6 +302,7 @@ impl I2vArgs {
             sampler: self.video_sampler,
             scheduler: self.video_scheduler,
             seed: self.video_seed.or(self.seed),
+            rng: self.rng.clone(),
             output,
             frames_dir: self.frames_dir.clone(),
             qp: self.qp,

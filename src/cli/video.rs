@@ -82,6 +82,9 @@ pub struct VideoArgs {
     /// Seed (default: random, printed).
     #[arg(long, help_heading = "Sampling")]
     pub seed: Option<u64>,
+    /// Noise generator: torch (torch.randn on the CPU, as ComfyUI; same seed, same noise).
+    #[arg(long, default_value = "torch", value_parser = ["torch"], help_heading = "Sampling")]
+    pub rng: String,
 
     /// Output video: .mp4 (H.264), .webp or .gif (numbered if it exists, unless --overwrite).
     #[arg(
