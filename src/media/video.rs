@@ -28,6 +28,7 @@
 mod frames_dir;
 mod gif;
 mod mp4;
+mod openh264_log;
 mod sidecar;
 mod webp;
 mod yuv;

@@ -10,6 +10,7 @@ use openh264::encoder::{
 use openh264::formats::YUVSlices;
 use openh264::OpenH264API;
 
+use super::openh264_log;
 use super::yuv::rgb_to_yuv420_bt709;
 use super::{io_err, Result, Sink, SinkSpec, VideoError};
 use crate::media::mp4::{self as muxer, Colour, Sample, Tags, Track};
@@ -85,13 +86,14 @@ impl Mp4Sink {
             .complexity(Complexity::High)
             .intra_frame_period(IntraFramePeriod::from_num_frames(gop))
             .vui(VuiConfig::bt709());
-        let encoder =
+        let mut encoder =
             Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| {
                 VideoError::H264 {
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 }
             })?;
+        openh264_log::log_to_tracing(&mut encoder);
         let (ew, eh) = (enc_width as usize, enc_height as usize);
         // Timescale: 1000 ticks per frame keeps durations exact for any integer fps.
         let frame_duration = 1000;

@@ -20,7 +20,7 @@ pub fn sidecar_path(output: &Path) -> PathBuf {
 
 /// Writes `json` to [`sidecar_path`]`(output)` atomically and returns that path. The JSON must
 /// parse; it is written as given. An existing sidecar is replaced: it belongs to `output`,
-/// whose name [`VideoWriter`] has already made unique.
+/// whose name [`VideoWriter`](super::VideoWriter) has already made unique.
 pub fn write_sidecar_json(output: impl AsRef<Path>, json: &str) -> Result<PathBuf> {
     let path = sidecar_path(output.as_ref());
     if let Err(e) = serde_json::from_str::<serde_json::Value>(json) {
