@@ -1,5 +1,6 @@
 //! Safe layer over ggml-sys. This is the only module that calls ggml: every `unsafe` block in
-//! the crate lives here, each with a `// SAFETY:` comment.
+//! the crate lives here, each with a `// SAFETY:` comment, apart from the OpenH264 log callback
+//! in `media::video::openh264_log`.
 //!
 //! Shapes in this module are ggml's `ne` (innermost first).
 #![allow(unsafe_code)]
