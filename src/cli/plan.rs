@@ -13,8 +13,10 @@ use super::common::{explain, resolve_device};
 use super::human_bytes;
 use super::image::ImageArgs;
 use super::video::VideoArgs;
-use crate::pipeline::plan::{plan_image, plan_video, StagePlan, CUDA_POOL_RESERVE};
+use crate::pipeline::image::plan_image;
 use crate::pipeline::plan::{Action, Component, Placement};
+use crate::pipeline::plan::{StagePlan, CUDA_POOL_RESERVE};
+use crate::pipeline::video::plan_video;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \

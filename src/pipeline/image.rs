@@ -22,15 +22,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::plan::{plan_image, when_budgeted, Finished, Job, MemoryOptions};
+use super::plan::{
+    checkpoint_part, nothing_to_plan, open_part, stage_plan, tiles, when_budgeted, Finished, Job,
+    MemoryOptions, Part, StagePlan,
+};
 use super::{describe, Event, Options, PipelineError, RunOptions, Timings};
 pub use super::{from_rgb8, to_rgb8, InitImage};
 use crate::formats::names::{ArchConfig, Architecture, SDXL_CHECKPOINT_PREFIXES};
 use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
+use crate::models::estimate;
 use crate::models::unet_sdxl::sdxl_added_cond;
 use crate::models::{ClipTextModel, SdxlUnet, SdxlVae, UnetAttention};
 use crate::runtime::plan::Component;
+use crate::runtime::plan::ComponentSpec;
 use crate::runtime::WeightStore;
 use crate::sampling::{
     apply_cfg, comfy_sampler_noise, Denoiser, DiscreteSchedule, ModelSampling, Parameterization,
@@ -1069,4 +1074,117 @@ impl Denoiser for CfgDenoiser<'_, '_> {
         }
         Ok(out)
     }
+}
+
+/// Plans stage 1 (`nijigen image`) for `req` on `files`.
+pub fn plan_image(
+    files: &SdxlFiles,
+    req: &SdxlRequest,
+    memory: &MemoryOptions,
+) -> Result<StagePlan, PipelineError> {
+    let (h, w) = (u64::from(req.height), u64::from(req.width));
+    let mut specs = Vec::new();
+    let mut names = Vec::new();
+    let model = &files.model;
+    let unet = open_part(model, Architecture::SdxlUnet)?.ok_or_else(|| PipelineError::NotA {
+        path: model.clone(),
+        what: "an SDXL checkpoint or UNet",
+    })?;
+    let forwards = if req.cfg == 1.0 { 1 } else { 2 } * req.batch.max(1) as u32;
+    let ucfg = checkpoint_part(
+        unet.config(),
+        |c| match c {
+            ArchConfig::SdxlUnet(u) => Some(u.clone()),
+            _ => None,
+        },
+        |c| c.unet.clone(),
+    );
+    let compute = match unet_compute(&unet, h, w) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::debug!(error = %e, "UNet memory from the formula");
+            ucfg.map_or(0, |c| estimate::unet_compute_bytes(&c, h, w))
+        }
+    };
+    specs.push(
+        ComponentSpec::new(Component::Unet, unet.bytes())
+            .with_compute(compute)
+            .with_forwards(forwards),
+    );
+    names.push((Component::Unet, unet.file_name()));
+    for (comp, arch, explicit, flag, what) in [
+        (
+            Component::ClipL,
+            Architecture::ClipL,
+            &files.clip_l,
+            "--clip-l",
+            "CLIP-L",
+        ),
+        (
+            Component::ClipG,
+            Architecture::ClipG,
+            &files.clip_g,
+            "--clip-g",
+            "bigG",
+        ),
+        (
+            Component::VaeSdxl,
+            Architecture::SdxlVae,
+            &files.vae,
+            "--vae",
+            "VAE",
+        ),
+    ] {
+        let path = explicit.as_ref().unwrap_or(model);
+        let part = open_part(path, arch)?.ok_or_else(|| nothing_to_plan(what, flag))?;
+        let cfg = part.config().clone();
+        let spec = ComponentSpec::new(comp, part.bytes());
+        let spec = if comp == Component::VaeSdxl {
+            let vc = checkpoint_part(
+                &cfg,
+                |c| match c {
+                    ArchConfig::SdxlVae(v) => Some(v.clone()),
+                    _ => None,
+                },
+                |c| c.vae.clone(),
+            );
+            match vc {
+                Some(vc) => spec.with_tiles(tiles(
+                    |th, tw| estimate::sdxl_vae_decode_compute_bytes(&vc, th, tw),
+                    h,
+                    w,
+                )),
+                None => spec,
+            }
+        } else {
+            let tc = checkpoint_part(
+                &cfg,
+                |c| match c {
+                    ArchConfig::ClipText(t) => Some(t.clone()),
+                    _ => None,
+                },
+                |c| {
+                    if comp == Component::ClipL {
+                        c.clip_l.clone()
+                    } else {
+                        c.clip_g.clone()
+                    }
+                },
+            );
+            spec.with_compute(tc.map_or(0, |t| estimate::clip_text_compute_bytes(&t)))
+        };
+        specs.push(spec);
+        names.push((comp, part.file_name()));
+    }
+    let what = format!("image {}x{}", req.width, req.height);
+    stage_plan(memory, req.vae_tile, specs, names, what)
+}
+
+/// The SDXL UNet's compute buffer for an `h` x `w` image with flash attention, as a run
+/// allocates it (context of 3 prompt chunks, 231 tokens: long tag prompts take 2 or 3).
+fn unet_compute(part: &Part, h: u64, w: u64) -> Result<u64, PipelineError> {
+    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
+    let mut unet = crate::models::SdxlUnet::new(&set, &part.prefix, 1)?;
+    unet.set_attention(crate::models::UnetAttention::Flash);
+    Ok(unet.compute_bytes(h as usize / 8, w as usize / 8, 231)?)
 }

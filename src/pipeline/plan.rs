@@ -16,8 +16,6 @@ pub use crate::runtime::plan::{
 };
 pub use crate::runtime::ComputeDevice;
 
-use super::image::{SdxlFiles, SdxlRequest};
-use super::video::{WanFiles, WanRequest};
 use super::{Memory, PipelineError};
 use crate::formats::names::{ArchConfig, Architecture};
 use crate::models::estimate;
@@ -180,19 +178,22 @@ pub(crate) fn when_budgeted(
 }
 
 /// One opened file and the stored-name prefix of the component wanted in it.
-struct Part {
+pub(crate) struct Part {
     path: PathBuf,
-    store: WeightStore,
-    prefix: String,
+    pub(crate) store: WeightStore,
+    pub(crate) prefix: String,
 }
 
 /// Opens `path` and finds `wanted` in it (the whole file, or a component of an SDXL checkpoint).
-fn open_part(path: &Path, wanted: Architecture) -> Result<Option<Part>, PipelineError> {
+pub(crate) fn open_part(path: &Path, wanted: Architecture) -> Result<Option<Part>, PipelineError> {
     open_any(path, &[wanted])
 }
 
 /// Opens `path` once and finds the first of `wanted` in it.
-fn open_any(path: &Path, wanted: &[Architecture]) -> Result<Option<Part>, PipelineError> {
+pub(crate) fn open_any(
+    path: &Path,
+    wanted: &[Architecture],
+) -> Result<Option<Part>, PipelineError> {
     let store = WeightStore::open_path(path).map_err(|source| PipelineError::Open {
         path: path.to_path_buf(),
         source,
@@ -247,12 +248,12 @@ impl Part {
     }
 
     /// Device bytes of the weights: each tensor padded as device buffers place it.
-    fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.tensors().map(|t| padded(t.size)).sum()
     }
 
     /// Bytes per block in execution order (UNet: input, middle, output).
-    fn blocks(&self) -> Vec<u64> {
+    pub(crate) fn blocks(&self) -> Vec<u64> {
         let mut by: Vec<(u32, usize, String, u64)> = Vec::new();
         for t in self.tensors() {
             let Some(key) = block_key(&t.name) else {
@@ -280,11 +281,11 @@ impl Part {
         by.into_iter().map(|e| e.3).collect()
     }
 
-    fn config(&self) -> &ArchConfig {
+    pub(crate) fn config(&self) -> &ArchConfig {
         &self.store.detection().config
     }
 
-    fn file_name(&self) -> String {
+    pub(crate) fn file_name(&self) -> String {
         self.path.file_name().map_or_else(
             || self.path.display().to_string(),
             |s| s.to_string_lossy().into_owned(),
@@ -292,7 +293,7 @@ impl Part {
     }
 }
 
-fn checkpoint_part<T: Clone>(
+pub(crate) fn checkpoint_part<T: Clone>(
     cfg: &ArchConfig,
     own: impl Fn(&ArchConfig) -> Option<T>,
     of_checkpoint: impl Fn(&crate::formats::names::SdxlCheckpointConfig) -> Option<T>,
@@ -303,11 +304,11 @@ fn checkpoint_part<T: Clone>(
     }
 }
 
-fn nothing_to_plan(what: &'static str, flag: &'static str) -> PipelineError {
+pub(crate) fn nothing_to_plan(what: &'static str, flag: &'static str) -> PipelineError {
     PipelineError::NothingToPlan { what, flag }
 }
 
-fn tiles(area: impl Fn(u64, u64) -> u64, h: u64, w: u64) -> Vec<TileOption> {
+pub(crate) fn tiles(area: impl Fn(u64, u64) -> u64, h: u64, w: u64) -> Vec<TileOption> {
     let mut v = vec![TileOption {
         tile: None,
         compute_bytes: area(h, w),
@@ -322,200 +323,8 @@ fn tiles(area: impl Fn(u64, u64) -> u64, h: u64, w: u64) -> Vec<TileOption> {
     v
 }
 
-/// Plans stage 1 (`nijigen image`) for `req` on `files`.
-pub fn plan_image(
-    files: &SdxlFiles,
-    req: &SdxlRequest,
-    memory: &MemoryOptions,
-) -> Result<StagePlan, PipelineError> {
-    let (h, w) = (u64::from(req.height), u64::from(req.width));
-    let mut specs = Vec::new();
-    let mut names = Vec::new();
-    let model = &files.model;
-    let unet = open_part(model, Architecture::SdxlUnet)?.ok_or_else(|| PipelineError::NotA {
-        path: model.clone(),
-        what: "an SDXL checkpoint or UNet",
-    })?;
-    let forwards = if req.cfg == 1.0 { 1 } else { 2 } * req.batch.max(1) as u32;
-    let ucfg = checkpoint_part(
-        unet.config(),
-        |c| match c {
-            ArchConfig::SdxlUnet(u) => Some(u.clone()),
-            _ => None,
-        },
-        |c| c.unet.clone(),
-    );
-    let compute = match unet_compute(&unet, h, w) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            tracing::debug!(error = %e, "UNet memory from the formula");
-            ucfg.map_or(0, |c| estimate::unet_compute_bytes(&c, h, w))
-        }
-    };
-    specs.push(
-        ComponentSpec::new(Component::Unet, unet.bytes())
-            .with_compute(compute)
-            .with_forwards(forwards),
-    );
-    names.push((Component::Unet, unet.file_name()));
-    for (comp, arch, explicit, flag, what) in [
-        (
-            Component::ClipL,
-            Architecture::ClipL,
-            &files.clip_l,
-            "--clip-l",
-            "CLIP-L",
-        ),
-        (
-            Component::ClipG,
-            Architecture::ClipG,
-            &files.clip_g,
-            "--clip-g",
-            "bigG",
-        ),
-        (
-            Component::VaeSdxl,
-            Architecture::SdxlVae,
-            &files.vae,
-            "--vae",
-            "VAE",
-        ),
-    ] {
-        let path = explicit.as_ref().unwrap_or(model);
-        let part = open_part(path, arch)?.ok_or_else(|| nothing_to_plan(what, flag))?;
-        let cfg = part.config().clone();
-        let spec = ComponentSpec::new(comp, part.bytes());
-        let spec = if comp == Component::VaeSdxl {
-            let vc = checkpoint_part(
-                &cfg,
-                |c| match c {
-                    ArchConfig::SdxlVae(v) => Some(v.clone()),
-                    _ => None,
-                },
-                |c| c.vae.clone(),
-            );
-            match vc {
-                Some(vc) => spec.with_tiles(tiles(
-                    |th, tw| estimate::sdxl_vae_decode_compute_bytes(&vc, th, tw),
-                    h,
-                    w,
-                )),
-                None => spec,
-            }
-        } else {
-            let tc = checkpoint_part(
-                &cfg,
-                |c| match c {
-                    ArchConfig::ClipText(t) => Some(t.clone()),
-                    _ => None,
-                },
-                |c| {
-                    if comp == Component::ClipL {
-                        c.clip_l.clone()
-                    } else {
-                        c.clip_g.clone()
-                    }
-                },
-            );
-            spec.with_compute(tc.map_or(0, |t| estimate::clip_text_compute_bytes(&t)))
-        };
-        specs.push(spec);
-        names.push((comp, part.file_name()));
-    }
-    let what = format!("image {}x{}", req.width, req.height);
-    stage_plan(memory, req.vae_tile, specs, names, what)
-}
-
-/// Plans stage 2 (`nijigen video`) for `req` on `files`.
-pub fn plan_video(
-    files: &WanFiles,
-    req: &WanRequest,
-    memory: &MemoryOptions,
-) -> Result<StagePlan, PipelineError> {
-    let (h, w) = (u64::from(req.height), u64::from(req.width));
-    let frames = req.frames;
-    let mut specs = Vec::new();
-    let mut names = Vec::new();
-    let dit = open_any(
-        &files.model,
-        &[Architecture::WanDitI2v, Architecture::WanDitT2v],
-    )?
-    .ok_or_else(|| PipelineError::NotA {
-        path: files.model.clone(),
-        what: "a Wan2.1 DiT",
-    })?;
-    let compute = match wan_dit_memory(&dit, frames, h, w) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            tracing::debug!(error = %e, "Wan DiT memory from the formula");
-            match dit.config() {
-                // Streamed, the activations carried between block graphs are held besides.
-                ArchConfig::WanDit(c) => {
-                    estimate::wan_dit_compute_bytes(c, frames as u64, h, w)
-                        + estimate::wan_dit_state_bytes(c, frames as u64, h, w)
-                }
-                _ => 0,
-            }
-        }
-    };
-    specs.push(
-        ComponentSpec::new(Component::Dit, dit.bytes())
-            .with_blocks(dit.blocks())
-            .with_compute(compute)
-            .with_forwards(if req.cfg == 1.0 { 1 } else { 2 }),
-    );
-    names.push((Component::Dit, dit.file_name()));
-    let t5 = files
-        .t5
-        .as_ref()
-        .ok_or_else(|| nothing_to_plan("umT5 encoder", "--t5"))?;
-    let part = open_part(t5, Architecture::Umt5)?
-        .ok_or_else(|| nothing_to_plan("umT5 encoder", "--t5"))?;
-    let compute = match part.config() {
-        ArchConfig::Umt5(c) => estimate::umt5_compute_bytes(c, 512),
-        _ => 0,
-    };
-    specs.push(ComponentSpec::new(Component::T5, part.bytes()).with_compute(compute));
-    names.push((Component::T5, part.file_name()));
-    if let Some(cv) = &files.clip_vision {
-        let part = open_part(cv, Architecture::ClipVisionH)?
-            .ok_or_else(|| nothing_to_plan("CLIP vision H", "--clip-vision"))?;
-        let compute = match part.config() {
-            ArchConfig::ClipVision(c) => estimate::clip_vision_compute_bytes(c),
-            _ => 0,
-        };
-        specs.push(ComponentSpec::new(Component::ClipVision, part.bytes()).with_compute(compute));
-        names.push((Component::ClipVision, part.file_name()));
-    }
-    let vae = files
-        .vae
-        .as_ref()
-        .ok_or_else(|| nothing_to_plan("Wan VAE", "--vae"))?;
-    let part =
-        open_part(vae, Architecture::WanVae)?.ok_or_else(|| nothing_to_plan("Wan VAE", "--vae"))?;
-    let spec = ComponentSpec::new(Component::VaeWan, part.bytes());
-    let spec = match wan_vae_tiles(&part, frames, h, w, req.vae_tile) {
-        Ok(t) => spec.with_tiles(t),
-        Err(e) => {
-            tracing::debug!(error = %e, "Wan VAE memory from the formula");
-            match part.config() {
-                ArchConfig::WanVae(c) => spec.with_tiles(tiles(
-                    |th, tw| estimate::wan_vae_decode_compute_bytes(c, th, tw),
-                    h,
-                    w,
-                )),
-                _ => spec,
-            }
-        }
-    };
-    specs.push(spec);
-    names.push((Component::VaeWan, part.file_name()));
-    let what = format!("video {}x{}x{frames}", req.width, req.height);
-    stage_plan(memory, req.vae_tile, specs, names, what)
-}
-
 /// Plans `components` under the budget `memory` gives on its device.
-fn stage_plan(
+pub(crate) fn stage_plan(
     memory: &MemoryOptions,
     vae_tile: Option<u32>,
     components: Vec<ComponentSpec>,
@@ -544,77 +353,6 @@ fn stage_plan(
         what,
         device,
     })
-}
-
-/// The SDXL UNet's compute buffer for an `h` x `w` image with flash attention, as a run
-/// allocates it (context of 3 prompt chunks, 231 tokens: long tag prompts take 2 or 3).
-fn unet_compute(part: &Part, h: u64, w: u64) -> Result<u64, PipelineError> {
-    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
-    let mut unet = crate::models::SdxlUnet::new(&set, &part.prefix, 1)?;
-    unet.set_attention(crate::models::UnetAttention::Flash);
-    Ok(unet.compute_bytes(h as usize / 8, w as usize / 8, 231)?)
-}
-
-/// The Wan DiT's device memory besides its weights for a request, exactly as a run allocates
-/// it: the larger of one whole graph and the staged graphs of a streamed forward plus the
-/// activations they carry (512 text tokens; 257 image tokens for an I2V model).
-fn wan_dit_memory(part: &Part, frames: usize, h: u64, w: u64) -> Result<u64, PipelineError> {
-    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
-    let dit = crate::models::WanDit::new(&set, &part.prefix, 1)?;
-    let img = dit.config().image_dim.map(|_| 257);
-    let lat = (
-        1 + frames.saturating_sub(1) / 4,
-        h as usize / 8,
-        w as usize / 8,
-    );
-    let (whole, _) = dit.memory(lat, 512, img, false)?;
-    let (staged, state) = dit.memory(lat, 512, img, true)?;
-    Ok(whole.max(staged + state))
-}
-
-/// The Wan VAE's device memory per tile option, exactly as the runs allocate it: the graph
-/// allocator sizes the chunk graphs (compute buffer) and the causal caches are laid out, for
-/// the decode in each tile size and for the (untiled) encode of the first frame, which bounds
-/// every option from below.
-fn wan_vae_tiles(
-    part: &Part,
-    frames: usize,
-    h: u64,
-    w: u64,
-    chosen: Option<u32>,
-) -> Result<Vec<TileOption>, PipelineError> {
-    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
-    let vae = crate::models::WanVae::new(&set, &part.prefix, 1)?;
-    let c = vae.config();
-    let (s, tf) = (c.spatial_factor(), c.temporal_factor());
-    let (lh, lw) = (h as usize / s, w as usize / s);
-    let t = 1 + frames.saturating_sub(1) / tf;
-    let dev = |m: crate::models::wan_vae::WanVaeMemory| (m.compute_bytes + m.cache_bytes) as u64;
-    let encode = if c.has_encoder {
-        dev(vae.encode_memory(h as usize, w as usize)?)
-    } else {
-        0
-    };
-    let mut v = vec![TileOption {
-        tile: None,
-        compute_bytes: dev(vae.decode_memory(t, lh, lw, None)?).max(encode),
-    }];
-    let mut sizes = estimate::VAE_TILES.to_vec();
-    if let Some(t) = chosen.filter(|t| !sizes.contains(t)) {
-        sizes.push(t);
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-    }
-    for px in sizes {
-        // As the pipeline tiles: latent tiles of px / 8, overlapping by 1/8 of a tile.
-        let tl = (px as usize / s).max(2);
-        let overlap = (tl / 8).max(1);
-        let m = vae.decode_memory(t, lh, lw, Some((tl, overlap)))?;
-        v.push(TileOption {
-            tile: Some(px),
-            compute_bytes: dev(m).max(encode),
-        });
-    }
-    Ok(v)
 }
 
 #[cfg(test)]

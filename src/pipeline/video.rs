@@ -19,16 +19,22 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::plan::{plan_video, when_budgeted, Finished, Job, MemoryOptions};
+use super::plan::{
+    nothing_to_plan, open_any, open_part, stage_plan, tiles, when_budgeted, Finished, Job,
+    MemoryOptions, Part, StagePlan,
+};
 use super::{describe, Event, Options, PipelineError, RunOptions, Timings};
 pub use super::{from_rgb8, to_rgb8, InitImage};
+use crate::formats::names::ArchConfig;
 use crate::formats::names::Architecture;
 use crate::formats::weights::Format;
 use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
+use crate::models::estimate;
 use crate::models::wan_vae::{denormalize, normalize, LATENTS_MEAN, LATENTS_STD};
 use crate::models::{ClipVision, Umt5Encoder, WanAttention, WanDit, WanVae};
 use crate::runtime::plan::Component;
+use crate::runtime::plan::{ComponentSpec, TileOption};
 use crate::runtime::WeightStore;
 use crate::sampling::{
     apply_cfg, comfy_sampler_noise, Denoiser, FlowSchedule, ModelSampling, Parameterization,
@@ -994,6 +1000,156 @@ impl Denoiser for WanDenoiser<'_, '_> {
             None => Ok(dc),
         }
     }
+}
+
+/// Plans stage 2 (`nijigen video`) for `req` on `files`.
+pub fn plan_video(
+    files: &WanFiles,
+    req: &WanRequest,
+    memory: &MemoryOptions,
+) -> Result<StagePlan, PipelineError> {
+    let (h, w) = (u64::from(req.height), u64::from(req.width));
+    let frames = req.frames;
+    let mut specs = Vec::new();
+    let mut names = Vec::new();
+    let dit = open_any(
+        &files.model,
+        &[Architecture::WanDitI2v, Architecture::WanDitT2v],
+    )?
+    .ok_or_else(|| PipelineError::NotA {
+        path: files.model.clone(),
+        what: "a Wan2.1 DiT",
+    })?;
+    let compute = match wan_dit_memory(&dit, frames, h, w) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::debug!(error = %e, "Wan DiT memory from the formula");
+            match dit.config() {
+                // Streamed, the activations carried between block graphs are held besides.
+                ArchConfig::WanDit(c) => {
+                    estimate::wan_dit_compute_bytes(c, frames as u64, h, w)
+                        + estimate::wan_dit_state_bytes(c, frames as u64, h, w)
+                }
+                _ => 0,
+            }
+        }
+    };
+    specs.push(
+        ComponentSpec::new(Component::Dit, dit.bytes())
+            .with_blocks(dit.blocks())
+            .with_compute(compute)
+            .with_forwards(if req.cfg == 1.0 { 1 } else { 2 }),
+    );
+    names.push((Component::Dit, dit.file_name()));
+    let t5 = files
+        .t5
+        .as_ref()
+        .ok_or_else(|| nothing_to_plan("umT5 encoder", "--t5"))?;
+    let part = open_part(t5, Architecture::Umt5)?
+        .ok_or_else(|| nothing_to_plan("umT5 encoder", "--t5"))?;
+    let compute = match part.config() {
+        ArchConfig::Umt5(c) => estimate::umt5_compute_bytes(c, 512),
+        _ => 0,
+    };
+    specs.push(ComponentSpec::new(Component::T5, part.bytes()).with_compute(compute));
+    names.push((Component::T5, part.file_name()));
+    if let Some(cv) = &files.clip_vision {
+        let part = open_part(cv, Architecture::ClipVisionH)?
+            .ok_or_else(|| nothing_to_plan("CLIP vision H", "--clip-vision"))?;
+        let compute = match part.config() {
+            ArchConfig::ClipVision(c) => estimate::clip_vision_compute_bytes(c),
+            _ => 0,
+        };
+        specs.push(ComponentSpec::new(Component::ClipVision, part.bytes()).with_compute(compute));
+        names.push((Component::ClipVision, part.file_name()));
+    }
+    let vae = files
+        .vae
+        .as_ref()
+        .ok_or_else(|| nothing_to_plan("Wan VAE", "--vae"))?;
+    let part =
+        open_part(vae, Architecture::WanVae)?.ok_or_else(|| nothing_to_plan("Wan VAE", "--vae"))?;
+    let spec = ComponentSpec::new(Component::VaeWan, part.bytes());
+    let spec = match wan_vae_tiles(&part, frames, h, w, req.vae_tile) {
+        Ok(t) => spec.with_tiles(t),
+        Err(e) => {
+            tracing::debug!(error = %e, "Wan VAE memory from the formula");
+            match part.config() {
+                ArchConfig::WanVae(c) => spec.with_tiles(tiles(
+                    |th, tw| estimate::wan_vae_decode_compute_bytes(c, th, tw),
+                    h,
+                    w,
+                )),
+                _ => spec,
+            }
+        }
+    };
+    specs.push(spec);
+    names.push((Component::VaeWan, part.file_name()));
+    let what = format!("video {}x{}x{frames}", req.width, req.height);
+    stage_plan(memory, req.vae_tile, specs, names, what)
+}
+
+/// The Wan DiT's device memory besides its weights for a request, exactly as a run allocates
+/// it: the larger of one whole graph and the staged graphs of a streamed forward plus the
+/// activations they carry (512 text tokens; 257 image tokens for an I2V model).
+fn wan_dit_memory(part: &Part, frames: usize, h: u64, w: u64) -> Result<u64, PipelineError> {
+    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
+    let dit = crate::models::WanDit::new(&set, &part.prefix, 1)?;
+    let img = dit.config().image_dim.map(|_| 257);
+    let lat = (
+        1 + frames.saturating_sub(1) / 4,
+        h as usize / 8,
+        w as usize / 8,
+    );
+    let (whole, _) = dit.memory(lat, 512, img, false)?;
+    let (staged, state) = dit.memory(lat, 512, img, true)?;
+    Ok(whole.max(staged + state))
+}
+
+/// The Wan VAE's device memory per tile option, exactly as the runs allocate it: the graph
+/// allocator sizes the chunk graphs (compute buffer) and the causal caches are laid out, for
+/// the decode in each tile size and for the (untiled) encode of the first frame, which bounds
+/// every option from below.
+fn wan_vae_tiles(
+    part: &Part,
+    frames: usize,
+    h: u64,
+    w: u64,
+    chosen: Option<u32>,
+) -> Result<Vec<TileOption>, PipelineError> {
+    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
+    let vae = crate::models::WanVae::new(&set, &part.prefix, 1)?;
+    let c = vae.config();
+    let (s, tf) = (c.spatial_factor(), c.temporal_factor());
+    let (lh, lw) = (h as usize / s, w as usize / s);
+    let t = 1 + frames.saturating_sub(1) / tf;
+    let dev = |m: crate::models::wan_vae::WanVaeMemory| (m.compute_bytes + m.cache_bytes) as u64;
+    let encode = if c.has_encoder {
+        dev(vae.encode_memory(h as usize, w as usize)?)
+    } else {
+        0
+    };
+    let mut v = vec![TileOption {
+        tile: None,
+        compute_bytes: dev(vae.decode_memory(t, lh, lw, None)?).max(encode),
+    }];
+    let mut sizes = estimate::VAE_TILES.to_vec();
+    if let Some(t) = chosen.filter(|t| !sizes.contains(t)) {
+        sizes.push(t);
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+    }
+    for px in sizes {
+        // As the pipeline tiles: latent tiles of px / 8, overlapping by 1/8 of a tile.
+        let tl = (px as usize / s).max(2);
+        let overlap = (tl / 8).max(1);
+        let m = vae.decode_memory(t, lh, lw, Some((tl, overlap)))?;
+        v.push(TileOption {
+            tile: Some(px),
+            compute_bytes: dev(m).max(encode),
+        });
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
