@@ -707,7 +707,7 @@ fn dit(opts: &Args, threads: usize) {
         };
         let mut model = WanDit::new(weights, "", threads).expect("Wan DiT");
         if let Some(d) = &dw {
-            model.set_accountant(Some(&acct));
+            model.runner_mut().set_accountant(Some(&acct));
             model.set_streaming(Some(d)).expect("streaming");
         }
         let cfg = model.config().clone();

@@ -95,7 +95,7 @@ fn run_staged(
         dw.stage_through(host).unwrap();
     }
     let mut dit = WanDit::new(dw.set(), "", 1).unwrap();
-    dit.set_accountant(Some(&acct));
+    dit.runner_mut().set_accountant(Some(&acct));
     dit.set_streaming(Some(&dw)).unwrap();
     let (f, h, w) = c.fhw;
     let once = |dit: &mut WanDit<'_>| {
@@ -254,7 +254,7 @@ fn over_budget_at_run_time_keeps_its_hint() {
     let acct = Accountant::with_budget(weights + 1);
     let dw = DeviceWeights::build(&set, &backend, &Residency::Resident, &acct, "dit").unwrap();
     let mut dit = WanDit::new(dw.set(), "", 1).unwrap();
-    dit.set_accountant(Some(&acct));
+    dit.runner_mut().set_accountant(Some(&acct));
     let (f, h, w) = c.fhw;
     let e = dit
         .forward(&c.x, c.t, &c.text, Some(&c.image), f, h, w)

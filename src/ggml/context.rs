@@ -742,7 +742,7 @@ pub struct GraphSet<'w> {
     state_bytes: usize,
     // Drop order: graphs and tensors live in the context, placed in the state buffer.
     ctx: Context,
-    _state: Option<super::Buffer<'static>>,
+    state: Option<super::Buffer<'static>>,
     _weights: PhantomData<&'w ()>,
 }
 
@@ -761,22 +761,9 @@ impl<'w> GraphSet<'w> {
     where
         E: From<GgmlError>,
     {
-        // SAFETY: pure size computations on ggml's side.
-        let mem = unsafe {
-            sys::ggml_tensor_overhead() * max_tensors
-                + sys::ggml_graph_overhead_custom(graph_size, false) * max_graphs.max(1)
-                + 1024
-        };
-        let ctx = Context::create(mem, true)?;
+        let ctx = Self::new_context(max_tensors, graph_size, max_graphs)?;
         let (graphs, tensors, state, state_bytes) = {
             let parts = f(&ctx, PhantomData)?;
-            if parts.graphs.len() > max_graphs {
-                return Err(GgmlError::Backend(format!(
-                    "{} graphs built for room of {max_graphs}",
-                    parts.graphs.len()
-                ))
-                .into());
-            }
             let align = align.max(1);
             let mut offsets = Vec::with_capacity(parts.state.len());
             let mut end = 0usize;
@@ -793,32 +780,111 @@ impl<'w> GraphSet<'w> {
             } else {
                 None
             };
-            let graphs = parts
-                .graphs
-                .iter()
-                .map(|outs| {
-                    let mut g = ctx.new_graph(graph_size);
-                    for &o in outs {
-                        g.expand(o);
-                    }
-                    g.ptr
-                })
-                .collect();
-            (
-                graphs,
-                parts.keep.iter().map(|t| t.ptr).collect(),
-                state,
-                end,
-            )
+            let (graphs, tensors) = Self::expand(&ctx, graph_size, max_graphs, &parts)?;
+            (graphs, tensors, state, end)
         };
         Ok(GraphSet {
             graphs,
             tensors,
             state_bytes,
             ctx,
-            _state: state,
+            state,
             _weights: PhantomData,
         })
+    }
+
+    /// As [`GraphSet::build`] over a state buffer given up front, in which the builder places
+    /// the tensors that carry state itself, at offsets it chooses (several tensors may share
+    /// memory: one graph reads a cache that another writes). `parts.state` must be empty.
+    pub fn build_over<E>(
+        max_tensors: usize,
+        graph_size: usize,
+        max_graphs: usize,
+        state: super::Buffer<'static>,
+        f: impl for<'c> FnOnce(
+            &'c Context,
+            &'c super::Buffer<'c>,
+            PhantomData<&'c &'w ()>,
+        ) -> Result<GraphSetParts<'c>, E>,
+    ) -> Result<GraphSet<'w>, E>
+    where
+        E: From<GgmlError>,
+    {
+        let ctx = Self::new_context(max_tensors, graph_size, max_graphs)?;
+        let (graphs, tensors) = {
+            let parts = f(&ctx, &state, PhantomData)?;
+            if !parts.state.is_empty() {
+                return Err(GgmlError::Backend(
+                    "a graph set over a given state buffer places its state itself".into(),
+                )
+                .into());
+            }
+            Self::expand(&ctx, graph_size, max_graphs, &parts)?
+        };
+        Ok(GraphSet {
+            graphs,
+            tensors,
+            state_bytes: state.size(),
+            ctx,
+            state: Some(state),
+            _weights: PhantomData,
+        })
+    }
+
+    /// A metadata context with room for `max_graphs` graphs of `graph_size` nodes.
+    fn new_context(
+        max_tensors: usize,
+        graph_size: usize,
+        max_graphs: usize,
+    ) -> Result<Context, GgmlError> {
+        // SAFETY: pure size computations on ggml's side.
+        let mem = unsafe {
+            sys::ggml_tensor_overhead() * max_tensors
+                + sys::ggml_graph_overhead_custom(graph_size, false) * max_graphs.max(1)
+                + 1024
+        };
+        Context::create(mem, true)
+    }
+
+    /// The graphs of `parts` (each the expansion of its outputs, in order) and the kept
+    /// tensors.
+    #[allow(clippy::type_complexity)]
+    fn expand<'c>(
+        ctx: &'c Context,
+        graph_size: usize,
+        max_graphs: usize,
+        parts: &GraphSetParts<'c>,
+    ) -> Result<
+        (
+            Vec<NonNull<sys::ggml_cgraph>>,
+            Vec<NonNull<sys::ggml_tensor>>,
+        ),
+        GgmlError,
+    > {
+        if parts.graphs.len() > max_graphs {
+            return Err(GgmlError::Backend(format!(
+                "{} graphs built for room of {max_graphs}",
+                parts.graphs.len()
+            )));
+        }
+        let graphs = parts
+            .graphs
+            .iter()
+            .map(|outs| {
+                let mut g = ctx.new_graph(graph_size);
+                for &o in outs {
+                    g.expand(o);
+                }
+                g.ptr
+            })
+            .collect();
+        Ok((graphs, parts.keep.iter().map(|t| t.ptr).collect()))
+    }
+
+    /// The state buffer (from [`GraphSet::build`]'s `state_buffer` or given to
+    /// [`GraphSet::build_over`]), if there is one.
+    pub fn state_buffer(&self) -> Option<&super::Buffer<'static>> {
+        self.state.as_ref()
     }
 
     pub fn len(&self) -> usize {

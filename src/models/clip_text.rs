@@ -9,8 +9,9 @@
 //!
 //! Shapes are ggml `ne` (innermost first): activations [width, tokens, chunks].
 
-use crate::ggml::{self, Backend, Context, GgmlError, GgmlType, GraphAllocator, Tensor, TensorSet};
+use crate::ggml::{self, Context, GgmlError, GgmlType, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, Activation, NnError, Weights};
+use crate::runtime::{GraphRunner, GraphSizes};
 
 /// Tokens per chunk (CLIP's context length).
 pub const CHUNK_TOKENS: usize = 77;
@@ -203,22 +204,15 @@ pub struct ClipOutput {
     pub pooled: Option<Vec<f32>>,
 }
 
-/// A CLIP text encoder over a loaded weight set, computing on the CPU.
+/// A CLIP text encoder over a loaded weight set, computing through its [`GraphRunner`].
 pub struct ClipTextModel<'w> {
     weights: Weights<'w>,
     config: ClipTextConfig,
-    backend: Backend,
-    /// Reused across calls; its buffer grows to the largest graph seen.
-    alloc: GraphAllocator,
+    /// The graph of the last chunk count, reused while it stays.
+    runner: GraphRunner<'w>,
 }
 
 impl<'w> ClipTextModel<'w> {
-    /// Accounts this model's compute buffer in `acct` (device memory of the run).
-    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
-        self.alloc
-            .set_meter(acct.map(|a| crate::runtime::accountant::compute_meter(a, "clip compute")));
-    }
-
     /// The encoder whose tensors are under `prefix` in `set`, config inferred from the shapes,
     /// computing with `threads` CPU threads.
     pub fn new(
@@ -226,8 +220,18 @@ impl<'w> ClipTextModel<'w> {
         prefix: &str,
         threads: usize,
     ) -> Result<ClipTextModel<'w>, ClipError> {
+        Self::with_runner(set, prefix, GraphRunner::cpu(threads)?)
+    }
+
+    /// As [`ClipTextModel::new`], computing through `runner` (its backend must be able to
+    /// read every weight: a device copy for a GPU).
+    pub fn with_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        runner: GraphRunner<'w>,
+    ) -> Result<ClipTextModel<'w>, ClipError> {
         let config = ClipTextConfig::from_weights(set, prefix)?;
-        Self::with_config(set, prefix, config, threads)
+        Self::with_config_runner(set, prefix, config, runner)
     }
 
     /// As [`ClipTextModel::new`] with an explicit config (e.g. another activation).
@@ -237,13 +241,21 @@ impl<'w> ClipTextModel<'w> {
         config: ClipTextConfig,
         threads: usize,
     ) -> Result<ClipTextModel<'w>, ClipError> {
+        Self::with_config_runner(set, prefix, config, GraphRunner::cpu(threads)?)
+    }
+
+    fn with_config_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        config: ClipTextConfig,
+        mut runner: GraphRunner<'w>,
+    ) -> Result<ClipTextModel<'w>, ClipError> {
         config.validate()?;
-        let backend = Backend::cpu(threads)?;
+        runner.set_name("clip");
         let model = ClipTextModel {
-            weights: Weights::new(set, prefix),
+            weights: Weights::new(set, prefix).for_backend(runner.backend())?,
             config,
-            alloc: backend.graph_allocator()?,
-            backend,
+            runner,
         };
         // Build (not run) a one-chunk graph: every tensor is looked up and shape-checked now,
         // so a bad file fails here rather than at the first prompt.
@@ -251,6 +263,14 @@ impl<'w> ClipTextModel<'w> {
         let ctx = Context::new_meta(size, size)?;
         model.build(&ctx, 1)?;
         Ok(model)
+    }
+
+    pub fn runner(&self) -> &GraphRunner<'w> {
+        &self.runner
+    }
+
+    pub fn runner_mut(&mut self) -> &mut GraphRunner<'w> {
+        &mut self.runner
     }
 
     pub fn config(&self) -> &ClipTextConfig {
@@ -292,34 +312,43 @@ impl<'w> ClipTextModel<'w> {
             })
             .collect();
 
-        let graph_size = self.graph_size();
-        let ctx = Context::new_meta(graph_size, graph_size)?;
-        let g = self.build(&ctx, chunks)?;
-        let mut graph = ctx.new_graph(graph_size);
-        graph.expand(g.penultimate);
-        graph.expand(g.last);
-        if let Some(p) = g.pooled {
-            graph.expand(p);
+        let key = [chunks];
+        if !self.runner.lookup(&key) {
+            let sizes = GraphSizes::single(self.graph_size());
+            let built = self.runner.build(sizes, "state", |ctx, _| {
+                let g = self.build(ctx, chunks)?;
+                let mut outputs = vec![g.penultimate, g.last];
+                outputs.extend(g.pooled);
+                let mut keep = vec![g.ids, g.mask, g.penultimate, g.last];
+                keep.extend(g.pooled.into_iter().chain(g.eos));
+                Ok::<_, ClipError>(GraphSetParts {
+                    keep,
+                    graphs: vec![outputs],
+                    state: Vec::new(),
+                })
+            })?;
+            self.runner.insert(&key, built);
         }
-        self.alloc.alloc_graph(&graph)?;
+        let mut g = self.runner.cached()?;
+        g.place(0)?;
         let ids: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
-        ggml::tensor_set(g.ids, bytemuck::cast_slice(&ids))?;
-        ggml::tensor_set_f32(g.mask, &nn::causal_mask(t))?;
-        if let Some(e) = g.eos {
-            ggml::tensor_set(e, bytemuck::cast_slice(&eos_rows))?;
+        ggml::tensor_set(g.tensor(K_IDS)?, bytemuck::cast_slice(&ids))?;
+        ggml::tensor_set_f32(g.tensor(K_MASK)?, &nn::causal_mask(t))?;
+        let pooled = cfg.projection_dim.is_some();
+        if pooled {
+            ggml::tensor_set(g.tensor(K_EOS)?, bytemuck::cast_slice(&eos_rows))?;
         }
-        tracing::debug!(
-            nodes = graph.n_nodes(),
-            compute_bytes = self.alloc.buffer_size(),
-            "clip_text graph"
-        );
-        self.backend.compute(&graph)?;
+        g.compute(0)?;
         Ok(ClipOutput {
             chunks,
             width: cfg.width,
-            penultimate: ggml::tensor_get_f32(g.penultimate)?,
-            last: ggml::tensor_get_f32(g.last)?,
-            pooled: g.pooled.map(ggml::tensor_get_f32).transpose()?,
+            penultimate: ggml::tensor_get_f32(g.tensor(K_PENULTIMATE)?)?,
+            last: ggml::tensor_get_f32(g.tensor(K_LAST)?)?,
+            pooled: if pooled {
+                Some(ggml::tensor_get_f32(g.tensor(K_POOLED)?)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -455,6 +484,14 @@ impl<'w> ClipTextModel<'w> {
     }
 }
 
+/// Kept tensors of the cached graph, by index (the last two with a text projection).
+const K_IDS: usize = 0;
+const K_MASK: usize = 1;
+const K_PENULTIMATE: usize = 2;
+const K_LAST: usize = 3;
+const K_POOLED: usize = 4;
+const K_EOS: usize = 5;
+
 /// The tensors of one forward graph.
 struct ClipGraph<'c> {
     ids: Tensor<'c>,
@@ -475,8 +512,8 @@ impl<'w> ClipTextModel<'w> {
         adapters: Option<&'w crate::lora::Adapters>,
     ) -> Result<(), ClipError> {
         self.weights = self.weights.clone().with_adapters(adapters)?;
+        self.weights.check_backend(self.runner.backend())?;
+        self.runner.invalidate();
         Ok(())
     }
 }
-
-super::impl_set_backend!(ClipTextModel, ClipError);

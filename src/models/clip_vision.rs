@@ -17,8 +17,9 @@
 //!
 //! Shapes are ggml `ne` (innermost first): patches [P*P*3, G*G], activations [width, tokens].
 
-use crate::ggml::{self, Backend, Context, GgmlError, GraphAllocator, Tensor, TensorSet};
+use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, Activation, NnError, Weights};
+use crate::runtime::{GraphRunner, GraphSizes};
 
 /// OpenAI CLIP normalisation (Wan's `clip_xlm_roberta_vit_h_14` transforms), digits as
 /// published.
@@ -151,23 +152,15 @@ pub enum Preprocess {
     ComfyUi { crop: bool },
 }
 
-/// A CLIP vision encoder over a loaded weight set, computing on the CPU.
+/// A CLIP vision encoder over a loaded weight set, computing through its [`GraphRunner`].
 pub struct ClipVision<'w> {
     weights: Weights<'w>,
     config: ClipVisionConfig,
-    backend: Backend,
-    /// Reused across calls; its buffer grows to the largest graph seen.
-    alloc: GraphAllocator,
+    /// The graph of the last output layer asked for, reused while it stays.
+    runner: GraphRunner<'w>,
 }
 
 impl<'w> ClipVision<'w> {
-    /// Accounts this model's compute buffer in `acct` (device memory of the run).
-    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
-        self.alloc.set_meter(
-            acct.map(|a| crate::runtime::accountant::compute_meter(a, "clip_vision compute")),
-        );
-    }
-
     /// The encoder whose `vision_model.*` tensors are under `prefix` in `set`, config inferred
     /// from the shapes, computing with `threads` CPU threads. Every tensor is looked up and
     /// shape-checked here.
@@ -176,18 +169,37 @@ impl<'w> ClipVision<'w> {
         prefix: &str,
         threads: usize,
     ) -> Result<ClipVision<'w>, ClipVisionError> {
+        Self::with_runner(set, prefix, GraphRunner::cpu(threads)?)
+    }
+
+    /// As [`ClipVision::new`], computing through `runner` (its backend must be able to read
+    /// every weight: a device copy for a GPU).
+    pub fn with_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        mut runner: GraphRunner<'w>,
+    ) -> Result<ClipVision<'w>, ClipVisionError> {
         let config = ClipVisionConfig::from_weights(set, prefix)?;
-        let backend = Backend::cpu(threads)?;
+        runner.set_name("clip_vision");
         let model = ClipVision {
-            weights: Weights::new(set, prefix).pp(PREFIX),
+            weights: Weights::new(set, prefix)
+                .pp(PREFIX)
+                .for_backend(runner.backend())?,
             config,
-            alloc: backend.graph_allocator()?,
-            backend,
+            runner,
         };
         let size = model.graph_size();
         let ctx = Context::new_meta(size, size)?;
         model.build(&ctx, model.config.layers)?;
         Ok(model)
+    }
+
+    pub fn runner(&self) -> &GraphRunner<'w> {
+        &self.runner
+    }
+
+    pub fn runner_mut(&mut self) -> &mut GraphRunner<'w> {
+        &mut self.runner
     }
 
     pub fn config(&self) -> &ClipVisionConfig {
@@ -251,20 +263,24 @@ impl<'w> ClipVision<'w> {
             blocks
         )
         .entered();
-        let graph_size = self.graph_size();
-        let ctx = Context::new_meta(graph_size, graph_size)?;
-        let g = self.build(&ctx, blocks)?;
-        let mut graph = ctx.new_graph(graph_size);
-        graph.expand(g.out);
-        self.alloc.alloc_graph(&graph)?;
-        ggml::tensor_set_f32(g.patches, &patchify(pixels, s, cfg.patch_size))?;
-        tracing::debug!(
-            nodes = graph.n_nodes(),
-            compute_bytes = self.alloc.buffer_size(),
-            "clip_vision graph"
-        );
-        self.backend.compute(&graph)?;
-        Ok(ggml::tensor_get_f32(g.out)?)
+        let key = [blocks];
+        if !self.runner.lookup(&key) {
+            let sizes = GraphSizes::single(self.graph_size());
+            let built = self.runner.build(sizes, "state", |ctx, _| {
+                let g = self.build(ctx, blocks)?;
+                Ok::<_, ClipVisionError>(GraphSetParts {
+                    keep: vec![g.patches, g.out],
+                    graphs: vec![vec![g.out]],
+                    state: Vec::new(),
+                })
+            })?;
+            self.runner.insert(&key, built);
+        }
+        let mut g = self.runner.cached()?;
+        g.place(0)?;
+        ggml::tensor_set_f32(g.tensor(0)?, &patchify(pixels, s, cfg.patch_size))?;
+        g.compute(0)?;
+        Ok(ggml::tensor_get_f32(g.tensor(1)?)?)
     }
 
     fn graph_size(&self) -> usize {
@@ -591,5 +607,3 @@ fn cubic(x: f32, a: f32) -> f32 {
         0.0
     }
 }
-
-super::impl_set_backend!(ClipVision, ClipVisionError);

@@ -1,24 +1,7 @@
 //! Model forward passes built as ggml graphs over weight sets loaded by
-//! [`crate::runtime::WeightStore`] (canonical names).
-
-/// `set_backend` for a model with `weights`, `alloc` and `backend` fields and nothing else
-/// tied to the backend.
-macro_rules! impl_set_backend {
-    ($model:ident, $error:ty) => {
-        impl $model<'_> {
-            /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend
-            /// the constructor starts. Every weight must be where `backend` can read it (a
-            /// device copy).
-            pub fn set_backend(&mut self, backend: crate::ggml::Backend) -> Result<(), $error> {
-                self.weights = self.weights.clone().for_backend(&backend)?;
-                self.alloc.rebind(&backend)?;
-                self.backend = backend;
-                Ok(())
-            }
-        }
-    };
-}
-use impl_set_backend;
+//! [`crate::runtime::WeightStore`] (canonical names). Each model keeps its hyperparameters, its
+//! weights and the code that builds its graphs; it computes through a
+//! [`crate::runtime::GraphRunner`] (backend, allocator, compute meter, graphs per shape).
 
 pub mod clip_text;
 pub mod clip_vision;

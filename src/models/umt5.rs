@@ -16,8 +16,9 @@
 //! Shapes are ggml `ne` (innermost first): activations [d_model, tokens], attention scores
 //! [keys, queries, heads].
 
-use crate::ggml::{self, Backend, Context, GgmlError, GgmlType, GraphAllocator, Tensor, TensorSet};
+use crate::ggml::{self, Context, GgmlError, GgmlType, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{gelu_tanh, NnError, Weights};
+use crate::runtime::{GraphRunner, GraphSizes};
 
 /// Text length of the Wan pipeline: the encoder runs on the real tokens, the caller cuts the
 /// output to them and zero-pads it to this many rows.
@@ -163,22 +164,16 @@ pub fn bucket_ids(len: usize, num_buckets: usize, max_distance: usize) -> Vec<i3
     ids
 }
 
-/// A umT5 encoder over a loaded weight set (canonical names), computing on the CPU.
+/// A umT5 encoder over a loaded weight set (canonical names), computing through its
+/// [`GraphRunner`].
 pub struct Umt5Encoder<'w> {
     weights: Weights<'w>,
     config: Umt5Config,
-    backend: Backend,
-    /// Reused across calls; its buffer grows to the largest graph seen.
-    alloc: GraphAllocator,
+    /// The graph of the last token count, reused while it stays.
+    runner: GraphRunner<'w>,
 }
 
 impl<'w> Umt5Encoder<'w> {
-    /// Accounts this model's compute buffer in `acct` (device memory of the run).
-    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
-        self.alloc
-            .set_meter(acct.map(|a| crate::runtime::accountant::compute_meter(a, "t5 compute")));
-    }
-
     /// The encoder whose tensors are under `prefix` in `set`, config inferred from the shapes,
     /// computing with `threads` CPU threads.
     pub fn new(
@@ -186,8 +181,18 @@ impl<'w> Umt5Encoder<'w> {
         prefix: &str,
         threads: usize,
     ) -> Result<Umt5Encoder<'w>, Umt5Error> {
+        Self::with_runner(set, prefix, GraphRunner::cpu(threads)?)
+    }
+
+    /// As [`Umt5Encoder::new`], computing through `runner` (its backend must be able to read
+    /// every weight: a device copy for a GPU).
+    pub fn with_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        runner: GraphRunner<'w>,
+    ) -> Result<Umt5Encoder<'w>, Umt5Error> {
         let config = Umt5Config::from_weights(set, prefix)?;
-        Self::with_config(set, prefix, config, threads)
+        Self::with_config_runner(set, prefix, config, runner)
     }
 
     /// As [`Umt5Encoder::new`] with an explicit config (e.g. another max distance).
@@ -197,13 +202,21 @@ impl<'w> Umt5Encoder<'w> {
         config: Umt5Config,
         threads: usize,
     ) -> Result<Umt5Encoder<'w>, Umt5Error> {
+        Self::with_config_runner(set, prefix, config, GraphRunner::cpu(threads)?)
+    }
+
+    fn with_config_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        config: Umt5Config,
+        mut runner: GraphRunner<'w>,
+    ) -> Result<Umt5Encoder<'w>, Umt5Error> {
         config.validate()?;
-        let backend = Backend::cpu(threads)?;
+        runner.set_name("t5");
         let model = Umt5Encoder {
-            weights: Weights::new(set, prefix),
+            weights: Weights::new(set, prefix).for_backend(runner.backend())?,
             config,
-            alloc: backend.graph_allocator()?,
-            backend,
+            runner,
         };
         // Build (not run) a one-token graph: every tensor is looked up and shape-checked now,
         // so a bad file fails here rather than at the first prompt.
@@ -211,6 +224,14 @@ impl<'w> Umt5Encoder<'w> {
         let ctx = Context::new_meta(size, size)?;
         model.build(&ctx, 1)?;
         Ok(model)
+    }
+
+    pub fn runner(&self) -> &GraphRunner<'w> {
+        &self.runner
+    }
+
+    pub fn runner_mut(&mut self) -> &mut GraphRunner<'w> {
+        &mut self.runner
     }
 
     pub fn config(&self) -> &Umt5Config {
@@ -243,23 +264,27 @@ impl<'w> Umt5Encoder<'w> {
         )
         .entered();
 
-        let graph_size = self.graph_size();
-        let ctx = Context::new_meta(graph_size, graph_size)?;
-        let g = self.build(&ctx, len)?;
-        let mut graph = ctx.new_graph(graph_size);
-        graph.expand(g.out);
-        self.alloc.alloc_graph(&graph)?;
+        let key = [len];
+        if !self.runner.lookup(&key) {
+            let sizes = GraphSizes::single(self.graph_size());
+            let built = self.runner.build(sizes, "state", |ctx, _| {
+                let g = self.build(ctx, len)?;
+                Ok::<_, Umt5Error>(GraphSetParts {
+                    keep: vec![g.ids, g.buckets, g.out],
+                    graphs: vec![vec![g.out]],
+                    state: Vec::new(),
+                })
+            })?;
+            self.runner.insert(&key, built);
+        }
+        let mut g = self.runner.cached()?;
+        g.place(0)?;
         let tok: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
-        ggml::tensor_set(g.ids, bytemuck::cast_slice(&tok))?;
+        ggml::tensor_set(g.tensor(0)?, bytemuck::cast_slice(&tok))?;
         let buckets = bucket_ids(len, cfg.buckets, cfg.max_distance);
-        ggml::tensor_set(g.buckets, bytemuck::cast_slice(&buckets))?;
-        tracing::debug!(
-            nodes = graph.n_nodes(),
-            compute_bytes = self.alloc.buffer_size(),
-            "umt5 graph"
-        );
-        self.backend.compute(&graph)?;
-        Ok(ggml::tensor_get_f32(g.out)?)
+        ggml::tensor_set(g.tensor(1)?, bytemuck::cast_slice(&buckets))?;
+        g.compute(0)?;
+        Ok(ggml::tensor_get_f32(g.tensor(2)?)?)
     }
 
     fn graph_size(&self) -> usize {
@@ -372,8 +397,6 @@ struct Umt5Graph<'c> {
     buckets: Tensor<'c>,
     out: Tensor<'c>,
 }
-
-super::impl_set_backend!(Umt5Encoder, Umt5Error);
 
 #[cfg(test)]
 mod tests {

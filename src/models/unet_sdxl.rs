@@ -25,10 +25,9 @@
 //! mul_mat, softmax, mul_mat); optionally ggml's `flash_attn_ext` with F32 K/V, as exact on the
 //! CPU and without the score matrix.
 
-use crate::ggml::{
-    self, Backend, Context, GgmlError, GraphAllocator, OwnedGraph, Tensor, TensorSet,
-};
+use crate::ggml::{self, Context, GgmlError, GraphSetParts, OwnedGraph, Tensor, TensorSet};
 use crate::nn::{self, NnError, Weights};
+use crate::runtime::{GraphRunner, GraphSizes};
 
 /// Moved to [`crate::nn`]; here for the callers of its former path.
 pub use crate::nn::timestep_embedding;
@@ -254,24 +253,13 @@ pub enum Attention {
     Flash,
 }
 
-/// An SDXL UNet over a loaded weight set, computing on the CPU.
+/// An SDXL UNet over a loaded weight set, computing through its [`GraphRunner`].
 pub struct SdxlUnet<'w> {
     weights: Weights<'w>,
     config: UnetConfig,
-    backend: Backend,
     attention: Attention,
     /// The graph of the last (h, w, context tokens), allocated and reused while they stay.
-    cache: Option<CachedGraph<'w>>,
-    accountant: Option<crate::runtime::Accountant>,
-}
-
-/// A built and allocated forward graph. Its tensors, in order: x, the timestep sinusoid, y
-/// (with `label_emb`), the context (with attention), the output.
-struct CachedGraph<'w> {
-    key: (usize, usize, usize),
-    graph: OwnedGraph<'w>,
-    /// Owns the memory of the graph's intermediates; dropped with the graph.
-    _alloc: GraphAllocator,
+    runner: GraphRunner<'w>,
 }
 
 /// Graph inputs of one forward.
@@ -287,8 +275,18 @@ impl<'w> SdxlUnet<'w> {
     /// shapes, computing with `threads` CPU threads. Every tensor is looked up and
     /// shape-checked here.
     pub fn new(set: &'w TensorSet<'w>, prefix: &str, threads: usize) -> Result<Self, UnetError> {
+        Self::with_runner(set, prefix, GraphRunner::cpu(threads)?)
+    }
+
+    /// As [`SdxlUnet::new`], computing through `runner` (its backend must be able to read
+    /// every weight: a device copy for a GPU).
+    pub fn with_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        runner: GraphRunner<'w>,
+    ) -> Result<Self, UnetError> {
         let config = UnetConfig::from_weights(set, prefix)?;
-        Self::with_config(set, prefix, config, threads)
+        Self::with_config_runner(set, prefix, config, runner)
     }
 
     /// As [`SdxlUnet::new`] with an explicit config (e.g. another group count).
@@ -298,15 +296,22 @@ impl<'w> SdxlUnet<'w> {
         config: UnetConfig,
         threads: usize,
     ) -> Result<Self, UnetError> {
+        Self::with_config_runner(set, prefix, config, GraphRunner::cpu(threads)?)
+    }
+
+    fn with_config_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        config: UnetConfig,
+        mut runner: GraphRunner<'w>,
+    ) -> Result<Self, UnetError> {
         config.validate()?;
-        let backend = Backend::cpu(threads)?;
+        runner.set_name("unet");
         let unet = SdxlUnet {
-            weights: Weights::new(set, prefix),
+            weights: Weights::new(set, prefix).for_backend(runner.backend())?,
             config,
-            backend,
             attention: Attention::default(),
-            cache: None,
-            accountant: None,
+            runner,
         };
         let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
         let s = unet.config.downscale();
@@ -318,26 +323,32 @@ impl<'w> SdxlUnet<'w> {
         &self.config
     }
 
-    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
-    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
-    pub fn set_backend(&mut self, backend: Backend) -> Result<(), UnetError> {
-        self.weights = self.weights.clone().for_backend(&backend)?;
-        self.backend = backend;
-        self.cache = None;
-        Ok(())
+    pub fn runner(&self) -> &GraphRunner<'w> {
+        &self.runner
     }
 
-    /// Accounts this model's compute buffer in `acct` (device memory of the run).
-    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
-        self.accountant = acct.cloned();
-        self.cache = None;
+    pub fn runner_mut(&mut self) -> &mut GraphRunner<'w> {
+        &mut self.runner
+    }
+
+    /// The blocks in execution order, as tensor-name prefixes: `input_blocks.N.`,
+    /// `middle_block.`, `output_blocks.N.`.
+    pub fn blocks(&self) -> Vec<String> {
+        let per_level = self.config.channels.len();
+        let inputs = 1 + per_level * self.config.res_blocks + (per_level - 1);
+        let outputs = per_level * (self.config.res_blocks + 1);
+        (0..inputs)
+            .map(|i| format!("input_blocks.{i}."))
+            .chain(std::iter::once("middle_block.".to_string()))
+            .chain((0..outputs).map(|i| format!("output_blocks.{i}.")))
+            .collect()
     }
 
     /// Chooses how attention is computed (the next forward rebuilds its graph).
     pub fn set_attention(&mut self, attention: Attention) {
         if attention != self.attention {
             self.attention = attention;
-            self.cache = None;
+            self.runner.invalidate();
         }
     }
 
@@ -349,9 +360,7 @@ impl<'w> SdxlUnet<'w> {
             let (_, output) = self.build(ctx, h, w, tokens.max(1))?;
             Ok::<_, UnetError>((vec![], vec![output]))
         })?;
-        let mut alloc = self.backend.graph_allocator()?;
-        alloc.reserve(&graph.graph())?;
-        Ok(alloc.buffer_size() as u64)
+        Ok(self.runner.measure([graph.graph()])? as u64)
     }
 
     /// The model output (eps or v) for a latent `x`, row-major [in_channels, h, w] with h and w
@@ -397,61 +406,52 @@ impl<'w> SdxlUnet<'w> {
             )));
         }
         let _span = tracing::debug_span!("unet_forward", h, w, tokens, timestep).entered();
-        let key = (h, w, tokens.max(1));
-        if self.cache.as_ref().map(|c| c.key) != Some(key) {
-            // Free the previous graph's memory before allocating the next.
-            self.cache = None;
-            let graph = OwnedGraph::build(GRAPH_SIZE, GRAPH_SIZE, |ctx, _| {
-                let (inputs, output) = self.build(ctx, h, w, key.2)?;
+        let key = [h, w, tokens.max(1)];
+        if !self.runner.lookup(&key) {
+            let sizes = GraphSizes::single(GRAPH_SIZE);
+            let built = self.runner.build(sizes, "state", |ctx, _| {
+                let (inputs, output) = self.build(ctx, h, w, key[2])?;
                 let mut keep = vec![inputs.x, inputs.temb];
                 keep.extend(inputs.y);
                 keep.extend(inputs.context);
                 keep.push(output);
-                Ok::<_, UnetError>((keep, vec![output]))
+                Ok::<_, UnetError>(GraphSetParts {
+                    keep,
+                    graphs: vec![vec![output]],
+                    state: Vec::new(),
+                })
             })?;
-            let mut alloc = self.backend.graph_allocator()?;
-            alloc.set_meter(
-                self.accountant
-                    .as_ref()
-                    .map(|a| crate::runtime::accountant::compute_meter(a, "unet compute")),
-            );
-            alloc.alloc_graph(&graph.graph())?;
-            tracing::debug!(
-                nodes = graph.graph().n_nodes(),
-                compute_bytes = alloc.buffer_size(),
-                "unet graph built"
-            );
-            self.cache = Some(CachedGraph {
-                key,
-                graph,
-                _alloc: alloc,
-            });
+            self.runner.insert(&key, built);
         }
-        let cached = self.cache.as_ref().expect("graph cached above");
-        let g = &cached.graph;
-        let tensor = |i: usize| {
-            g.tensor(i)
-                .ok_or_else(|| UnetError::Config(format!("cached graph has no tensor {i}")))
-        };
+        let (model_channels, has_y, has_context) = (
+            self.config.model_channels,
+            self.config.adm_in.is_some(),
+            self.config.context_dim > 0,
+        );
+        let mut g = self.runner.cached()?;
+        // Placed once per shape: later forwards only fill the inputs.
+        g.place(0)?;
+        // Kept tensors in order: x, the timestep sinusoid, y (with `label_emb`), the context
+        // (with attention), the output.
         let mut i = 0;
         let mut next = || {
             i += 1;
-            tensor(i - 1)
+            i - 1
         };
-        ggml::tensor_set_f32(next()?, x)?;
+        ggml::tensor_set_f32(g.tensor(next())?, x)?;
         ggml::tensor_set_f32(
-            next()?,
-            &timestep_embedding(timestep, self.config.model_channels),
+            g.tensor(next())?,
+            &timestep_embedding(timestep, model_channels),
         )?;
-        if self.config.adm_in.is_some() {
-            ggml::tensor_set_f32(next()?, y)?;
+        if has_y {
+            ggml::tensor_set_f32(g.tensor(next())?, y)?;
         }
-        if self.config.context_dim > 0 {
-            ggml::tensor_set_f32(next()?, context)?;
+        if has_context {
+            ggml::tensor_set_f32(g.tensor(next())?, context)?;
         }
-        let output = next()?;
-        self.backend.compute(&g.graph())?;
-        Ok(ggml::tensor_get_f32(output)?)
+        let output = next();
+        g.compute(0)?;
+        Ok(ggml::tensor_get_f32(g.tensor(output)?)?)
     }
 
     /// The whole graph for an [in, h, w] latent and `tokens` context tokens.
@@ -675,7 +675,7 @@ impl<'w> SdxlUnet<'w> {
         let v = ctx.reshape(v, &[d, heads, tk, n]);
         let a = match self.attention {
             Attention::MulMat => nn::multi_head_attention(ctx, q, k, v, None),
-            Attention::Flash => nn::flash_attention(ctx, q, k, v, !self.backend.is_cpu()),
+            Attention::Flash => nn::flash_attention(ctx, q, k, v, !self.runner.is_cpu()),
         };
         Ok(nn::linear(ctx, &w.pp("to_out").pp(0), a)?)
     }
@@ -718,7 +718,8 @@ impl<'w> SdxlUnet<'w> {
         adapters: Option<&'w crate::lora::Adapters>,
     ) -> Result<(), UnetError> {
         self.weights = self.weights.clone().with_adapters(adapters)?;
-        self.cache = None;
+        self.weights.check_backend(self.runner.backend())?;
+        self.runner.invalidate();
         Ok(())
     }
 }

@@ -21,8 +21,9 @@
 //! (H*W)^2 floats, 1 GiB for a 128x128 latent (1024 px); use [`SdxlVae::decode_tiled`] for larger
 //! images.
 
-use crate::ggml::{self, Backend, Context, GgmlError, GraphAllocator, Tensor, TensorSet};
+use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, blend_tiles, NnError, Weights};
+use crate::runtime::{GraphRunner, GraphSizes};
 
 /// SDXL's latent scale factor (diffusers `scaling_factor`); no shift.
 pub const SCALE_FACTOR: f32 = 0.13025;
@@ -178,22 +179,22 @@ impl VaeConfig {
     }
 }
 
-/// An SDXL VAE over a loaded weight set, computing on the CPU.
+/// Which half of the VAE a graph runs.
+#[derive(Clone, Copy)]
+enum Half {
+    Decoder,
+    Encoder,
+}
+
+/// An SDXL VAE over a loaded weight set, computing through its [`GraphRunner`].
 pub struct SdxlVae<'w> {
     weights: Weights<'w>,
     config: VaeConfig,
-    backend: Backend,
-    /// Reused across calls; its buffer grows to the largest graph seen.
-    alloc: GraphAllocator,
+    /// The graph of the last (decoder or encoder, size), reused while it stays.
+    runner: GraphRunner<'w>,
 }
 
 impl<'w> SdxlVae<'w> {
-    /// Accounts this model's compute buffer in `acct` (device memory of the run).
-    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
-        self.alloc
-            .set_meter(acct.map(|a| crate::runtime::accountant::compute_meter(a, "vae compute")));
-    }
-
     /// The VAE whose tensors are under `prefix` in `set` (SDXL's 32 groups), config inferred
     /// from the shapes, computing with `threads` CPU threads.
     pub fn new(
@@ -201,8 +202,18 @@ impl<'w> SdxlVae<'w> {
         prefix: &str,
         threads: usize,
     ) -> Result<SdxlVae<'w>, VaeError> {
+        Self::with_runner(set, prefix, GraphRunner::cpu(threads)?)
+    }
+
+    /// As [`SdxlVae::new`], computing through `runner` (its backend must be able to read
+    /// every weight: a device copy for a GPU).
+    pub fn with_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        runner: GraphRunner<'w>,
+    ) -> Result<SdxlVae<'w>, VaeError> {
         let config = VaeConfig::from_weights(set, prefix, DEFAULT_GROUPS)?;
-        Self::with_config(set, prefix, config, threads)
+        Self::with_config_runner(set, prefix, config, runner)
     }
 
     /// As [`SdxlVae::new`] with an explicit config (e.g. another group count).
@@ -212,13 +223,21 @@ impl<'w> SdxlVae<'w> {
         config: VaeConfig,
         threads: usize,
     ) -> Result<SdxlVae<'w>, VaeError> {
+        Self::with_config_runner(set, prefix, config, GraphRunner::cpu(threads)?)
+    }
+
+    fn with_config_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        config: VaeConfig,
+        mut runner: GraphRunner<'w>,
+    ) -> Result<SdxlVae<'w>, VaeError> {
         config.validate()?;
-        let backend = Backend::cpu(threads)?;
+        runner.set_name("vae");
         let vae = SdxlVae {
-            weights: Weights::new(set, prefix),
+            weights: Weights::new(set, prefix).for_backend(runner.backend())?,
             config,
-            alloc: backend.graph_allocator()?,
-            backend,
+            runner,
         };
         // Build (not run) small graphs: every tensor is looked up and shape-checked now.
         let size = GRAPH_SIZE;
@@ -232,6 +251,14 @@ impl<'w> SdxlVae<'w> {
             vae.build_encoder(&ctx, s, s)?;
         }
         Ok(vae)
+    }
+
+    pub fn runner(&self) -> &GraphRunner<'w> {
+        &self.runner
+    }
+
+    pub fn runner_mut(&mut self) -> &mut GraphRunner<'w> {
+        &mut self.runner
     }
 
     pub fn config(&self) -> &VaeConfig {
@@ -266,9 +293,7 @@ impl<'w> SdxlVae<'w> {
             )));
         }
         let _span = tracing::debug_span!("vae_decode", h, w).entered();
-        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-        let (input, output) = self.build_decoder(&ctx, h, w)?;
-        self.run(&ctx, input, output, latent)
+        self.run(Half::Decoder, h, w, latent)
     }
 
     /// Encodes an image, row-major [3, H, W] in [-1, 1] with H and W multiples of 8, into the
@@ -292,9 +317,7 @@ impl<'w> SdxlVae<'w> {
             )));
         }
         let _span = tracing::debug_span!("vae_encode", h, w).entered();
-        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-        let (input, output) = self.build_encoder(&ctx, h, w)?;
-        self.run(&ctx, input, output, image)
+        self.run(Half::Encoder, h, w, image)
     }
 
     /// Decodes in overlapping tiles of `tile` x `tile` latent pixels, `overlap` of them shared
@@ -337,25 +360,30 @@ impl<'w> SdxlVae<'w> {
         Ok(img)
     }
 
-    /// Allocates, uploads `data` to `input`, computes and reads `output`.
-    fn run<'c>(
-        &mut self,
-        ctx: &'c Context,
-        input: Tensor<'c>,
-        output: Tensor<'c>,
-        data: &[f32],
-    ) -> Result<Vec<f32>, VaeError> {
-        let mut graph = ctx.new_graph(GRAPH_SIZE);
-        graph.expand(output);
-        self.alloc.alloc_graph(&graph)?;
-        ggml::tensor_set_f32(input, data)?;
-        tracing::debug!(
-            nodes = graph.n_nodes(),
-            compute_bytes = self.alloc.buffer_size(),
-            "vae graph"
-        );
-        self.backend.compute(&graph)?;
-        Ok(ggml::tensor_get_f32(output)?)
+    /// Runs the decoder or the encoder graph for size `h` x `w` (built on the first call
+    /// for that size) on `data`.
+    fn run(&mut self, half: Half, h: usize, w: usize, data: &[f32]) -> Result<Vec<f32>, VaeError> {
+        let key = [half as usize, h, w];
+        if !self.runner.lookup(&key) {
+            let sizes = GraphSizes::single(GRAPH_SIZE);
+            let built = self.runner.build(sizes, "state", |ctx, _| {
+                let (input, output) = match half {
+                    Half::Decoder => self.build_decoder(ctx, h, w)?,
+                    Half::Encoder => self.build_encoder(ctx, h, w)?,
+                };
+                Ok::<_, VaeError>(GraphSetParts {
+                    keep: vec![input, output],
+                    graphs: vec![vec![output]],
+                    state: Vec::new(),
+                })
+            })?;
+            self.runner.insert(&key, built);
+        }
+        let mut g = self.runner.cached()?;
+        g.place(0)?;
+        ggml::tensor_set_f32(g.tensor(0)?, data)?;
+        g.compute(0)?;
+        Ok(ggml::tensor_get_f32(g.tensor(1)?)?)
     }
 
     /// Decoder graph for an [lc, h, w] latent: (input, output [W, H, 3, 1] unclamped).
@@ -535,5 +563,3 @@ impl<'w> SdxlVae<'w> {
 /// Nodes (and tensors) of one graph: about 30 per res block and 60 for an attention, far below
 /// this for SDXL's 25 res blocks a side.
 const GRAPH_SIZE: usize = 4096;
-
-super::impl_set_backend!(SdxlVae, VaeError);

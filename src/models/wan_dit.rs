@@ -21,12 +21,9 @@
 //! size could not hold: 32760 tokens at 480x832x81); optionally the plain F32 path
 //! ([`nn::multi_head_attention`]: mul_mat, softmax, mul_mat). Both match diffusers at ~1e-6.
 
-use crate::ggml::{
-    self, Backend, Context, GgmlError, GraphAllocator, GraphSet, GraphSetParts, Tensor, TensorSet,
-};
+use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, gelu_tanh, timestep_embedding, to_f32, NnError, Weights};
-use crate::runtime::accountant::compute_meter;
-use crate::runtime::{Accountant, DeviceWeights, Lease, StreamStats};
+use crate::runtime::{Built, DeviceWeights, GraphRunner, GraphSizes, StreamStats};
 
 /// Attention head size of every Wan2.1 DiT (MODELS.md); heads = dim / 128.
 pub const HEAD_DIM: usize = 128;
@@ -177,7 +174,8 @@ pub enum Attention {
     MulMat,
 }
 
-/// A Wan DiT over a loaded weight set (canonical names), computing on the CPU.
+/// A Wan DiT over a loaded weight set (canonical names), computing through its
+/// [`GraphRunner`].
 ///
 /// Its graphs are built once per input shape and reused for every forward of that shape. With
 /// streamed weights ([`WanDit::set_streaming`]) the forward runs as a sequence of graphs
@@ -187,11 +185,8 @@ pub struct WanDit<'w> {
     weights: Weights<'w>,
     config: WanDitConfig,
     attention: Attention,
-    backend: Backend,
-    alloc: GraphAllocator,
+    runner: GraphRunner<'w>,
     stream: Option<&'w DeviceWeights<'w>>,
-    accountant: Option<Accountant>,
-    graphs: Option<(Shape, Graphs<'w>)>,
     last_stream: StreamStats,
 }
 
@@ -207,13 +202,6 @@ const K_COS: usize = 3;
 const K_SIN: usize = 4;
 const K_OUT: usize = 5;
 const K_IMAGE: usize = 6;
-
-struct Graphs<'w> {
-    set: GraphSet<'w>,
-    /// Staged (embeddings, blocks, head) rather than one graph.
-    staged: bool,
-    _state: Option<Lease>,
-}
 
 struct Inputs<'c> {
     patches: Tensor<'c>,
@@ -234,18 +222,27 @@ struct Embedded<'c> {
 }
 
 impl<'w> WanDit<'w> {
+    /// The DiT whose tensors are under `prefix` in `set`, config inferred from the shapes,
+    /// computing with `threads` CPU threads.
     pub fn new(set: &'w TensorSet<'w>, prefix: &str, threads: usize) -> Result<Self, WanDitError> {
+        Self::with_runner(set, prefix, GraphRunner::cpu(threads)?)
+    }
+
+    /// As [`WanDit::new`], computing through `runner` (its backend must be able to read every
+    /// weight: a device copy for a GPU).
+    pub fn with_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        mut runner: GraphRunner<'w>,
+    ) -> Result<Self, WanDitError> {
         let config = WanDitConfig::from_weights(set, prefix)?;
-        let backend = Backend::cpu(threads)?;
+        runner.set_name("dit");
         let model = WanDit {
-            weights: Weights::new(set, prefix),
+            weights: Weights::new(set, prefix).for_backend(runner.backend())?,
             config,
             attention: Attention::default(),
-            alloc: backend.graph_allocator()?,
-            backend,
+            runner,
             stream: None,
-            accountant: None,
-            graphs: None,
             last_stream: StreamStats::default(),
         };
         // Build (not run) a tiny graph so that every tensor is looked up and checked now.
@@ -266,10 +263,23 @@ impl<'w> WanDit<'w> {
         &self.config
     }
 
+    pub fn runner(&self) -> &GraphRunner<'w> {
+        &self.runner
+    }
+
+    pub fn runner_mut(&mut self) -> &mut GraphRunner<'w> {
+        &mut self.runner
+    }
+
+    /// The blocks in execution order, as tensor-name prefixes (`blocks.N.`): what streams.
+    pub fn blocks(config: &WanDitConfig) -> Vec<String> {
+        (0..config.layers).map(|i| format!("blocks.{i}.")).collect()
+    }
+
     /// Chooses the attention kernel for later forwards.
     pub fn set_attention(&mut self, attention: Attention) {
         self.attention = attention;
-        self.graphs = None;
+        self.runner.invalidate();
     }
 
     /// Runs the blocks from `weights`, a device copy of this model's weight set whose blocks
@@ -289,26 +299,8 @@ impl<'w> WanDit<'w> {
             }
         }
         self.stream = weights.filter(|dw| dw.is_streamed());
-        self.graphs = None;
+        self.runner.invalidate();
         Ok(())
-    }
-
-    /// Computes on `backend` from now on (e.g. a CUDA GPU), instead of the CPU backend the
-    /// constructor starts. Every weight must be where `backend` can read it (a device copy).
-    pub fn set_backend(&mut self, backend: Backend) -> Result<(), WanDitError> {
-        self.weights = self.weights.clone().for_backend(&backend)?;
-        self.alloc.rebind(&backend)?;
-        self.backend = backend;
-        self.graphs = None;
-        Ok(())
-    }
-
-    /// Accounts this model's device memory (compute buffer, carried activations) in `acct`.
-    pub fn set_accountant(&mut self, acct: Option<&Accountant>) {
-        self.alloc
-            .set_meter(acct.map(|a| compute_meter(a, "dit compute")));
-        self.accountant = acct.cloned();
-        self.graphs = None;
     }
 
     /// Device bytes a forward over an `f` x `h` x `w` latent with `text_len` text and
@@ -325,13 +317,13 @@ impl<'w> WanDit<'w> {
     ) -> Result<(u64, u64), WanDitError> {
         let shape: Shape = ((f, h / 2, w / 2), text_len, image_len);
         let g = self.build_graphs(shape, staged)?;
-        let mut alloc = self.backend.graph_allocator()?;
+        let set = g.set();
         // The block graphs are all alike: the first stands for them.
-        let n = g.set.len();
-        for i in [0, 1.min(n - 1), n - 1] {
-            alloc.reserve(&g.set.graph(i))?;
-        }
-        Ok((alloc.buffer_size() as u64, g.set.state_bytes() as u64))
+        let n = set.len();
+        let compute = self
+            .runner
+            .measure([0, 1.min(n - 1), n - 1].map(|i| set.graph(i)))?;
+        Ok((compute as u64, set.state_bytes() as u64))
     }
 
     /// Upload statistics of the last streamed forward.
@@ -349,7 +341,7 @@ impl<'w> WanDit<'w> {
     ) -> Tensor<'c> {
         match self.attention {
             Attention::MulMat => nn::multi_head_attention(ctx, q, k, v, None),
-            Attention::Flash => nn::flash_attention(ctx, q, k, v, !self.backend.is_cpu()),
+            Attention::Flash => nn::flash_attention(ctx, q, k, v, !self.runner.is_cpu()),
         }
     }
 
@@ -414,16 +406,27 @@ impl<'w> WanDit<'w> {
         let _span = tracing::debug_span!("wan_dit", dim = cfg.dim, tokens).entered();
 
         let shape: Shape = ((f, hp, wp), text.len() / cfg.text_dim, img_len);
-        if self.graphs.as_ref().map(|(s, _)| *s) != Some(shape) {
-            self.graphs = None; // free the old state before leasing the new one
-            let g = self.build_graphs(shape, self.stream.is_some())?;
-            self.graphs = Some((shape, g));
+        let staged = self.stream.is_some();
+        let key = [
+            f,
+            hp,
+            wp,
+            shape.1,
+            img_len.map_or(0, |l| l + 1),
+            staged as usize,
+        ];
+        if !self.runner.lookup(&key) {
+            let built = self.build_graphs(shape, staged)?;
+            self.runner.insert(&key, built);
         }
-        let Some((_, graphs)) = &self.graphs else {
-            unreachable!("graphs were just built")
-        };
-        let set = &graphs.set;
-        let kept = |i: usize| set.tensor(i).expect("kept tensor");
+        let stream = self.stream;
+        let mut g = self.runner.cached()?;
+        if staged && g.fresh() {
+            // The rope tables are state tensors of a staged forward: set once.
+            let (cos, sin) = rope_tables(HEAD_DIM, f, hp, wp);
+            ggml::tensor_set_f32(g.tensor(K_COS)?, &cos)?;
+            ggml::tensor_set_f32(g.tensor(K_SIN)?, &sin)?;
+        }
 
         // Patches: token (f, hp, wp) row-major, features (c, kh, kw) as the conv kernel.
         let mut patches = Vec::with_capacity(tokens * c * 4);
@@ -441,46 +444,31 @@ impl<'w> WanDit<'w> {
                 }
             }
         }
-        // The first graph holds the inputs: allocate it, then fill them.
-        self.alloc.alloc_graph(&set.graph(0))?;
-        ggml::tensor_set_f32(kept(K_PATCHES), &patches)?;
-        ggml::tensor_set_f32(kept(K_TEMB), &timestep_embedding(timestep, cfg.freq_dim))?;
-        ggml::tensor_set_f32(kept(K_TEXT), text)?;
-        if let (Some(t), Some(img)) = (set.tensor(K_IMAGE), image) {
+        // The first graph holds the inputs: place it, then fill them.
+        g.place(0)?;
+        ggml::tensor_set_f32(g.tensor(K_PATCHES)?, &patches)?;
+        ggml::tensor_set_f32(
+            g.tensor(K_TEMB)?,
+            &timestep_embedding(timestep, cfg.freq_dim),
+        )?;
+        ggml::tensor_set_f32(g.tensor(K_TEXT)?, text)?;
+        if let (Ok(t), Some(img)) = (g.tensor(K_IMAGE), image) {
             ggml::tensor_set_f32(t, img)?;
         }
-        if !graphs.staged {
+        if !staged {
             // The rope tables are graph inputs here (state tensors, set once, when staged).
             let (cos, sin) = rope_tables(HEAD_DIM, f, hp, wp);
-            ggml::tensor_set_f32(kept(K_COS), &cos)?;
-            ggml::tensor_set_f32(kept(K_SIN), &sin)?;
+            ggml::tensor_set_f32(g.tensor(K_COS)?, &cos)?;
+            ggml::tensor_set_f32(g.tensor(K_SIN)?, &sin)?;
         }
-        tracing::debug!(
-            nodes = set.graph(0).n_nodes(),
-            graphs = set.len(),
-            "wan dit graphs"
-        );
-        self.backend.compute(&set.graph(0))?;
-        if graphs.staged {
-            let (alloc, backend) = (&mut self.alloc, &mut self.backend);
-            let run = |i: usize| -> Result<(), WanDitError> {
-                let g = set.graph(1 + i);
-                alloc.alloc_graph(&g)?;
-                backend.compute(&g)?;
-                Ok(())
-            };
-            self.last_stream = match self.stream {
-                Some(dw) => dw.run_blocks(run)?,
-                None => {
-                    (0..cfg.layers).try_for_each(run)?;
-                    StreamStats::default()
-                }
-            };
-            let head = set.graph(set.len() - 1);
-            self.alloc.alloc_graph(&head)?;
-            self.backend.compute(&head)?;
+        g.compute(0)?;
+        let mut stats = StreamStats::default();
+        if staged {
+            stats = g.run_blocks::<WanDitError>(1, cfg.layers, stream)?;
+            g.compute(g.len() - 1)?;
         }
-        let y = ggml::tensor_get_f32(kept(K_OUT))?; // [(kh, kw, c), token]
+        let y = ggml::tensor_get_f32(g.tensor(K_OUT)?)?; // [(kh, kw, c), token]
+        self.last_stream = stats;
         let oc = cfg.out_channels;
         let mut out = vec![0f32; oc * f * h * w];
         for fi in 0..f {
@@ -502,89 +490,65 @@ impl<'w> WanDit<'w> {
     }
 
     /// Builds the graphs for `shape`: one graph, or (streamed) the embeddings, one graph per
-    /// block and the head, with the carried activations in a state buffer leased from the
-    /// accountant.
-    fn build_graphs(&self, shape: Shape, staged: bool) -> Result<Graphs<'w>, WanDitError> {
+    /// block and the head, with the carried activations in a state buffer (leased as "dit
+    /// activations"). The rope tables of a staged set are filled by the first forward.
+    fn build_graphs(&self, shape: Shape, staged: bool) -> Result<Built<'w>, WanDitError> {
         let ((f, hp, wp), text_len, img_len) = shape;
         let size = self.graph_size();
         let layers = self.config.layers;
-        let mut lease = None;
-        let backend = &self.backend;
-        let acct = self.accountant.as_ref();
-        let lease_slot = &mut lease;
-        let set = GraphSet::build(
-            size,
-            size,
-            if staged { layers + 2 } else { 1 },
-            backend.alignment(),
-            |bytes| -> Result<ggml::Buffer<'static>, WanDitError> {
-                if let Some(a) = acct {
-                    *lease_slot = Some(
-                        a.lease("dit activations", bytes as u64)
-                            .map_err(|e| WanDitError::Ggml(GgmlError::Refused(e.into())))?,
-                    );
-                }
-                Ok(backend.alloc_buffer(bytes)?)
-            },
-            |ctx, _| {
-                let inp = self.inputs(ctx, (f, hp, wp), text_len, img_len, staged);
-                let emb = self.embed(ctx, &inp)?;
-                let mut keep = vec![inp.patches, inp.temb, inp.text, inp.cos, inp.sin];
-                let (graphs, state, out) = if staged {
-                    // Carried activations: copies of the embeddings' outputs.
-                    let like = |t: Tensor<'_>| ctx.new_f32(&t.ne());
-                    let st = Embedded {
-                        x: like(emb.x),
-                        e: like(emb.e),
-                        e0: like(emb.e0),
-                        context: like(emb.context),
-                        img: emb.img.map(like),
-                    };
-                    let mut pre = vec![
-                        ctx.cpy(emb.x, st.x),
-                        ctx.cpy(emb.e, st.e),
-                        ctx.cpy(emb.e0, st.e0),
-                        ctx.cpy(emb.context, st.context),
-                    ];
-                    let mut state = vec![st.x, st.e, st.e0, st.context, inp.cos, inp.sin];
-                    if let (Some(a), Some(b)) = (emb.img, st.img) {
-                        pre.push(ctx.cpy(a, b));
-                        state.push(b);
-                    }
-                    let mut graphs = vec![pre];
-                    for i in 0..layers {
-                        let y = self.block_of(ctx, i, st.x, &st, &inp)?;
-                        graphs.push(vec![ctx.cpy(y, st.x)]);
-                    }
-                    let out = self.head(ctx, st.x, st.e)?;
-                    graphs.push(vec![out]);
-                    (graphs, state, out)
-                } else {
-                    let mut x = emb.x;
-                    for i in 0..layers {
-                        x = self.block_of(ctx, i, x, &emb, &inp)?;
-                    }
-                    let out = self.head(ctx, x, emb.e)?;
-                    (vec![vec![out]], Vec::new(), out)
+        let sizes = GraphSizes {
+            tensors: size,
+            nodes: size,
+            graphs: if staged { layers + 2 } else { 1 },
+        };
+        self.runner.build(sizes, "activations", |ctx, _| {
+            let inp = self.inputs(ctx, (f, hp, wp), text_len, img_len, staged);
+            let emb = self.embed(ctx, &inp)?;
+            let mut keep = vec![inp.patches, inp.temb, inp.text, inp.cos, inp.sin];
+            let (graphs, state, out) = if staged {
+                // Carried activations: copies of the embeddings' outputs.
+                let like = |t: Tensor<'_>| ctx.new_f32(&t.ne());
+                let st = Embedded {
+                    x: like(emb.x),
+                    e: like(emb.e),
+                    e0: like(emb.e0),
+                    context: like(emb.context),
+                    img: emb.img.map(like),
                 };
-                keep.push(out);
-                keep.extend(inp.image);
-                Ok(GraphSetParts {
-                    keep,
-                    graphs,
-                    state,
-                })
-            },
-        )?;
-        if staged {
-            let (cos, sin) = rope_tables(HEAD_DIM, f, hp, wp);
-            ggml::tensor_set_f32(set.tensor(K_COS).expect("kept"), &cos)?;
-            ggml::tensor_set_f32(set.tensor(K_SIN).expect("kept"), &sin)?;
-        }
-        Ok(Graphs {
-            set,
-            staged,
-            _state: lease,
+                let mut pre = vec![
+                    ctx.cpy(emb.x, st.x),
+                    ctx.cpy(emb.e, st.e),
+                    ctx.cpy(emb.e0, st.e0),
+                    ctx.cpy(emb.context, st.context),
+                ];
+                let mut state = vec![st.x, st.e, st.e0, st.context, inp.cos, inp.sin];
+                if let (Some(a), Some(b)) = (emb.img, st.img) {
+                    pre.push(ctx.cpy(a, b));
+                    state.push(b);
+                }
+                let mut graphs = vec![pre];
+                for i in 0..layers {
+                    let y = self.block_of(ctx, i, st.x, &st, &inp)?;
+                    graphs.push(vec![ctx.cpy(y, st.x)]);
+                }
+                let out = self.head(ctx, st.x, st.e)?;
+                graphs.push(vec![out]);
+                (graphs, state, out)
+            } else {
+                let mut x = emb.x;
+                for i in 0..layers {
+                    x = self.block_of(ctx, i, x, &emb, &inp)?;
+                }
+                let out = self.head(ctx, x, emb.e)?;
+                (vec![vec![out]], Vec::new(), out)
+            };
+            keep.push(out);
+            keep.extend(inp.image);
+            Ok(GraphSetParts {
+                keep,
+                graphs,
+                state,
+            })
         })
     }
 
@@ -856,6 +820,8 @@ impl<'w> WanDit<'w> {
         adapters: Option<&'w crate::lora::Adapters>,
     ) -> Result<(), WanDitError> {
         self.weights = self.weights.clone().with_adapters(adapters)?;
+        self.weights.check_backend(self.runner.backend())?;
+        self.runner.invalidate();
         Ok(())
     }
 }

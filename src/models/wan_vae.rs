@@ -28,14 +28,17 @@
 //!
 //! Execution: one ggml graph per latent frame. Its input is the latent frame, its output the
 //! decoded frames. The 2-frame cache of every causal conv lives in one persistent backend
-//! buffer (`CacheBuffer`), zeroed before the first chunk: each graph reads a slot through a
+//! buffer (the state buffer of the graphs in the model's [`GraphRunner`], laid out by
+//! `CacheLayout`), zeroed before the first chunk: each graph reads a slot through a
 //! tensor placed over it and writes the slot's new contents with a copy placed over the same
 //! memory, added to the graph right after the frames it is taken from (so they are freed
 //! early; the copy necessarily runs after the slot's read, which feeds it). Nothing goes
 //! through the host between chunks and the compute buffer holds no cache; it depends on
 //! (first chunk?, h, w) only, not on the number of frames: [`WanVae::last_compute_bytes`]
 //! reports it and [`WanVae::decode_memory`] plans it (and the caches) without computing. The
-//! graph is rebuilt per frame (building is cheap: no data) and the allocator reused.
+//! two graphs (first chunk, later chunk) are built once per decode or encode, over the caches,
+//! and each reused for every chunk of its kind; the caches (and graphs) are given back when the
+//! call ends.
 //!
 //! Spatial tiling ([`WanVae::decode_tiled`]): each tile runs the whole causal decode over all
 //! frames with its own caches, and the tiles are blended linearly across their overlap
@@ -57,10 +60,9 @@
 //! Shapes are ggml `ne` (innermost first): activations [W, H, C, T]; 5-D conv weights
 //! [OC, IC, KT, KH, KW] are stored folded as [KW, KH, KT, IC*OC].
 
-use crate::ggml::{
-    self, Backend, Buffer, Context, GgmlError, Graph, GraphAllocator, Tensor, TensorSet,
-};
+use crate::ggml::{self, Buffer, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, blend_tiles, tile_starts, NnError, Weights};
+use crate::runtime::{GraphRunner, GraphSizes};
 
 /// Wan2.1 latent channel means (diffusers `AutoencoderKLWan` config `latents_mean`, the same
 /// values as `mean` in Wan's `wan/modules/vae.py` `WanVAE`).
@@ -224,38 +226,31 @@ impl WanVaeConfig {
     }
 }
 
-/// The Wan2.1 VAE over a loaded weight set, computing on the CPU.
+/// The Wan2.1 VAE over a loaded weight set, computing through its [`GraphRunner`].
 pub struct WanVae<'w> {
     weights: Weights<'w>,
     config: WanVaeConfig,
-    backend: Backend,
-    alloc: GraphAllocator,
-    last_compute_bytes: usize,
-    accountant: Option<crate::runtime::Accountant>,
+    /// The chunk graphs of the current decode or encode, over their causal caches.
+    runner: GraphRunner<'w>,
 }
 
 /// Bytes each cache starts on inside the cache buffer.
 const CACHE_ALIGN: usize = 64;
 
-/// The causal caches of one decode (or encode): a single backend buffer holding the cache of
-/// every cached conv at a fixed offset. Zeroed before the first chunk, then read and
+/// Where the causal caches of one decode (or encode) lie in their buffer: the cache of every
+/// cached conv at a fixed offset. The buffer is zeroed before the first chunk, then read and
 /// overwritten in place by each chunk's graph: nothing goes through the host between chunks,
 /// and the compute buffer holds no cache.
-struct CacheBuffer {
-    buffer: Buffer<'static>,
-    _lease: Option<crate::runtime::Lease>,
+struct CacheLayout {
     /// (byte offset, shape [W, H, C, frames]) per cache slot, in build order.
     slots: Vec<(usize, [i64; 4])>,
+    /// Bytes of the buffer.
+    bytes: usize,
 }
 
-impl CacheBuffer {
-    /// Lays out `shapes` (F32) in a new buffer of `backend`. The memory is not touched (nor
-    /// resident, on the CPU) until [`CacheBuffer::zero`] or a graph writes it.
-    fn new(
-        backend: &Backend,
-        shapes: &[[i64; 4]],
-        acct: Option<&crate::runtime::Accountant>,
-    ) -> Result<CacheBuffer, WanVaeError> {
+impl CacheLayout {
+    /// Lays out `shapes` (F32).
+    fn new(shapes: &[[i64; 4]]) -> CacheLayout {
         let mut slots = Vec::with_capacity(shapes.len());
         let mut end = 0usize;
         for ne in shapes {
@@ -263,64 +258,45 @@ impl CacheBuffer {
             let bytes = 4 * ne.iter().product::<i64>() as usize;
             end += bytes.div_ceil(CACHE_ALIGN) * CACHE_ALIGN;
         }
-        let size = end.max(CACHE_ALIGN);
-        let lease = match acct {
-            Some(a) => Some(
-                a.lease("vae caches", size as u64)
-                    .map_err(|e| GgmlError::Refused(e.into()))?,
-            ),
-            None => None,
-        };
-        let buffer = backend.alloc_buffer(size)?;
-        Ok(CacheBuffer {
-            buffer,
-            _lease: lease,
+        CacheLayout {
             slots,
-        })
-    }
-
-    /// Bytes of all caches.
-    fn bytes(&self) -> usize {
-        self.buffer.size()
-    }
-
-    /// Writes zeros over every cache (the state before the first chunk).
-    fn zero(&self) -> Result<(), WanVaeError> {
-        let ctx = Context::new_meta(self.slots.len().max(1), 1)?;
-        let n_max = self
-            .slots
-            .iter()
-            .map(|(_, ne)| ne.iter().product::<i64>())
-            .max()
-            .unwrap_or(0) as usize;
-        // Freshly allocated zeros are mapped lazily: reading them costs no resident memory.
-        let zeros = vec![0f32; n_max];
-        for &(offset, ne) in &self.slots {
-            let n = ne.iter().product::<i64>();
-            let t = ctx.new_f32(&[n]);
-            self.buffer.place(t, offset)?;
-            ggml::tensor_set_f32(t, &zeros[..n as usize])?;
+            bytes: end.max(CACHE_ALIGN),
         }
-        Ok(())
     }
 }
+
+/// Writes zeros over every cache in `buffer` (the state before the first chunk).
+fn zero_caches(buffer: &Buffer<'static>) -> Result<(), WanVaeError> {
+    let ctx = Context::new_meta(1, 1)?;
+    let n = buffer.size() / 4;
+    let t = ctx.new_f32(&[n as i64]);
+    buffer.place(t, 0)?;
+    // Freshly allocated zeros are mapped lazily: reading them costs no resident memory.
+    ggml::tensor_set_f32(t, &vec![0f32; n])?;
+    Ok(())
+}
+
+/// A cache slot: (byte offset, shape [W, H, C, frames]).
+type Slot = (usize, [i64; 4]);
 
 /// The graph of one chunk while it is built, with the cache slots its causal convs use: slot
 /// `i` is the i-th cached conv in build order, the same in every chunk. With a cache buffer,
 /// the tensors that read or write a slot are placed over its memory; without one, the slot
 /// shapes are only recorded (to lay out a buffer).
 struct ChunkGraph<'c> {
-    graph: Graph<'c>,
-    caches: Option<&'c CacheBuffer>,
+    /// What the graph computes, in order: the cache writes as they are built, then the output.
+    outputs: Vec<Tensor<'c>>,
+    /// The cache slots (as [`CacheLayout::slots`]) and the buffer they are in.
+    caches: Option<(Vec<Slot>, &'c Buffer<'c>)>,
     /// Shape of each slot seen so far (`None` for a slot a first chunk skips).
     shapes: Vec<Option<[i64; 4]>>,
 }
 
 impl<'c> ChunkGraph<'c> {
-    fn new(ctx: &'c Context, caches: Option<&'c CacheBuffer>) -> ChunkGraph<'c> {
+    fn new(caches: Option<(&CacheLayout, &'c Buffer<'c>)>) -> ChunkGraph<'c> {
         ChunkGraph {
-            graph: ctx.new_graph(GRAPH_SIZE),
-            caches,
+            outputs: Vec::new(),
+            caches: caches.map(|(l, b)| (l.slots.clone(), b)),
             shapes: Vec::new(),
         }
     }
@@ -328,8 +304,8 @@ impl<'c> ChunkGraph<'c> {
     /// The next slot, holding `ne` frames of a conv's input.
     fn slot(&mut self, ne: [i64; 4]) -> Result<usize, WanVaeError> {
         let i = self.shapes.len();
-        if let Some(c) = self.caches {
-            match c.slots.get(i) {
+        if let Some((slots, _)) = &self.caches {
+            match slots.get(i) {
                 Some(&(_, have)) if have == ne => {}
                 other => {
                     return Err(WanVaeError::Config(format!(
@@ -352,8 +328,8 @@ impl<'c> ChunkGraph<'c> {
     fn read(&self, ctx: &'c Context, i: usize) -> Result<Tensor<'c>, WanVaeError> {
         let ne = self.shapes[i].expect("slot has a shape");
         let t = ctx.new_f32(&ne);
-        if let Some(c) = self.caches {
-            c.buffer.place(t, c.slots[i].0)?;
+        if let Some((slots, buffer)) = &self.caches {
+            buffer.place(t, slots[i].0)?;
         }
         Ok(t)
     }
@@ -363,12 +339,19 @@ impl<'c> ChunkGraph<'c> {
     /// after every read of the slot, since those feed `src`.
     fn write(&mut self, ctx: &'c Context, i: usize, src: Tensor<'c>) -> Result<(), WanVaeError> {
         let dst = ctx.cont(src);
-        if let Some(c) = self.caches {
-            c.buffer.place(dst, c.slots[i].0)?;
+        if let Some((slots, buffer)) = &self.caches {
+            buffer.place(dst, slots[i].0)?;
         }
-        self.graph.expand(dst);
+        self.outputs.push(dst);
         Ok(())
     }
+}
+
+/// Which half of the VAE runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Half {
+    Decoder,
+    Encoder,
 }
 
 /// Memory of a decode (or encode) beyond the weights, planned without computing.
@@ -395,13 +378,6 @@ impl WanVaeMemory {
 }
 
 impl<'w> WanVae<'w> {
-    /// Accounts this model's device memory (compute buffer, causal caches) in `acct`.
-    pub fn set_accountant(&mut self, acct: Option<&crate::runtime::Accountant>) {
-        self.alloc
-            .set_meter(acct.map(|a| crate::runtime::accountant::compute_meter(a, "vae compute")));
-        self.accountant = acct.cloned();
-    }
-
     /// The VAE whose tensors are under `prefix` in `set` (original Wan names), config inferred
     /// from the shapes, computing with `threads` CPU threads.
     pub fn new(
@@ -409,25 +385,33 @@ impl<'w> WanVae<'w> {
         prefix: &str,
         threads: usize,
     ) -> Result<WanVae<'w>, WanVaeError> {
+        Self::with_runner(set, prefix, GraphRunner::cpu(threads)?)
+    }
+
+    /// As [`WanVae::new`], computing through `runner` (its backend must be able to read every
+    /// weight: a device copy for a GPU). Its compute buffer and the causal caches are leased
+    /// as "vae compute" and "vae caches".
+    pub fn with_runner(
+        set: &'w TensorSet<'w>,
+        prefix: &str,
+        mut runner: GraphRunner<'w>,
+    ) -> Result<WanVae<'w>, WanVaeError> {
         let config = WanVaeConfig::from_weights(set, prefix)?;
-        let backend = Backend::cpu(threads)?;
+        runner.set_name("vae");
         let vae = WanVae {
-            weights: Weights::new(set, prefix),
+            weights: Weights::new(set, prefix).for_backend(runner.backend())?,
             config,
-            alloc: backend.graph_allocator()?,
-            backend,
-            last_compute_bytes: 0,
-            accountant: None,
+            runner,
         };
         // Build (not run) both chunk kinds on a 1x1 latent: every tensor is looked up and
         // shape-checked now.
         for first in [true, false] {
             let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-            let mut g = ChunkGraph::new(&ctx, None);
+            let mut g = ChunkGraph::new(None);
             vae.build_decoder(&ctx, &mut g, first, 1, 1)?;
             if vae.config.has_encoder {
                 let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-                let mut g = ChunkGraph::new(&ctx, None);
+                let mut g = ChunkGraph::new(None);
                 let s = vae.config.spatial_factor();
                 let frames = if first {
                     1
@@ -440,6 +424,14 @@ impl<'w> WanVae<'w> {
         Ok(vae)
     }
 
+    pub fn runner(&self) -> &GraphRunner<'w> {
+        &self.runner
+    }
+
+    pub fn runner_mut(&mut self) -> &mut GraphRunner<'w> {
+        &mut self.runner
+    }
+
     pub fn config(&self) -> &WanVaeConfig {
         &self.config
     }
@@ -447,7 +439,7 @@ impl<'w> WanVae<'w> {
     /// Compute-buffer bytes of the graph allocator after the last decoded chunk (it grows to
     /// the largest graph seen and does not depend on the number of frames).
     pub fn last_compute_bytes(&self) -> usize {
-        self.last_compute_bytes
+        self.runner.compute_bytes()
     }
 
     /// Compute-buffer bytes one decoder chunk needs for an [z, h, w] latent frame (a later chunk,
@@ -526,44 +518,123 @@ impl<'w> WanVae<'w> {
     /// h x w, planned by a fresh allocator. The cache buffer is allocated but never touched,
     /// so it costs address space, not memory.
     fn plan(&self, decoder: bool, h: usize, w: usize) -> Result<(usize, usize), WanVaeError> {
-        let caches = self.caches(decoder, h, w)?;
-        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-        let mut g = ChunkGraph::new(&ctx, Some(&caches));
-        let (_, output) = if decoder {
-            self.build_decoder(&ctx, &mut g, false, h, w)?
+        let half = if decoder {
+            Half::Decoder
         } else {
-            let tf = self.config.temporal_factor();
-            self.build_encoder(&ctx, &mut g, false, tf, h, w)?
+            Half::Encoder
         };
-        g.graph.expand(output);
-        let mut alloc = self.backend.graph_allocator()?;
-        alloc.reserve(&g.graph)?;
+        let layout = self.cache_layout(half, h, w)?;
+        let sizes = GraphSizes::single(GRAPH_SIZE);
+        let built = self
+            .runner
+            .build_over(sizes, "caches", layout.bytes, |ctx, buffer, _| {
+                let mut g = ChunkGraph::new(Some((&layout, buffer)));
+                let (_, output) = self.build_chunk(ctx, &mut g, half, false, h, w)?;
+                g.outputs.push(output);
+                Ok::<_, WanVaeError>(GraphSetParts {
+                    keep: Vec::new(),
+                    graphs: vec![g.outputs],
+                    state: Vec::new(),
+                })
+            })?;
+        let compute_bytes = self.runner.measure([built.set().graph(0)])?;
         tracing::debug!(
             decoder,
             h,
             w,
-            cache_bytes = caches.bytes(),
-            compute_bytes = alloc.buffer_size(),
+            cache_bytes = layout.bytes,
+            compute_bytes,
             "wan vae chunk plan"
         );
-        Ok((alloc.buffer_size(), caches.bytes()))
+        Ok((compute_bytes, layout.bytes))
     }
 
-    /// A cache buffer for the decoder (latent size h x w) or the encoder (pixel size h x w),
-    /// not zeroed.
-    fn caches(&self, decoder: bool, h: usize, w: usize) -> Result<CacheBuffer, WanVaeError> {
-        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-        let mut g = ChunkGraph::new(&ctx, None);
-        if decoder {
-            self.build_decoder(&ctx, &mut g, false, h, w)?;
-        } else {
-            let tf = self.config.temporal_factor();
-            self.build_encoder(&ctx, &mut g, false, tf, h, w)?;
+    /// The graph of one chunk: the first (one frame) or a later one; the decoder's for a
+    /// latent frame of h x w, the encoder's for frames of h x w pixels. (input, output).
+    fn build_chunk<'c>(
+        &self,
+        ctx: &'c Context,
+        g: &mut ChunkGraph<'c>,
+        half: Half,
+        first: bool,
+        h: usize,
+        w: usize,
+    ) -> Result<(Tensor<'c>, Tensor<'c>), WanVaeError>
+    where
+        'w: 'c,
+    {
+        match half {
+            Half::Decoder => self.build_decoder(ctx, g, first, h, w),
+            Half::Encoder => {
+                let frames = if first {
+                    1
+                } else {
+                    self.config.temporal_factor()
+                };
+                self.build_encoder(ctx, g, first, frames, h, w)
+            }
         }
+    }
+
+    /// The cache layout of the decoder (latent size h x w) or the encoder (pixel size h x w).
+    fn cache_layout(&self, half: Half, h: usize, w: usize) -> Result<CacheLayout, WanVaeError> {
+        let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
+        let mut g = ChunkGraph::new(None);
+        self.build_chunk(&ctx, &mut g, half, false, h, w)?;
         let shapes: Option<Vec<[i64; 4]>> = g.shapes.iter().copied().collect();
         let shapes = shapes
             .ok_or_else(|| WanVaeError::Config("a later chunk skipped a cache slot".to_string()))?;
-        CacheBuffer::new(&self.backend, &shapes, self.accountant.as_ref())
+        Ok(CacheLayout::new(&shapes))
+    }
+
+    /// Builds (once per size) the graphs of the first and of a later chunk over one cache
+    /// buffer (kept: input and output of each), and zeroes the caches.
+    fn chunk_graphs(&mut self, half: Half, h: usize, w: usize) -> Result<(), WanVaeError> {
+        let key = [half as usize, h, w];
+        if !self.runner.lookup(&key) {
+            let layout = self.cache_layout(half, h, w)?;
+            let sizes = GraphSizes {
+                tensors: 2 * GRAPH_SIZE,
+                nodes: GRAPH_SIZE,
+                graphs: 2,
+            };
+            let built =
+                self.runner
+                    .build_over(sizes, "caches", layout.bytes, |ctx, buffer, _| {
+                        let mut keep = Vec::new();
+                        let mut graphs = Vec::new();
+                        for first in [true, false] {
+                            let mut g = ChunkGraph::new(Some((&layout, buffer)));
+                            let (input, output) =
+                                self.build_chunk(ctx, &mut g, half, first, h, w)?;
+                            g.outputs.push(output);
+                            keep.extend([input, output]);
+                            graphs.push(g.outputs);
+                        }
+                        Ok::<_, WanVaeError>(GraphSetParts {
+                            keep,
+                            graphs,
+                            state: Vec::new(),
+                        })
+                    })?;
+            self.runner.insert(&key, built);
+        }
+        let g = self.runner.cached()?;
+        let buffer = g
+            .state_buffer()
+            .ok_or_else(|| WanVaeError::Config("chunk graphs without caches".into()))?;
+        zero_caches(buffer)
+    }
+
+    /// Computes chunk `i` (the first chunk's graph for 0, the later one's after) of the graphs
+    /// [`WanVae::chunk_graphs`] built, on `data`.
+    fn run_chunk(&mut self, i: usize, data: &[f32]) -> Result<Vec<f32>, WanVaeError> {
+        let k = usize::from(i > 0);
+        let mut g = self.runner.cached()?;
+        g.place(k)?;
+        ggml::tensor_set_f32(g.tensor(2 * k)?, data)?;
+        g.compute(k)?;
+        Ok(ggml::tensor_get_f32(g.tensor(2 * k + 1)?)?)
     }
 
     /// Decodes a raw latent (already de-normalised, see [`denormalize`]), row-major
@@ -604,8 +675,7 @@ impl<'w> WanVae<'w> {
         let z = self.config.z_dim;
         let _span = tracing::debug_span!("wan_vae_decode", t, h, w).entered();
         let plane = h * w;
-        let caches = self.caches(true, h, w)?;
-        caches.zero()?;
+        self.chunk_graphs(Half::Decoder, h, w)?;
         let mut next_frame = 0;
         let mut frame_in = vec![0f32; z * plane];
         for i in 0..t {
@@ -613,12 +683,7 @@ impl<'w> WanVae<'w> {
                 frame_in[c * plane..][..plane]
                     .copy_from_slice(&latent[(c * t + i) * plane..][..plane]);
             }
-            let video = {
-                let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-                let mut g = ChunkGraph::new(&ctx, Some(&caches));
-                let (input, output) = self.build_decoder(&ctx, &mut g, i == 0, h, w)?;
-                self.run(g, input, output, &frame_in)?
-            };
+            let video = self.run_chunk(i, &frame_in)?;
             // [F, 3, H, W] row-major
             let oc = self.config.out_channels;
             let s = self.config.spatial_factor();
@@ -629,6 +694,8 @@ impl<'w> WanVae<'w> {
                 next_frame += 1;
             }
         }
+        // The caches are this call's: give them back.
+        self.runner.invalidate();
         Ok(())
     }
 
@@ -717,29 +784,6 @@ impl<'w> WanVae<'w> {
         Ok(())
     }
 
-    /// Allocates the graph (the caches it reads and writes are in place already), uploads
-    /// `data` to `input`, computes and returns `output`.
-    fn run<'c>(
-        &mut self,
-        g: ChunkGraph<'c>,
-        input: Tensor<'c>,
-        output: Tensor<'c>,
-        data: &[f32],
-    ) -> Result<Vec<f32>, WanVaeError> {
-        let ChunkGraph { mut graph, .. } = g;
-        graph.expand(output);
-        self.alloc.alloc_graph(&graph)?;
-        self.last_compute_bytes = self.alloc.buffer_size();
-        ggml::tensor_set_f32(input, data)?;
-        tracing::debug!(
-            nodes = graph.n_nodes(),
-            compute_bytes = self.last_compute_bytes,
-            "wan vae chunk"
-        );
-        self.backend.compute(&graph)?;
-        Ok(ggml::tensor_get_f32(output)?)
-    }
-
     /// Encodes a video, row-major [3, frames, H, W] in [-1, 1] with frames = 1 + 4k and H, W
     /// multiples of 8, into the mean of the latent distribution, raw (not normalised),
     /// [z, 1 + k, H/8, W/8]. Frame 0 is encoded alone, then chunks of 4 frames, one graph each,
@@ -776,8 +820,7 @@ impl<'w> WanVae<'w> {
         let (lh, lw) = (h / s, w / s);
         let (plane, lplane) = (h * w, lh * lw);
         let mut out = vec![0f32; z * t_lat * lplane];
-        let caches = self.caches(false, h, w)?;
-        caches.zero()?;
+        self.chunk_graphs(Half::Encoder, h, w)?;
         for i in 0..t_lat {
             let (f0, n) = if i == 0 {
                 (0, 1)
@@ -792,12 +835,7 @@ impl<'w> WanVae<'w> {
                         .copy_from_slice(&video[(c * frames + f0 + f) * plane..][..plane]);
                 }
             }
-            let mean = {
-                let ctx = Context::new_meta(GRAPH_SIZE, GRAPH_SIZE)?;
-                let mut g = ChunkGraph::new(&ctx, Some(&caches));
-                let (input, output) = self.build_encoder(&ctx, &mut g, i == 0, n, h, w)?;
-                self.run(g, input, output, &chunk)?
-            };
+            let mean = self.run_chunk(i, &chunk)?;
             if mean.len() != z * lplane {
                 return Err(WanVaeError::Config(format!(
                     "chunk {i} encoded to {} values, expected one latent frame of {}",
@@ -810,6 +848,8 @@ impl<'w> WanVae<'w> {
                     .copy_from_slice(&mean[c * lplane..][..lplane]);
             }
         }
+        // The caches are this call's: give them back.
+        self.runner.invalidate();
         Ok(out)
     }
 
@@ -1211,5 +1251,3 @@ fn attention<'c>(
     let a = nn::conv2d(ctx, &w.pp("proj"), a, 1, 0)?;
     Ok(ctx.add(x, a))
 }
-
-super::impl_set_backend!(WanVae, WanVaeError);

@@ -796,10 +796,8 @@ impl<'w> SdxlModels<'w> {
         let Some(d) = mem.on_device(comp, set, Vec::new, adapters, threads)? else {
             return f(cpu);
         };
-        let mut m = ClipTextModel::new(d.weights.set(), prefix, threads)?;
+        let mut m = ClipTextModel::with_runner(d.weights.set(), prefix, d.runner)?;
         m.set_adapters(d.adapters.as_ref())?;
-        m.set_backend(d.backend)?;
-        m.set_accountant(Some(&mem.accountant));
         let r = f(&mut m);
         // The driver's figure while the model and its buffers are alive.
         mem.accountant.sample();
@@ -824,11 +822,9 @@ impl<'w> SdxlModels<'w> {
         let Some(d) = mem.on_device(Component::Unet, set, Vec::new, adapters, threads)? else {
             return f(&mut self.unet, &self.opts, &self.sampling);
         };
-        let mut m = SdxlUnet::new(d.weights.set(), prefix, threads)?;
+        let mut m = SdxlUnet::with_runner(d.weights.set(), prefix, d.runner)?;
         m.set_attention(UnetAttention::Flash);
         m.set_adapters(d.adapters.as_ref())?;
-        m.set_backend(d.backend)?;
-        m.set_accountant(Some(&mem.accountant));
         let r = f(&mut m, &self.opts, &self.sampling);
         // The driver's figure while the model and its buffers are alive.
         mem.accountant.sample();
@@ -848,9 +844,7 @@ impl<'w> SdxlModels<'w> {
         let Some(d) = mem.on_device(Component::VaeSdxl, set, Vec::new, None, threads)? else {
             return f(&mut self.vae);
         };
-        let mut m = SdxlVae::new(d.weights.set(), prefix, threads)?;
-        m.set_backend(d.backend)?;
-        m.set_accountant(Some(&mem.accountant));
+        let mut m = SdxlVae::with_runner(d.weights.set(), prefix, d.runner)?;
         let r = f(&mut m);
         // The driver's figure while the model and its buffers are alive.
         mem.accountant.sample();

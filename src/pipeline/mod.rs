@@ -113,10 +113,11 @@ pub struct Memory {
     pub device: ComputeDevice,
 }
 
-/// A component placed on the compute device for one call: the backend it computes with, its
-/// weights copied there (resident or streamed), and its LoRA adapters copied beside them.
+/// A component placed on the compute device for one call: the runner it computes with (the
+/// device's backend, metered into the run's accountant), its weights copied there (resident
+/// or streamed), and its LoRA adapters copied beside them.
 pub(crate) struct OnDevice<'s> {
-    pub backend: crate::ggml::Backend,
+    pub runner: crate::runtime::GraphRunner<'static>,
     pub weights: DeviceWeights<'s>,
     pub adapters: Option<crate::lora::Adapters>,
 }
@@ -130,7 +131,7 @@ impl Memory {
             .map_or(Placement::Cpu, |(_, p)| p.clone())
     }
 
-    /// `set` (and `adapters`) copied to the device as the plan places `c`, with a backend to
+    /// `set` (and `adapters`) copied to the device as the plan places `c`, with a runner to
     /// compute there (`threads` for a CPU backend), or `None` when `c` runs on the CPU from the
     /// mapped file. `blocks` names the block prefixes in execution order for a streamed
     /// placement.
@@ -156,7 +157,8 @@ impl Memory {
             .map(|a| a.on_device(&backend, &self.accountant, c.name()))
             .transpose()?;
         Ok(Some(OnDevice {
-            backend,
+            runner: crate::runtime::GraphRunner::new(backend)?
+                .with_accountant(Some(&self.accountant)),
             weights,
             adapters,
         }))

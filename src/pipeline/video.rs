@@ -635,9 +635,7 @@ impl<'w> WanModels<'w> {
         let Some(d) = mem.on_device(Component::T5, self.sets.t5, Vec::new, None, threads)? else {
             return f(&mut self.t5);
         };
-        let mut m = Umt5Encoder::new(d.weights.set(), "", threads)?;
-        m.set_backend(d.backend)?;
-        m.set_accountant(Some(&mem.accountant));
+        let mut m = Umt5Encoder::with_runner(d.weights.set(), "", d.runner)?;
         let r = f(&mut m);
         // The driver's figure while the model and its buffers are alive.
         mem.accountant.sample();
@@ -659,9 +657,7 @@ impl<'w> WanModels<'w> {
         let Some(d) = mem.on_device(Component::ClipVision, set, Vec::new, None, threads)? else {
             return f(cpu);
         };
-        let mut m = ClipVision::new(d.weights.set(), "", threads)?;
-        m.set_backend(d.backend)?;
-        m.set_accountant(Some(&mem.accountant));
+        let mut m = ClipVision::with_runner(d.weights.set(), "", d.runner)?;
         let r = f(&mut m);
         // The driver's figure while the model and its buffers are alive.
         mem.accountant.sample();
@@ -681,9 +677,7 @@ impl<'w> WanModels<'w> {
         else {
             return f(&mut self.vae);
         };
-        let mut m = WanVae::new(d.weights.set(), "", threads)?;
-        m.set_backend(d.backend)?;
-        m.set_accountant(Some(&mem.accountant));
+        let mut m = WanVae::with_runner(d.weights.set(), "", d.runner)?;
         let r = f(&mut m);
         // The driver's figure while the model and its buffers are alive.
         mem.accountant.sample();
@@ -699,8 +693,7 @@ impl<'w> WanModels<'w> {
         let Some(mem) = self.opts.memory.clone() else {
             return f(&mut self.dit, &self.opts);
         };
-        let layers = self.dit.config().layers;
-        let blocks = || (0..layers).map(|i| format!("blocks.{i}.")).collect();
+        let blocks = || WanDit::blocks(self.dit.config());
         let threads = self.opts.cpu_threads();
         let Some(d) = mem.on_device(
             Component::Dit,
@@ -712,11 +705,9 @@ impl<'w> WanModels<'w> {
         else {
             return f(&mut self.dit, &self.opts);
         };
-        let mut m = WanDit::new(d.weights.set(), "", threads)?;
+        let mut m = WanDit::with_runner(d.weights.set(), "", d.runner)?;
         m.set_attention(WanAttention::Flash);
         m.set_adapters(d.adapters.as_ref())?;
-        m.set_backend(d.backend)?;
-        m.set_accountant(Some(&mem.accountant));
         m.set_streaming(Some(&d.weights))?;
         let r = f(&mut m, &self.opts);
         // The driver's figure while the model and its buffers are alive.
