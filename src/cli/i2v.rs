@@ -2,9 +2,10 @@
 //! as PNG beside the video, then Wan2.1 animating it with the motion prompt.
 //!
 //! The command is `nijigen image` followed by `nijigen video -i still.png`: it builds the
-//! arguments of both ([`I2vArgs::image_args`], [`I2vArgs::video_args`]) and runs their code, so
-//! the two ways give the same files. Everything that can fail fast is checked before stage 1:
-//! both requests, every file against its slot, and the memory plan of both stages.
+//! settings of both ([`I2vSettings::image_settings`], [`I2vSettings::video_settings`]) and
+//! runs their code, so the two ways give the same files. Everything that can fail fast is
+//! checked before stage 1: both requests, every file against its slot, and the memory plan of
+//! both stages.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

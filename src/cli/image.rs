@@ -140,7 +140,7 @@ pub struct ImageArgs {
 /// file can give carry their [`Source`](super::common::Source).
 #[derive(Clone, Debug)]
 pub struct ImageSettings {
-    /// As given (a bare name is found by [`files`]).
+    /// As given (a bare name is found when the run starts).
     pub model: Setting<PathBuf>,
     pub clip_l: Option<Setting<PathBuf>>,
     pub clip_g: Option<Setting<PathBuf>>,

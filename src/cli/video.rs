@@ -137,7 +137,7 @@ pub struct VideoArgs {
 /// file can give carry their [`Source`](super::common::Source).
 #[derive(Clone, Debug)]
 pub struct VideoSettings {
-    /// As given (a bare name is found by [`files`]).
+    /// As given (a bare name is found when the run starts).
     pub model: Setting<PathBuf>,
     pub t5: Option<Setting<PathBuf>>,
     pub t5_tokenizer: Option<Setting<PathBuf>>,
