@@ -14,7 +14,7 @@ use super::human_bytes;
 use super::image::ImageArgs;
 use super::video::VideoArgs;
 use crate::pipeline::image::plan_image;
-use crate::pipeline::plan::{Action, Component, Placement};
+use crate::pipeline::plan::{Action, Placement, Role};
 use crate::pipeline::plan::{StagePlan, CUDA_POOL_RESERVE};
 use crate::pipeline::video::plan_video;
 
@@ -65,7 +65,7 @@ fn print_table(out: &mut impl Write, stage: &StagePlan) -> std::io::Result<()> {
     for c in &p.components {
         let file = stage.file(c.component).unwrap_or("");
         let mut placement = c.placement.label();
-        if matches!(c.component, Component::VaeSdxl | Component::VaeWan) {
+        if c.component.role == Role::Vae {
             placement += &match c.tile {
                 Some(t) => format!(", tile {t} px"),
                 None => ", untiled".into(),
@@ -154,6 +154,7 @@ fn plan_json(stage: &StagePlan) -> serde_json::Value {
 fn plan_of_image(a: &ImageArgs) -> anyhow::Result<StagePlan> {
     let req = super::image::request(a, 0)?;
     plan_image(
+        &Default::default(),
         &super::image::files(a),
         &req,
         &super::image::memory_options(a)?,
@@ -164,6 +165,7 @@ fn plan_of_image(a: &ImageArgs) -> anyhow::Result<StagePlan> {
 fn plan_of_video(a: &VideoArgs) -> anyhow::Result<StagePlan> {
     let req = super::video::request(a, None, 0);
     plan_video(
+        &Default::default(),
         &super::video::files(a),
         &req,
         &super::video::memory_options(a)?,
