@@ -17,7 +17,7 @@ use super::image::{ImageArgs, ImageSettings};
 use super::settings::Layers;
 use super::video::{VideoArgs, VideoSettings};
 use crate::pipeline::image::plan_image;
-use crate::pipeline::plan::{Action, Component, Placement};
+use crate::pipeline::plan::{Action, Placement, Role};
 use crate::pipeline::plan::{StagePlan, CUDA_POOL_RESERVE};
 use crate::pipeline::video::plan_video;
 
@@ -68,7 +68,7 @@ fn print_table(out: &mut impl Write, stage: &StagePlan) -> std::io::Result<()> {
     for c in &p.components {
         let file = stage.file(c.component).unwrap_or("");
         let mut placement = c.placement.label();
-        if matches!(c.component, Component::VaeSdxl | Component::VaeWan) {
+        if c.component.role == Role::Vae {
             placement += &match c.tile {
                 Some(t) => format!(", tile {t} px"),
                 None => ", untiled".into(),
@@ -158,14 +158,26 @@ fn plan_json(stage: &StagePlan) -> serde_json::Value {
 fn plan_of_image(s: &ImageSettings, find: &Search) -> anyhow::Result<StagePlan> {
     let files = super::image::files(s, find)?;
     let req = super::image::request(s, 0)?;
-    plan_image(&files, &req, &super::image::memory_options(s)?).map_err(explain)
+    plan_image(
+        &Default::default(),
+        &files,
+        &req,
+        &super::image::memory_options(s)?,
+    )
+    .map_err(explain)
 }
 
 /// The plan of `nijigen video` with `s`, its files found with `find` first.
 fn plan_of_video(s: &VideoSettings, find: &Search) -> anyhow::Result<StagePlan> {
     let files = super::video::files(s, find)?;
     let req = super::video::request(s, None, 0);
-    plan_video(&files, &req, &super::video::memory_options(s)?).map_err(explain)
+    plan_video(
+        &Default::default(),
+        &files,
+        &req,
+        &super::video::memory_options(s)?,
+    )
+    .map_err(explain)
 }
 
 pub fn run(args: PlanArgs, layers: &Layers) -> anyhow::Result<()> {
