@@ -2,18 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::Parser;
 
 fn main() -> ExitCode {
-    // One parse: the values, and where each came from (given or clap's default), which the
-    // settings need to let nijigen.toml fill what the command line leaves out.
-    let matches = nijigen::cli::Cli::command().get_matches();
-    let cli = match nijigen::cli::Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
-    };
+    // The one parse of the command line; the settings are resolved from it in `run`.
+    let cli = nijigen::cli::Cli::parse();
     nijigen::cli::init_tracing(cli.verbose, cli.quiet);
-    match nijigen::cli::run_with(cli, Some(&matches)) {
+    match nijigen::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => nijigen::cli::report(&e),
     }

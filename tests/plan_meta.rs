@@ -77,7 +77,7 @@ fn planning_an_f8_dit_converts_nothing_and_measures_the_real_graph() {
         std::iter::once("nijigen".to_string()).chain(args.iter().cloned()),
     )
     .unwrap();
-    nijigen::cli::run_with(cli, None).expect("plan video");
+    nijigen::cli::run(cli).expect("plan video");
     assert_eq!(
         converted_bytes(),
         0,

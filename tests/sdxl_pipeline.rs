@@ -592,17 +592,17 @@ fn cli_image_matches_reference_and_writes_parameters() {
 #[test]
 fn budgets_give_the_same_image_and_stay_under_them() {
     use nijigen::pipeline::Memory;
-    use nijigen::runtime::plan::{Component, Placement};
+    use nijigen::runtime::plan::Placement;
     use nijigen::runtime::Accountant;
     let files = SdxlFiles::single(checkpoint(St::F32));
     for req in [t2i_request(), i2i_request()] {
         let base = image::generate(&files, &req, &opts(), &mut |_| {}).unwrap();
         for enc in [Placement::Resident, Placement::Cpu] {
             let placements = vec![
-                (Component::ClipL, enc.clone()),
-                (Component::ClipG, enc.clone()),
-                (Component::Unet, Placement::Resident),
-                (Component::VaeSdxl, Placement::Resident),
+                (nijigen::models::CLIP_L.component, enc.clone()),
+                (nijigen::models::CLIP_G.component, enc.clone()),
+                (nijigen::models::UNET.component, Placement::Resident),
+                (nijigen::models::VAE_SDXL.component, Placement::Resident),
             ];
             let budget = 512 << 20;
             let memory = Memory {

@@ -594,7 +594,7 @@ fn cli_video_reproduces_the_reference_frames() {
 #[test]
 fn budgets_give_the_same_video_and_stay_under_them() {
     use nijigen::pipeline::Memory;
-    use nijigen::runtime::plan::{Component, Placement};
+    use nijigen::runtime::plan::Placement;
     use nijigen::runtime::Accountant;
     let idx = index();
     let (_dir, files) = write_files("budgets", false);
@@ -606,10 +606,10 @@ fn budgets_give_the_same_video_and_stay_under_them() {
     };
     let all = |dit: Placement, enc: Placement| {
         vec![
-            (Component::T5, enc.clone()),
-            (Component::ClipVision, enc),
-            (Component::Dit, dit),
-            (Component::VaeWan, Placement::Resident),
+            (nijigen::models::T5.component, enc.clone()),
+            (nijigen::models::CLIP_VISION.component, enc),
+            (nijigen::models::DIT.component, dit),
+            (nijigen::models::VAE_WAN.component, Placement::Resident),
         ]
     };
     let cases = [
@@ -772,4 +772,38 @@ fn cli_budget_runs_match_and_the_plan_bounds_the_peak() {
             "{name}: measured {peak} > predicted {predicted}"
         );
     }
+}
+
+/// A planned job opens each file once: the planner reads the tensor tables and the run maps the
+/// weights from the same open files (the DiT's header is parsed once), and the video equals the
+/// one-shot run's.
+#[test]
+fn a_planned_job_opens_each_file_once() {
+    use nijigen::pipeline::plan::MemoryOptions;
+    let idx = index();
+    let (_dir, files) = write_files("open_once", false);
+    let req = request(&idx);
+    let memory = MemoryOptions {
+        vram_budget: Some(1 << 30),
+        ..Default::default()
+    };
+    let job = video::prepare(files.clone(), req.clone(), &memory).expect("prepare");
+    assert!(job.plan.is_some(), "a budget gives a plan");
+    let planned = job.opened.paths();
+    assert_eq!(planned.len(), 4, "{planned:?}");
+    assert_eq!(planned[0], files.model, "the DiT first");
+    assert_eq!(job.opened.opens(), 4);
+    let o = RunOptions {
+        memory: job.memory(),
+        ..opts()
+    };
+    let out = job.run(&o, &mut |_| {}, &mut |_, _| Ok(())).expect("run");
+    assert_eq!(job.opened.opens(), 4, "the run opened a file again");
+    let base = video::generate(&files, &req, &opts(), &mut |_| {}).expect("unplanned");
+    assert!(out.latent == base.latent, "latent differs");
+    // The run goes through the job's files: closed, they are opened again, once each.
+    job.opened.close();
+    let again = job.run(&o, &mut |_| {}, &mut |_, _| Ok(())).expect("run");
+    assert_eq!(job.opened.opens(), 8);
+    assert!(again.latent == base.latent, "latent differs");
 }

@@ -34,9 +34,9 @@ pub struct ConvertArgs {
     /// Print the per-tensor plan (name, shape, from, to, bytes) and the total; write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Worker threads for quantization (default: all cores).
-    #[arg(short = 'j', long, default_value_t = 0)]
-    pub threads: usize,
+    /// Worker threads for quantization (default: all cores) [default: 0]
+    #[arg(short = 'j', long)]
+    pub threads: Option<usize>,
     /// Replace OUT.gguf if it exists.
     #[arg(long)]
     pub overwrite: bool,
@@ -51,7 +51,7 @@ fn parse_override(s: &str) -> Result<Override, String> {
 }
 
 pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<()> {
-    set_threads(args.threads);
+    set_threads(args.threads.unwrap_or(super::settings::THREADS));
     if args.dry_run {
         return dry_run(&args);
     }

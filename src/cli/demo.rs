@@ -13,6 +13,7 @@ use clap::Args;
 
 use super::common::{explain, resolve_device};
 use super::i2v::{self, I2vRun, I2vSummary};
+use super::settings;
 use super::WithHint;
 use crate::demo::{self, DemoModels};
 use crate::pipeline;
@@ -33,27 +34,41 @@ pub struct DemoArgs {
     /// ~/.cache/nijigen/demo); written when missing or stale.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Folder for demo.png and demo.mp4 (numbered names if they exist, unless --overwrite).
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    pub output_dir: PathBuf,
+    /// Folder for demo.png and demo.mp4 (numbered names if they exist, unless --overwrite)
+    /// [default: .]
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
     /// Replace existing demo.png / demo.mp4.
     #[arg(long)]
     pub overwrite: bool,
-    /// Seed of both stages.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// CPU threads (default: all cores).
-    #[arg(long, short = 't', default_value_t = 0)]
-    pub threads: usize,
-    /// Compute device: auto (the first CUDA GPU of a CUDA build, else the CPU), cpu, cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// Seed of both stages [default: 42]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// CPU threads (default: all cores) [default: 0]
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Compute device: auto (the first CUDA GPU of a CUDA build, else the CPU), cpu, cuda:N
+    /// [default: auto]
+    #[arg(long)]
+    pub device: Option<String>,
     /// Also write every video frame as a PNG into DIR.
     #[arg(long, value_name = "DIR")]
     pub frames_dir: Option<PathBuf>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+impl DemoArgs {
+    fn output_dir(&self) -> PathBuf {
+        self.output_dir
+            .clone()
+            .unwrap_or_else(|| settings::DEMO_OUTPUT_DIR.into())
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed.unwrap_or(settings::DEMO_SEED)
+    }
 }
 
 /// The demo's request: what `nijigen i2v` would be given.
@@ -64,8 +79,8 @@ const MOTION: &str = "she turns her head and smiles, petals falling in the wind"
 /// frames, few steps (well under a minute on two CPU cores), with `nijigen i2v`'s defaults
 /// otherwise.
 fn demo_run(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vRun> {
-    let device = resolve_device(&a.device)?;
-    let (video_path, still_path) = i2v::paired_paths(&a.output_dir.join("demo.mp4"), a.overwrite);
+    let device = resolve_device(a.device.as_deref().unwrap_or(settings::DEVICE))?;
+    let (video_path, still_path) = i2v::paired_paths(&a.output_dir().join("demo.mp4"), a.overwrite);
     let files = I2vFiles {
         image: SdxlFiles::single(&m.sdxl),
         video: WanFiles {
@@ -86,7 +101,7 @@ fn demo_run(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vRun> {
             cfg: 6.0,
             sampler: SamplerKind::Euler,
             scheduler: Scheduler::Normal,
-            seed: a.seed,
+            seed: a.seed(),
             batch: 1,
             init_image: None,
             strength: 0.6,
@@ -105,7 +120,7 @@ fn demo_run(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vRun> {
             shift: None,
             sampler: SamplerKind::UniPc,
             scheduler: Scheduler::Simple,
-            seed: a.seed,
+            seed: a.seed(),
             vae_tile: None,
             keep_decoded: false,
         },
@@ -126,7 +141,7 @@ fn demo_run(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vRun> {
             image_file: Some(still_path.clone()),
         },
         still: still_path,
-        threads: a.threads,
+        threads: a.threads.unwrap_or(settings::THREADS),
     })
 }
 
@@ -182,8 +197,9 @@ pub fn run(args: DemoArgs, quiet: bool) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    std::fs::create_dir_all(&args.output_dir)
-        .with_context(|| format!("creating {}", args.output_dir.display()))?;
+    let output_dir = args.output_dir();
+    std::fs::create_dir_all(&output_dir)
+        .with_context(|| format!("creating {}", output_dir.display()))?;
     let run = demo_run(&models, &args)?;
     let summary = i2v::execute_job(&run, quiet, chatty)?;
     let mut out = std::io::stdout().lock();

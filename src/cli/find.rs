@@ -8,11 +8,6 @@ use std::path::{Path, PathBuf};
 use super::common::Setting;
 use super::WithHint;
 
-/// A path argument that may be empty (not given: the config file or an error supplies it).
-pub fn any_path(s: &str) -> Result<PathBuf, String> {
-    Ok(PathBuf::from(s))
-}
-
 /// What kind of file a flag names; it decides the ComfyUI folders searched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Slot {
@@ -113,22 +108,23 @@ impl Search {
     /// [`Self::resolve`] for an optional file.
     pub fn resolve_opt(
         &self,
-        path: &mut Option<PathBuf>,
+        path: Option<&Setting<PathBuf>>,
         slot: Slot,
         flag: &str,
-    ) -> anyhow::Result<()> {
-        if let Some(p) = path.as_mut() {
-            *p = self.resolve(p, slot, flag)?;
-        }
-        Ok(())
+    ) -> anyhow::Result<Option<PathBuf>> {
+        path.map(|p| self.resolve(&p.value, slot, flag)).transpose()
     }
 
     /// [`Self::resolve`] for LoRA lists.
-    pub fn resolve_loras(&self, loras: &mut [(PathBuf, f32)], flag: &str) -> anyhow::Result<()> {
-        for (p, _) in loras {
-            *p = self.resolve(p, Slot::Lora, flag)?;
-        }
-        Ok(())
+    pub fn loras(
+        &self,
+        loras: &[(PathBuf, f32)],
+        flag: &str,
+    ) -> anyhow::Result<Vec<(PathBuf, f32)>> {
+        loras
+            .iter()
+            .map(|(p, w)| Ok((self.resolve(p, Slot::Lora, flag)?, *w)))
+            .collect()
     }
 }
 

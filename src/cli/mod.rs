@@ -12,6 +12,7 @@ pub mod image;
 mod info;
 pub mod plan;
 pub mod progress;
+pub mod settings;
 pub mod video;
 
 use std::io::Write;
@@ -89,23 +90,34 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
         .try_init();
 }
 
-/// Runs the chosen subcommand, with the settings of the environment and nijigen.toml applied
-/// to what the command line leaves unset (`matches`: the parsed command line, which tells
-/// given values from clap's defaults; `None`: every value counts as given).
-pub fn run_with(mut cli: Cli, matches: Option<&clap::ArgMatches>) -> anyhow::Result<()> {
-    let settings = config::apply(&mut cli, matches)?;
-    let find = &settings.search;
+/// Runs the chosen subcommand. The commands that read settings resolve them first, once: the
+/// flags over the environment and nijigen.toml ([`settings::Layers`]) into an immutable settings
+/// struct, which the command then runs from.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
     let quiet = cli.quiet;
+    let layers = || settings::Layers::read(cli.models_dir.clone(), cli.comfyui.clone());
     match cli.command {
         Command::Convert(args) => convert::run(args, quiet),
         Command::Info(args) => info::run(args),
         Command::Devices(args) => devices::run(args),
-        Command::Image(args) => image::run(*args, quiet, find),
-        Command::Video(args) => video::run(*args, quiet, find),
-        Command::I2v(args) => i2v::run(*args, quiet, find),
+        Command::Image(args) => {
+            let layers = layers()?;
+            let s = image::ImageSettings::resolve(*args, &layers)?;
+            image::run(&s, quiet, &layers.search)
+        }
+        Command::Video(args) => {
+            let layers = layers()?;
+            let s = video::VideoSettings::resolve(*args, &layers)?;
+            video::run(&s, quiet, &layers.search)
+        }
+        Command::I2v(args) => {
+            let layers = layers()?;
+            let s = i2v::I2vSettings::resolve(*args, &layers)?;
+            i2v::run(&s, quiet, &layers.search)
+        }
         Command::Demo(args) => demo::run(args, quiet),
-        Command::Config(args) => config::run(args, &cli.models_dir, &cli.comfyui),
-        Command::Plan(args) => plan::run(args),
+        Command::Config(args) => config::run(args, &layers()?),
+        Command::Plan(args) => plan::run(args, &layers()?),
     }
 }
 

@@ -10,11 +10,14 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::common::{explain, resolve_device};
+use super::find::Search;
 use super::human_bytes;
-use super::image::ImageArgs;
-use super::video::VideoArgs;
+use super::i2v::{I2vArgs, I2vSettings};
+use super::image::{ImageArgs, ImageSettings};
+use super::settings::Layers;
+use super::video::{VideoArgs, VideoSettings};
 use crate::pipeline::image::plan_image;
-use crate::pipeline::plan::{Action, Component, Placement};
+use crate::pipeline::plan::{Action, Placement, Role};
 use crate::pipeline::plan::{StagePlan, CUDA_POOL_RESERVE};
 use crate::pipeline::video::plan_video;
 
@@ -35,7 +38,7 @@ pub enum PlanWhat {
     Video(Box<VideoArgs>),
     /// Plan both stages of `nijigen i2v` with these arguments (each stage alone: stage 1 is
     /// released before stage 2 loads).
-    I2v(Box<super::i2v::I2vArgs>),
+    I2v(Box<I2vArgs>),
 }
 
 fn mib(n: u64) -> String {
@@ -65,7 +68,7 @@ fn print_table(out: &mut impl Write, stage: &StagePlan) -> std::io::Result<()> {
     for c in &p.components {
         let file = stage.file(c.component).unwrap_or("");
         let mut placement = c.placement.label();
-        if matches!(c.component, Component::VaeSdxl | Component::VaeWan) {
+        if c.component.role == Role::Vae {
             placement += &match c.tile {
                 Some(t) => format!(", tile {t} px"),
                 None => ", untiled".into(),
@@ -151,31 +154,44 @@ fn plan_json(stage: &StagePlan) -> serde_json::Value {
     })
 }
 
-fn plan_of_image(a: &ImageArgs) -> anyhow::Result<StagePlan> {
-    let req = super::image::request(a, 0)?;
+/// The plan of `nijigen image` with `s`, its files found with `find` first.
+fn plan_of_image(s: &ImageSettings, find: &Search) -> anyhow::Result<StagePlan> {
+    let files = super::image::files(s, find)?;
+    let req = super::image::request(s, 0)?;
     plan_image(
-        &super::image::files(a),
+        &Default::default(),
+        &files,
         &req,
-        &super::image::memory_options(a)?,
+        &super::image::memory_options(s)?,
     )
     .map_err(explain)
 }
 
-fn plan_of_video(a: &VideoArgs) -> anyhow::Result<StagePlan> {
-    let req = super::video::request(a, None, 0);
+/// The plan of `nijigen video` with `s`, its files found with `find` first.
+fn plan_of_video(s: &VideoSettings, find: &Search) -> anyhow::Result<StagePlan> {
+    let files = super::video::files(s, find)?;
+    let req = super::video::request(s, None, 0);
     plan_video(
-        &super::video::files(a),
+        &Default::default(),
+        &files,
         &req,
-        &super::video::memory_options(a)?,
+        &super::video::memory_options(s)?,
     )
     .map_err(explain)
 }
 
-pub fn run(args: PlanArgs) -> anyhow::Result<()> {
-    let (stage, json_out) = match &args.what {
-        PlanWhat::Image(a) => (plan_of_image(a)?, a.json),
-        PlanWhat::Video(a) => (plan_of_video(a)?, a.json),
-        PlanWhat::I2v(a) => return run_i2v(a),
+pub fn run(args: PlanArgs, layers: &Layers) -> anyhow::Result<()> {
+    let find = &layers.search;
+    let (stage, json_out) = match args.what {
+        PlanWhat::Image(a) => {
+            let s = ImageSettings::resolve(*a, layers)?;
+            (plan_of_image(&s, find)?, s.json)
+        }
+        PlanWhat::Video(a) => {
+            let s = VideoSettings::resolve(*a, layers)?;
+            (plan_of_video(&s, find)?, s.json)
+        }
+        PlanWhat::I2v(a) => return run_i2v(&I2vSettings::resolve(*a, layers)?, find),
     };
     let mut out = std::io::stdout().lock();
     if json_out {
@@ -187,15 +203,16 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
 }
 
 /// `plan i2v`: the plan of each stage, and the run's peak (the larger of the two).
-fn run_i2v(a: &super::i2v::I2vArgs) -> anyhow::Result<()> {
-    resolve_device(&a.device)?;
-    let (ia, va) = a.stages()?;
-    let still = plan_of_image(&ia)?;
-    let video = plan_of_video(&va)?;
+fn run_i2v(s: &I2vSettings, find: &Search) -> anyhow::Result<()> {
+    let s = s.located(find)?;
+    resolve_device(&s.device)?;
+    let (ia, va) = s.stages()?;
+    let still = plan_of_image(&ia, find)?;
+    let video = plan_of_video(&va, find)?;
     let peak_device = still.plan.peak_device.max(video.plan.peak_device);
     let peak_ram = still.plan.peak_ram.max(video.plan.peak_ram);
     let mut out = std::io::stdout().lock();
-    if a.json {
+    if s.json {
         let v = json!({
             "still": plan_json(&still),
             "video": plan_json(&video),

@@ -6,16 +6,18 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::common::{explain, random_seed, resolve_device};
+use super::common::{explain, random_seed, resolve_device, Setting};
 use super::find::{Search, Slot};
 use super::progress::{Progress, Summary};
+use super::settings::{self, Layers, Pick};
+use super::WithHint;
 use crate::pipeline::output::{VideoOutputs, VideoTarget};
-use crate::pipeline::plan::MemoryOptions;
-use crate::pipeline::video::{self, WanFiles, WanRequest, DEFAULT_FPS};
+use crate::pipeline::plan::{EncoderDevice, MemoryOptions, Offload};
+use crate::pipeline::video::{self, WanFiles, WanRequest};
 use crate::pipeline::{InitImage, RunOptions};
 use crate::sampling::{SamplerKind, Scheduler};
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Default, Args)]
 #[command(after_help = "Example (12 GB card, city96 GGUF files):\n  \
     nijigen video --model wan2.1-i2v-14b-480p-Q4_K_M.gguf --t5 umt5-xxl-encoder-Q8_0.gguf \\\n    \
     --clip-vision clip_vision_h.safetensors --vae wan_2.1_vae.safetensors \\\n    \
@@ -23,8 +25,8 @@ use crate::sampling::{SamplerKind, Scheduler};
 pub struct VideoArgs {
     /// Wan2.1 DiT: GGUF (any quant), ComfyUI .safetensors, or a diffusers folder.
     /// A path, or a file name in --models-dir / --comfyui; default: `model` in nijigen.toml.
-    #[arg(long, short = 'm', value_name = "FILE", default_value = "", hide_default_value = true, value_parser = super::find::any_path, help_heading = "Models")]
-    pub model: PathBuf,
+    #[arg(long, short = 'm', value_name = "FILE", help_heading = "Models")]
+    pub model: Option<PathBuf>,
     /// umT5-XXL encoder: GGUF (tokenizer inside) or safetensors (with --t5-tokenizer).
     #[arg(long, value_name = "FILE", help_heading = "Models")]
     pub t5: Option<PathBuf>,
@@ -41,12 +43,13 @@ pub struct VideoArgs {
     #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = super::common::parse_lora, help_heading = "Models")]
     pub lora: Vec<(PathBuf, f32)>,
 
+    // The defaults in "[default: ..]" are those of `settings` (a test checks they agree).
     /// The first frame (I2V models).
     #[arg(long, short = 'i', value_name = "FILE", help_heading = "Prompt")]
     pub image: Option<PathBuf>,
-    /// The motion: what happens in the clip.
-    #[arg(long, short = 'p', default_value = "", help_heading = "Prompt")]
-    pub prompt: String,
+    /// The motion: what happens in the clip [default: ""]
+    #[arg(long, short = 'p', help_heading = "Prompt")]
+    pub prompt: Option<String>,
     /// What to avoid (default: Wan's official negative prompt).
     #[arg(long, short = 'n', help_heading = "Prompt")]
     pub negative_prompt: Option<String>,
@@ -57,49 +60,46 @@ pub struct VideoArgs {
     /// Height (multiple of 16; default 480, or the image's aspect at about 480p).
     #[arg(long, short = 'H', help_heading = "Video")]
     pub height: Option<u32>,
-    /// Frames, 4n + 1 (81 = 5 s at 16 fps).
-    #[arg(long, default_value_t = 81, help_heading = "Video")]
-    pub frames: usize,
-    /// Frames per second of the output file.
-    #[arg(long, default_value_t = DEFAULT_FPS, help_heading = "Video")]
-    pub fps: u32,
+    /// Frames, 4n + 1 (81 = 5 s at 16 fps) [default: 81]
+    #[arg(long, help_heading = "Video")]
+    pub frames: Option<usize>,
+    /// Frames per second of the output file [default: 16]
+    #[arg(long, help_heading = "Video")]
+    pub fps: Option<u32>,
 
-    /// Sampling steps (4-8 with a distill LoRA such as lightx2v, with --cfg 1).
-    #[arg(long, default_value_t = 30, help_heading = "Sampling")]
-    pub steps: usize,
-    /// Classifier-free guidance (1 = no negative pass, twice as fast).
-    #[arg(long, default_value_t = 5.0, help_heading = "Sampling")]
-    pub cfg: f32,
+    /// Sampling steps (4-8 with a distill LoRA such as lightx2v, with --cfg 1) [default: 30]
+    #[arg(long, help_heading = "Sampling")]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance (1 = no negative pass, twice as fast) [default: 5]
+    #[arg(long, help_heading = "Sampling")]
+    pub cfg: Option<f32>,
     /// Flow shift (default 3.0 up to 480p, 5.0 above).
     #[arg(long, help_heading = "Sampling")]
     pub shift: Option<f64>,
-    /// Sampler: uni_pc (official), euler, dpmpp_2m, ...
-    #[arg(long, default_value = "uni_pc", value_parser = super::common::parse_sampler, help_heading = "Sampling")]
-    pub sampler: SamplerKind,
-    /// Scheduler: simple, normal, ...
-    #[arg(long, default_value = "simple", value_parser = super::common::parse_scheduler, help_heading = "Sampling")]
-    pub scheduler: Scheduler,
+    /// Sampler: uni_pc (official), euler, dpmpp_2m, ... [default: uni_pc]
+    #[arg(long, value_parser = super::common::parse_sampler, help_heading = "Sampling")]
+    pub sampler: Option<SamplerKind>,
+    /// Scheduler: simple, normal, ... [default: simple]
+    #[arg(long, value_parser = super::common::parse_scheduler, help_heading = "Sampling")]
+    pub scheduler: Option<Scheduler>,
     /// Seed (default: random, printed).
     #[arg(long, help_heading = "Sampling")]
     pub seed: Option<u64>,
-    /// Noise generator: torch (torch.randn on the CPU, as ComfyUI; same seed, same noise).
-    #[arg(long, default_value = "torch", value_parser = ["torch"], help_heading = "Sampling")]
-    pub rng: String,
+    /// Noise generator: torch (torch.randn on the CPU, as ComfyUI; same seed, same noise)
+    /// [default: torch]
+    #[arg(long, value_parser = [settings::RNG], help_heading = "Sampling")]
+    pub rng: Option<String>,
 
-    /// Output video: .mp4 (H.264), .webp or .gif (numbered if it exists, unless --overwrite).
-    #[arg(
-        long,
-        short = 'o',
-        default_value = "nijigen.mp4",
-        help_heading = "Output"
-    )]
-    pub output: PathBuf,
+    /// Output video: .mp4 (H.264), .webp or .gif (numbered if it exists, unless --overwrite)
+    /// [default: nijigen.mp4]
+    #[arg(long, short = 'o', help_heading = "Output")]
+    pub output: Option<PathBuf>,
     /// Also write every frame as DIR/frame_0000.png, ...
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     pub frames_dir: Option<PathBuf>,
-    /// H.264 quantiser (0 best .. 51; 18-23 look clean on anime).
-    #[arg(long, default_value_t = 20, help_heading = "Output")]
-    pub qp: u8,
+    /// H.264 quantiser (0 best .. 51; 18-23 look clean on anime) [default: 20]
+    #[arg(long, help_heading = "Output")]
+    pub qp: Option<u8>,
     /// Replace existing files.
     #[arg(long, help_heading = "Output")]
     pub overwrite: bool,
@@ -108,115 +108,225 @@ pub struct VideoArgs {
     pub json: bool,
 
     /// Compute device: auto (the first CUDA GPU of a CUDA build, else the CPU), cpu, cuda,
-    /// cuda:N. `nijigen devices` lists them.
-    #[arg(long, default_value = "auto", help_heading = "Performance")]
-    pub device: String,
+    /// cuda:N. `nijigen devices` lists them [default: auto]
+    #[arg(long, help_heading = "Performance")]
+    pub device: Option<String>,
     /// Decode with the VAE in spatial tiles of SIZE pixels (less memory; seams blended).
     #[arg(long, value_name = "SIZE", help_heading = "Performance")]
     pub vae_tile: Option<u32>,
-    /// CPU threads (default: all cores).
-    #[arg(long, short = 't', default_value_t = 0, help_heading = "Performance")]
-    pub threads: usize,
+    /// CPU threads (default: all cores) [default: 0]
+    #[arg(long, short = 't', help_heading = "Performance")]
+    pub threads: Option<usize>,
     /// Device memory the run may use: 12G, 11.5GiB, 900M (binary units); the plan must fit it
     /// (checked before computing). Default on a GPU: its free memory less 256 MiB; on the CPU:
     /// none (with a budget, --device cpu simulates the device).
     #[arg(long, value_name = "SIZE", value_parser = super::common::parse_budget, help_heading = "Memory")]
     pub vram_budget: Option<u64>,
     /// Weight offloading: auto (the planner's choice), none (all resident), blocks (stream
-    /// the denoiser's blocks), full (everything on the CPU).
-    #[arg(long, default_value = "auto", value_parser = super::common::parse_offload, help_heading = "Memory")]
-    pub offload: crate::pipeline::plan::Offload,
-    /// Where the text encoders (and CLIP vision) run: auto (the planner's choice), gpu, cpu.
-    #[arg(long, default_value = "auto", value_parser = super::common::parse_encoder_device, help_heading = "Memory")]
-    pub text_encoder_device: crate::pipeline::plan::EncoderDevice,
+    /// the denoiser's blocks), full (everything on the CPU) [default: auto]
+    #[arg(long, value_parser = super::common::parse_offload, help_heading = "Memory")]
+    pub offload: Option<Offload>,
+    /// Where the text encoders (and CLIP vision) run: auto (the planner's choice), gpu, cpu
+    /// [default: auto]
+    #[arg(long, value_parser = super::common::parse_encoder_device, help_heading = "Memory")]
+    pub text_encoder_device: Option<EncoderDevice>,
 }
 
-/// The request `args` describe, with `image` as the first frame.
-pub(super) fn request(args: &VideoArgs, image: Option<InitImage>, seed: u64) -> WanRequest {
+/// `nijigen video` resolved: each value from its flag, else nijigen.toml (`[video]` and the
+/// top-level keys), else [`settings::VIDEO`]; made once, never changed. The settings a config
+/// file can give carry their [`Source`](super::common::Source).
+#[derive(Clone, Debug)]
+pub struct VideoSettings {
+    /// As given (a bare name is found when the run starts).
+    pub model: Setting<PathBuf>,
+    pub t5: Option<Setting<PathBuf>>,
+    pub t5_tokenizer: Option<Setting<PathBuf>>,
+    pub clip_vision: Option<Setting<PathBuf>>,
+    pub vae: Option<Setting<PathBuf>>,
+    pub lora: Vec<(PathBuf, f32)>,
+    pub image: Option<PathBuf>,
+    pub prompt: String,
+    /// `None`: Wan's official negative prompt.
+    pub negative_prompt: Option<Setting<String>>,
+    /// `None`: from the image's aspect, else [`settings::VIDEO`]'s size.
+    pub width: Option<Setting<u32>>,
+    pub height: Option<Setting<u32>>,
+    pub frames: Setting<usize>,
+    pub fps: Setting<u32>,
+    pub steps: Setting<usize>,
+    pub cfg: Setting<f32>,
+    /// `None`: from the size ([`video::default_shift`]).
+    pub shift: Option<Setting<f64>>,
+    pub sampler: Setting<SamplerKind>,
+    pub scheduler: Setting<Scheduler>,
+    /// `None`: a random one, drawn when the run starts.
+    pub seed: Option<u64>,
+    pub output: PathBuf,
+    pub frames_dir: Option<PathBuf>,
+    pub qp: u8,
+    pub overwrite: bool,
+    pub json: bool,
+    pub device: String,
+    pub vae_tile: Option<u32>,
+    pub threads: Setting<usize>,
+    pub vram_budget: Option<Setting<u64>>,
+    pub offload: Offload,
+    pub text_encoder_device: EncoderDevice,
+}
+
+impl VideoSettings {
+    /// Resolves `args` over `layers`; fails without a model.
+    pub fn resolve(args: VideoArgs, layers: &Layers) -> anyhow::Result<VideoSettings> {
+        let l = &layers.loaded;
+        let f = &l.file.video;
+        let d = settings::VIDEO;
+        let path = |flag, given: Option<PathBuf>, file: &Option<PathBuf>| {
+            Pick::flag(flag, given).file(l, file.clone()).or_none()
+        };
+        let model = path("--model", args.model, &f.model).ok_or_else(|| WithHint {
+            error: "no model: pass --model FILE".into(),
+            hint: "or set `model` under [video] in nijigen.toml (`nijigen config` shows it)".into(),
+        })?;
+        Ok(VideoSettings {
+            model,
+            t5: path("--t5", args.t5, &f.t5),
+            t5_tokenizer: path("--t5-tokenizer", args.t5_tokenizer, &f.t5_tokenizer),
+            clip_vision: path("--clip-vision", args.clip_vision, &f.clip_vision),
+            vae: path("--vae", args.vae, &f.vae),
+            lora: args.lora,
+            image: args.image,
+            prompt: args.prompt.unwrap_or_else(|| settings::PROMPT.into()),
+            negative_prompt: Pick::flag("--negative-prompt", args.negative_prompt)
+                .file(l, f.negative_prompt.clone())
+                .or_none(),
+            width: Pick::flag("--width", args.width).file(l, f.width).or_none(),
+            height: Pick::flag("--height", args.height)
+                .file(l, f.height)
+                .or_none(),
+            frames: Pick::flag("--frames", args.frames)
+                .file(l, f.frames)
+                .or(d.frames),
+            fps: Pick::flag("--fps", args.fps).file(l, f.fps).or(d.fps),
+            steps: Pick::flag("--steps", args.steps)
+                .file(l, f.steps)
+                .or(d.steps),
+            cfg: Pick::flag("--cfg", args.cfg).file(l, f.cfg).or(d.cfg),
+            shift: Pick::flag("--shift", args.shift).file(l, f.shift).or_none(),
+            sampler: Pick::flag("--sampler", args.sampler)
+                .file(l, settings::file_sampler(&f.sampler, "video.sampler")?)
+                .or(d.sampler),
+            scheduler: Pick::flag("--scheduler", args.scheduler)
+                .file(
+                    l,
+                    settings::file_scheduler(&f.scheduler, "video.scheduler")?,
+                )
+                .or(d.scheduler),
+            seed: args.seed,
+            output: args.output.unwrap_or_else(|| d.output.into()),
+            frames_dir: args.frames_dir,
+            qp: args.qp.unwrap_or(d.qp),
+            overwrite: args.overwrite,
+            json: args.json,
+            device: args.device.unwrap_or_else(|| settings::DEVICE.into()),
+            vae_tile: args.vae_tile,
+            threads: layers.threads(args.threads),
+            vram_budget: layers.vram_budget(args.vram_budget)?,
+            offload: args.offload.unwrap_or_default(),
+            text_encoder_device: args.text_encoder_device.unwrap_or_default(),
+        })
+    }
+}
+
+/// The request `s` describes, with `image` as the first frame.
+pub(super) fn request(s: &VideoSettings, image: Option<InitImage>, seed: u64) -> WanRequest {
     let (dw, dh) = match &image {
         Some(img) => video::size_for_image(img.width, img.height),
-        None => (832, 480),
+        None => settings::VIDEO.size,
     };
+    let value = |v: &Option<Setting<u32>>| v.as_ref().map(|v| v.value);
     WanRequest {
         image,
-        prompt: args.prompt.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        width: args.width.unwrap_or(dw),
-        height: args.height.unwrap_or(dh),
-        frames: args.frames,
-        steps: args.steps,
-        cfg: args.cfg,
-        shift: args.shift,
-        sampler: args.sampler,
-        scheduler: args.scheduler,
+        prompt: s.prompt.clone(),
+        negative_prompt: s.negative_prompt.as_ref().map(|n| n.value.clone()),
+        width: value(&s.width).unwrap_or(dw),
+        height: value(&s.height).unwrap_or(dh),
+        frames: s.frames.value,
+        steps: s.steps.value,
+        cfg: s.cfg.value,
+        shift: s.shift.as_ref().map(|v| v.value),
+        sampler: s.sampler.value,
+        scheduler: s.scheduler.value,
         seed,
-        vae_tile: args.vae_tile,
+        vae_tile: s.vae_tile,
         keep_decoded: false,
     }
 }
 
-/// The weight files `args` name.
-pub(super) fn files(args: &VideoArgs) -> WanFiles {
-    WanFiles {
-        model: args.model.clone(),
-        t5: args.t5.clone(),
-        t5_tokenizer: args.t5_tokenizer.clone(),
-        clip_vision: args.clip_vision.clone(),
-        vae: args.vae.clone(),
-        loras: args.lora.clone(),
-    }
+/// The weight files `s` names, each found with `find`.
+pub(super) fn files(s: &VideoSettings, find: &Search) -> anyhow::Result<WanFiles> {
+    Ok(WanFiles {
+        model: find.resolve(&s.model.value, Slot::Diffusion, "--model")?,
+        t5: find.resolve_opt(s.t5.as_ref(), Slot::TextEncoder, "--t5")?,
+        t5_tokenizer: find.resolve_opt(
+            s.t5_tokenizer.as_ref(),
+            Slot::TextEncoder,
+            "--t5-tokenizer",
+        )?,
+        clip_vision: find.resolve_opt(s.clip_vision.as_ref(), Slot::ClipVision, "--clip-vision")?,
+        vae: find.resolve_opt(s.vae.as_ref(), Slot::Vae, "--vae")?,
+        loras: find.loras(&s.lora, "--lora")?,
+    })
 }
 
-/// Where `args` puts the video.
-pub(super) fn target(args: &VideoArgs) -> VideoTarget {
+/// Where `s` puts the video.
+pub(super) fn target(s: &VideoSettings) -> VideoTarget {
     VideoTarget {
-        path: args.output.clone(),
-        frames_dir: args.frames_dir.clone(),
-        fps: args.fps,
-        qp: args.qp,
-        overwrite: args.overwrite,
-        image_file: args.image.clone(),
+        path: s.output.clone(),
+        frames_dir: s.frames_dir.clone(),
+        fps: s.fps.value,
+        qp: s.qp,
+        overwrite: s.overwrite,
+        image_file: s.image.clone(),
     }
 }
 
 /// Where the run may compute and put its weights.
-pub(super) fn memory_options(a: &VideoArgs) -> anyhow::Result<MemoryOptions> {
+pub(super) fn memory_options(s: &VideoSettings) -> anyhow::Result<MemoryOptions> {
     Ok(MemoryOptions {
-        device: resolve_device(&a.device)?,
-        vram_budget: a.vram_budget,
-        offload: a.offload,
-        encoders: a.text_encoder_device,
+        device: resolve_device(&s.device)?,
+        vram_budget: s.vram_budget.as_ref().map(|b| b.value),
+        offload: s.offload,
+        encoders: s.text_encoder_device,
     })
 }
 
-pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()> {
-    let memory = memory_options(&args)?;
-    let seed = args.seed.unwrap_or_else(random_seed);
-    let image = match &args.image {
+pub fn run(s: &VideoSettings, quiet: bool, find: &Search) -> anyhow::Result<()> {
+    let memory = memory_options(s)?;
+    let seed = s.seed.unwrap_or_else(random_seed);
+    let image = match &s.image {
         Some(path) => {
             let (rgb, width, height) = crate::media::image::load_rgb(path)?;
             Some(InitImage { rgb, width, height })
         }
         None => None,
     };
-    let req = request(&args, image, seed);
+    let req = request(s, image, seed);
     video::validate(&req).map_err(explain)?;
     // An output format we cannot write is refused before any model file is looked at.
-    crate::media::video::VideoFormat::from_path(&args.output)?;
-    resolve(&mut args, find)?;
-    let job = video::prepare(files(&args), req, &memory).map_err(explain)?;
+    crate::media::video::VideoFormat::from_path(&s.output)?;
+    let job = video::prepare(files(s, find)?, req, &memory).map_err(explain)?;
     let req = &job.request;
     let memory = job.memory();
     let shift = req
         .shift
         .unwrap_or_else(|| video::default_shift(req.width, req.height));
     let opts = RunOptions {
-        threads: args.threads,
+        threads: s.threads.value,
         memory: memory.clone(),
         cancel: Some(super::progress::cancel_flag()),
     };
-    let mut outputs = VideoOutputs::open(&target(&args), &job.files, req)?;
-    if !quiet && !args.json {
+    let mut outputs = VideoOutputs::open(&target(s), &job.files, req)?;
+    if !quiet && !s.json {
         eprintln!(
             "seed {seed}; {}x{}, {} frames, shift {shift}",
             req.width, req.height, req.frames
@@ -240,7 +350,7 @@ pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()
         device: super::progress::DeviceUse::of(memory.as_ref()),
     };
     let mut stdout = std::io::stdout().lock();
-    if args.json {
+    if s.json {
         writeln!(stdout, "{}", serde_json::to_string(&summary)?)?;
     } else if !quiet {
         writeln!(
@@ -255,13 +365,4 @@ pub fn run(mut args: VideoArgs, quiet: bool, find: &Search) -> anyhow::Result<()
         writeln!(stdout, "{}", summary.line())?;
     }
     Ok(())
-}
-/// Finds the files `video` names (after its request is checked).
-pub fn resolve(a: &mut VideoArgs, find: &Search) -> anyhow::Result<()> {
-    a.model = find.resolve(&a.model, Slot::Diffusion, "--model")?;
-    find.resolve_opt(&mut a.t5, Slot::TextEncoder, "--t5")?;
-    find.resolve_opt(&mut a.t5_tokenizer, Slot::TextEncoder, "--t5-tokenizer")?;
-    find.resolve_opt(&mut a.clip_vision, Slot::ClipVision, "--clip-vision")?;
-    find.resolve_opt(&mut a.vae, Slot::Vae, "--vae")?;
-    find.resolve_loras(&mut a.lora, "--lora")
 }

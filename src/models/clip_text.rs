@@ -9,8 +9,11 @@
 //!
 //! Shapes are ggml `ne` (innermost first): activations [width, tokens, chunks].
 
+use super::network::{self, Memory, ModelError, Network, Request};
+use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GgmlType, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, Activation, NnError, Weights};
+use crate::runtime::plan::{Component, Role, Stage, Use};
 use crate::runtime::{GraphRunner, GraphSizes};
 
 /// Tokens per chunk (CLIP's context length).
@@ -516,4 +519,50 @@ impl<'w> ClipTextModel<'w> {
         self.runner.invalidate();
         Ok(())
     }
+}
+
+// The network this model file describes (see `super::network`).
+
+/// CLIP-L, SDXL's first text encoder.
+pub static CLIP_L: Network = Network {
+    component: Component {
+        name: "clip_l",
+        role: Role::Encoder,
+        stage: Stage::Image,
+        order: 0,
+        uses: &[Use::now("encode prompt")],
+    },
+    label: "CLIP-L",
+    flag: "--clip-l",
+    architectures: &[Architecture::ClipL],
+    streams: false,
+    memory: text_memory,
+};
+
+/// OpenCLIP bigG, SDXL's second text encoder.
+pub static CLIP_G: Network = Network {
+    component: Component {
+        name: "clip_g",
+        role: Role::Encoder,
+        stage: Stage::Image,
+        order: 1,
+        uses: &[Use::now("encode prompt")],
+    },
+    label: "bigG",
+    flag: "--clip-g",
+    architectures: &[Architecture::ClipG],
+    streams: false,
+    memory: text_memory,
+};
+
+/// One 77-token chunk through one layer (the encoders run chunk by chunk): the token embedding
+/// gather reads rows only; the pooled projection is tiny.
+fn text_memory(set: &TensorSet<'_>, prefix: &str, _: &Request) -> Result<Memory, ModelError> {
+    let c = ClipTextConfig::from_weights(set, prefix)?;
+    let (n, d) = (c.max_positions as u64, c.width as u64);
+    let layer = network::transformer_layer(n, d, c.ffn_dim as u64, c.heads as u64);
+    Ok(Memory {
+        compute_bytes: network::margin(layer + network::F32 * n * d * 2),
+        tiles: Vec::new(),
+    })
 }

@@ -17,8 +17,11 @@
 //!
 //! Shapes are ggml `ne` (innermost first): patches [P*P*3, G*G], activations [width, tokens].
 
+use super::network::{self, Memory, ModelError, Network, Request};
+use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, Activation, NnError, Weights};
+use crate::runtime::plan::{Component, Role, Stage, Use};
 use crate::runtime::{GraphRunner, GraphSizes};
 
 /// OpenAI CLIP normalisation (Wan's `clip_xlm_roberta_vit_h_14` transforms), digits as
@@ -606,4 +609,36 @@ fn cubic(x: f32, a: f32) -> f32 {
     } else {
         0.0
     }
+}
+
+// The network this model file describes (see `super::network`).
+
+/// CLIP vision H, the image encoder of Wan2.1 I2V.
+pub static NETWORK: Network = Network {
+    component: Component {
+        name: "clip_vision",
+        role: Role::Encoder,
+        stage: Stage::Video,
+        order: 1,
+        uses: &[Use::now("encode image")],
+    },
+    label: "CLIP vision H",
+    flag: "--clip-vision",
+    architectures: &[Architecture::ClipVisionH],
+    streams: false,
+    memory,
+};
+
+/// One layer over the image tokens, next to the preprocessed pixels and the patch im2col.
+fn memory(set: &TensorSet<'_>, prefix: &str, _: &Request) -> Result<Memory, ModelError> {
+    let c = ClipVisionConfig::from_weights(set, prefix)?;
+    let (n, d) = (c.positions as u64, c.width as u64);
+    let (image, patch) = (c.image_size as u64, c.patch_size as u64);
+    let pixels = network::F32 * 3 * image * image;
+    let im2col = network::F32 * (n - 1) * 3 * patch * patch;
+    let layer = network::transformer_layer(n, d, c.ffn_dim as u64, c.heads as u64);
+    Ok(Memory {
+        compute_bytes: network::margin(layer + pixels + im2col),
+        tiles: Vec::new(),
+    })
 }

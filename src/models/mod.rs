@@ -5,7 +5,7 @@
 
 pub mod clip_text;
 pub mod clip_vision;
-pub mod estimate;
+pub mod network;
 pub mod umt5;
 pub mod unet_sdxl;
 pub mod vae_sdxl;
@@ -14,8 +14,18 @@ pub mod wan_vae;
 
 pub use clip_text::{ClipError, ClipLayout, ClipOutput, ClipTextConfig, ClipTextModel};
 pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
+pub use network::{Memory, ModelError, Network, NETWORKS};
 pub use umt5::{Umt5Config, Umt5Encoder, Umt5Error};
 pub use unet_sdxl::{Attention as UnetAttention, SdxlUnet, UnetConfig, UnetError};
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
 pub use wan_dit::{Attention as WanAttention, WanDit, WanDitConfig, WanDitError};
 pub use wan_vae::{WanVae, WanVaeConfig, WanVaeError};
+
+/// The networks by their planner names, for the pipelines.
+pub use clip_text::{CLIP_G, CLIP_L};
+pub use clip_vision::NETWORK as CLIP_VISION;
+pub use umt5::NETWORK as T5;
+pub use unet_sdxl::NETWORK as UNET;
+pub use vae_sdxl::NETWORK as VAE_SDXL;
+pub use wan_dit::NETWORK as DIT;
+pub use wan_vae::NETWORK as VAE_WAN;

@@ -16,8 +16,11 @@
 //! Shapes are ggml `ne` (innermost first): activations [d_model, tokens], attention scores
 //! [keys, queries, heads].
 
+use super::network::{self, Memory, ModelError, Network, Request};
+use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GgmlType, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{gelu_tanh, NnError, Weights};
+use crate::runtime::plan::{Component, Role, Stage, Use};
 use crate::runtime::{GraphRunner, GraphSizes};
 
 /// Text length of the Wan pipeline: the encoder runs on the real tokens, the caller cuts the
@@ -396,6 +399,36 @@ struct Umt5Graph<'c> {
     ids: Tensor<'c>,
     buckets: Tensor<'c>,
     out: Tensor<'c>,
+}
+
+// The network this model file describes (see `super::network`).
+
+/// The umT5-XXL text encoder of Wan.
+pub static NETWORK: Network = Network {
+    component: Component {
+        name: "t5",
+        role: Role::Encoder,
+        stage: Stage::Video,
+        order: 0,
+        uses: &[Use::now("encode prompt")],
+    },
+    label: "umT5 encoder",
+    flag: "--t5",
+    architectures: &[Architecture::Umt5],
+    streams: false,
+    memory,
+};
+
+/// One layer over [`TEXT_LEN`] tokens: the relative position bias adds one heads x n x n tensor
+/// next to the scores; the gated FFN holds three hidden-width tensors.
+fn memory(set: &TensorSet<'_>, prefix: &str, _: &Request) -> Result<Memory, ModelError> {
+    let c = Umt5Config::from_weights(set, prefix)?;
+    let (n, d) = (TEXT_LEN as u64, c.d_model as u64);
+    let (f, heads) = (c.ffn_dim as u64, c.heads as u64);
+    Ok(Memory {
+        compute_bytes: network::margin(network::F32 * (8 * n * d + 3 * f * n + 3 * heads * n * n)),
+        tiles: Vec::new(),
+    })
 }
 
 #[cfg(test)]

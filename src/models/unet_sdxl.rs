@@ -25,8 +25,11 @@
 //! mul_mat, softmax, mul_mat); optionally ggml's `flash_attn_ext` with F32 K/V, as exact on the
 //! CPU and without the score matrix.
 
+use super::network::{Memory, ModelError, Network, Request};
+use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, OwnedGraph, Tensor, TensorSet};
 use crate::nn::{self, NnError, Weights};
+use crate::runtime::plan::{Component, Role, Stage, Use};
 use crate::runtime::{GraphRunner, GraphSizes};
 
 /// Moved to [`crate::nn`]; here for the callers of its former path.
@@ -722,6 +725,36 @@ impl<'w> SdxlUnet<'w> {
         self.runner.invalidate();
         Ok(())
     }
+}
+
+// The network this model file describes (see `super::network`).
+
+/// The SDXL UNet (SDXL, Illustrious, AnimagineXL, NoobAI checkpoints).
+pub static NETWORK: Network = Network {
+    component: Component {
+        name: "unet",
+        role: Role::Denoiser,
+        stage: Stage::Image,
+        order: 2,
+        uses: &[Use::now("sample")],
+    },
+    label: "an SDXL checkpoint or UNet",
+    flag: "--model",
+    architectures: &[Architecture::SdxlUnet],
+    streams: false,
+    memory,
+};
+
+/// The compute buffer of one forward at the request's size with flash attention, as a run
+/// allocates it (context of 3 prompt chunks, 231 tokens: long tag prompts take 2 or 3).
+fn memory(set: &TensorSet<'_>, prefix: &str, r: &Request) -> Result<Memory, ModelError> {
+    let mut unet = SdxlUnet::new(set, prefix, 1)?;
+    unet.set_attention(Attention::Flash);
+    let (h, w) = (r.height as usize / 8, r.width as usize / 8);
+    Ok(Memory {
+        compute_bytes: unet.compute_bytes(h, w, 3 * crate::models::clip_text::CHUNK_TOKENS)?,
+        tiles: Vec::new(),
+    })
 }
 
 #[cfg(test)]

@@ -21,8 +21,11 @@
 //! (H*W)^2 floats, 1 GiB for a 128x128 latent (1024 px); use [`SdxlVae::decode_tiled`] for larger
 //! images.
 
+use super::network::{self, Memory, ModelError, Network, Request};
+use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, blend_tiles, NnError, Weights};
+use crate::runtime::plan::{Component, Role, Stage, Use};
 use crate::runtime::{GraphRunner, GraphSizes};
 
 /// SDXL's latent scale factor (diffusers `scaling_factor`); no shift.
@@ -563,3 +566,52 @@ impl<'w> SdxlVae<'w> {
 /// Nodes (and tensors) of one graph: about 30 per res block and 60 for an attention, far below
 /// this for SDXL's 25 res blocks a side.
 const GRAPH_SIZE: usize = 4096;
+
+// The network this model file describes (see `super::network`).
+
+/// The SDXL VAE (decoding the still; encoding for img2img).
+pub static NETWORK: Network = Network {
+    component: Component {
+        name: "vae_sdxl",
+        role: Role::Vae,
+        stage: Stage::Image,
+        order: 3,
+        uses: &[Use::now("decode")],
+    },
+    label: "VAE",
+    flag: "--vae",
+    architectures: &[Architecture::SdxlVae],
+    streams: false,
+    memory,
+};
+
+/// Untiled and per tile: [`decode_compute_bytes`] of the area each covers.
+fn memory(set: &TensorSet<'_>, prefix: &str, r: &Request) -> Result<Memory, ModelError> {
+    let c = VaeConfig::from_weights(set, prefix, DEFAULT_GROUPS)?;
+    let (h, w) = (u64::from(r.height), u64::from(r.width));
+    Ok(Memory {
+        compute_bytes: 0,
+        tiles: network::area_tiles(|th, tw| decode_compute_bytes(&c, th, tw), h, w),
+    })
+}
+
+/// Decoding a `h` x `w` pixel area (a whole image or one tile): 14 bytes per pixel per channel
+/// of the decoder's full-size width (channels[1], 256 for SDXL), or the mid-block single-head
+/// attention's score matrix over the latent tokens if larger, with the 25 % margin. Calibrated
+/// on the CPU measurements in bench/RESULTS.md (working memory 850 MiB at 512x512, 3.3 GiB at
+/// 1024x1024, i.e. about 3,400 B per pixel = 13.3 x 256); with the margin it bounds both.
+pub fn decode_compute_bytes(c: &VaeConfig, h: u64, w: u64) -> u64 {
+    let px = h * w;
+    let full = c
+        .channels
+        .get(1)
+        .or(c.channels.last())
+        .copied()
+        .unwrap_or(0) as u64;
+    let conv = 14 * full * px;
+    let levels = c.channels.len().max(1) as u64;
+    let tokens = px >> (2 * (levels - 1));
+    let mid = c.channels.last().copied().unwrap_or(0) as u64;
+    let attn = network::F32 * (tokens * tokens + 4 * tokens * mid);
+    network::margin(conv.max(attn))
+}

@@ -21,8 +21,11 @@
 //! size could not hold: 32760 tokens at 480x832x81); optionally the plain F32 path
 //! ([`nn::multi_head_attention`]: mul_mat, softmax, mul_mat). Both match diffusers at ~1e-6.
 
+use super::network::{Memory, ModelError, Network, Request};
+use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, gelu_tanh, timestep_embedding, to_f32, NnError, Weights};
+use crate::runtime::plan::{Component, Role, Stage, Use};
 use crate::runtime::{Built, DeviceWeights, GraphRunner, GraphSizes, StreamStats};
 
 /// Attention head size of every Wan2.1 DiT (MODELS.md); heads = dim / 128.
@@ -824,6 +827,44 @@ impl<'w> WanDit<'w> {
         self.runner.invalidate();
         Ok(())
     }
+}
+
+// The network this model file describes (see `super::network`).
+
+/// The Wan2.1 DiT (I2V or T2V).
+pub static NETWORK: Network = Network {
+    component: Component {
+        name: "dit",
+        role: Role::Denoiser,
+        stage: Stage::Video,
+        order: 3,
+        uses: &[Use::now("sample")],
+    },
+    label: "a Wan2.1 DiT",
+    flag: "--model",
+    architectures: &[Architecture::WanDitI2v, Architecture::WanDitT2v],
+    streams: true,
+    memory,
+};
+
+/// The device memory besides the weights, exactly as a run allocates it: the larger of one
+/// whole graph and the staged graphs of a streamed forward plus the activations they carry
+/// ([`crate::models::umt5::TEXT_LEN`] text tokens; 257 image tokens for an I2V model).
+fn memory(set: &TensorSet<'_>, prefix: &str, r: &Request) -> Result<Memory, ModelError> {
+    let dit = WanDit::new(set, prefix, 1)?;
+    let img = dit.config().image_dim.map(|_| 257);
+    let lat = (
+        1 + r.frames.saturating_sub(1) / 4,
+        r.height as usize / 8,
+        r.width as usize / 8,
+    );
+    let text = crate::models::umt5::TEXT_LEN;
+    let (whole, _) = dit.memory(lat, text, img, false)?;
+    let (staged, state) = dit.memory(lat, text, img, true)?;
+    Ok(Memory {
+        compute_bytes: whole.max(staged + state),
+        tiles: Vec::new(),
+    })
 }
 
 #[cfg(test)]

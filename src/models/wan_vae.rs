@@ -60,8 +60,11 @@
 //! Shapes are ggml `ne` (innermost first): activations [W, H, C, T]; 5-D conv weights
 //! [OC, IC, KT, KH, KW] are stored folded as [KW, KH, KT, IC*OC].
 
+use super::network::{self, Memory, ModelError, Network, Request};
+use crate::formats::names::Architecture;
 use crate::ggml::{self, Buffer, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, blend_tiles, tile_starts, NnError, Weights};
+use crate::runtime::plan::{Component, Role, Stage, TileOption, Use};
 use crate::runtime::{GraphRunner, GraphSizes};
 
 /// Wan2.1 latent channel means (diffusers `AutoencoderKLWan` config `latents_mean`, the same
@@ -1250,4 +1253,62 @@ fn attention<'c>(
     let a = ctx.reshape(ctx.cont(ctx.permute(a, [1, 0, 2, 3])), &[xw, xh, c, t]);
     let a = nn::conv2d(ctx, &w.pp("proj"), a, 1, 0)?;
     Ok(ctx.add(x, a))
+}
+
+// The network this model file describes (see `super::network`).
+
+/// The Wan2.1 VAE: encodes the first frame, decodes the video after the DiT.
+pub static NETWORK: Network = Network {
+    component: Component {
+        name: "vae_wan",
+        role: Role::Vae,
+        stage: Stage::Video,
+        order: 2,
+        uses: &[
+            Use::now("encode first frame"),
+            Use::after_denoiser("decode"),
+        ],
+    },
+    label: "Wan VAE",
+    flag: "--vae",
+    architectures: &[Architecture::WanVae],
+    streams: false,
+    memory,
+};
+
+/// The device memory per tile option, exactly as the runs allocate it: the graph allocator
+/// sizes the chunk graphs (compute buffer) and the causal caches are laid out, for the decode
+/// in each tile size and for the (untiled) encode of the first frame, which bounds every
+/// option from below.
+fn memory(set: &TensorSet<'_>, prefix: &str, r: &Request) -> Result<Memory, ModelError> {
+    let vae = WanVae::new(set, prefix, 1)?;
+    let c = vae.config();
+    let (h, w) = (r.height as usize, r.width as usize);
+    let (s, tf) = (c.spatial_factor(), c.temporal_factor());
+    let (lh, lw) = (h / s, w / s);
+    let t = 1 + r.frames.saturating_sub(1) / tf;
+    let dev = |m: WanVaeMemory| (m.compute_bytes + m.cache_bytes) as u64;
+    let encode = if c.has_encoder {
+        dev(vae.encode_memory(h, w)?)
+    } else {
+        0
+    };
+    let mut tiles = vec![TileOption {
+        tile: None,
+        compute_bytes: dev(vae.decode_memory(t, lh, lw, None)?).max(encode),
+    }];
+    for px in network::vae_tiles(r.vae_tile) {
+        // As the pipeline tiles: latent tiles of px / 8, overlapping by 1/8 of a tile.
+        let tl = (px as usize / s).max(2);
+        let overlap = (tl / 8).max(1);
+        let m = vae.decode_memory(t, lh, lw, Some((tl, overlap)))?;
+        tiles.push(TileOption {
+            tile: Some(px),
+            compute_bytes: dev(m).max(encode),
+        });
+    }
+    Ok(Memory {
+        compute_bytes: 0,
+        tiles,
+    })
 }

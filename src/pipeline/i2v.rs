@@ -11,9 +11,10 @@
 //! `nijigen image --seed S` then `nijigen video -i still.png --seed S` gives the same video.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::image::{self, ImageJob, SdxlFiles, SdxlImage, SdxlOutput, SdxlRequest};
-use super::plan::MemoryOptions;
+use super::plan::{MemoryOptions, OpenFiles};
 use super::video::FrameSink;
 use super::video::{self, VideoJob, WanFiles, WanOutput, WanRequest};
 use super::{describe, Event, InitImage, Memory, Options, PipelineError};
@@ -50,8 +51,8 @@ pub mod flags {
     pub const VIDEO_VAE: &str = "--video-vae";
 }
 
-fn open(path: &Path) -> Result<WeightStore, PipelineError> {
-    Ok(WeightStore::open_path(path)?)
+fn open(opened: &OpenFiles, path: &Path) -> Result<Arc<WeightStore>, PipelineError> {
+    Ok(opened.open(path)?)
 }
 
 fn wrong(path: &Path, store: &WeightStore, wanted: &'static str) -> PipelineError {
@@ -72,11 +73,16 @@ fn holds(store: &WeightStore, arch: Architecture) -> bool {
 /// Checks the files of stage 1: the model is an SDXL checkpoint or UNet, and CLIP-L, bigG and
 /// the VAE are each in their own file or in the checkpoint.
 pub fn check_image_files(files: &SdxlFiles) -> Result<(), PipelineError> {
+    check_image_files_in(&OpenFiles::default(), files)
+}
+
+/// [`check_image_files`] on files opened (or to be opened) in `opened`.
+fn check_image_files_in(opened: &OpenFiles, files: &SdxlFiles) -> Result<(), PipelineError> {
     if files.model.is_dir() {
         // A diffusers folder: the pipeline checks its subfolders.
         return Ok(());
     }
-    let model = open(&files.model)?;
+    let model = open(opened, &files.model)?;
     if !matches!(
         model.detection().architecture,
         Architecture::SdxlCheckpoint | Architecture::SdxlUnet
@@ -115,7 +121,7 @@ pub fn check_image_files(files: &SdxlFiles) -> Result<(), PipelineError> {
     for (given, arch, flag, wanted) in parts {
         match given {
             Some(p) => {
-                let store = open(p)?;
+                let store = open(opened, p)?;
                 if !holds(&store, arch) {
                     return Err(wrong(p, &store, wanted));
                 }
@@ -139,10 +145,15 @@ pub fn check_image_files(files: &SdxlFiles) -> Result<(), PipelineError> {
 /// Checks the files of stage 2 for image-to-video: an I2V DiT (a T2V one has no image
 /// branch), umT5 with a tokenizer, CLIP vision H and the Wan VAE, with matching widths.
 pub fn check_video_files(files: &WanFiles) -> Result<(), PipelineError> {
+    check_video_files_in(&OpenFiles::default(), files)
+}
+
+/// [`check_video_files`] on files opened (or to be opened) in `opened`.
+fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), PipelineError> {
     if files.model.is_dir() {
         return Ok(());
     }
-    let dit = open(&files.model)?;
+    let dit = open(opened, &files.model)?;
     match dit.detection().architecture {
         Architecture::WanDitI2v => {}
         Architecture::WanDitT2v => {
@@ -171,7 +182,7 @@ pub fn check_video_files(files: &WanFiles) -> Result<(), PipelineError> {
         "the umT5 text encoder (e.g. umt5-xxl-encoder-Q8_0.gguf)",
         flags::T5,
     )?;
-    let t5 = open(&t5_path)?;
+    let t5 = open(opened, &t5_path)?;
     if t5.detection().architecture != Architecture::Umt5 {
         return Err(wrong(&t5_path, &t5, "a umT5 text encoder (--t5)"));
     }
@@ -194,7 +205,7 @@ pub fn check_video_files(files: &WanFiles) -> Result<(), PipelineError> {
         "the CLIP vision encoder (clip_vision_h.safetensors)",
         flags::CLIP_VISION,
     )?;
-    let clip = open(&clip_path)?;
+    let clip = open(opened, &clip_path)?;
     if clip.detection().architecture != Architecture::ClipVisionH {
         return Err(wrong(
             &clip_path,
@@ -207,7 +218,7 @@ pub fn check_video_files(files: &WanFiles) -> Result<(), PipelineError> {
         "the Wan VAE (wan_2.1_vae.safetensors)",
         flags::VIDEO_VAE,
     )?;
-    let vae = open(&vae_path)?;
+    let vae = open(opened, &vae_path)?;
     if vae.detection().architecture != Architecture::WanVae {
         return Err(wrong(&vae_path, &vae, "a Wan2.1 VAE (--video-vae)"));
     }
@@ -282,11 +293,13 @@ pub fn prepare(
 ) -> Result<I2vJob, PipelineError> {
     image::validate(&request.image)?;
     video::validate(&request.video)?;
-    check_image_files(&files.image)?;
-    check_video_files(&files.video)?;
+    // The checks open every file once; planning and the runs use the same open files.
+    let (still, moving) = (OpenFiles::default(), OpenFiles::default());
+    check_image_files_in(&still, &files.image)?;
+    check_video_files_in(&moving, &files.video)?;
     Ok(I2vJob {
-        image: image::prepare(files.image, request.image, memory)?,
-        video: video::prepare(files.video, request.video, memory)?,
+        image: image::prepare_in(still, files.image, request.image, memory)?,
+        video: video::prepare_in(moving, files.video, request.video, memory)?,
     })
 }
 
@@ -315,6 +328,8 @@ impl I2vJob {
             return Err(PipelineError::Request("stage 1 returned no image".into()));
         }
         let still = image.images.remove(0);
+        // Stage 1's files are closed before stage 2 maps its own.
+        self.image.opened.close();
         on_still(&still)?;
         opts.check_cancel()?;
         // Stage 2 starts from the still's pixels (the same bytes as a saved PNG).
@@ -325,7 +340,14 @@ impl I2vJob {
             height: still.height,
         });
         events(Event::Part { label: "2/2 video" });
-        let video = video::generate_frames(&self.video.files, &req, opts, events, on_frame)?;
+        let video = video::generate_in(
+            &self.video.opened,
+            &self.video.files,
+            &req,
+            opts,
+            events,
+            on_frame,
+        )?;
         Ok(I2vOutput {
             still,
             image,

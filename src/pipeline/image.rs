@@ -20,22 +20,22 @@
 //! 4. **Decode**: the VAE decoder (optionally tiled), `(x + 1) / 2` to 8-bit with rounding.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::plan::{
-    checkpoint_part, nothing_to_plan, open_part, stage_plan, tiles, when_budgeted, Finished, Job,
-    MemoryOptions, Part, StagePlan,
+    open_net, open_required, spec, stage_plan, when_budgeted, Finished, Job, MemoryOptions,
+    OpenFiles, StagePlan,
 };
 use super::{describe, Event, Options, PipelineError, RunOptions, Timings};
 pub use super::{from_rgb8, to_rgb8, InitImage};
 use crate::formats::names::{ArchConfig, Architecture, SDXL_CHECKPOINT_PREFIXES};
 use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
-use crate::models::estimate;
+use crate::models::network;
 use crate::models::unet_sdxl::sdxl_added_cond;
 use crate::models::{ClipTextModel, SdxlUnet, SdxlVae, UnetAttention};
-use crate::runtime::plan::Component;
-use crate::runtime::plan::ComponentSpec;
+use crate::models::{CLIP_G, CLIP_L, UNET, VAE_SDXL};
 use crate::runtime::WeightStore;
 use crate::sampling::{
     apply_cfg, comfy_sampler_noise, Denoiser, DiscreteSchedule, ModelSampling, Parameterization,
@@ -190,7 +190,7 @@ struct Source {
 
 /// The opened files and where each component is.
 struct Stores {
-    stores: Vec<(PathBuf, WeightStore)>,
+    stores: Vec<(PathBuf, Arc<WeightStore>)>,
     unet: Source,
     clip_l: Source,
     clip_g: Source,
@@ -264,7 +264,7 @@ fn v_prediction(store: &WeightStore) -> (bool, bool) {
 }
 
 impl Stores {
-    fn open(files: &SdxlFiles) -> Result<Stores, PipelineError> {
+    fn open(opened: &OpenFiles, files: &SdxlFiles) -> Result<Stores, PipelineError> {
         let mut files = files.clone();
         if files.model.is_dir() {
             let [unet, te1, te2, vae] = diffusers_folder(&files.model)?;
@@ -273,7 +273,7 @@ impl Stores {
             files.clip_g.get_or_insert(te2);
             files.vae.get_or_insert(vae);
         }
-        let mut stores = vec![(files.model.clone(), WeightStore::open_path(&files.model)?)];
+        let mut stores = vec![(files.model.clone(), opened.open(&files.model)?)];
         let main = &stores[0].1;
         let Some(unet_prefix) = component_prefix(main, Architecture::SdxlUnet) else {
             let d = main.detection();
@@ -296,7 +296,7 @@ impl Stores {
                         wanted: &'static str|
          -> Result<Source, PipelineError> {
             if let Some(path) = explicit {
-                let store = WeightStore::open_path(path)?;
+                let store = opened.open(path)?;
                 let Some(prefix) = component_prefix(&store, arch) else {
                     let d = store.detection();
                     return Err(PipelineError::WrongModel {
@@ -401,9 +401,20 @@ pub fn with_models<R>(
     events: &mut dyn FnMut(Event),
     f: impl FnOnce(&mut SdxlModels<'_>, &mut dyn FnMut(Event)) -> Result<R, PipelineError>,
 ) -> Result<R, PipelineError> {
+    with_models_in(&OpenFiles::default(), files, opts, events, f)
+}
+
+/// [`with_models`] on files opened (or to be opened) in `opened`.
+fn with_models_in<R>(
+    opened: &OpenFiles,
+    files: &SdxlFiles,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(Event),
+    f: impl FnOnce(&mut SdxlModels<'_>, &mut dyn FnMut(Event)) -> Result<R, PipelineError>,
+) -> Result<R, PipelineError> {
     let t0 = Instant::now();
     events(Event::Stage { name: "load" });
-    let stores = Stores::open(files)?;
+    let stores = Stores::open(opened, files)?;
     let lora_files = files
         .loras
         .iter()
@@ -542,9 +553,20 @@ pub fn generate(
     opts: &RunOptions,
     events: &mut dyn FnMut(Event),
 ) -> Result<SdxlOutput, PipelineError> {
+    generate_in(&OpenFiles::default(), files, req, opts, events)
+}
+
+/// [`generate`] on files opened (or to be opened) in `opened`.
+pub(crate) fn generate_in(
+    opened: &OpenFiles,
+    files: &SdxlFiles,
+    req: &SdxlRequest,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<SdxlOutput, PipelineError> {
     validate(req)?;
     let t0 = Instant::now();
-    with_models(files, opts, events, |m, events| {
+    with_models_in(opened, files, opts, events, |m, events| {
         let load_s = t0.elapsed().as_secs_f64();
         let mut out = m.generate(req, events)?;
         out.timings.load_s = load_s;
@@ -562,7 +584,7 @@ impl ImageJob {
         opts: &RunOptions,
         events: &mut dyn FnMut(Event),
     ) -> Result<SdxlOutput, PipelineError> {
-        generate(&self.files, &self.request, opts, events)
+        generate_in(&self.opened, &self.files, &self.request, opts, events)
     }
 }
 
@@ -570,18 +592,29 @@ impl ImageJob {
 /// budget); the planner's VAE tile fills an unset one.
 pub fn prepare(
     files: SdxlFiles,
+    request: SdxlRequest,
+    memory: &MemoryOptions,
+) -> Result<ImageJob, PipelineError> {
+    prepare_in(OpenFiles::default(), files, request, memory)
+}
+
+/// [`prepare`] on files opened (or to be opened) in `opened`, which the job keeps.
+pub(crate) fn prepare_in(
+    opened: OpenFiles,
+    files: SdxlFiles,
     mut request: SdxlRequest,
     memory: &MemoryOptions,
 ) -> Result<ImageJob, PipelineError> {
     validate(&request)?;
-    let plan = when_budgeted(memory, || plan_image(&files, &request, memory))?;
+    let plan = when_budgeted(memory, || plan_image(&opened, &files, &request, memory))?;
     if let Some(p) = &plan {
-        request.vae_tile = request.vae_tile.or(p.tile(Component::VaeSdxl));
+        request.vae_tile = request.vae_tile.or(p.tile(VAE_SDXL.component));
     }
     Ok(ImageJob {
         files,
         request,
         plan,
+        opened,
     })
 }
 
@@ -784,8 +817,8 @@ impl<'w> SdxlModels<'w> {
         f: impl for<'x> FnOnce(&mut ClipTextModel<'x>) -> Result<R, PipelineError>,
     ) -> Result<R, PipelineError> {
         let (comp, cpu) = match i {
-            0 => (Component::ClipL, &mut self.clip_l),
-            _ => (Component::ClipG, &mut self.clip_g),
+            0 => (CLIP_L.component, &mut self.clip_l),
+            _ => (CLIP_G.component, &mut self.clip_g),
         };
         let Some(mem) = self.opts.memory.clone() else {
             return f(cpu);
@@ -819,7 +852,7 @@ impl<'w> SdxlModels<'w> {
         let (set, prefix) = self.sets[2];
         let threads = self.opts.cpu_threads();
         let adapters = self.adapters.map(|a| &a[2]);
-        let Some(d) = mem.on_device(Component::Unet, set, Vec::new, adapters, threads)? else {
+        let Some(d) = mem.on_device(UNET.component, set, Vec::new, adapters, threads)? else {
             return f(&mut self.unet, &self.opts, &self.sampling);
         };
         let mut m = SdxlUnet::with_runner(d.weights.set(), prefix, d.runner)?;
@@ -841,7 +874,7 @@ impl<'w> SdxlModels<'w> {
         };
         let (set, prefix) = self.sets[3];
         let threads = self.opts.cpu_threads();
-        let Some(d) = mem.on_device(Component::VaeSdxl, set, Vec::new, None, threads)? else {
+        let Some(d) = mem.on_device(VAE_SDXL.component, set, Vec::new, None, threads)? else {
             return f(&mut self.vae);
         };
         let mut m = SdxlVae::with_runner(d.weights.set(), prefix, d.runner)?;
@@ -1070,115 +1103,37 @@ impl Denoiser for CfgDenoiser<'_, '_> {
     }
 }
 
-/// Plans stage 1 (`nijigen image`) for `req` on `files`.
+/// Plans stage 1 (`nijigen image`) for `req` on `files`: the UNet from `--model`, the text
+/// encoders and the VAE from their own files or from the checkpoint.
 pub fn plan_image(
+    opened: &OpenFiles,
     files: &SdxlFiles,
     req: &SdxlRequest,
     memory: &MemoryOptions,
 ) -> Result<StagePlan, PipelineError> {
-    let (h, w) = (u64::from(req.height), u64::from(req.width));
-    let mut specs = Vec::new();
-    let mut names = Vec::new();
+    let shapes = network::Request {
+        width: req.width,
+        height: req.height,
+        frames: 1,
+        vae_tile: req.vae_tile,
+    };
     let model = &files.model;
-    let unet = open_part(model, Architecture::SdxlUnet)?.ok_or_else(|| PipelineError::NotA {
+    let unet = open_net(opened, model, &UNET)?.ok_or_else(|| PipelineError::NotA {
         path: model.clone(),
-        what: "an SDXL checkpoint or UNet",
+        what: UNET.label,
     })?;
     let forwards = if req.cfg == 1.0 { 1 } else { 2 } * req.batch.max(1) as u32;
-    let ucfg = checkpoint_part(
-        unet.config(),
-        |c| match c {
-            ArchConfig::SdxlUnet(u) => Some(u.clone()),
-            _ => None,
-        },
-        |c| c.unet.clone(),
-    );
-    let compute = match unet_compute(&unet, h, w) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            tracing::debug!(error = %e, "UNet memory from the formula");
-            ucfg.map_or(0, |c| estimate::unet_compute_bytes(&c, h, w))
-        }
-    };
-    specs.push(
-        ComponentSpec::new(Component::Unet, unet.bytes())
-            .with_compute(compute)
-            .with_forwards(forwards),
-    );
-    names.push((Component::Unet, unet.file_name()));
-    for (comp, arch, explicit, flag, what) in [
-        (
-            Component::ClipL,
-            Architecture::ClipL,
-            &files.clip_l,
-            "--clip-l",
-            "CLIP-L",
-        ),
-        (
-            Component::ClipG,
-            Architecture::ClipG,
-            &files.clip_g,
-            "--clip-g",
-            "bigG",
-        ),
-        (
-            Component::VaeSdxl,
-            Architecture::SdxlVae,
-            &files.vae,
-            "--vae",
-            "VAE",
-        ),
+    let mut specs = vec![spec(&UNET, &unet, &shapes)?.with_forwards(forwards)];
+    let mut names = vec![(UNET.component, unet.file_name())];
+    for (net, explicit) in [
+        (&CLIP_L, &files.clip_l),
+        (&CLIP_G, &files.clip_g),
+        (&VAE_SDXL, &files.vae),
     ] {
-        let path = explicit.as_ref().unwrap_or(model);
-        let part = open_part(path, arch)?.ok_or_else(|| nothing_to_plan(what, flag))?;
-        let cfg = part.config().clone();
-        let spec = ComponentSpec::new(comp, part.bytes());
-        let spec = if comp == Component::VaeSdxl {
-            let vc = checkpoint_part(
-                &cfg,
-                |c| match c {
-                    ArchConfig::SdxlVae(v) => Some(v.clone()),
-                    _ => None,
-                },
-                |c| c.vae.clone(),
-            );
-            match vc {
-                Some(vc) => spec.with_tiles(tiles(
-                    |th, tw| estimate::sdxl_vae_decode_compute_bytes(&vc, th, tw),
-                    h,
-                    w,
-                )),
-                None => spec,
-            }
-        } else {
-            let tc = checkpoint_part(
-                &cfg,
-                |c| match c {
-                    ArchConfig::ClipText(t) => Some(t.clone()),
-                    _ => None,
-                },
-                |c| {
-                    if comp == Component::ClipL {
-                        c.clip_l.clone()
-                    } else {
-                        c.clip_g.clone()
-                    }
-                },
-            );
-            spec.with_compute(tc.map_or(0, |t| estimate::clip_text_compute_bytes(&t)))
-        };
-        specs.push(spec);
-        names.push((comp, part.file_name()));
+        let part = open_required(opened, explicit.as_ref().unwrap_or(model), net)?;
+        specs.push(spec(net, &part, &shapes)?);
+        names.push((net.component, part.file_name()));
     }
     let what = format!("image {}x{}", req.width, req.height);
     stage_plan(memory, req.vae_tile, specs, names, what)
-}
-
-/// The SDXL UNet's compute buffer for an `h` x `w` image with flash attention, as a run
-/// allocates it (context of 3 prompt chunks, 231 tokens: long tag prompts take 2 or 3).
-fn unet_compute(part: &Part, h: u64, w: u64) -> Result<u64, PipelineError> {
-    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
-    let mut unet = crate::models::SdxlUnet::new(&set, &part.prefix, 1)?;
-    unet.set_attention(crate::models::UnetAttention::Flash);
-    Ok(unet.compute_bytes(h as usize / 8, w as usize / 8, 231)?)
 }

@@ -89,6 +89,8 @@ pub enum PipelineError {
     #[error(transparent)]
     WanVae(#[from] crate::models::WanVaeError),
     #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
+    #[error(transparent)]
     Sampling(#[from] SamplingError),
     #[error(transparent)]
     Media(#[from] MediaError),

@@ -10,18 +10,19 @@
 //! latents) and allocator slack, and on a GPU also [`CUDA_POOL_RESERVE`].
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub use crate::runtime::plan::{
-    parse_size, Action, Component, EncoderDevice, Offload, Placement, Plan, PlanError,
+    parse_size, Action, Component, EncoderDevice, Offload, Placement, Plan, PlanError, Role,
 };
 pub use crate::runtime::ComputeDevice;
 
 use super::{Memory, PipelineError};
-use crate::formats::names::{ArchConfig, Architecture};
-use crate::models::estimate;
+use crate::formats::names::Architecture;
+use crate::models::network::{self, Network};
 use crate::runtime::device::padded;
-use crate::runtime::plan::{self, ComponentSpec, PlanInput, PlanOptions, TileOption};
-use crate::runtime::{Accountant, WeightStore};
+use crate::runtime::plan::{self, ComponentSpec, PlanInput, PlanOptions};
+use crate::runtime::{Accountant, LoadError, WeightStore};
 
 /// Bytes of a budget kept free of planned allocations.
 pub const RESERVE: u64 = 256 << 20;
@@ -147,6 +148,62 @@ pub struct Job<F, R> {
     pub request: R,
     /// The plan (with a budget: given, or a GPU's free memory).
     pub plan: Option<StagePlan>,
+    /// The weight files as planning opened them; the run maps its weights from these.
+    pub opened: OpenFiles,
+}
+
+/// The weight files of a job, each opened once (memory map, header, name detection): the
+/// planner reads their tensor tables and the run maps the weights from the same open files,
+/// so a 14B DiT's header is parsed once per job, not once per use.
+#[derive(Clone, Default)]
+pub struct OpenFiles {
+    files: Arc<Mutex<Vec<Opened>>>,
+    /// Files opened from disk so far (a file asked for again is not opened again).
+    opens: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A file of [`OpenFiles`]: its path and its store.
+type Opened = (PathBuf, Arc<WeightStore>);
+
+impl OpenFiles {
+    /// `path`, opened now or when it was first asked for.
+    pub fn open(&self, path: &Path) -> Result<Arc<WeightStore>, LoadError> {
+        let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, store)) = files.iter().find(|(p, _)| p == path) {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(WeightStore::open_path(path)?);
+        self.opens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        files.push((path.to_path_buf(), store.clone()));
+        Ok(store)
+    }
+
+    /// Closes the files (their maps go when the last model using them is dropped); a later
+    /// [`OpenFiles::open`] opens again.
+    pub fn close(&self) {
+        self.files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// How many times a file was opened from disk.
+    pub fn opens(&self) -> usize {
+        self.opens.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The files opened so far, in the order they were first asked for.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        files.iter().map(|(p, _)| p.clone()).collect()
+    }
+}
+
+impl std::fmt::Debug for OpenFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.paths()).finish()
+    }
 }
 
 impl<F, R> Job<F, R> {
@@ -180,21 +237,55 @@ pub(crate) fn when_budgeted(
 /// One opened file and the stored-name prefix of the component wanted in it.
 pub(crate) struct Part {
     path: PathBuf,
-    pub(crate) store: WeightStore,
+    pub(crate) store: Arc<WeightStore>,
     pub(crate) prefix: String,
 }
 
-/// Opens `path` and finds `wanted` in it (the whole file, or a component of an SDXL checkpoint).
-pub(crate) fn open_part(path: &Path, wanted: Architecture) -> Result<Option<Part>, PipelineError> {
-    open_any(path, &[wanted])
+/// Opens `path` and finds `net` in it (the whole file, or a component of an SDXL checkpoint).
+pub(crate) fn open_net(
+    opened: &OpenFiles,
+    path: &Path,
+    net: &Network,
+) -> Result<Option<Part>, PipelineError> {
+    open_any(opened, path, net.architectures)
+}
+
+/// As [`open_net`] for a file the user named for `net` (or the main model, where it may sit
+/// in a checkpoint): the file must hold it.
+pub(crate) fn open_required(
+    opened: &OpenFiles,
+    path: &Path,
+    net: &'static Network,
+) -> Result<Part, PipelineError> {
+    open_net(opened, path, net)?.ok_or_else(|| nothing_to_plan(net.label, net.flag))
+}
+
+/// What the planner knows of `net` in `part` for `req`: its device bytes, its blocks when it
+/// streams, and its figures ([`Network::memory`] on the tensor table: no weight is read).
+pub(crate) fn spec(
+    net: &Network,
+    part: &Part,
+    req: &network::Request,
+) -> Result<ComponentSpec, PipelineError> {
+    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
+    let m = (net.memory)(&set, &part.prefix, req)?;
+    let spec = ComponentSpec::new(net.component, part.bytes())
+        .with_compute(m.compute_bytes)
+        .with_tiles(m.tiles);
+    Ok(if net.streams {
+        spec.with_blocks(part.blocks())
+    } else {
+        spec
+    })
 }
 
 /// Opens `path` once and finds the first of `wanted` in it.
 pub(crate) fn open_any(
+    opened: &OpenFiles,
     path: &Path,
     wanted: &[Architecture],
 ) -> Result<Option<Part>, PipelineError> {
-    let store = WeightStore::open_path(path).map_err(|source| PipelineError::Open {
+    let store = opened.open(path).map_err(|source| PipelineError::Open {
         path: path.to_path_buf(),
         source,
     })?;
@@ -281,10 +372,6 @@ impl Part {
         by.into_iter().map(|e| e.3).collect()
     }
 
-    pub(crate) fn config(&self) -> &ArchConfig {
-        &self.store.detection().config
-    }
-
     pub(crate) fn file_name(&self) -> String {
         self.path.file_name().map_or_else(
             || self.path.display().to_string(),
@@ -293,34 +380,8 @@ impl Part {
     }
 }
 
-pub(crate) fn checkpoint_part<T: Clone>(
-    cfg: &ArchConfig,
-    own: impl Fn(&ArchConfig) -> Option<T>,
-    of_checkpoint: impl Fn(&crate::formats::names::SdxlCheckpointConfig) -> Option<T>,
-) -> Option<T> {
-    match cfg {
-        ArchConfig::SdxlCheckpoint(c) => of_checkpoint(c),
-        c => own(c),
-    }
-}
-
 pub(crate) fn nothing_to_plan(what: &'static str, flag: &'static str) -> PipelineError {
     PipelineError::NothingToPlan { what, flag }
-}
-
-pub(crate) fn tiles(area: impl Fn(u64, u64) -> u64, h: u64, w: u64) -> Vec<TileOption> {
-    let mut v = vec![TileOption {
-        tile: None,
-        compute_bytes: area(h, w),
-    }];
-    for t in estimate::VAE_TILES {
-        let (th, tw) = estimate::tile_area(t, h, w);
-        v.push(TileOption {
-            tile: Some(t),
-            compute_bytes: area(th, tw),
-        });
-    }
-    v
 }
 
 /// Plans `components` under the budget `memory` gives on its device.

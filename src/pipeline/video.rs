@@ -17,24 +17,23 @@
 //!    ones -> 4), frames handed out as they are decoded.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::plan::{
-    nothing_to_plan, open_any, open_part, stage_plan, tiles, when_budgeted, Finished, Job,
-    MemoryOptions, Part, StagePlan,
+    nothing_to_plan, open_net, open_required, spec, stage_plan, when_budgeted, Finished, Job,
+    MemoryOptions, OpenFiles, StagePlan,
 };
 use super::{describe, Event, Options, PipelineError, RunOptions, Timings};
 pub use super::{from_rgb8, to_rgb8, InitImage};
-use crate::formats::names::ArchConfig;
 use crate::formats::names::Architecture;
 use crate::formats::weights::Format;
 use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
-use crate::models::estimate;
+use crate::models::network;
 use crate::models::wan_vae::{denormalize, normalize, LATENTS_MEAN, LATENTS_STD};
 use crate::models::{ClipVision, Umt5Encoder, WanAttention, WanDit, WanVae};
-use crate::runtime::plan::Component;
-use crate::runtime::plan::{ComponentSpec, TileOption};
+use crate::models::{CLIP_VISION, DIT, T5, VAE_WAN};
 use crate::runtime::WeightStore;
 use crate::sampling::{
     apply_cfg, comfy_sampler_noise, Denoiser, FlowSchedule, ModelSampling, Parameterization,
@@ -200,10 +199,10 @@ pub fn validate(req: &WanRequest) -> Result<(), PipelineError> {
 
 /// Where each component is.
 struct Stores {
-    dit: (PathBuf, WeightStore),
-    t5: (PathBuf, WeightStore),
-    clip: Option<(PathBuf, WeightStore)>,
-    vae: (PathBuf, WeightStore),
+    dit: (PathBuf, Arc<WeightStore>),
+    t5: (PathBuf, Arc<WeightStore>),
+    clip: Option<(PathBuf, Arc<WeightStore>)>,
+    vae: (PathBuf, Arc<WeightStore>),
     tokenizer: Umt5Tokenizer,
 }
 
@@ -247,11 +246,12 @@ fn diffusers_folder(dir: &Path, files: &mut WanFiles) -> Result<(), PipelineErro
 }
 
 fn open_as(
+    opened: &OpenFiles,
     path: &Path,
     wanted: &[Architecture],
     what: &'static str,
-) -> Result<(PathBuf, WeightStore), PipelineError> {
-    let store = WeightStore::open_path(path)?;
+) -> Result<(PathBuf, Arc<WeightStore>), PipelineError> {
+    let store = opened.open(path)?;
     let d = store.detection();
     if !wanted.contains(&d.architecture) {
         return Err(PipelineError::WrongModel {
@@ -264,13 +264,18 @@ fn open_as(
 }
 
 impl Stores {
-    fn open(files: &WanFiles, needs_image: bool) -> Result<Stores, PipelineError> {
+    fn open(
+        opened: &OpenFiles,
+        files: &WanFiles,
+        needs_image: bool,
+    ) -> Result<Stores, PipelineError> {
         let mut files = files.clone();
         if files.model.is_dir() {
             let dir = files.model.clone();
             diffusers_folder(&dir, &mut files)?;
         }
         let dit = open_as(
+            opened,
             &files.model,
             &[Architecture::WanDitI2v, Architecture::WanDitT2v],
             "a Wan2.1 DiT",
@@ -296,7 +301,12 @@ impl Stores {
             what: "the umT5 text encoder is needed".into(),
             flag: "--t5",
         })?;
-        let t5 = open_as(&t5_path, &[Architecture::Umt5], "a umT5 text encoder")?;
+        let t5 = open_as(
+            opened,
+            &t5_path,
+            &[Architecture::Umt5],
+            "a umT5 text encoder",
+        )?;
         // Only a GGUF carries a tokenizer (`tokenizer.ggml.*`); reading a safetensors file as
         // one would report a sentencepiece parse error instead of the missing flag.
         let tokenizer = match &files.t5_tokenizer {
@@ -334,6 +344,7 @@ impl Stores {
                     flag: "--clip-vision",
                 })?;
             Some(open_as(
+                opened,
                 &p,
                 &[Architecture::ClipVisionH],
                 "a CLIP vision encoder",
@@ -345,7 +356,7 @@ impl Stores {
             what: "the Wan VAE (wan_2.1_vae.safetensors) is needed".into(),
             flag: "--vae",
         })?;
-        let vae = open_as(&vae_path, &[Architecture::WanVae], "a Wan2.1 VAE")?;
+        let vae = open_as(opened, &vae_path, &[Architecture::WanVae], "a Wan2.1 VAE")?;
         Ok(Stores {
             dit,
             t5,
@@ -357,7 +368,7 @@ impl Stores {
 }
 
 fn load<'s>(
-    (path, store): &'s (PathBuf, WeightStore),
+    (path, store): &'s (PathBuf, Arc<WeightStore>),
     component: &'static str,
     events: &mut dyn FnMut(Event),
 ) -> Result<TensorSet<'s>, PipelineError> {
@@ -402,8 +413,20 @@ pub fn with_models<R>(
     events: &mut dyn FnMut(Event),
     f: impl FnOnce(&mut WanModels<'_>, &mut dyn FnMut(Event)) -> Result<R, PipelineError>,
 ) -> Result<R, PipelineError> {
+    with_models_in(&OpenFiles::default(), files, needs_image, opts, events, f)
+}
+
+/// [`with_models`] on files opened (or to be opened) in `opened`.
+fn with_models_in<R>(
+    opened: &OpenFiles,
+    files: &WanFiles,
+    needs_image: bool,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(Event),
+    f: impl FnOnce(&mut WanModels<'_>, &mut dyn FnMut(Event)) -> Result<R, PipelineError>,
+) -> Result<R, PipelineError> {
     events(Event::Stage { name: "load" });
-    let stores = Stores::open(files, needs_image)?;
+    let stores = Stores::open(opened, files, needs_image)?;
     let lora_files = files
         .loras
         .iter()
@@ -516,14 +539,33 @@ pub fn generate_frames(
     events: &mut dyn FnMut(Event),
     on_frame: &mut FrameSink<'_>,
 ) -> Result<WanOutput, PipelineError> {
+    generate_in(&OpenFiles::default(), files, req, opts, events, on_frame)
+}
+
+/// [`generate_frames`] on files opened (or to be opened) in `opened`.
+pub(crate) fn generate_in(
+    opened: &OpenFiles,
+    files: &WanFiles,
+    req: &WanRequest,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(Event),
+    on_frame: &mut FrameSink<'_>,
+) -> Result<WanOutput, PipelineError> {
     validate(req)?;
     let t0 = Instant::now();
-    with_models(files, req.image.is_some(), opts, events, |m, events| {
-        let load_s = t0.elapsed().as_secs_f64();
-        let mut out = m.generate(req, events, on_frame)?;
-        out.timings.load_s = load_s;
-        Ok(out)
-    })
+    with_models_in(
+        opened,
+        files,
+        req.image.is_some(),
+        opts,
+        events,
+        |m, events| {
+            let load_s = t0.elapsed().as_secs_f64();
+            let mut out = m.generate(req, events, on_frame)?;
+            out.timings.load_s = load_s;
+            Ok(out)
+        },
+    )
 }
 
 /// A video run checked and planned ([`prepare`]).
@@ -538,7 +580,14 @@ impl VideoJob {
         events: &mut dyn FnMut(Event),
         on_frame: &mut FrameSink<'_>,
     ) -> Result<WanOutput, PipelineError> {
-        generate_frames(&self.files, &self.request, opts, events, on_frame)
+        generate_in(
+            &self.opened,
+            &self.files,
+            &self.request,
+            opts,
+            events,
+            on_frame,
+        )
     }
 }
 
@@ -546,18 +595,29 @@ impl VideoJob {
 /// budget); the planner's VAE tile fills an unset one.
 pub fn prepare(
     files: WanFiles,
+    request: WanRequest,
+    memory: &MemoryOptions,
+) -> Result<VideoJob, PipelineError> {
+    prepare_in(OpenFiles::default(), files, request, memory)
+}
+
+/// [`prepare`] on files opened (or to be opened) in `opened`, which the job keeps.
+pub(crate) fn prepare_in(
+    opened: OpenFiles,
+    files: WanFiles,
     mut request: WanRequest,
     memory: &MemoryOptions,
 ) -> Result<VideoJob, PipelineError> {
     validate(&request)?;
-    let plan = when_budgeted(memory, || plan_video(&files, &request, memory))?;
+    let plan = when_budgeted(memory, || plan_video(&opened, &files, &request, memory))?;
     if let Some(p) = &plan {
-        request.vae_tile = request.vae_tile.or(p.tile(Component::VaeWan));
+        request.vae_tile = request.vae_tile.or(p.tile(VAE_WAN.component));
     }
     Ok(VideoJob {
         files,
         request,
         plan,
+        opened,
     })
 }
 
@@ -632,7 +692,7 @@ impl<'w> WanModels<'w> {
             return f(&mut self.t5);
         };
         let threads = self.opts.cpu_threads();
-        let Some(d) = mem.on_device(Component::T5, self.sets.t5, Vec::new, None, threads)? else {
+        let Some(d) = mem.on_device(T5.component, self.sets.t5, Vec::new, None, threads)? else {
             return f(&mut self.t5);
         };
         let mut m = Umt5Encoder::with_runner(d.weights.set(), "", d.runner)?;
@@ -654,7 +714,7 @@ impl<'w> WanModels<'w> {
             return f(cpu);
         };
         let threads = self.opts.cpu_threads();
-        let Some(d) = mem.on_device(Component::ClipVision, set, Vec::new, None, threads)? else {
+        let Some(d) = mem.on_device(CLIP_VISION.component, set, Vec::new, None, threads)? else {
             return f(cpu);
         };
         let mut m = ClipVision::with_runner(d.weights.set(), "", d.runner)?;
@@ -673,7 +733,7 @@ impl<'w> WanModels<'w> {
             return f(&mut self.vae);
         };
         let threads = self.opts.cpu_threads();
-        let Some(d) = mem.on_device(Component::VaeWan, self.sets.vae, Vec::new, None, threads)?
+        let Some(d) = mem.on_device(VAE_WAN.component, self.sets.vae, Vec::new, None, threads)?
         else {
             return f(&mut self.vae);
         };
@@ -695,13 +755,8 @@ impl<'w> WanModels<'w> {
         };
         let blocks = || WanDit::blocks(self.dit.config());
         let threads = self.opts.cpu_threads();
-        let Some(d) = mem.on_device(
-            Component::Dit,
-            self.sets.dit,
-            blocks,
-            self.adapters,
-            threads,
-        )?
+        let Some(d) =
+            mem.on_device(DIT.component, self.sets.dit, blocks, self.adapters, threads)?
         else {
             return f(&mut self.dit, &self.opts);
         };
@@ -995,152 +1050,41 @@ impl Denoiser for WanDenoiser<'_, '_> {
 
 /// Plans stage 2 (`nijigen video`) for `req` on `files`.
 pub fn plan_video(
+    opened: &OpenFiles,
     files: &WanFiles,
     req: &WanRequest,
     memory: &MemoryOptions,
 ) -> Result<StagePlan, PipelineError> {
-    let (h, w) = (u64::from(req.height), u64::from(req.width));
-    let frames = req.frames;
-    let mut specs = Vec::new();
-    let mut names = Vec::new();
-    let dit = open_any(
-        &files.model,
-        &[Architecture::WanDitI2v, Architecture::WanDitT2v],
-    )?
-    .ok_or_else(|| PipelineError::NotA {
+    let shapes = network::Request {
+        width: req.width,
+        height: req.height,
+        frames: req.frames,
+        vae_tile: req.vae_tile,
+    };
+    let dit = open_net(opened, &files.model, &DIT)?.ok_or_else(|| PipelineError::NotA {
         path: files.model.clone(),
-        what: "a Wan2.1 DiT",
+        what: DIT.label,
     })?;
-    let compute = match wan_dit_memory(&dit, frames, h, w) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            tracing::debug!(error = %e, "Wan DiT memory from the formula");
-            match dit.config() {
-                // Streamed, the activations carried between block graphs are held besides.
-                ArchConfig::WanDit(c) => {
-                    estimate::wan_dit_compute_bytes(c, frames as u64, h, w)
-                        + estimate::wan_dit_state_bytes(c, frames as u64, h, w)
-                }
-                _ => 0,
+    let forwards = if req.cfg == 1.0 { 1 } else { 2 };
+    let mut specs = vec![spec(&DIT, &dit, &shapes)?.with_forwards(forwards)];
+    let mut names = vec![(DIT.component, dit.file_name())];
+    for (net, path, required) in [
+        (&T5, &files.t5, true),
+        (&CLIP_VISION, &files.clip_vision, false),
+        (&VAE_WAN, &files.vae, true),
+    ] {
+        let Some(path) = path else {
+            if required {
+                return Err(nothing_to_plan(net.label, net.flag));
             }
-        }
-    };
-    specs.push(
-        ComponentSpec::new(Component::Dit, dit.bytes())
-            .with_blocks(dit.blocks())
-            .with_compute(compute)
-            .with_forwards(if req.cfg == 1.0 { 1 } else { 2 }),
-    );
-    names.push((Component::Dit, dit.file_name()));
-    let t5 = files
-        .t5
-        .as_ref()
-        .ok_or_else(|| nothing_to_plan("umT5 encoder", "--t5"))?;
-    let part = open_part(t5, Architecture::Umt5)?
-        .ok_or_else(|| nothing_to_plan("umT5 encoder", "--t5"))?;
-    let compute = match part.config() {
-        ArchConfig::Umt5(c) => estimate::umt5_compute_bytes(c, 512),
-        _ => 0,
-    };
-    specs.push(ComponentSpec::new(Component::T5, part.bytes()).with_compute(compute));
-    names.push((Component::T5, part.file_name()));
-    if let Some(cv) = &files.clip_vision {
-        let part = open_part(cv, Architecture::ClipVisionH)?
-            .ok_or_else(|| nothing_to_plan("CLIP vision H", "--clip-vision"))?;
-        let compute = match part.config() {
-            ArchConfig::ClipVision(c) => estimate::clip_vision_compute_bytes(c),
-            _ => 0,
+            continue;
         };
-        specs.push(ComponentSpec::new(Component::ClipVision, part.bytes()).with_compute(compute));
-        names.push((Component::ClipVision, part.file_name()));
+        let part = open_required(opened, path, net)?;
+        specs.push(spec(net, &part, &shapes)?);
+        names.push((net.component, part.file_name()));
     }
-    let vae = files
-        .vae
-        .as_ref()
-        .ok_or_else(|| nothing_to_plan("Wan VAE", "--vae"))?;
-    let part =
-        open_part(vae, Architecture::WanVae)?.ok_or_else(|| nothing_to_plan("Wan VAE", "--vae"))?;
-    let spec = ComponentSpec::new(Component::VaeWan, part.bytes());
-    let spec = match wan_vae_tiles(&part, frames, h, w, req.vae_tile) {
-        Ok(t) => spec.with_tiles(t),
-        Err(e) => {
-            tracing::debug!(error = %e, "Wan VAE memory from the formula");
-            match part.config() {
-                ArchConfig::WanVae(c) => spec.with_tiles(tiles(
-                    |th, tw| estimate::wan_vae_decode_compute_bytes(c, th, tw),
-                    h,
-                    w,
-                )),
-                _ => spec,
-            }
-        }
-    };
-    specs.push(spec);
-    names.push((Component::VaeWan, part.file_name()));
-    let what = format!("video {}x{}x{frames}", req.width, req.height);
+    let what = format!("video {}x{}x{}", req.width, req.height, req.frames);
     stage_plan(memory, req.vae_tile, specs, names, what)
-}
-
-/// The Wan DiT's device memory besides its weights for a request, exactly as a run allocates
-/// it: the larger of one whole graph and the staged graphs of a streamed forward plus the
-/// activations they carry (512 text tokens; 257 image tokens for an I2V model).
-fn wan_dit_memory(part: &Part, frames: usize, h: u64, w: u64) -> Result<u64, PipelineError> {
-    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
-    let dit = crate::models::WanDit::new(&set, &part.prefix, 1)?;
-    let img = dit.config().image_dim.map(|_| 257);
-    let lat = (
-        1 + frames.saturating_sub(1) / 4,
-        h as usize / 8,
-        w as usize / 8,
-    );
-    let (whole, _) = dit.memory(lat, 512, img, false)?;
-    let (staged, state) = dit.memory(lat, 512, img, true)?;
-    Ok(whole.max(staged + state))
-}
-
-/// The Wan VAE's device memory per tile option, exactly as the runs allocate it: the graph
-/// allocator sizes the chunk graphs (compute buffer) and the causal caches are laid out, for
-/// the decode in each tile size and for the (untiled) encode of the first frame, which bounds
-/// every option from below.
-fn wan_vae_tiles(
-    part: &Part,
-    frames: usize,
-    h: u64,
-    w: u64,
-    chosen: Option<u32>,
-) -> Result<Vec<TileOption>, PipelineError> {
-    let set = part.store.load_meta(|n| n.starts_with(&part.prefix))?;
-    let vae = crate::models::WanVae::new(&set, &part.prefix, 1)?;
-    let c = vae.config();
-    let (s, tf) = (c.spatial_factor(), c.temporal_factor());
-    let (lh, lw) = (h as usize / s, w as usize / s);
-    let t = 1 + frames.saturating_sub(1) / tf;
-    let dev = |m: crate::models::wan_vae::WanVaeMemory| (m.compute_bytes + m.cache_bytes) as u64;
-    let encode = if c.has_encoder {
-        dev(vae.encode_memory(h as usize, w as usize)?)
-    } else {
-        0
-    };
-    let mut v = vec![TileOption {
-        tile: None,
-        compute_bytes: dev(vae.decode_memory(t, lh, lw, None)?).max(encode),
-    }];
-    let mut sizes = estimate::VAE_TILES.to_vec();
-    if let Some(t) = chosen.filter(|t| !sizes.contains(t)) {
-        sizes.push(t);
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-    }
-    for px in sizes {
-        // As the pipeline tiles: latent tiles of px / 8, overlapping by 1/8 of a tile.
-        let tl = (px as usize / s).max(2);
-        let overlap = (tl / 8).max(1);
-        let m = vae.decode_memory(t, lh, lw, Some((tl, overlap)))?;
-        v.push(TileOption {
-            tile: Some(px),
-            compute_bytes: dev(m).max(encode),
-        });
-    }
-    Ok(v)
 }
 
 #[cfg(test)]

@@ -374,7 +374,7 @@ mod tests {
         // Planner errors give theirs; other errors none.
         let short = crate::runtime::plan::plan(&crate::runtime::plan::PlanInput {
             components: vec![crate::runtime::plan::ComponentSpec::new(
-                crate::runtime::plan::Component::VaeWan,
+                crate::models::VAE_WAN.component,
                 1 << 30,
             )],
             budget: Some(1 << 20),

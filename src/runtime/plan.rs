@@ -27,21 +27,51 @@ use std::fmt;
 
 const MIB: u64 = 1 << 20;
 
-/// The networks of both stages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Component {
-    ClipL,
-    ClipG,
-    Unet,
-    VaeSdxl,
-    T5,
-    ClipVision,
-    Dit,
-    VaeWan,
+/// A network as the planner sees it: its name, what it does (which decides the policy applied
+/// to it), its stage, where it runs in the sequence, and what a run uses it for. Each network
+/// describes itself (its model file declares its `Component`, see `crate::models::network`); the
+/// planner knows no network by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Component {
+    /// Short name in plans and errors: "clip_l", "unet", "dit", ...
+    pub name: &'static str,
+    pub role: Role,
+    pub stage: Stage,
+    /// Position in the execution order within its stage (ascending).
+    pub order: u16,
+    /// What a run uses it for, in order ("encode prompt", "sample", ...).
+    pub uses: &'static [Use],
+}
+
+/// One use of a component in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Use {
+    /// "encode prompt", "sample", "decode", ...
+    pub what: &'static str,
+    /// Runs after its stage's denoiser (the Wan VAE's decode), not in the component's order.
+    pub after_denoiser: bool,
+}
+
+impl Use {
+    /// A use in the component's place in the order.
+    pub const fn now(what: &'static str) -> Use {
+        Use {
+            what,
+            after_denoiser: false,
+        }
+    }
+
+    /// A use after the stage's denoiser.
+    pub const fn after_denoiser(what: &'static str) -> Use {
+        Use {
+            what,
+            after_denoiser: true,
+        }
+    }
 }
 
 /// What a component does, which decides the policy applied to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Runs once before the denoiser (text encoders, CLIP vision): device or CPU.
     Encoder,
@@ -51,8 +81,8 @@ pub enum Role {
     Vae,
 }
 
-/// Stage 1 draws the still (SDXL); stage 2 animates it (Wan2.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Stage 1 draws the still (SDXL); stage 2 animates it (Wan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {
     Image,
     Video,
@@ -68,47 +98,21 @@ impl Stage {
 }
 
 impl Component {
-    pub const ALL: [Component; 8] = [
-        Component::ClipL,
-        Component::ClipG,
-        Component::Unet,
-        Component::VaeSdxl,
-        Component::T5,
-        Component::ClipVision,
-        Component::Dit,
-        Component::VaeWan,
-    ];
-
     pub fn name(self) -> &'static str {
-        match self {
-            Component::ClipL => "clip_l",
-            Component::ClipG => "clip_g",
-            Component::Unet => "unet",
-            Component::VaeSdxl => "vae_sdxl",
-            Component::T5 => "t5",
-            Component::ClipVision => "clip_vision",
-            Component::Dit => "dit",
-            Component::VaeWan => "vae_wan",
-        }
+        self.name
     }
 
     pub fn stage(self) -> Stage {
-        match self {
-            Component::ClipL | Component::ClipG | Component::Unet | Component::VaeSdxl => {
-                Stage::Image
-            }
-            _ => Stage::Video,
-        }
+        self.stage
     }
 
     pub fn role(self) -> Role {
-        match self {
-            Component::ClipL | Component::ClipG | Component::T5 | Component::ClipVision => {
-                Role::Encoder
-            }
-            Component::Unet | Component::Dit => Role::Denoiser,
-            Component::VaeSdxl | Component::VaeWan => Role::Vae,
-        }
+        self.role
+    }
+
+    /// Sort key of the execution order: stage, then order.
+    fn sequence(self) -> (Stage, u16) {
+        (self.stage, self.order)
     }
 }
 
@@ -412,19 +416,6 @@ pub(crate) fn size_arg(n: u64) -> String {
     }
 }
 
-/// Execution order: stage 1 (encoders, UNet, VAE), then stage 2 (umT5, CLIP vision, the VAE
-/// encoding the first frame, the DiT, the VAE decoding).
-const ORDER: [Component; 8] = [
-    Component::ClipL,
-    Component::ClipG,
-    Component::Unet,
-    Component::VaeSdxl,
-    Component::T5,
-    Component::ClipVision,
-    Component::VaeWan,
-    Component::Dit,
-];
-
 /// A candidate placement for a component, in the order the policy prefers them.
 struct Candidate {
     placement: Placement,
@@ -585,7 +576,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         .unwrap_or(u64::MAX);
     let o = &input.options;
     let mut specs: Vec<&ComponentSpec> = input.components.iter().collect();
-    specs.sort_by_key(|s| ORDER.iter().position(|c| *c == s.kind()));
+    specs.sort_by_key(|s| s.kind().sequence());
 
     let mut worst: Option<PlanError> = None;
     let mut components = Vec::new();
@@ -643,50 +634,46 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         return Err(e);
     }
 
-    // The sequence: each component loaded, run, freed before the next.
+    // The sequence: each component loaded, run, freed before the next. A component with two
+    // uses (the Wan VAE: encode the first frame, decode) is freed between them, and a use
+    // after the denoiser moves behind the last step of its stage.
     let mut steps = Vec::new();
+    let mut deferred: Vec<(Stage, [Step; 3])> = Vec::new();
     for cp in &components {
-        let uses: &[&'static str] = match cp.component {
-            Component::ClipL | Component::ClipG | Component::T5 => &["encode prompt"],
-            Component::ClipVision => &["encode image"],
-            Component::Unet | Component::Dit => &["sample"],
-            Component::VaeSdxl => &["decode"],
-            Component::VaeWan => &["encode first frame", "decode"],
-        };
-        // The Wan VAE is freed between its two uses (the DiT runs in between).
-        for what in uses {
-            let on_device = cp.device_weight_bytes;
-            steps.push(Step {
-                action: Action::Load,
-                component: cp.component,
-                device_bytes: on_device,
-                ram_bytes: cp.ram_weight_bytes,
-            });
-            steps.push(Step {
-                action: Action::Run(what),
-                component: cp.component,
-                device_bytes: cp.device_peak(),
-                ram_bytes: cp.ram_peak(),
-            });
-            steps.push(Step {
-                action: Action::Free,
-                component: cp.component,
-                device_bytes: 0,
-                ram_bytes: 0,
-            });
+        for u in cp.component.uses {
+            let three = [
+                Step {
+                    action: Action::Load,
+                    component: cp.component,
+                    device_bytes: cp.device_weight_bytes,
+                    ram_bytes: cp.ram_weight_bytes,
+                },
+                Step {
+                    action: Action::Run(u.what),
+                    component: cp.component,
+                    device_bytes: cp.device_peak(),
+                    ram_bytes: cp.ram_peak(),
+                },
+                Step {
+                    action: Action::Free,
+                    component: cp.component,
+                    device_bytes: 0,
+                    ram_bytes: 0,
+                },
+            ];
+            if u.after_denoiser {
+                deferred.push((cp.stage, three));
+            } else {
+                steps.extend(three);
+            }
         }
     }
-    // Move the Wan VAE's decode after the DiT.
-    if let Some(pos) = steps
-        .iter()
-        .position(|s| s.component == Component::VaeWan && s.action == Action::Run("decode"))
-    {
-        let decode: Vec<Step> = steps.drain(pos - 1..pos + 2).collect();
+    for (stage, three) in deferred {
         let after = steps
             .iter()
-            .rposition(|s| s.component.stage() == Stage::Video)
+            .rposition(|s| s.component.stage() == stage)
             .map_or(steps.len(), |p| p + 1);
-        steps.splice(after..after, decode);
+        steps.splice(after..after, three);
     }
     let peak_device = steps.iter().map(|s| s.device_bytes).max().unwrap_or(0);
     let peak_ram = steps.iter().map(|s| s.ram_bytes).max().unwrap_or(0);
@@ -751,6 +738,55 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
 mod tests {
     use super::*;
 
+    // The eight networks of both stages as their model files describe them (names, roles,
+    // stages, order, uses), for planning without the models.
+    const fn c(
+        name: &'static str,
+        role: Role,
+        stage: Stage,
+        order: u16,
+        uses: &'static [Use],
+    ) -> Component {
+        Component {
+            name,
+            role,
+            stage,
+            order,
+            uses,
+        }
+    }
+    const PROMPT: &[Use] = &[Use::now("encode prompt")];
+    const SAMPLE: &[Use] = &[Use::now("sample")];
+    const CLIP_L: Component = c("clip_l", Role::Encoder, Stage::Image, 0, PROMPT);
+    const CLIP_G: Component = c("clip_g", Role::Encoder, Stage::Image, 1, PROMPT);
+    const UNET: Component = c("unet", Role::Denoiser, Stage::Image, 2, SAMPLE);
+    const VAE_SDXL: Component = c(
+        "vae_sdxl",
+        Role::Vae,
+        Stage::Image,
+        3,
+        &[Use::now("decode")],
+    );
+    const T5: Component = c("t5", Role::Encoder, Stage::Video, 0, PROMPT);
+    const CLIP_VISION: Component = c(
+        "clip_vision",
+        Role::Encoder,
+        Stage::Video,
+        1,
+        &[Use::now("encode image")],
+    );
+    const VAE_WAN: Component = c(
+        "vae_wan",
+        Role::Vae,
+        Stage::Video,
+        2,
+        &[
+            Use::now("encode first frame"),
+            Use::after_denoiser("decode"),
+        ],
+    );
+    const DIT: Component = c("dit", Role::Denoiser, Stage::Video, 3, SAMPLE);
+
     const GIB: u64 = 1 << 30;
 
     /// Wan I2V 14B Q4_K_M-like numbers: 40 blocks of 259 MiB, 1 GiB outside them.
@@ -759,13 +795,13 @@ mod tests {
         let dit_bytes = blocks.iter().sum::<u64>() + GIB;
         PlanInput {
             components: vec![
-                ComponentSpec::new(Component::T5, 6 * GIB).with_compute(GIB),
-                ComponentSpec::new(Component::ClipVision, 1200 * MIB).with_compute(100 * MIB),
-                ComponentSpec::new(Component::Dit, dit_bytes)
+                ComponentSpec::new(T5, 6 * GIB).with_compute(GIB),
+                ComponentSpec::new(CLIP_VISION, 1200 * MIB).with_compute(100 * MIB),
+                ComponentSpec::new(DIT, dit_bytes)
                     .with_blocks(blocks)
                     .with_compute(5 * GIB)
                     .with_forwards(2),
-                ComponentSpec::new(Component::VaeWan, 250 * MIB).with_tiles(vec![
+                ComponentSpec::new(VAE_WAN, 250 * MIB).with_tiles(vec![
                     TileOption {
                         tile: None,
                         compute_bytes: 14 * GIB,
@@ -815,9 +851,9 @@ mod tests {
         struct IsDefault;
         impl<T: Default> AmbiguousIfDefault<IsDefault> for T {}
         <ComponentSpec as AmbiguousIfDefault<_>>::check();
-        let spec = ComponentSpec::new(Component::ClipL, 1 << 20);
+        let spec = ComponentSpec::new(CLIP_L, 1 << 20);
         let named: Component = spec.component;
-        assert_eq!(named, Component::ClipL);
+        assert_eq!(named, CLIP_L);
         // Planned as the component it names (an encoder, not the UNet).
         let p = plan(&PlanInput {
             components: vec![spec],
@@ -825,8 +861,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(p.components.len(), 1);
-        assert_eq!(p.components[0].component, Component::ClipL);
-        assert!(p.steps.iter().all(|s| s.component == Component::ClipL));
+        assert_eq!(p.components[0].component, CLIP_L);
+        assert!(p.steps.iter().all(|s| s.component == CLIP_L));
     }
 
     #[test]
@@ -835,9 +871,9 @@ mod tests {
         for c in &p.components {
             assert_eq!(c.placement, Placement::Resident, "{}", c.component);
         }
-        assert_eq!(p.get(Component::VaeWan).unwrap().tile, None);
+        assert_eq!(p.get(VAE_WAN).unwrap().tile, None);
         assert_eq!(p.upload_per_step, 0);
-        let dit = p.get(Component::Dit).unwrap();
+        let dit = p.get(DIT).unwrap();
         assert_eq!(p.peak_device, dit.weight_bytes + 5 * GIB);
         assert_eq!(p.peak_ram, 0);
         // Order: t5, clip vision, vae encode, dit, vae decode; every load freed.
@@ -852,11 +888,11 @@ mod tests {
         assert_eq!(
             runs,
             vec![
-                (Component::T5, "encode prompt"),
-                (Component::ClipVision, "encode image"),
-                (Component::VaeWan, "encode first frame"),
-                (Component::Dit, "sample"),
-                (Component::VaeWan, "decode"),
+                (T5, "encode prompt"),
+                (CLIP_VISION, "encode image"),
+                (VAE_WAN, "encode first frame"),
+                (DIT, "sample"),
+                (VAE_WAN, "decode"),
             ]
         );
         let loads = p.steps.iter().filter(|s| s.action == Action::Load).count();
@@ -867,7 +903,7 @@ mod tests {
     #[test]
     fn twelve_gib_streams_the_dit_with_two_slots() {
         let p = plan(&video(Some(12 * GIB))).unwrap();
-        let dit = p.get(Component::Dit).unwrap();
+        let dit = p.get(DIT).unwrap();
         assert_eq!(
             dit.placement,
             Placement::Streamed {
@@ -879,8 +915,8 @@ mod tests {
         assert_eq!(p.upload_per_step, 2 * 40 * 259 * MIB);
         assert_eq!(dit.ram_weight_bytes, 40 * 259 * MIB);
         // umT5 (6 GiB) fits alone; the VAE gets the 512 px tile (8 GiB + 250 MiB).
-        assert_eq!(p.get(Component::T5).unwrap().placement, Placement::Resident);
-        assert_eq!(p.get(Component::VaeWan).unwrap().tile, Some(512));
+        assert_eq!(p.get(T5).unwrap().placement, Placement::Resident);
+        assert_eq!(p.get(VAE_WAN).unwrap().tile, Some(512));
         assert!(p.peak_device <= 12 * GIB - 512 * MIB);
     }
 
@@ -889,17 +925,14 @@ mod tests {
         // 1 GiB + 1 block + 5 GiB compute = 6.25 GiB; two slots need 6.5 GiB.
         let budget = 6 * GIB + 259 * MIB + 512 * MIB + MIB;
         let p = plan(&video(Some(budget))).unwrap();
-        let dit = p.get(Component::Dit).unwrap();
+        let dit = p.get(DIT).unwrap();
         assert!(matches!(
             dit.placement,
             Placement::Streamed { slots: 1, .. }
         ));
-        assert_eq!(p.get(Component::T5).unwrap().placement, Placement::Cpu);
-        assert_eq!(
-            p.get(Component::ClipVision).unwrap().placement,
-            Placement::Resident
-        );
-        assert_eq!(p.get(Component::VaeWan).unwrap().tile, Some(256));
+        assert_eq!(p.get(T5).unwrap().placement, Placement::Cpu);
+        assert_eq!(p.get(CLIP_VISION).unwrap().placement, Placement::Resident);
+        assert_eq!(p.get(VAE_WAN).unwrap().tile, Some(256));
         assert!(p.peak_ram >= 6 * GIB);
     }
 
@@ -939,7 +972,7 @@ mod tests {
         input.options.offload = Offload::Blocks;
         let p = plan(&input).unwrap();
         assert!(matches!(
-            p.get(Component::Dit).unwrap().placement,
+            p.get(DIT).unwrap().placement,
             Placement::Streamed { slots: 2, .. }
         ));
         input.options = PlanOptions {
@@ -948,8 +981,8 @@ mod tests {
             ..PlanOptions::default()
         };
         let p = plan(&input).unwrap();
-        assert_eq!(p.get(Component::T5).unwrap().placement, Placement::Cpu);
-        assert_eq!(p.get(Component::VaeWan).unwrap().tile, Some(128));
+        assert_eq!(p.get(T5).unwrap().placement, Placement::Cpu);
+        assert_eq!(p.get(VAE_WAN).unwrap().tile, Some(128));
         input.options.vae_tile = Some(300);
         assert!(matches!(
             plan(&input),
@@ -1000,13 +1033,13 @@ mod tests {
     fn unlimited_budget_and_image_stage_order() {
         let input = PlanInput {
             components: vec![
-                ComponentSpec::new(Component::VaeSdxl, 160 * MIB).with_compute(3 * GIB),
-                ComponentSpec::new(Component::Unet, 4900 * MIB)
+                ComponentSpec::new(VAE_SDXL, 160 * MIB).with_compute(3 * GIB),
+                ComponentSpec::new(UNET, 4900 * MIB)
                     .with_blocks(vec![100 * MIB; 9])
                     .with_compute(GIB)
                     .with_forwards(2),
-                ComponentSpec::new(Component::ClipG, 1300 * MIB),
-                ComponentSpec::new(Component::ClipL, 235 * MIB),
+                ComponentSpec::new(CLIP_G, 1300 * MIB),
+                ComponentSpec::new(CLIP_L, 235 * MIB),
             ],
             budget: None,
             reserve: 0,
@@ -1014,15 +1047,7 @@ mod tests {
         };
         let p = plan(&input).unwrap();
         let order: Vec<_> = p.components.iter().map(|c| c.component).collect();
-        assert_eq!(
-            order,
-            vec![
-                Component::ClipL,
-                Component::ClipG,
-                Component::Unet,
-                Component::VaeSdxl
-            ]
-        );
+        assert_eq!(order, vec![CLIP_L, CLIP_G, UNET, VAE_SDXL]);
         assert_eq!(p.peak_device, 4900 * MIB + GIB);
     }
 

@@ -1,0 +1,202 @@
+//! One description per network, registered once in [`NETWORKS`]: the planner, the runtime and
+//! the pipelines iterate over these instead of matching on network names.
+//!
+//! A [`Network`] says:
+//! - what the planner calls it and how it runs ([`Component`]: name, role, stage, order, uses);
+//! - how its file is recognised ([`Network::architectures`], the architectures
+//!   [`crate::formats::names::detect`] reports for a file or a checkpoint component that carries
+//!   it) and which flag names the file;
+//! - its memory figures for a request ([`Network::memory`]): the compute-buffer bytes (and, for
+//!   a VAE, per tile size) from its config inferred from the weights, the tensor table only
+//!   (a set from [`crate::runtime::WeightStore::load_meta`]: no weights read). The denoisers and
+//!   the Wan VAE size their own graphs with ggml's allocator; the encoders and the SDXL VAE use
+//!   the documented formulas next to their model.
+//!
+//! Each model file declares its network(s) (`pub static NETWORK`); adding a network is one
+//! model file plus one line in [`NETWORKS`].
+
+use crate::formats::names::Architecture;
+use crate::ggml::TensorSet;
+use crate::runtime::plan::{Component, TileOption};
+
+/// What a network's memory depends on in a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Output size in pixels.
+    pub width: u32,
+    pub height: u32,
+    /// Video frames (1 for a still).
+    pub frames: usize,
+    /// A VAE tile asked for (`--vae-tile`), offered besides [`VAE_TILES`].
+    pub vae_tile: Option<u32>,
+}
+
+/// A network's device memory besides its weights, for a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Compute-buffer bytes (encoders, denoisers; for a streamed denoiser also the activations
+    /// carried between its block graphs).
+    pub compute_bytes: u64,
+    /// VAEs: the tile sizes on offer, untiled first, with their compute bytes.
+    pub tiles: Vec<TileOption>,
+}
+
+/// Why a network's figures could not be computed: its model's error.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Clip(#[from] super::ClipError),
+    #[error(transparent)]
+    ClipVision(#[from] super::ClipVisionError),
+    #[error(transparent)]
+    Umt5(#[from] super::Umt5Error),
+    #[error(transparent)]
+    Unet(#[from] super::UnetError),
+    #[error(transparent)]
+    Vae(#[from] super::VaeError),
+    #[error(transparent)]
+    WanDit(#[from] super::WanDitError),
+    #[error(transparent)]
+    WanVae(#[from] super::WanVaeError),
+}
+
+/// The figures of a network for a request, from its tensor table (`set`, names under `prefix`).
+pub type MemoryFn = fn(&TensorSet<'_>, &str, &Request) -> Result<Memory, ModelError>;
+
+/// One network: see the module docs.
+pub struct Network {
+    pub component: Component,
+    /// What the user calls it in messages: "umT5 encoder", "CLIP-L", "a Wan2.1 DiT" ...
+    pub label: &'static str,
+    /// The flag that names its file ("--t5"); for the main model of a stage, "--model".
+    pub flag: &'static str,
+    /// Architectures of the files (or checkpoint components) that carry it.
+    pub architectures: &'static [Architecture],
+    /// Whether its blocks can stream through device slots (the planner gets its block list).
+    pub streams: bool,
+    pub memory: MemoryFn,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("component", &self.component.name)
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+/// Every network, in execution order.
+pub static NETWORKS: [&Network; 8] = [
+    &super::clip_text::CLIP_L,
+    &super::clip_text::CLIP_G,
+    &super::unet_sdxl::NETWORK,
+    &super::vae_sdxl::NETWORK,
+    &super::umt5::NETWORK,
+    &super::clip_vision::NETWORK,
+    &super::wan_vae::NETWORK,
+    &super::wan_dit::NETWORK,
+];
+
+/// The registered network a component belongs to.
+pub fn of(component: Component) -> Option<&'static Network> {
+    NETWORKS.iter().copied().find(|n| n.component == component)
+}
+
+/// VAE tile edges offered to the planner (pixels), after "untiled".
+pub const VAE_TILES: [u32; 4] = [512, 384, 256, 128];
+
+/// The tile edges offered for a request: [`VAE_TILES`] plus the one asked for, largest first.
+pub fn vae_tiles(asked: Option<u32>) -> Vec<u32> {
+    let mut sizes = VAE_TILES.to_vec();
+    if let Some(t) = asked.filter(|t| !sizes.contains(t)) {
+        sizes.push(t);
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+    }
+    sizes
+}
+
+/// The area one tile of `tile` px covers in an `h` x `w` image, with 1/8 overlap on each side
+/// (clamped to the image).
+pub fn tile_area(tile: u32, h: u64, w: u64) -> (u64, u64) {
+    let t = tile as u64 + 2 * (tile as u64 / 8);
+    (t.min(h), t.min(w))
+}
+
+/// Untiled and each of [`VAE_TILES`], with the compute bytes `area` gives for the pixel area
+/// the tile covers.
+pub fn area_tiles(area: impl Fn(u64, u64) -> u64, h: u64, w: u64) -> Vec<TileOption> {
+    let mut v = vec![TileOption {
+        tile: None,
+        compute_bytes: area(h, w),
+    }];
+    for t in VAE_TILES {
+        let (th, tw) = tile_area(t, h, w);
+        v.push(TileOption {
+            tile: Some(t),
+            compute_bytes: area(th, tw),
+        });
+    }
+    v
+}
+
+/// f32 activation bytes.
+pub(crate) const F32: u64 = 4;
+
+/// The formulas' margin for alignment and allocator fragmentation: 25 %.
+pub(crate) fn margin(bytes: u64) -> u64 {
+    bytes + bytes / 4
+}
+
+/// One pre-norm transformer layer's peak over `n` tokens of width `d` with an FFN of `f` and
+/// `heads` materialised attention score matrices (n x n each, mul-mat attention): the formula
+/// the encoders' figures use (f32 activations, one evaluation at batch 1, the tensors alive at
+/// the busiest point after ggml-alloc's reuse).
+pub(crate) fn transformer_layer(n: u64, d: u64, f: u64, heads: u64) -> u64 {
+    F32 * (8 * n * d + 2 * n * f + 2 * heads * n * n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::plan::{Role, Stage};
+
+    #[test]
+    fn every_network_is_registered_once_in_execution_order() {
+        for (i, a) in NETWORKS.iter().enumerate() {
+            for b in &NETWORKS[i + 1..] {
+                assert_ne!(a.component.name, b.component.name);
+                assert!(
+                    (a.component.stage, a.component.order) < (b.component.stage, b.component.order),
+                    "{} before {}",
+                    a.component.name,
+                    b.component.name
+                );
+            }
+            assert!(!a.architectures.is_empty(), "{}", a.component.name);
+            assert!(!a.component.uses.is_empty(), "{}", a.component.name);
+            assert_eq!(of(a.component).unwrap().label, a.label);
+        }
+        let count = |r: Role, s: Stage| {
+            NETWORKS
+                .iter()
+                .filter(|n| n.component.role == r && n.component.stage == s)
+                .count()
+        };
+        assert_eq!(count(Role::Denoiser, Stage::Image), 1);
+        assert_eq!(count(Role::Denoiser, Stage::Video), 1);
+        assert_eq!(count(Role::Vae, Stage::Video), 1);
+    }
+
+    #[test]
+    fn tiles_cover_their_overlap_clamped_to_the_image() {
+        assert_eq!(tile_area(512, 1024, 1024), (640, 640));
+        assert_eq!(tile_area(512, 480, 832), (480, 640));
+        assert_eq!(vae_tiles(Some(320)), vec![512, 384, 320, 256, 128]);
+        assert_eq!(vae_tiles(Some(256)), VAE_TILES.to_vec());
+        let t = area_tiles(|h, w| h * w, 480, 832);
+        assert_eq!(t[0].compute_bytes, 480 * 832);
+        assert_eq!(t[1].tile, Some(512));
+        assert_eq!(t[1].compute_bytes, 480 * 640);
+    }
+}
