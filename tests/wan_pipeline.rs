@@ -807,3 +807,47 @@ fn a_planned_job_opens_each_file_once() {
     assert_eq!(job.opened.opens(), 8);
     assert!(again.latent == base.latent, "latent differs");
 }
+
+/// The one-call `video::run` plans under the budget, follows its plan (the accountant's peak
+/// stays under the budget), hands every frame to the sink and gives the unplanned run's video.
+#[test]
+fn the_one_call_run_follows_its_plan() {
+    use nijigen::pipeline::plan::MemoryOptions;
+    use nijigen::pipeline::Options;
+    let idx = index();
+    let (_dir, files) = write_files("one_call", false);
+    let req = request(&idx);
+    let budget = 1u64 << 30;
+    let options = Options {
+        threads: 2,
+        memory: MemoryOptions {
+            vram_budget: Some(budget),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut sunk = Vec::new();
+    let done = video::run(
+        req.clone(),
+        files.clone(),
+        &options,
+        &mut |_| {},
+        &mut |i, _| {
+            sunk.push(i);
+            Ok(())
+        },
+    )
+    .expect("run");
+    let plan = done.job.plan.as_ref().expect("a budget gives a plan");
+    assert_eq!(plan.plan.budget, Some(budget));
+    let memory = done
+        .memory
+        .as_ref()
+        .expect("the run follows the plan's memory");
+    let peak = memory.accountant.peak();
+    assert!(peak > 0 && peak <= budget, "peak {peak}");
+    assert_eq!(sunk, (0..done.output.frames.len()).collect::<Vec<_>>());
+    let base = video::generate(&files, &req, &opts(), &mut |_| {}).expect("unplanned");
+    assert!(done.output.latent == base.latent, "latent differs");
+    assert!(done.output.frames == base.frames, "frames differ");
+}

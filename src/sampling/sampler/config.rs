@@ -1,9 +1,8 @@
-//! [`SamplerConfig`]: an immutable, validated sampling plan that starts [`Stepper`]s.
+//! [`SamplerConfig`]: an immutable, validated sampling plan; [`SamplerConfig::stepper`] (in
+//! `stepper.rs`, which this file does not import) starts a run of it.
 
-use super::denoiser::NoiseSource;
 use super::kind::{SamplerKind, SamplerOptions};
-use super::stepper::Stepper;
-use super::{dpmpp_2m_sde, euler_ancestral, heun, uni_pc};
+use super::{dpmpp_2m_sde, euler_ancestral, heun};
 use crate::sampling::schedule::ModelSampling;
 use crate::sampling::SamplingError;
 
@@ -133,34 +132,5 @@ impl SamplerConfig {
                 false
             }
         }
-    }
-
-    /// Starts sampling the latent `x` (already at `sigmas[0]`, e.g. from
-    /// [`Parameterization::noise_scaling`](crate::sampling::Parameterization::noise_scaling)). A
-    /// noise source is required when [`SamplerConfig::needs_noise`] and ignored otherwise.
-    pub fn stepper<'a>(
-        &'a self,
-        x: Vec<f32>,
-        noise: Option<Box<dyn NoiseSource + Send + 'a>>,
-    ) -> Result<Stepper<'a>, SamplingError> {
-        if self.needs_noise() && noise.is_none() {
-            return Err(SamplingError::NoiseRequired {
-                sampler: self.kind.name(),
-            });
-        }
-        let mut sigmas = self.sigmas.clone();
-        match self.kind {
-            SamplerKind::Dpmpp2mSde => {
-                dpmpp_2m_sde::offset_first_sigma(&self.sampling, &mut sigmas)
-            }
-            SamplerKind::UniPc => uni_pc::offset_first_sigma(&self.sampling, &mut sigmas),
-            SamplerKind::Euler
-            | SamplerKind::EulerAncestral
-            | SamplerKind::Heun
-            | SamplerKind::Dpmpp2m
-            | SamplerKind::Lcm => {}
-        }
-        let noise_len = if self.needs_noise() { x.len() } else { 0 };
-        Ok(Stepper::new(self, sigmas, x, noise, noise_len))
     }
 }

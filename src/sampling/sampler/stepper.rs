@@ -9,7 +9,7 @@ use super::dpmpp_2m::Dpmpp2m;
 use super::dpmpp_2m_sde::Dpmpp2mSde;
 use super::kind::{SamplerKind, SamplerOptions};
 use super::uni_pc::UniPc;
-use super::{euler, euler_ancestral, heun, lcm};
+use super::{dpmpp_2m_sde, euler, euler_ancestral, heun, lcm, uni_pc};
 use crate::sampling::{SamplingError, StepError};
 
 /// What one step did.
@@ -145,6 +145,37 @@ pub(super) fn eval<D: Denoiser>(
         .into());
     }
     Ok(out)
+}
+
+impl SamplerConfig {
+    /// Starts sampling the latent `x` (already at `sigmas[0]`, e.g. from
+    /// [`Parameterization::noise_scaling`](crate::sampling::Parameterization::noise_scaling)). A
+    /// noise source is required when [`SamplerConfig::needs_noise`] and ignored otherwise.
+    pub fn stepper<'a>(
+        &'a self,
+        x: Vec<f32>,
+        noise: Option<Box<dyn NoiseSource + Send + 'a>>,
+    ) -> Result<Stepper<'a>, SamplingError> {
+        if self.needs_noise() && noise.is_none() {
+            return Err(SamplingError::NoiseRequired {
+                sampler: self.kind().name(),
+            });
+        }
+        let mut sigmas = self.sigmas().to_vec();
+        match self.kind() {
+            SamplerKind::Dpmpp2mSde => {
+                dpmpp_2m_sde::offset_first_sigma(self.sampling(), &mut sigmas)
+            }
+            SamplerKind::UniPc => uni_pc::offset_first_sigma(self.sampling(), &mut sigmas),
+            SamplerKind::Euler
+            | SamplerKind::EulerAncestral
+            | SamplerKind::Heun
+            | SamplerKind::Dpmpp2m
+            | SamplerKind::Lcm => {}
+        }
+        let noise_len = if self.needs_noise() { x.len() } else { 0 };
+        Ok(Stepper::new(self, sigmas, x, noise, noise_len))
+    }
 }
 
 impl<'a> Stepper<'a> {
