@@ -641,3 +641,37 @@ fn budgets_give_the_same_image_and_stay_under_them() {
         }
     }
 }
+
+/// The one-call `image::run` plans under the budget (the planner fills the VAE tile), follows
+/// its plan (the accountant's peak stays under the budget) and gives the unplanned run's image.
+#[test]
+fn the_one_call_run_follows_its_plan() {
+    use nijigen::pipeline::plan::MemoryOptions;
+    use nijigen::pipeline::Options;
+    let files = SdxlFiles::single(checkpoint(St::F32));
+    let req = t2i_request();
+    let budget = 512u64 << 20;
+    let options = Options {
+        threads: THREADS,
+        memory: MemoryOptions {
+            vram_budget: Some(budget),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let done = image::run(req.clone(), files.clone(), &options, &mut |_| {}).unwrap();
+    let plan = done.job.plan.as_ref().expect("a budget gives a plan");
+    assert_eq!(plan.plan.budget, Some(budget));
+    assert_eq!(
+        done.job.request.vae_tile,
+        plan.tile(nijigen::models::VAE_SDXL.component)
+    );
+    let peak = done.memory.as_ref().expect("memory").accountant.peak();
+    assert!(peak > 0 && peak <= budget, "peak {peak}");
+    let base = image::generate(&files, &req, &opts(), &mut |_| {}).unwrap();
+    assert!(
+        done.output.images[0].latent == base.images[0].latent,
+        "latent"
+    );
+    assert!(done.output.images[0].rgb == base.images[0].rgb, "image");
+}
