@@ -71,6 +71,15 @@ fn store(
     prefix: &str,
     metadata: &[(String, MetaValue)],
 ) -> (tempfile::TempDir, WeightStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("zeros.safetensors");
+    write_zeros(&path, list, prefix, metadata);
+    let store = WeightStore::open_path(&path).expect("open");
+    (dir, store)
+}
+
+/// Writes the file [`store`] opens.
+fn write_zeros(path: &Path, list: &List, prefix: &str, metadata: &[(String, MetaValue)]) {
     let meta: serde_json::Map<String, serde_json::Value> = metadata
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.into())))
@@ -80,26 +89,23 @@ fn store(
     let mut offset = 0u64;
     for (n, shape) in list {
         let bytes = 4 * shape.iter().product::<u64>();
-        header.insert(
-            format!("{prefix}{n}"),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
-        );
+        let entry = serde_json::json!({
+            "dtype": "F32",
+            "shape": shape,
+            "data_offsets": [offset, offset + bytes],
+        });
+        header.insert(format!("{prefix}{n}"), entry);
         offset += bytes;
     }
     let mut text = serde_json::to_string(&header).expect("header");
     while text.len() % 8 != 0 {
         text.push(' ');
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("zeros.safetensors");
-    let mut f = std::fs::File::create(&path).expect("create");
+    let mut f = std::fs::File::create(path).expect("create");
     f.write_all(&(text.len() as u64).to_le_bytes())
         .expect("write");
     f.write_all(text.as_bytes()).expect("write");
     f.set_len(8 + text.len() as u64 + offset).expect("set_len");
-    drop(f);
-    let store = WeightStore::open_path(&path).expect("open");
-    (dir, store)
 }
 
 /// What `nijigen info` says of `list` under `prefix`.
@@ -1456,4 +1462,52 @@ fn several_components_in_one_file() {
         "Wan2.1 I2V DiT, dim 256, 2 blocks, 2 heads, ffn 512"
     );
     assert_eq!(info.components.len(), 1);
+}
+
+/// The image-to-video checks compare the model configs: the DiT's text width with umT5's, its
+/// input channels with the VAE's latent (2 x z + 4).
+#[test]
+fn i2v_checks_compare_the_model_configs() {
+    use nijigen::pipeline::i2v::check_video_files;
+    use nijigen::pipeline::video::WanFiles;
+    use nijigen::pipeline::PipelineError;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, list: &List| {
+        let p = dir.path().join(name);
+        write_zeros(&p, list, "", &[]);
+        p
+    };
+    // DiT: text 64, in 36 (= 2 x 16 + 4).
+    let dit = file("dit.safetensors", &fixture("wan_dit_i2v_original.txt"));
+    let t5 = file("t5.safetensors", &fixture("umt5_gguf.txt"));
+    let wide_t5 = file("t5_4096.safetensors", &umt5_gguf(4096, 2, 4, 96, 1000, 32));
+    let clip = file("clip.safetensors", &fixture("clip_vision_h_hf.txt"));
+    let vae = file(
+        "vae.safetensors",
+        &wan_vae(8, 16, &[1, 2, 4, 4], 2, &[false, true, true]),
+    );
+    let vae_z4 = file("vae_z4.safetensors", &fixture("wan_vae_original.txt"));
+    let files = |t5: &Path, vae: &Path| WanFiles {
+        model: dit.clone(),
+        t5: Some(t5.to_path_buf()),
+        t5_tokenizer: Some(dir.path().join("tokenizer.json")),
+        clip_vision: Some(clip.clone()),
+        vae: Some(vae.to_path_buf()),
+        loras: vec![],
+    };
+    check_video_files(&files(&t5, &vae)).expect("matching files");
+    let err = |f: WanFiles| match check_video_files(&f) {
+        Err(PipelineError::Mismatch(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    let m = err(files(&wide_t5, &vae));
+    assert!(
+        m.contains("umT5 gives 4096-wide tokens") && m.contains("takes 64"),
+        "{m}"
+    );
+    let m = err(files(&t5, &vae_z4));
+    assert!(
+        m.contains("the DiT takes 36 input channels, the VAE has 4 latent channels"),
+        "{m}"
+    );
 }
