@@ -10,7 +10,9 @@
 //!   a VAE, per tile size) from its config inferred from the weights, the tensor table only
 //!   (a set from [`crate::runtime::WeightStore::load_meta`]: no weights read). The denoisers and
 //!   the Wan VAE size their own graphs with ggml's allocator; the encoders and the SDXL VAE use
-//!   the documented formulas next to their model.
+//!   the documented formulas next to their model;
+//! - its description ([`Network::describe`]): a one-line summary and the config as JSON, from
+//!   the same model config (what `nijigen info` prints, through `crate::pipeline::inspect`).
 //!
 //! Each model file declares its network(s) (`pub static NETWORK`); adding a network is one
 //! model file plus one line in [`NETWORKS`].

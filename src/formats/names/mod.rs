@@ -533,8 +533,8 @@ fn map_plain(ctx: &NameContext, arch: Architecture, layout: Layout, rest: &str) 
 // Detection
 // ---------------------------------------------------------------------------------------------
 
-/// A family of weights recognised from names, before config-dependent refinement (CLIP-L vs bigG,
-/// Wan I2V vs T2V).
+/// A family of weights recognised from names, before the shape tests that split it (CLIP-L vs
+/// bigG, Wan I2V vs T2V).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Family {
     WanDit,
