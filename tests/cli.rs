@@ -289,6 +289,8 @@ fn info_human_and_json() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["format"], "gguf");
     assert_eq!(v["architecture"], "wan-dit-i2v");
+    assert_eq!(v["config"]["dim"], 256);
+    assert_eq!(v["config"]["in_channels"], 36);
     assert_eq!(v["metadata"]["general.architecture"], "wan");
     assert_eq!(v["metadata"]["general.file_type"], 15);
     let tensors = v["tensors"].as_array().unwrap();
@@ -308,6 +310,37 @@ fn info_human_and_json() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["format"], "safetensors");
     assert_eq!(v["metadata"]["format"], "pt");
+}
+
+/// A file recognised by its names whose model config cannot be read (a tensor the model needs
+/// is missing) is still described: the architecture and why, exit status 0.
+#[test]
+fn info_describes_a_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("partial.safetensors");
+    let tensors: Vec<_> = tiny_wan_i2v()
+        .into_iter()
+        .filter(|(n, _, _)| !n.starts_with("time_embedding."))
+        .collect();
+    write_safetensors(&path, &tensors, St::F32);
+    let o = nijigen(&["info", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("wan-dit-i2v"), "{s}");
+    assert!(
+        s.contains(
+            "config:        Wan image-to-video diffusion transformer (cannot read its config: "
+        ),
+        "{s}"
+    );
+    let o = nijigen(&["info", path.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["config"], serde_json::Value::Null);
+    assert!(v["summary"]
+        .as_str()
+        .unwrap()
+        .contains("cannot read its config"));
 }
 
 /// Every malformed file: exit status 1, one line naming the file and the problem, no panic.

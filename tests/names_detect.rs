@@ -3,16 +3,24 @@
 //! `tests/fixtures/names/*.txt` are dumped by `tools/reference/dump_names.py` from tiny-config
 //! diffusers / transformers models (HF and diffusers layouts) and from the original layouts,
 //! which that script checks against diffusers' own converters. Real-size lists are built here
-//! from each model's structure (MODELS.md) to check configs and summaries at the sizes users
-//! have.
+//! from each model's structure (MODELS.md). Configs and summaries come from the models
+//! (`pipeline::inspect` over each network's `describe`): the lists are written to safetensors
+//! files of zeros (sparse on disk) and read back as weight stores.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::Path;
 
 use nijigen::formats::names::{
-    detect, normalize, ArchConfig, Architecture, Detection, Layout, LoraKind, LoraTarget, NameMap,
+    detect, normalize, Architecture, Detection, Layout, LoraKind, LoraTarget, NameMap,
 };
 use nijigen::formats::{DType, MetaValue, TensorInfo};
+use nijigen::ggml::TensorSet;
+use nijigen::models::{
+    ClipTextConfig, ClipVisionConfig, Umt5Config, UnetConfig, VaeConfig, WanDitConfig, WanVaeConfig,
+};
+use nijigen::pipeline::{inspect, Inspection};
+use nijigen::runtime::WeightStore;
 
 type List = Vec<(String, Vec<u64>)>;
 
@@ -53,6 +61,64 @@ fn tensors(list: &List, prefix: &str) -> Vec<TensorInfo> {
 
 fn det(list: &List, prefix: &str) -> Detection {
     detect(&tensors(list, prefix), &[])
+}
+
+/// `list` (names under `prefix`) as a safetensors file of F32 zeros with `metadata`, sparse on
+/// disk (the real-size lists would take gigabytes), opened as a weight store. The directory
+/// must outlive the store.
+fn store(
+    list: &List,
+    prefix: &str,
+    metadata: &[(String, MetaValue)],
+) -> (tempfile::TempDir, WeightStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("zeros.safetensors");
+    write_zeros(&path, list, prefix, metadata);
+    let store = WeightStore::open_path(&path).expect("open");
+    (dir, store)
+}
+
+/// Writes the file [`store`] opens.
+fn write_zeros(path: &Path, list: &List, prefix: &str, metadata: &[(String, MetaValue)]) {
+    let meta: serde_json::Map<String, serde_json::Value> = metadata
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.into())))
+        .collect();
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), meta.into());
+    let mut offset = 0u64;
+    for (n, shape) in list {
+        let bytes = 4 * shape.iter().product::<u64>();
+        let entry = serde_json::json!({
+            "dtype": "F32",
+            "shape": shape,
+            "data_offsets": [offset, offset + bytes],
+        });
+        header.insert(format!("{prefix}{n}"), entry);
+        offset += bytes;
+    }
+    let mut text = serde_json::to_string(&header).expect("header");
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut f = std::fs::File::create(path).expect("create");
+    f.write_all(&(text.len() as u64).to_le_bytes())
+        .expect("write");
+    f.write_all(text.as_bytes()).expect("write");
+    f.set_len(8 + text.len() as u64 + offset).expect("set_len");
+}
+
+/// What `nijigen info` says of `list` under `prefix`.
+fn described(list: &List, prefix: &str, metadata: &[(String, MetaValue)]) -> Inspection {
+    let (_dir, s) = store(list, prefix, metadata);
+    inspect(&s)
+}
+
+/// A model config read from the tensor table of `list` (one network, canonical names).
+fn config<T>(list: &List, prefix: &str, read: impl Fn(&TensorSet<'_>) -> T) -> T {
+    let (_dir, s) = store(list, prefix, &[]);
+    let set = s.load_meta(|_| true).expect("meta");
+    read(&set)
 }
 
 fn meta_arch(a: &str) -> Vec<(String, MetaValue)> {
@@ -157,34 +223,25 @@ fn wan_dit_fixtures() {
                 (!prefix.is_empty()).then_some(prefix),
                 "{file}"
             );
-            let ArchConfig::WanDit(c) = &d.config else {
-                panic!("{file}: {:?}", d.config)
-            };
-            assert_eq!(c.dim, Some(256));
-            assert_eq!(c.heads, Some(2));
-            assert_eq!(c.blocks, 2);
-            assert_eq!(c.ffn_dim, Some(512));
-            assert_eq!(c.out_channels, Some(16));
-            assert_eq!(c.text_dim, Some(64));
-            assert_eq!(c.freq_dim, Some(32));
-            assert_eq!(c.patch_size, Some([1, 2, 2]));
-            assert!(c.cross_attn_norm);
+            let c = config(&list, prefix, |s| {
+                WanDitConfig::from_weights(s, "").unwrap()
+            });
+            assert_eq!((c.dim, c.heads, c.layers, c.ffn_dim), (256, 2, 2, 512));
+            assert_eq!((c.out_channels, c.text_dim, c.freq_dim), (16, 64, 32));
+            let summary = described(&list, prefix, &[]).summary;
             if arch == Architecture::WanDitI2v {
-                assert_eq!(c.in_channels, Some(36));
-                assert_eq!(c.clip_dim, Some(48));
-                assert!(c.image_cross_attention && c.i2v);
+                assert_eq!(c.in_channels, 36);
+                assert_eq!(c.image_dim, Some(48));
+                assert!(c.is_i2v());
                 assert_eq!(
-                    d.summary,
+                    summary,
                     "Wan2.1 I2V DiT, dim 256, 2 blocks, 2 heads, ffn 512"
                 );
             } else {
-                assert_eq!(c.in_channels, Some(16));
-                assert_eq!(c.clip_dim, None);
-                assert!(!c.image_cross_attention && !c.i2v);
-                assert_eq!(
-                    d.summary,
-                    "Wan T2V DiT, dim 256, 2 blocks, 2 heads, ffn 512"
-                );
+                assert_eq!(c.in_channels, 16);
+                assert_eq!(c.image_dim, None);
+                assert!(!c.is_i2v());
+                assert_eq!(summary, "Wan T2V DiT, dim 256, 2 blocks, 2 heads, ffn 512");
             }
             assert_eq!(d.unmapped, 0, "{file} {prefix}");
         }
@@ -220,22 +277,17 @@ fn sdxl_unet_fixtures_and_map() {
             let d = det(list, prefix);
             assert_eq!(d.architecture, Architecture::SdxlUnet, "{prefix}");
             assert_eq!(d.layout, layout);
-            let ArchConfig::SdxlUnet(c) = &d.config else {
-                panic!("{:?}", d.config)
-            };
-            assert_eq!(c.model_channels, Some(32));
-            assert_eq!(c.channel_mult, vec![1, 2, 4]);
+            let c = config(list, prefix, |s| UnetConfig::from_weights(s, "").unwrap());
+            assert_eq!(c.model_channels, 32);
+            assert_eq!(c.channels, vec![32, 64, 128]);
             assert_eq!(c.transformer_depth, vec![0, 1, 2]);
-            assert_eq!(c.transformer_depth_middle, Some(2));
-            assert_eq!(c.num_res_blocks, Some(2));
-            assert_eq!(c.context_dim, Some(64));
-            assert_eq!(c.adm_in_channels, Some(80));
-            assert_eq!(c.in_channels, Some(4));
-            assert_eq!(c.out_channels, Some(4));
-            assert_eq!(c.heads, vec![None, Some(1), Some(2)]);
-            assert_eq!(c.linear_projection, Some(true));
+            assert_eq!(c.mid_transformer_depth, 2);
+            assert_eq!(c.res_blocks, 2);
+            assert_eq!(c.context_dim, 64);
+            assert_eq!(c.adm_in, Some(80));
+            assert_eq!((c.in_channels, c.out_channels), (4, 4));
             assert_eq!(
-                d.summary,
+                described(list, prefix, &[]).summary,
                 "SDXL UNet, 32 channels, mult [1,2,4], transformer depth [0,1,2], context 64"
             );
             assert_eq!(d.unmapped, 0);
@@ -272,17 +324,16 @@ fn sdxl_vae_fixtures_and_map() {
             let d = det(list, prefix);
             assert_eq!(d.architecture, Architecture::SdxlVae, "{prefix}");
             assert_eq!(d.layout, layout);
-            let ArchConfig::SdxlVae(c) = &d.config else {
-                panic!("{:?}", d.config)
-            };
-            assert_eq!(c.base_channels, Some(32));
-            assert_eq!(c.channel_mult, vec![1, 2, 2]);
-            assert_eq!(c.latent_channels, Some(4));
-            assert_eq!(c.num_res_blocks, Some(2));
-            assert_eq!(c.in_channels, Some(3));
-            assert_eq!(c.out_channels, Some(3));
+            let c = config(list, prefix, |s| {
+                VaeConfig::from_weights(s, "", 32).unwrap()
+            });
+            assert_eq!(c.channels, vec![32, 64, 64]);
+            assert_eq!(c.latent_channels, 4);
+            assert_eq!(c.res_blocks, 2);
+            assert_eq!(c.image_channels, 3);
+            assert!(c.has_encoder && c.has_decoder);
             assert_eq!(
-                d.summary,
+                described(list, prefix, &[]).summary,
                 "SDXL VAE, 32 channels, mult [1,2,2], 4 latent channels"
             );
         }
@@ -315,15 +366,15 @@ fn clip_text_fixtures() {
             assert_eq!(d.architecture, Architecture::ClipL, "{prefix}");
             assert_eq!(d.layout, Layout::HfTransformers);
             assert_eq!(d.prefix.as_deref(), (!prefix.is_empty()).then_some(*prefix));
-            let ArchConfig::ClipText(c) = &d.config else {
-                panic!("{:?}", d.config)
-            };
-            assert_eq!((c.width, c.layers, c.heads), (Some(64), 2, Some(1)));
-            assert_eq!((c.vocab, c.max_positions), (Some(1000), Some(77)));
-            assert_eq!(c.ffn_dim, Some(256));
+            let c = config(list, prefix, |s| {
+                ClipTextConfig::from_weights(s, "").unwrap()
+            });
+            assert_eq!((c.width, c.layers, c.heads), (64, 2, 1));
+            assert_eq!((c.vocab, c.max_positions), (1000, 77));
+            assert_eq!(c.ffn_dim, 256);
             assert_eq!(c.projection_dim, None);
             assert_eq!(
-                d.summary,
+                described(list, prefix, &[]).summary,
                 "CLIP-L text encoder, width 64, 2 layers, 1 heads"
             );
             assert_eq!(d.unmapped, 0);
@@ -351,16 +402,15 @@ fn clip_text_fixtures() {
             let d = det(list, prefix);
             assert_eq!(d.architecture, Architecture::ClipG, "{prefix}");
             assert_eq!(d.layout, layout, "{prefix}");
-            let ArchConfig::ClipText(c) = &d.config else {
-                panic!("{:?}", d.config)
-            };
-            assert_eq!((c.width, c.layers, c.heads), (Some(128), 3, Some(2)));
+            let c = config(list, prefix, |s| {
+                ClipTextConfig::from_weights(s, "").unwrap()
+            });
+            assert_eq!((c.width, c.layers, c.heads), (128, 3, 2));
             assert_eq!(c.projection_dim, Some(96));
-            assert_eq!(c.ffn_dim, Some(512));
-            assert_eq!(c.vocab, Some(1000));
-            assert_eq!(c.max_positions, Some(77));
+            assert_eq!(c.ffn_dim, 512);
+            assert_eq!((c.vocab, c.max_positions), (1000, 77));
             assert_eq!(
-                d.summary,
+                described(list, prefix, &[]).summary,
                 "OpenCLIP bigG text encoder, width 128, 3 layers, 2 heads, projection 96"
             );
         }
@@ -385,21 +435,14 @@ fn clip_vision_fixture() {
         let d = det(&list, prefix);
         assert_eq!(d.architecture, Architecture::ClipVisionH);
         assert_eq!(d.layout, Layout::HfTransformers);
-        let ArchConfig::ClipVision(c) = &d.config else {
-            panic!("{:?}", d.config)
-        };
+        let c = config(&list, prefix, |s| {
+            ClipVisionConfig::from_weights(s, "").unwrap()
+        });
+        assert_eq!((c.width, c.layers, c.heads, c.head_dim), (160, 2, 2, 80));
+        assert_eq!((c.patch_size, c.positions, c.image_size), (14, 5, 28));
+        assert_eq!(c.ffn_dim, 320);
         assert_eq!(
-            (c.width, c.layers, c.heads, c.head_dim),
-            (Some(160), 2, Some(2), Some(80))
-        );
-        assert_eq!(
-            (c.patch_size, c.positions, c.image_size),
-            (Some(14), Some(5), Some(28))
-        );
-        assert_eq!(c.projection_dim, Some(64));
-        assert_eq!(c.ffn_dim, Some(320));
-        assert_eq!(
-            d.summary,
+            described(&list, prefix, &[]).summary,
             "CLIP-H vision encoder, width 160, 2 layers, 2 heads, patch 14, image 28"
         );
         check_identity(&d, &list, prefix);
@@ -422,18 +465,14 @@ fn umt5_fixtures_and_map() {
             let d = detect(&tensors(list, prefix), &meta_arch("t5encoder"));
             assert_eq!(d.architecture, Architecture::Umt5);
             assert_eq!(d.layout, layout);
-            let ArchConfig::Umt5(c) = &d.config else {
-                panic!("{:?}", d.config)
-            };
-            assert_eq!((c.d_model, c.layers, c.heads), (Some(64), 2, Some(4)));
+            let c = config(list, prefix, |s| Umt5Config::from_weights(s, "").unwrap());
+            assert_eq!((c.d_model, c.layers, c.heads), (64, 2, 4));
+            assert_eq!((c.d_kv, c.ffn_dim, c.vocab), (16, 96, 1000));
+            assert_eq!(c.buckets, 32);
+            let info = described(list, prefix, &[]);
+            assert_eq!(info.config["bias_per_layer"], true);
             assert_eq!(
-                (c.head_dim, c.ffn_dim, c.vocab),
-                (Some(16), Some(96), Some(1000))
-            );
-            assert_eq!(c.relative_buckets, Some(32));
-            assert!(c.gated_ffn && c.bias_per_layer);
-            assert_eq!(
-                d.summary,
+                info.summary,
                 "umT5 encoder, d_model 64, 2 layers, 4 heads, ffn 96, vocab 1000"
             );
             assert_eq!(d.hint.as_deref(), Some("t5encoder"));
@@ -453,17 +492,15 @@ fn wan_vae_fixtures_and_map() {
             let d = det(list, prefix);
             assert_eq!(d.architecture, Architecture::WanVae, "{prefix}");
             assert_eq!(d.layout, layout);
-            let ArchConfig::WanVae(c) = &d.config else {
-                panic!("{:?}", d.config)
-            };
-            assert_eq!(
-                (c.base_dim, c.z_dim, c.in_channels),
-                (Some(8), Some(4), Some(3))
-            );
-            assert_eq!(c.dim_mult, vec![1, 2, 4, 4]);
-            assert_eq!(c.num_res_blocks, Some(2));
-            assert_eq!(c.temporal_downsample, vec![false, true, true]);
-            assert_eq!(d.summary, "Wan VAE, base 8, z 4, mult [1,2,4,4]");
+            let c = config(list, prefix, |s| WanVaeConfig::from_weights(s, "").unwrap());
+            assert_eq!((c.z_dim, c.out_channels), (4, 3));
+            assert!(c.has_encoder);
+            assert_eq!(c.temporal_factor(), 4);
+            assert_eq!(c.spatial_factor(), 8);
+            let info = described(list, prefix, &[]);
+            assert_eq!(info.config["base_dim"], 8);
+            assert_eq!(info.config["dim_mult"], serde_json::json!([1, 2, 4, 4]));
+            assert_eq!(info.summary, "Wan VAE, base 8, z 4, mult [1,2,4,4]");
         }
     }
     let d = det(&diff, "");
@@ -502,20 +539,19 @@ fn sdxl_checkpoint_from_fixtures() {
     assert_eq!(d.layout, Layout::Original);
     assert_eq!(d.prefix, None);
     assert_eq!(d.components.len(), 4);
+    assert!(d.v_prediction && !d.zero_terminal_snr);
+    let info = described(&list, "", &[]);
     assert_eq!(
-        d.summary,
+        info.summary,
         "SDXL checkpoint: SDXL UNet, 32 channels, mult [1,2,4], transformer depth [0,1,2], \
          context 64, v-prediction; CLIP-L text encoder, width 64, 2 layers, 1 heads; \
          OpenCLIP bigG text encoder, width 128, 3 layers, 2 heads, projection 96; \
          SDXL VAE, 32 channels, mult [1,2,2], 4 latent channels"
     );
-    let ArchConfig::SdxlCheckpoint(c) = &d.config else {
-        panic!("{:?}", d.config)
-    };
-    assert!(c.unet.as_ref().is_some_and(|u| u.v_pred));
-    assert_eq!(c.clip_l.as_ref().and_then(|t| t.width), Some(64));
-    assert_eq!(c.clip_g.as_ref().and_then(|t| t.width), Some(128));
-    assert_eq!(c.vae.as_ref().and_then(|v| v.latent_channels), Some(4));
+    assert_eq!(info.config["clip_l"]["width"], 64);
+    assert_eq!(info.config["clip_g"]["width"], 128);
+    assert_eq!(info.config["vae"]["latent_channels"], 4);
+    assert_eq!(info.components.len(), 4);
     for (p, l) in &parts {
         for (n, _) in l {
             let full = format!("{p}{n}");
@@ -540,9 +576,10 @@ fn sdxl_checkpoint_from_fixtures() {
     }
     let d2 = det(&list2, "");
     assert_eq!(d2.architecture, Architecture::SdxlCheckpoint);
+    assert!(!d2.v_prediction);
     assert_eq!(
-        d2.summary.replace(", v-prediction", ""),
-        d.summary.replace(", v-prediction", "")
+        described(&list2, "", &[]).summary,
+        info.summary.replace(", v-prediction", "")
     );
     assert_eq!(
         d2.normalize(
@@ -632,8 +669,8 @@ fn lora_fixtures() {
         assert_eq!(d.architecture, Architecture::Lora, "{file}");
         assert_eq!(d.layout, layout, "{file}");
         assert_eq!(d.summary, summary, "{file}");
-        let ArchConfig::Lora(c) = &d.config else {
-            panic!("{:?}", d.config)
+        let Some(c) = &d.lora else {
+            panic!("{file}: no LoRA config")
         };
         assert_eq!(c.modules, modules);
         assert_eq!(c.kinds, kinds);
@@ -1149,25 +1186,19 @@ fn wan_i2v_14b_real_size() {
         let list = wan_dit(5120, 13824, 40, 36, 4096, 256, Some(1280), gguf);
         let d = summary_of(&list, &meta_arch("wan"), prefix);
         assert_eq!(d.architecture, Architecture::WanDitI2v);
+        let info = described(&list, prefix, &meta_arch("wan"));
         assert_eq!(
-            d.summary,
+            info.summary,
             "Wan2.1 I2V DiT, dim 5120, 40 blocks, 40 heads, ffn 13824"
         );
-        let ArchConfig::WanDit(c) = &d.config else {
-            panic!("{:?}", d.config)
-        };
-        assert_eq!(c.dim, Some(5120));
-        assert_eq!(c.heads, Some(40));
-        assert_eq!(c.head_dim, 128);
-        assert_eq!(c.blocks, 40);
-        assert_eq!(c.ffn_dim, Some(13824));
-        assert_eq!(c.in_channels, Some(36));
-        assert_eq!(c.out_channels, Some(16));
-        assert_eq!(c.text_dim, Some(4096));
-        assert_eq!(c.freq_dim, Some(256));
-        assert_eq!(c.clip_dim, Some(1280));
-        assert_eq!(c.patch_size, Some([1, 2, 2]));
-        assert!(c.i2v && c.image_cross_attention && c.cross_attn_norm && !c.first_last_frame);
+        let c = config(&list, prefix, |s| {
+            WanDitConfig::from_weights(s, "").unwrap()
+        });
+        assert_eq!((c.dim, c.heads, c.layers, c.ffn_dim), (5120, 40, 40, 13824));
+        assert_eq!((c.in_channels, c.out_channels), (36, 16));
+        assert_eq!((c.text_dim, c.freq_dim), (4096, 256));
+        assert_eq!(c.image_dim, Some(1280));
+        assert_eq!(info.config["first_last_frame"], false);
         assert_eq!(d.unmapped, 0);
         assert_eq!(
             d.normalize(&format!("{prefix}blocks.39.cross_attn.k_img.weight")),
@@ -1175,25 +1206,19 @@ fn wan_i2v_14b_real_size() {
         );
     }
     // Wan2.1 T2V 1.3B: dim 1536, 30 layers, 12 heads, ffn 8960.
-    let d = summary_of(
-        &wan_dit(1536, 8960, 30, 16, 4096, 256, None, true),
-        &meta_arch("wan"),
-        "",
-    );
+    let list = wan_dit(1536, 8960, 30, 16, 4096, 256, None, true);
+    let d = summary_of(&list, &meta_arch("wan"), "");
     assert_eq!(d.architecture, Architecture::WanDitT2v);
     assert_eq!(
-        d.summary,
+        described(&list, "", &meta_arch("wan")).summary,
         "Wan T2V DiT, dim 1536, 30 blocks, 12 heads, ffn 8960"
     );
     // Wan2.2 A14B I2V expert: 36 input channels but no CLIP branch.
-    let d = summary_of(
-        &wan_dit(5120, 13824, 40, 36, 4096, 256, None, true),
-        &[],
-        "",
-    );
+    let list = wan_dit(5120, 13824, 40, 36, 4096, 256, None, true);
+    let d = summary_of(&list, &[], "");
     assert_eq!(d.architecture, Architecture::WanDitI2v);
     assert_eq!(
-        d.summary,
+        described(&list, "", &[]).summary,
         "Wan I2V DiT (no CLIP image branch), dim 5120, 40 blocks, 40 heads, ffn 13824"
     );
 }
@@ -1205,27 +1230,25 @@ fn sdxl_real_size() {
     let unet = sdxl_unet(320, &[1, 2, 4], &[0, 2, 10], 2, 2048, 2816);
     let d = summary_of(&unet, &meta_arch("sdxl"), "");
     assert_eq!(d.architecture, Architecture::SdxlUnet);
+    assert!(!d.v_prediction);
     assert_eq!(
-        d.summary,
+        described(&unet, "", &meta_arch("sdxl")).summary,
         "SDXL UNet, 320 channels, mult [1,2,4], transformer depth [0,2,10], context 2048"
     );
-    let ArchConfig::SdxlUnet(c) = &d.config else {
-        panic!("{:?}", d.config)
-    };
-    assert_eq!(c.adm_in_channels, Some(2816));
-    assert_eq!(c.context_dim, Some(2048));
-    assert_eq!(c.heads, vec![Some(5), Some(10), Some(20)]);
-    assert_eq!(c.transformer_depth_middle, Some(10));
-    assert_eq!(c.time_embed_dim, Some(1280));
-    assert_eq!((c.in_channels, c.out_channels), (Some(4), Some(4)));
-    assert_eq!(c.num_res_blocks, Some(2));
-    assert!(!c.v_pred);
+    let c = config(&unet, "", |s| UnetConfig::from_weights(s, "").unwrap());
+    assert_eq!(c.adm_in, Some(2816));
+    assert_eq!(c.context_dim, 2048);
+    assert_eq!(c.channels, vec![320, 640, 1280]);
+    assert_eq!(c.mid_transformer_depth, 10);
+    assert_eq!(c.time_embed_dim, 1280);
+    assert_eq!((c.in_channels, c.out_channels), (4, 4));
+    assert_eq!(c.res_blocks, 2);
 
     let clip_l = clip_text_hf(768, 12, 49408, 3072, None);
     let d = summary_of(&clip_l, &[], "");
     assert_eq!(d.architecture, Architecture::ClipL);
     assert_eq!(
-        d.summary,
+        described(&clip_l, "", &[]).summary,
         "CLIP-L text encoder, width 768, 12 layers, 12 heads"
     );
     // ComfyUI's clip_l may carry a text_projection; the width still says CLIP-L.
@@ -1236,14 +1259,15 @@ fn sdxl_real_size() {
     let d = summary_of(&big_g, &[], "conditioner.embedders.1.model.");
     assert_eq!(d.architecture, Architecture::ClipG);
     assert_eq!(
-        d.summary,
+        described(&big_g, "conditioner.embedders.1.model.", &[]).summary,
         "OpenCLIP bigG text encoder, width 1280, 32 layers, 20 heads, projection 1280"
     );
     // HF bigG (ComfyUI clip_g.safetensors) without a telling prefix: the width decides.
-    let d = summary_of(&clip_text_hf(1280, 32, 49408, 5120, Some(1280)), &[], "");
+    let g_hf = clip_text_hf(1280, 32, 49408, 5120, Some(1280));
+    let d = summary_of(&g_hf, &[], "");
     assert_eq!(d.architecture, Architecture::ClipG);
     assert_eq!(
-        d.summary,
+        described(&g_hf, "", &[]).summary,
         "OpenCLIP bigG text encoder, width 1280, 32 layers, 20 heads, projection 1280"
     );
 
@@ -1251,7 +1275,7 @@ fn sdxl_real_size() {
     let d = summary_of(&vae, &[], "");
     assert_eq!(d.architecture, Architecture::SdxlVae);
     assert_eq!(
-        d.summary,
+        described(&vae, "", &[]).summary,
         "SDXL VAE, 128 channels, mult [1,2,4,4], 4 latent channels"
     );
 
@@ -1266,8 +1290,9 @@ fn sdxl_real_size() {
     }
     let d = summary_of(&ckpt, &[], "");
     assert_eq!(d.architecture, Architecture::SdxlCheckpoint);
+    let info = described(&ckpt, "", &[]);
     assert_eq!(
-        d.summary,
+        info.summary,
         "SDXL checkpoint: SDXL UNet, 320 channels, mult [1,2,4], transformer depth [0,2,10], \
          context 2048; CLIP-L text encoder, width 768, 12 layers, 12 heads; OpenCLIP bigG text \
          encoder, width 1280, 32 layers, 20 heads, projection 1280; SDXL VAE, 128 channels, \
@@ -1277,68 +1302,83 @@ fn sdxl_real_size() {
     // serialisable for `nijigen info --json`
     let json = serde_json::to_value(&d).expect("json");
     assert_eq!(json["architecture"], "sdxl-checkpoint");
-    assert_eq!(json["config"]["kind"], "sdxl_checkpoint");
-    assert_eq!(json["config"]["unet"]["context_dim"], 2048);
+    assert_eq!(info.config["kind"], "sdxl_checkpoint");
+    assert_eq!(info.config["unet"]["context_dim"], 2048);
+}
+
+#[test]
+fn v_prediction_markers() {
+    // ComfyUI (supported_models.py SDXL.model_type): `ztsnr` counts only next to `v_pred`.
+    let unet = fixture("sdxl_unet_ldm.txt");
+    for (keys, v, z, tail) in [
+        (
+            &["v_pred", "ztsnr"][..],
+            true,
+            true,
+            ", v-prediction, zero terminal SNR",
+        ),
+        (&["v_pred"][..], true, false, ", v-prediction"),
+        (&["ztsnr"][..], false, false, ", context 64"),
+    ] {
+        let mut list = unet.clone();
+        list.extend(keys.iter().map(|k| (k.to_string(), Vec::new())));
+        let d = det(&list, "");
+        assert_eq!((d.v_prediction, d.zero_terminal_snr), (v, z), "{keys:?}");
+        let summary = described(&list, "", &[]).summary;
+        assert!(summary.ends_with(tail), "{keys:?}: {summary}");
+    }
 }
 
 #[test]
 fn wan_side_encoders_real_size() {
     // umT5-XXL: vocab 256384, d 4096, 24 layers, 64 heads, FFN 10240, 32 buckets.
-    let d = summary_of(
-        &umt5_gguf(4096, 24, 64, 10240, 256384, 32),
-        &meta_arch("t5encoder"),
-        "",
-    );
+    let t5 = umt5_gguf(4096, 24, 64, 10240, 256384, 32);
+    let d = summary_of(&t5, &meta_arch("t5encoder"), "");
     assert_eq!(d.architecture, Architecture::Umt5);
     assert_eq!(d.layout, Layout::LlamaCpp);
+    let info = described(&t5, "", &meta_arch("t5encoder"));
     assert_eq!(
-        d.summary,
+        info.summary,
         "umT5 encoder, d_model 4096, 24 layers, 64 heads, ffn 10240, vocab 256384"
     );
-    let ArchConfig::Umt5(c) = &d.config else {
-        panic!("{:?}", d.config)
-    };
-    assert_eq!(c.head_dim, Some(64));
-    assert_eq!(c.relative_buckets, Some(32));
-    assert!(c.bias_per_layer && c.gated_ffn);
+    assert_eq!(info.config["bias_per_layer"], true);
+    let c = config(&t5, "", |s| Umt5Config::from_weights(s, "").unwrap());
+    assert_eq!((c.d_kv, c.buckets), (64, 32));
 
     // CLIP vision H/14: 224 px, 32 layers, width 1280, 16 heads (head dim 80).
-    let d = summary_of(&clip_vision_hf(1280, 32, 14, 224, 1024), &[], "");
+    let vision = clip_vision_hf(1280, 32, 14, 224, 1024);
+    let d = summary_of(&vision, &[], "");
     assert_eq!(d.architecture, Architecture::ClipVisionH);
     assert_eq!(
-        d.summary,
+        described(&vision, "", &[]).summary,
         "CLIP-H vision encoder, width 1280, 32 layers, 16 heads, patch 14, image 224"
     );
-    let ArchConfig::ClipVision(c) = &d.config else {
-        panic!("{:?}", d.config)
-    };
-    assert_eq!(
-        (c.positions, c.head_dim, c.projection_dim),
-        (Some(257), Some(80), Some(1024))
-    );
+    let c = config(&vision, "", |s| {
+        ClipVisionConfig::from_weights(s, "").unwrap()
+    });
+    assert_eq!((c.positions, c.head_dim), (257, 80));
 
     // Wan VAE 2.1: base 96, z 16, dim_mult [1,2,4,4], 2 res blocks, temporal down in the last two.
-    let d = summary_of(
-        &wan_vae(96, 16, &[1, 2, 4, 4], 2, &[false, true, true]),
-        &[],
-        "",
-    );
+    let vae = wan_vae(96, 16, &[1, 2, 4, 4], 2, &[false, true, true]);
+    let d = summary_of(&vae, &[], "");
     assert_eq!(d.architecture, Architecture::WanVae);
-    assert_eq!(d.summary, "Wan VAE, base 96, z 16, mult [1,2,4,4]");
-    let ArchConfig::WanVae(c) = &d.config else {
-        panic!("{:?}", d.config)
-    };
-    assert_eq!(c.num_res_blocks, Some(2));
-    assert_eq!(c.temporal_downsample, vec![false, true, true]);
-    assert_eq!(c.in_channels, Some(3));
+    assert_eq!(
+        described(&vae, "", &[]).summary,
+        "Wan VAE, base 96, z 16, mult [1,2,4,4]"
+    );
+    let c = config(&vae, "", |s| WanVaeConfig::from_weights(s, "").unwrap());
+    assert_eq!((c.z_dim, c.out_channels), (16, 3));
+    assert_eq!((c.temporal_factor(), c.spatial_factor()), (4, 8));
 }
 
 #[test]
 fn hint_disagreement_is_reported() {
-    let d = summary_of(&umt5_gguf(64, 2, 4, 96, 1000, 32), &meta_arch("wan"), "");
+    let t5 = umt5_gguf(64, 2, 4, 96, 1000, 32);
+    let d = summary_of(&t5, &meta_arch("wan"), "");
     assert_eq!(d.architecture, Architecture::Umt5);
+    assert!(d.hint_disagrees);
     assert_eq!(
-        d.summary,
+        described(&t5, "", &meta_arch("wan")).summary,
         "umT5 encoder, d_model 64, 2 layers, 4 heads, ffn 96, vocab 1000 \
          (general.architecture says \"wan\")"
     );
@@ -1346,36 +1386,37 @@ fn hint_disagreement_is_reported() {
 
 #[test]
 fn partial_and_unknown_files() {
-    // Wan blocks without embeddings or head: still a Wan DiT, unknown fields stay None.
+    // Wan blocks without embeddings or head: still a Wan DiT, whose config cannot be read; the
+    // description says so instead of failing.
     let list: List = wan_dit(256, 512, 2, 36, 64, 32, None, false)
         .into_iter()
         .filter(|(n, _)| n.starts_with("blocks."))
         .collect();
     let d = summary_of(&list, &[], "");
     assert_eq!(d.architecture, Architecture::WanDitT2v);
-    assert_eq!(
-        d.summary,
-        "Wan T2V DiT, dim 256, 2 blocks, 2 heads, ffn 512"
+    let info = described(&list, "", &[]);
+    assert!(
+        info.summary.starts_with(&format!(
+            "{} (cannot read its config: ",
+            Architecture::WanDitT2v.description()
+        )),
+        "{}",
+        info.summary
     );
-    let ArchConfig::WanDit(c) = &d.config else {
-        panic!("{:?}", d.config)
-    };
-    assert_eq!(
-        (c.in_channels, c.out_channels, c.text_dim),
-        (None, None, None)
-    );
+    assert_eq!(info.config, serde_json::Value::Null);
+    assert!(info.components[0].error.is_some());
 
     // A UNet without label_emb (SD 1.x style) is flagged in the summary.
-    let list: List = sdxl_unet(32, &[1, 2], &[1, 1], 2, 64, 80)
+    let list: List = sdxl_unet(64, &[1, 2], &[1, 1], 2, 64, 80)
         .into_iter()
         .filter(|(n, _)| !n.starts_with("label_emb."))
         .collect();
     let d = summary_of(&list, &[], "");
     assert_eq!(d.architecture, Architecture::SdxlUnet);
+    let summary = described(&list, "", &[]).summary;
     assert!(
-        d.summary.ends_with("no label_emb (not an SDXL UNet?)"),
-        "{}",
-        d.summary
+        summary.ends_with("no label_emb (not an SDXL UNet?)"),
+        "{summary}"
     );
 
     // Something else entirely.
@@ -1388,7 +1429,10 @@ fn partial_and_unknown_files() {
     ];
     let d = summary_of(&list, &meta_arch("llama"), "");
     assert_eq!(d.architecture, Architecture::Unknown);
-    assert_eq!(d.config, ArchConfig::None);
+    assert_eq!(d.lora, None);
+    let info = described(&list, "", &meta_arch("llama"));
+    assert_eq!(info.summary, d.summary);
+    assert_eq!(info.config, serde_json::Value::Null);
 
     let d = detect(&[], &[]);
     assert_eq!(d.architecture, Architecture::Unknown);
@@ -1412,8 +1456,58 @@ fn several_components_in_one_file() {
     // the VAE's tensors are not renamed into the DiT
     assert_eq!(d.normalize("vae.encoder.conv1.weight"), None);
     assert_eq!(d.unmapped, vae.len());
+    let info = described(&list, "", &[]);
     assert_eq!(
-        d.summary,
+        info.summary,
         "Wan2.1 I2V DiT, dim 256, 2 blocks, 2 heads, ffn 512"
+    );
+    assert_eq!(info.components.len(), 1);
+}
+
+/// The image-to-video checks compare the model configs: the DiT's text width with umT5's, its
+/// input channels with the VAE's latent (2 x z + 4).
+#[test]
+fn i2v_checks_compare_the_model_configs() {
+    use nijigen::pipeline::i2v::check_video_files;
+    use nijigen::pipeline::video::WanFiles;
+    use nijigen::pipeline::PipelineError;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, list: &List| {
+        let p = dir.path().join(name);
+        write_zeros(&p, list, "", &[]);
+        p
+    };
+    // DiT: text 64, in 36 (= 2 x 16 + 4).
+    let dit = file("dit.safetensors", &fixture("wan_dit_i2v_original.txt"));
+    let t5 = file("t5.safetensors", &fixture("umt5_gguf.txt"));
+    let wide_t5 = file("t5_4096.safetensors", &umt5_gguf(4096, 2, 4, 96, 1000, 32));
+    let clip = file("clip.safetensors", &fixture("clip_vision_h_hf.txt"));
+    let vae = file(
+        "vae.safetensors",
+        &wan_vae(8, 16, &[1, 2, 4, 4], 2, &[false, true, true]),
+    );
+    let vae_z4 = file("vae_z4.safetensors", &fixture("wan_vae_original.txt"));
+    let files = |t5: &Path, vae: &Path| WanFiles {
+        model: dit.clone(),
+        t5: Some(t5.to_path_buf()),
+        t5_tokenizer: Some(dir.path().join("tokenizer.json")),
+        clip_vision: Some(clip.clone()),
+        vae: Some(vae.to_path_buf()),
+        loras: vec![],
+    };
+    check_video_files(&files(&t5, &vae)).expect("matching files");
+    let err = |f: WanFiles| match check_video_files(&f) {
+        Err(PipelineError::Mismatch(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    let m = err(files(&wide_t5, &vae));
+    assert!(
+        m.contains("umT5 gives 4096-wide tokens") && m.contains("takes 64"),
+        "{m}"
+    );
+    let m = err(files(&t5, &vae_z4));
+    assert!(
+        m.contains("the DiT takes 36 input channels, the VAE has 4 latent channels"),
+        "{m}"
     );
 }

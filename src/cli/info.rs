@@ -8,9 +8,8 @@ use clap::Args;
 use serde_json::{json, Map, Value};
 
 use super::human_bytes;
-use crate::formats::names;
-use crate::formats::weights::WeightFile;
 use crate::formats::MetaValue;
+use crate::pipeline;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -30,8 +29,9 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    let file = WeightFile::open(&args.files)?;
-    let det = names::detect(file.tensors(), file.metadata());
+    let inspected = pipeline::inspect_files(&args.files)?;
+    let (file, det) = (inspected.file(), inspected.detection());
+    let info = &inspected.inspection;
     let params: u64 = file.tensors().iter().map(|t| t.numel()).sum();
     let mut by_type: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     for t in file.tensors() {
@@ -62,8 +62,8 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             "architecture": det.architecture.name(),
             "layout": det.layout,
             "prefix": det.prefix,
-            "summary": det.summary,
-            "config": det.config,
+            "summary": info.summary,
+            "config": info.config,
             "components": det.components,
             "parameters": params,
             "tensor_bytes": file.data_bytes(),
@@ -102,7 +102,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         det.architecture.name(),
         det.architecture.description()
     )?;
-    writeln!(out, "config:        {}", det.summary)?;
+    writeln!(out, "config:        {}", info.summary)?;
     writeln!(
         out,
         "layout:        {}{}",

@@ -9,7 +9,7 @@
 //!
 //! Shapes are ggml `ne` (innermost first): activations [width, tokens, chunks].
 
-use super::network::{self, Memory, ModelError, Network, Request};
+use super::network::{self, Description, Memory, ModelError, Network, Request};
 use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GgmlType, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, Activation, NnError, Weights};
@@ -537,6 +537,7 @@ pub static CLIP_L: Network = Network {
     architectures: &[Architecture::ClipL],
     streams: false,
     memory: text_memory,
+    describe: describe_l,
 };
 
 /// OpenCLIP bigG, SDXL's second text encoder.
@@ -553,6 +554,7 @@ pub static CLIP_G: Network = Network {
     architectures: &[Architecture::ClipG],
     streams: false,
     memory: text_memory,
+    describe: describe_g,
 };
 
 /// One 77-token chunk through one layer (the encoders run chunk by chunk): the token embedding
@@ -565,4 +567,26 @@ fn text_memory(set: &TensorSet<'_>, prefix: &str, _: &Request) -> Result<Memory,
         compute_bytes: network::margin(layer + network::F32 * n * d * 2),
         tiles: Vec::new(),
     })
+}
+
+fn describe_l(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError> {
+    let c = ClipTextConfig::from_weights(set, prefix)?;
+    let summary = format!(
+        "CLIP-L text encoder, width {}, {} layers, {} heads",
+        c.width, c.layers, c.heads
+    );
+    Ok(network::description(summary, &c, &[]))
+}
+
+fn describe_g(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError> {
+    let c = ClipTextConfig::from_weights(set, prefix)?;
+    let summary = format!(
+        "OpenCLIP bigG text encoder, width {}, {} layers, {} heads, projection {}",
+        c.width,
+        c.layers,
+        c.heads,
+        c.projection_dim
+            .map_or_else(|| "?".to_string(), |p| p.to_string())
+    );
+    Ok(network::description(summary, &c, &[]))
 }

@@ -17,7 +17,7 @@
 //!
 //! Shapes are ggml `ne` (innermost first): patches [P*P*3, G*G], activations [width, tokens].
 
-use super::network::{self, Memory, ModelError, Network, Request};
+use super::network::{self, Description, Memory, ModelError, Network, Request};
 use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, Activation, NnError, Weights};
@@ -627,6 +627,7 @@ pub static NETWORK: Network = Network {
     architectures: &[Architecture::ClipVisionH],
     streams: false,
     memory,
+    describe,
 };
 
 /// One layer over the image tokens, next to the preprocessed pixels and the patch im2col.
@@ -641,4 +642,13 @@ fn memory(set: &TensorSet<'_>, prefix: &str, _: &Request) -> Result<Memory, Mode
         compute_bytes: network::margin(layer + pixels + im2col),
         tiles: Vec::new(),
     })
+}
+
+fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError> {
+    let c = ClipVisionConfig::from_weights(set, prefix)?;
+    let summary = format!(
+        "CLIP-H vision encoder, width {}, {} layers, {} heads, patch {}, image {}",
+        c.width, c.layers, c.heads, c.patch_size, c.image_size
+    );
+    Ok(network::description(summary, &c, &[]))
 }

@@ -10,7 +10,9 @@
 //!   a VAE, per tile size) from its config inferred from the weights, the tensor table only
 //!   (a set from [`crate::runtime::WeightStore::load_meta`]: no weights read). The denoisers and
 //!   the Wan VAE size their own graphs with ggml's allocator; the encoders and the SDXL VAE use
-//!   the documented formulas next to their model.
+//!   the documented formulas next to their model;
+//! - its description ([`Network::describe`]): a one-line summary and the config as JSON, from
+//!   the same model config (what `nijigen info` prints, through `crate::pipeline::inspect`).
 //!
 //! Each model file declares its network(s) (`pub static NETWORK`); adding a network is one
 //! model file plus one line in [`NETWORKS`].
@@ -63,6 +65,18 @@ pub enum ModelError {
 /// The figures of a network for a request, from its tensor table (`set`, names under `prefix`).
 pub type MemoryFn = fn(&TensorSet<'_>, &str, &Request) -> Result<Memory, ModelError>;
 
+/// A network's config for people and for `--json`: what `nijigen info` prints.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Description {
+    /// One line, e.g. "Wan2.1 I2V DiT, dim 5120, 40 blocks, 40 heads, ffn 13824".
+    pub summary: String,
+    /// The model config inferred from the weights (plus what the summary adds to it).
+    pub config: serde_json::Value,
+}
+
+/// The description of a network from its tensor table (`set`, names under `prefix`).
+pub type DescribeFn = fn(&TensorSet<'_>, &str) -> Result<Description, ModelError>;
+
 /// One network: see the module docs.
 pub struct Network {
     pub component: Component,
@@ -75,6 +89,8 @@ pub struct Network {
     /// Whether its blocks can stream through device slots (the planner gets its block list).
     pub streams: bool,
     pub memory: MemoryFn,
+    /// Its config in one line and as JSON, from the same model config that runs it.
+    pub describe: DescribeFn,
 }
 
 impl std::fmt::Debug for Network {
@@ -101,6 +117,52 @@ pub static NETWORKS: [&Network; 8] = [
 /// The registered network a component belongs to.
 pub fn of(component: Component) -> Option<&'static Network> {
     NETWORKS.iter().copied().find(|n| n.component == component)
+}
+
+/// The registered network that files (or checkpoint components) of `arch` carry; `None` for
+/// checkpoints (several networks), LoRAs and unknown files.
+pub fn for_architecture(arch: Architecture) -> Option<&'static Network> {
+    NETWORKS
+        .iter()
+        .copied()
+        .find(|n| n.architectures.contains(&arch))
+}
+
+/// A [`Description`] of `config`, with `extra` fields merged into its JSON object.
+pub(crate) fn description(
+    summary: String,
+    config: &impl serde::Serialize,
+    extra: &[(&str, serde_json::Value)],
+) -> Description {
+    let mut config = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut config {
+        for (k, v) in extra {
+            map.insert((*k).to_string(), v.clone());
+        }
+    }
+    Description { summary, config }
+}
+
+/// `[1,2,4]`: a list in a summary.
+pub(crate) fn list<T: std::fmt::Display>(v: &[T]) -> String {
+    let items: Vec<String> = v.iter().map(ToString::to_string).collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Each width over `base` (`None` where one is not a whole multiple).
+pub(crate) fn multipliers(widths: &[usize], base: usize) -> Option<Vec<usize>> {
+    widths
+        .iter()
+        .map(|&w| (base != 0 && w % base == 0).then(|| w / base))
+        .collect()
+}
+
+/// A multiplier list for a summary, `?` when unknown.
+pub(crate) fn mult_list(m: &Option<Vec<usize>>) -> String {
+    match m {
+        Some(m) if !m.is_empty() => list(m),
+        _ => "?".to_string(),
+    }
 }
 
 /// VAE tile edges offered to the planner (pixels), after "untiled".
@@ -176,6 +238,9 @@ mod tests {
             assert!(!a.architectures.is_empty(), "{}", a.component.name);
             assert!(!a.component.uses.is_empty(), "{}", a.component.name);
             assert_eq!(of(a.component).unwrap().label, a.label);
+            for arch in a.architectures {
+                assert_eq!(for_architecture(*arch).unwrap().label, a.label);
+            }
         }
         let count = |r: Role, s: Stage| {
             NETWORKS

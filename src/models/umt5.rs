@@ -16,7 +16,7 @@
 //! Shapes are ggml `ne` (innermost first): activations [d_model, tokens], attention scores
 //! [keys, queries, heads].
 
-use super::network::{self, Memory, ModelError, Network, Request};
+use super::network::{self, Description, Memory, ModelError, Network, Request};
 use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GgmlType, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{gelu_tanh, NnError, Weights};
@@ -417,6 +417,7 @@ pub static NETWORK: Network = Network {
     architectures: &[Architecture::Umt5],
     streams: false,
     memory,
+    describe,
 };
 
 /// One layer over [`TEXT_LEN`] tokens: the relative position bias adds one heads x n x n tensor
@@ -429,6 +430,28 @@ fn memory(set: &TensorSet<'_>, prefix: &str, _: &Request) -> Result<Memory, Mode
         compute_bytes: network::margin(network::F32 * (8 * n * d + 3 * f * n + 3 * heads * n * n)),
         tiles: Vec::new(),
     })
+}
+
+/// umT5 has a relative position bias in every layer, T5 only in the first: the summary says
+/// which.
+fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError> {
+    let c = Umt5Config::from_weights(set, prefix)?;
+    let w = Weights::new(set, prefix);
+    let bias_per_layer = c.layers == 1 || w.contains("enc.blk.1.attn_rel_b.weight");
+    let name = if bias_per_layer {
+        "umT5 encoder"
+    } else {
+        "T5 encoder (relative bias in layer 0 only)"
+    };
+    let summary = format!(
+        "{name}, d_model {}, {} layers, {} heads, ffn {}, vocab {}",
+        c.d_model, c.layers, c.heads, c.ffn_dim, c.vocab
+    );
+    Ok(network::description(
+        summary,
+        &c,
+        &[("bias_per_layer", bias_per_layer.into())],
+    ))
 }
 
 #[cfg(test)]

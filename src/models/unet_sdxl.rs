@@ -25,7 +25,7 @@
 //! mul_mat, softmax, mul_mat); optionally ggml's `flash_attn_ext` with F32 K/V, as exact on the
 //! CPU and without the score matrix.
 
-use super::network::{Memory, ModelError, Network, Request};
+use super::network::{self, Description, Memory, ModelError, Network, Request};
 use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, OwnedGraph, Tensor, TensorSet};
 use crate::nn::{self, NnError, Weights};
@@ -743,6 +743,7 @@ pub static NETWORK: Network = Network {
     architectures: &[Architecture::SdxlUnet],
     streams: false,
     memory,
+    describe,
 };
 
 /// The compute buffer of one forward at the request's size with flash attention, as a run
@@ -755,6 +756,28 @@ fn memory(set: &TensorSet<'_>, prefix: &str, r: &Request) -> Result<Memory, Mode
         compute_bytes: unet.compute_bytes(h, w, 3 * crate::models::clip_text::CHUNK_TOKENS)?,
         tiles: Vec::new(),
     })
+}
+
+/// The file's `v_pred` / `ztsnr` markers are not part of the network: callers append them
+/// (`", v-prediction"`, `", zero terminal SNR"`).
+fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError> {
+    let c = UnetConfig::from_weights(set, prefix)?;
+    let mult = network::multipliers(&c.channels, c.model_channels);
+    let mut summary = format!(
+        "SDXL UNet, {} channels, mult {}, transformer depth {}, context {}",
+        c.model_channels,
+        network::mult_list(&mult),
+        network::list(&c.transformer_depth),
+        c.context_dim
+    );
+    if c.adm_in.is_none() {
+        summary.push_str(", no label_emb (not an SDXL UNet?)");
+    }
+    Ok(network::description(
+        summary,
+        &c,
+        &[("channel_mult", serde_json::json!(mult))],
+    ))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 //! (H*W)^2 floats, 1 GiB for a 128x128 latent (1024 px); use [`SdxlVae::decode_tiled`] for larger
 //! images.
 
-use super::network::{self, Memory, ModelError, Network, Request};
+use super::network::{self, Description, Memory, ModelError, Network, Request};
 use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, blend_tiles, NnError, Weights};
@@ -583,6 +583,7 @@ pub static NETWORK: Network = Network {
     architectures: &[Architecture::SdxlVae],
     streams: false,
     memory,
+    describe,
 };
 
 /// Untiled and per tile: [`decode_compute_bytes`] of the area each covers.
@@ -614,4 +615,25 @@ pub fn decode_compute_bytes(c: &VaeConfig, h: u64, w: u64) -> u64 {
     let mid = c.channels.last().copied().unwrap_or(0) as u64;
     let attn = network::F32 * (tokens * tokens + 4 * tokens * mid);
     network::margin(conv.max(attn))
+}
+
+fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError> {
+    let c = VaeConfig::from_weights(set, prefix, DEFAULT_GROUPS)?;
+    let base = c.channels.first().copied().unwrap_or(0);
+    let mult = network::multipliers(&c.channels, base);
+    let mut summary = format!(
+        "SDXL VAE, {base} channels, mult {}, {} latent channels",
+        network::mult_list(&mult),
+        c.latent_channels
+    );
+    if !c.has_encoder {
+        summary.push_str(", decoder only");
+    } else if !c.has_decoder {
+        summary.push_str(", encoder only");
+    }
+    Ok(network::description(
+        summary,
+        &c,
+        &[("channel_mult", serde_json::json!(mult))],
+    ))
 }

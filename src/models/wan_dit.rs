@@ -21,7 +21,7 @@
 //! size could not hold: 32760 tokens at 480x832x81); optionally the plain F32 path
 //! ([`nn::multi_head_attention`]: mul_mat, softmax, mul_mat). Both match diffusers at ~1e-6.
 
-use super::network::{Memory, ModelError, Network, Request};
+use super::network::{self, Description, Memory, ModelError, Network, Request};
 use crate::formats::names::Architecture;
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, gelu_tanh, timestep_embedding, to_f32, NnError, Weights};
@@ -845,6 +845,7 @@ pub static NETWORK: Network = Network {
     architectures: &[Architecture::WanDitI2v, Architecture::WanDitT2v],
     streams: true,
     memory,
+    describe,
 };
 
 /// The device memory besides the weights, exactly as a run allocates it: the larger of one
@@ -865,6 +866,33 @@ fn memory(set: &TensorSet<'_>, prefix: &str, r: &Request) -> Result<Memory, Mode
         compute_bytes: whole.max(staged + state),
         tiles: Vec::new(),
     })
+}
+
+/// The kind of DiT: the Wan2.1 CLIP image branch (with `img_emb.emb_pos` for first-last-frame),
+/// latent-only image conditioning (more input than output channels, Wan2.2 I2V), or T2V.
+fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError> {
+    let c = WanDitConfig::from_weights(set, prefix)?;
+    let first_last_frame = Weights::new(set, prefix).contains("img_emb.emb_pos");
+    let kind = if c.is_i2v() {
+        if first_last_frame {
+            "Wan2.1 FLF2V DiT"
+        } else {
+            "Wan2.1 I2V DiT"
+        }
+    } else if c.in_channels > c.out_channels {
+        "Wan I2V DiT (no CLIP image branch)"
+    } else {
+        "Wan T2V DiT"
+    };
+    let summary = format!(
+        "{kind}, dim {}, {} blocks, {} heads, ffn {}",
+        c.dim, c.layers, c.heads, c.ffn_dim
+    );
+    Ok(network::description(
+        summary,
+        &c,
+        &[("first_last_frame", first_last_frame.into())],
+    ))
 }
 
 #[cfg(test)]

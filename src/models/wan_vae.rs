@@ -60,7 +60,7 @@
 //! Shapes are ggml `ne` (innermost first): activations [W, H, C, T]; 5-D conv weights
 //! [OC, IC, KT, KH, KW] are stored folded as [KW, KH, KT, IC*OC].
 
-use super::network::{self, Memory, ModelError, Network, Request};
+use super::network::{self, Description, Memory, ModelError, Network, Request};
 use crate::formats::names::Architecture;
 use crate::ggml::{self, Buffer, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, blend_tiles, tile_starts, NnError, Weights};
@@ -1274,6 +1274,7 @@ pub static NETWORK: Network = Network {
     architectures: &[Architecture::WanVae],
     streams: false,
     memory,
+    describe,
 };
 
 /// The device memory per tile option, exactly as the runs allocate it: the graph allocator
@@ -1311,4 +1312,47 @@ fn memory(set: &TensorSet<'_>, prefix: &str, r: &Request) -> Result<Memory, Mode
         compute_bytes: 0,
         tiles,
     })
+}
+
+/// Base width and multipliers come from the encoder's levels (`?` for a decoder-only file).
+fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError> {
+    let c = WanVaeConfig::from_weights(set, prefix)?;
+    let w = Weights::new(set, prefix);
+    let width = |name: String| w.get(&name).ok().map(|t| t.ne()[0] as usize);
+    let base = c
+        .has_encoder
+        .then(|| width("encoder.conv1.bias".into()))
+        .flatten();
+    let mut levels: Vec<Option<usize>> = vec![None];
+    for layer in &c.down {
+        match *layer {
+            DownLayer::Res(n) => {
+                if let Some(l) = levels.last_mut() {
+                    *l = width(format!("encoder.downsamples.{n}.residual.6.bias"));
+                }
+            }
+            DownLayer::Down2d(_) | DownLayer::Down3d(_) => levels.push(None),
+        }
+    }
+    while levels.last().is_some_and(Option::is_none) {
+        levels.pop();
+    }
+    let mult = base.and_then(|b| {
+        let widths: Option<Vec<usize>> = levels.iter().copied().collect();
+        network::multipliers(&widths?, b)
+    });
+    let summary = format!(
+        "Wan VAE, base {}, z {}, mult {}",
+        base.map_or_else(|| "?".to_string(), |b| b.to_string()),
+        c.z_dim,
+        network::mult_list(&mult)
+    );
+    Ok(network::description(
+        summary,
+        &c,
+        &[
+            ("base_dim", serde_json::json!(base)),
+            ("dim_mult", serde_json::json!(mult)),
+        ],
+    ))
 }

@@ -17,9 +17,11 @@ use super::image::{self, ImageJob, SdxlFiles, SdxlImage, SdxlOutput, SdxlRequest
 use super::plan::{MemoryOptions, OpenFiles};
 use super::video::FrameSink;
 use super::video::{self, VideoJob, WanFiles, WanOutput, WanRequest};
-use super::{describe, Event, InitImage, Memory, Options, PipelineError};
-use crate::formats::names::{ArchConfig, Architecture};
+use super::{inspect, Event, InitImage, Memory, Options, PipelineError};
+use crate::formats::names::Architecture;
 use crate::formats::weights::Format;
+use crate::ggml::TensorSet;
+use crate::models::{Umt5Config, WanDitConfig, WanVaeConfig};
 use crate::runtime::WeightStore;
 
 /// The area SDXL-family models are trained at (1024 x 1024): default still sizes aim at it.
@@ -55,11 +57,17 @@ fn open(opened: &OpenFiles, path: &Path) -> Result<Arc<WeightStore>, PipelineErr
     Ok(opened.open(path)?)
 }
 
+/// A model config read from `store`'s tensor table (a one-network file), `None` when it
+/// cannot be read.
+fn meta_config<T>(store: &WeightStore, read: impl Fn(&TensorSet<'_>) -> Option<T>) -> Option<T> {
+    let set = store.load_meta(|_| true).ok()?;
+    read(&set)
+}
+
 fn wrong(path: &Path, store: &WeightStore, wanted: &'static str) -> PipelineError {
-    let d = store.detection();
     PipelineError::WrongModel {
         path: path.to_path_buf(),
-        found: describe(d.architecture, &d.summary),
+        found: inspect::found(store),
         wanted,
     }
 }
@@ -222,25 +230,28 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
     if vae.detection().architecture != Architecture::WanVae {
         return Err(wrong(&vae_path, &vae, "a Wan2.1 VAE (--video-vae)"));
     }
-    if let ArchConfig::WanDit(c) = &dit.detection().config {
-        if let (Some(text), ArchConfig::Umt5(t)) = (c.text_dim, &t5.detection().config) {
-            if let Some(d) = t.d_model.filter(|&d| d != text) {
-                return Err(PipelineError::Mismatch(format!(
-                    "{}: umT5 gives {d}-wide tokens but {} takes {text}: wrong --t5 for this \
-                     model?",
-                    t5_path.display(),
-                    files.model.display()
-                )));
-            }
+    // The model configs from the tensor tables; a file whose config cannot be read fails
+    // later, when it loads, with the model's own error.
+    let dit_cfg = meta_config(&dit, |s| WanDitConfig::from_weights(s, "").ok());
+    let t5_cfg = meta_config(&t5, |s| Umt5Config::from_weights(s, "").ok());
+    let vae_cfg = meta_config(&vae, |s| WanVaeConfig::from_weights(s, "").ok());
+    if let Some(c) = dit_cfg {
+        let text = c.text_dim;
+        if let Some(d) = t5_cfg.map(|t| t.d_model).filter(|&d| d != text) {
+            return Err(PipelineError::Mismatch(format!(
+                "{}: umT5 gives {d}-wide tokens but {} takes {text}: wrong --t5 for this \
+                 model?",
+                t5_path.display(),
+                files.model.display()
+            )));
         }
-        if let (Some(inc), ArchConfig::WanVae(v)) = (c.in_channels, &vae.detection().config) {
-            if let Some(z) = v.z_dim.filter(|&z| 2 * z + 4 != inc) {
-                return Err(PipelineError::Mismatch(format!(
-                    "{}: the DiT takes {inc} input channels, the VAE has {z} latent channels \
-                     (an I2V DiT takes 2 x {z} + 4): wrong --video-vae for this model?",
-                    vae_path.display()
-                )));
-            }
+        let inc = c.in_channels;
+        if let Some(z) = vae_cfg.map(|v| v.z_dim).filter(|&z| 2 * z + 4 != inc) {
+            return Err(PipelineError::Mismatch(format!(
+                "{}: the DiT takes {inc} input channels, the VAE has {z} latent channels \
+                 (an I2V DiT takes 2 x {z} + 4): wrong --video-vae for this model?",
+                vae_path.display()
+            )));
         }
     }
     Ok(())

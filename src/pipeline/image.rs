@@ -27,9 +27,9 @@ use super::plan::{
     open_net, open_required, spec, stage_plan, when_budgeted, Finished, Job, MemoryOptions,
     OpenFiles, StagePlan,
 };
-use super::{describe, Event, Options, PipelineError, RunOptions, Timings};
 pub use super::{from_rgb8, to_rgb8, InitImage};
-use crate::formats::names::{ArchConfig, Architecture, SDXL_CHECKPOINT_PREFIXES};
+use super::{inspect, Event, Options, PipelineError, RunOptions, Timings};
+use crate::formats::names::{Architecture, SDXL_CHECKPOINT_PREFIXES};
 use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
 use crate::models::network;
@@ -255,12 +255,8 @@ fn component_prefix(store: &WeightStore, wanted: Architecture) -> Option<String>
 /// (v-prediction, zero terminal SNR) from the `v_pred` / `ztsnr` keys, as ComfyUI's
 /// `SDXL.model_type` reads them: `ztsnr` counts only next to `v_pred`.
 fn v_prediction(store: &WeightStore) -> (bool, bool) {
-    let unet = match &store.detection().config {
-        ArchConfig::SdxlUnet(c) => Some(c),
-        ArchConfig::SdxlCheckpoint(c) => c.unet.as_ref(),
-        _ => None,
-    };
-    unet.map_or((false, false), |u| (u.v_pred, u.v_pred && u.ztsnr))
+    let d = store.detection();
+    (d.v_prediction, d.zero_terminal_snr)
 }
 
 impl Stores {
@@ -276,10 +272,9 @@ impl Stores {
         let mut stores = vec![(files.model.clone(), opened.open(&files.model)?)];
         let main = &stores[0].1;
         let Some(unet_prefix) = component_prefix(main, Architecture::SdxlUnet) else {
-            let d = main.detection();
             return Err(PipelineError::WrongModel {
                 path: files.model.clone(),
-                found: describe(d.architecture, &d.summary),
+                found: inspect::found(main),
                 wanted: "an SDXL checkpoint or UNet",
             });
         };
@@ -298,10 +293,9 @@ impl Stores {
             if let Some(path) = explicit {
                 let store = opened.open(path)?;
                 let Some(prefix) = component_prefix(&store, arch) else {
-                    let d = store.detection();
                     return Err(PipelineError::WrongModel {
                         path: path.clone(),
-                        found: describe(d.architecture, &d.summary),
+                        found: inspect::found(&store),
                         wanted,
                     });
                 };

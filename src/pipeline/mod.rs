@@ -3,6 +3,7 @@
 
 pub mod i2v;
 pub mod image;
+pub mod inspect;
 pub mod output;
 pub mod plan;
 pub mod video;
@@ -12,11 +13,11 @@ use std::path::PathBuf;
 pub use crate::lora::parse_lora_spec;
 pub use crate::runtime::devices::{list as devices, DeviceInfo};
 pub use crate::runtime::hint;
+pub use inspect::{inspect, inspect_files, ComponentInfo, Inspected, Inspection};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::formats::names::Architecture;
 use crate::ggml::GgmlError;
 use crate::ggml::TensorSet;
 use crate::media::MediaError;
@@ -291,15 +292,6 @@ pub struct Timings {
     pub encode_s: f64,
     pub sample_s: f64,
     pub decode_s: f64,
-}
-
-/// A short human name for an architecture, for "is X, not Y" errors.
-pub(crate) fn describe(arch: Architecture, summary: &str) -> String {
-    if summary.is_empty() {
-        arch.name().to_string()
-    } else {
-        format!("{} ({summary})", arch.name())
-    }
 }
 
 /// An RGB8 image given as input (img2img, or the first frame of a video).

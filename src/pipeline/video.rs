@@ -24,8 +24,8 @@ use super::plan::{
     nothing_to_plan, open_net, open_required, spec, stage_plan, when_budgeted, Finished, Job,
     MemoryOptions, OpenFiles, StagePlan,
 };
-use super::{describe, Event, Options, PipelineError, RunOptions, Timings};
 pub use super::{from_rgb8, to_rgb8, InitImage};
+use super::{inspect, Event, Options, PipelineError, RunOptions, Timings};
 use crate::formats::names::Architecture;
 use crate::formats::weights::Format;
 use crate::ggml::TensorSet;
@@ -256,7 +256,7 @@ fn open_as(
     if !wanted.contains(&d.architecture) {
         return Err(PipelineError::WrongModel {
             path: path.to_path_buf(),
-            found: describe(d.architecture, &d.summary),
+            found: inspect::found(&store),
             wanted: what,
         });
     }

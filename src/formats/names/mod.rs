@@ -2,8 +2,9 @@
 //!
 //! A weight file is recognised from its tensor names and shapes (GGUF `general.architecture` is
 //! only a hint): [`detect`] finds the architecture, the naming layout, the prefix the names carry
-//! (`model.diffusion_model.`, `conditioner.embedders.1.model.`, ...), and a config inferred from
-//! the shapes. [`normalize`] maps a stored name to our canonical name for that architecture.
+//! (`model.diffusion_model.`, `conditioner.embedders.1.model.`, ...), and the file's markers
+//! (`v_pred`, `ztsnr`). Networks' configs are not read here: each model infers its own from the
+//! canonical names ([`crate::models::network::Network::describe`]). [`normalize`] maps a stored name to our canonical name for that architecture.
 //!
 //! Canonical layouts (the names our models load):
 //! | architecture | canonical names |
@@ -39,13 +40,9 @@ use serde::Serialize;
 use super::{MetaValue, TensorInfo};
 use pattern::{full_match, tail_match, Shapes};
 
-pub use clip::{ClipTextConfig, ClipVisionConfig};
 pub use lora::{
     kohya_flatten, parse_lora_name, LoraConfig, LoraKey, LoraKind, LoraPart, LoraTarget,
 };
-pub use sdxl::{SdxlVaeConfig, UnetConfig};
-pub use t5::Umt5Config;
-pub use wan::{WanDitConfig, WanVaeConfig};
 
 /// What a weight file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -250,32 +247,6 @@ pub const SDXL_CHECKPOINT_PREFIXES: [(Architecture, &str); 4] = [
     (Architecture::SdxlVae, "first_stage_model."),
 ];
 
-/// Configuration inferred from the shapes. Fields the file does not determine are `None`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ArchConfig {
-    SdxlCheckpoint(Box<SdxlCheckpointConfig>),
-    SdxlUnet(UnetConfig),
-    /// CLIP-L or bigG.
-    ClipText(ClipTextConfig),
-    SdxlVae(SdxlVaeConfig),
-    WanDit(WanDitConfig),
-    Umt5(Umt5Config),
-    ClipVision(ClipVisionConfig),
-    WanVae(WanVaeConfig),
-    Lora(LoraConfig),
-    None,
-}
-
-/// The components found in an SDXL checkpoint.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct SdxlCheckpointConfig {
-    pub unet: Option<UnetConfig>,
-    pub clip_l: Option<ClipTextConfig>,
-    pub clip_g: Option<ClipTextConfig>,
-    pub vae: Option<SdxlVaeConfig>,
-}
-
 /// One recognised component of a file (a checkpoint has several).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Component {
@@ -295,9 +266,20 @@ pub struct Detection {
     /// Prefix stripped from every name ("model.diffusion_model."); `None` when there is none or
     /// when components carry different prefixes (checkpoints, see `components`).
     pub prefix: Option<String>,
-    pub config: ArchConfig,
-    /// One line, e.g. "Wan2.1 I2V DiT, dim 5120, 40 blocks, 40 heads, ffn 13824".
+    /// One line: for a LoRA its adapters ("kohya LoRA, 2 modules (UNet), rank 4, ..."), for an
+    /// unknown file why; for a network its architecture's description (the network's config is
+    /// described by its model: `pipeline::inspect`).
     pub summary: String,
+    /// A LoRA's adapters.
+    pub lora: Option<LoraConfig>,
+    /// The file has a `v_pred` key (Illustrious / NoobAI v-prediction SDXL checkpoints).
+    pub v_prediction: bool,
+    /// The file has a `ztsnr` key next to `v_pred`: ComfyUI then rescales the schedule to zero
+    /// terminal SNR (comfy/supported_models.py `SDXL.model_type`; `ztsnr` alone counts for
+    /// nothing).
+    pub zero_terminal_snr: bool,
+    /// `general.architecture` names another known architecture than the tensors show.
+    pub hint_disagrees: bool,
     /// Every component recognised (the main one first).
     pub components: Vec<Component>,
     /// Block structure used by [`Detection::normalize`].
@@ -551,8 +533,8 @@ fn map_plain(ctx: &NameContext, arch: Architecture, layout: Layout, rest: &str) 
 // Detection
 // ---------------------------------------------------------------------------------------------
 
-/// A family of weights recognised from names, before config-dependent refinement (CLIP-L vs bigG,
-/// Wan I2V vs T2V).
+/// A family of weights recognised from names, before the shape tests that split it (CLIP-L vs
+/// bigG, Wan I2V vs T2V).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Family {
     WanDit,
@@ -784,96 +766,34 @@ fn infer_context(
     ctx
 }
 
-/// The resolved component: architecture, config, summary.
-struct Resolved {
-    arch: Architecture,
-    config: ArchConfig,
-    summary: String,
-}
-
+/// The architecture of a candidate: the families that cover two architectures decide by shape
+/// (Wan DiT I2V vs T2V, HF-named CLIP-L vs bigG).
 fn resolve(
     entries: &[Entry<'_>],
     ctx: &NameContext,
     family: Family,
     layout: Layout,
     prefix: &str,
-    meta: &Meta<'_>,
-) -> Resolved {
+) -> Architecture {
     match family {
         Family::WanDit => {
             let shapes = canonical_shapes(entries, ctx, Architecture::WanDitI2v, layout, prefix);
-            let cfg = wan::dit_config(&shapes);
-            let arch = if cfg.i2v {
+            if wan::dit_is_i2v(&shapes) {
                 Architecture::WanDitI2v
             } else {
                 Architecture::WanDitT2v
-            };
-            Resolved {
-                arch,
-                summary: wan::dit_summary(&cfg),
-                config: ArchConfig::WanDit(cfg),
             }
         }
-        Family::Unet => {
-            let shapes = canonical_shapes(entries, ctx, Architecture::SdxlUnet, layout, prefix);
-            let cfg = sdxl::unet_config(&shapes, meta.v_pred, meta.ztsnr);
-            Resolved {
-                arch: Architecture::SdxlUnet,
-                summary: sdxl::unet_summary(&cfg),
-                config: ArchConfig::SdxlUnet(cfg),
-            }
+        Family::Unet => Architecture::SdxlUnet,
+        Family::SdxlVae => Architecture::SdxlVae,
+        Family::WanVae => Architecture::WanVae,
+        Family::OpenClipText => Architecture::ClipG,
+        Family::HfClipText => {
+            let l = canonical_shapes(entries, ctx, Architecture::ClipL, layout, prefix);
+            clip::classify_text(prefix, &l)
         }
-        Family::SdxlVae => {
-            let shapes = canonical_shapes(entries, ctx, Architecture::SdxlVae, layout, prefix);
-            let cfg = sdxl::vae_config(&shapes);
-            Resolved {
-                arch: Architecture::SdxlVae,
-                summary: sdxl::vae_summary(&cfg),
-                config: ArchConfig::SdxlVae(cfg),
-            }
-        }
-        Family::WanVae => {
-            let shapes = canonical_shapes(entries, ctx, Architecture::WanVae, layout, prefix);
-            let cfg = wan::vae_config(&shapes);
-            Resolved {
-                arch: Architecture::WanVae,
-                summary: wan::vae_summary(&cfg),
-                config: ArchConfig::WanVae(cfg),
-            }
-        }
-        Family::OpenClipText | Family::HfClipText => {
-            let arch = if family == Family::OpenClipText {
-                Architecture::ClipG
-            } else {
-                let l = canonical_shapes(entries, ctx, Architecture::ClipL, layout, prefix);
-                clip::classify_text(prefix, &l)
-            };
-            let shapes = canonical_shapes(entries, ctx, arch, layout, prefix);
-            let cfg = clip::text_config(arch, &shapes);
-            Resolved {
-                arch,
-                summary: clip::text_summary(arch, &cfg),
-                config: ArchConfig::ClipText(cfg),
-            }
-        }
-        Family::ClipVision => {
-            let shapes = canonical_shapes(entries, ctx, Architecture::ClipVisionH, layout, prefix);
-            let cfg = clip::vision_config(&shapes);
-            Resolved {
-                arch: Architecture::ClipVisionH,
-                summary: clip::vision_summary(&cfg),
-                config: ArchConfig::ClipVision(cfg),
-            }
-        }
-        Family::Umt5 => {
-            let shapes = canonical_shapes(entries, ctx, Architecture::Umt5, layout, prefix);
-            let cfg = t5::config(&shapes, meta.t5_heads);
-            Resolved {
-                arch: Architecture::Umt5,
-                summary: t5::summary(&cfg),
-                config: ArchConfig::Umt5(cfg),
-            }
-        }
+        Family::ClipVision => Architecture::ClipVisionH,
+        Family::Umt5 => Architecture::Umt5,
     }
 }
 
@@ -881,7 +801,6 @@ fn resolve(
 struct Meta<'a> {
     hint: Option<&'a str>,
     orig_shapes: HashMap<&'a str, Vec<u64>>,
-    t5_heads: Option<u64>,
     v_pred: bool,
     ztsnr: bool,
 }
@@ -891,7 +810,6 @@ impl<'a> Meta<'a> {
         let mut meta = Meta {
             hint: None,
             orig_shapes: HashMap::new(),
-            t5_heads: None,
             v_pred: false,
             ztsnr: false,
         };
@@ -905,8 +823,6 @@ impl<'a> Meta<'a> {
                         meta.orig_shapes.insert(name, dims);
                     }
                 }
-            } else if k == "t5encoder.attention.head_count" || k == "t5.attention.head_count" {
-                meta.t5_heads = v.as_u64();
             }
         }
         meta
@@ -936,8 +852,11 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
         architecture: Architecture::Unknown,
         layout: Layout::Original,
         prefix: None,
-        config: ArchConfig::None,
         summary,
+        lora: None,
+        v_prediction: false,
+        zero_terminal_snr: false,
+        hint_disagrees: false,
         components: Vec::new(),
         context: NameContext::default(),
         unmapped: entries.len(),
@@ -955,8 +874,11 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
             architecture: Architecture::Lora,
             layout,
             prefix: None,
-            config: ArchConfig::Lora(cfg),
             summary,
+            lora: Some(cfg),
+            v_prediction: false,
+            zero_terminal_snr: false,
+            hint_disagrees: false,
             components: vec![Component {
                 architecture: Architecture::Lora,
                 layout,
@@ -1024,22 +946,12 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
         return unknown("unrecognised tensor names".into());
     };
     let ctx = infer_context(&entries, best.family, best.layout, &best.prefix);
-    let r = resolve(
-        &entries,
-        &ctx,
-        best.family,
-        best.layout,
-        &best.prefix,
-        &meta,
-    );
-    let mut summary = r.summary;
-    if let Some(h) = meta.hint {
-        if hint_known(h) && !hint_agrees(h, best.family) {
-            summary.push_str(&format!(" (general.architecture says \"{h}\")"));
-        }
-    }
+    let arch = resolve(&entries, &ctx, best.family, best.layout, &best.prefix);
+    let hint_disagrees = meta
+        .hint
+        .is_some_and(|h| hint_known(h) && !hint_agrees(h, best.family));
     let mut components = vec![Component {
-        architecture: r.arch,
+        architecture: arch,
         layout: best.layout,
         prefix: best.prefix.clone(),
         tensors: best.coverage,
@@ -1047,7 +959,7 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
     for c in &candidates {
         if c.family != best.family || c.prefix != best.prefix {
             let cctx = infer_context(&entries, c.family, c.layout, &c.prefix);
-            let arch = resolve(&entries, &cctx, c.family, c.layout, &c.prefix, &meta).arch;
+            let arch = resolve(&entries, &cctx, c.family, c.layout, &c.prefix);
             if !components
                 .iter()
                 .any(|x| x.prefix == c.prefix && x.architecture == arch)
@@ -1062,11 +974,14 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
         }
     }
     let mut det = Detection {
-        architecture: r.arch,
+        architecture: arch,
         layout: best.layout,
         prefix: (!best.prefix.is_empty()).then(|| best.prefix.clone()),
-        config: r.config,
-        summary,
+        summary: arch.description().to_string(),
+        lora: None,
+        v_prediction: meta.v_pred,
+        zero_terminal_snr: meta.v_pred && meta.ztsnr,
+        hint_disagrees,
         components,
         context: ctx,
         unmapped: 0,
@@ -1087,25 +1002,13 @@ fn checkpoint(
     hint: Option<String>,
 ) -> Detection {
     let mut components = Vec::new();
-    let mut cfg = SdxlCheckpointConfig {
-        unet: None,
-        clip_l: None,
-        clip_g: None,
-        vae: None,
-    };
-    let mut parts: Vec<String> = Vec::new();
     let mut ctx = NameContext::default();
 
     let uctx = infer_context(entries, unet.family, unet.layout, &unet.prefix);
-    let r = resolve(entries, &uctx, unet.family, unet.layout, &unet.prefix, meta);
     if unet.layout == Layout::Diffusers {
         ctx.unet_layers_per_block = uctx.unet_layers_per_block;
         ctx.unet_up_attention = uctx.unet_up_attention.clone();
     }
-    if let ArchConfig::SdxlUnet(u) = r.config {
-        cfg.unet = Some(u);
-    }
-    parts.push(r.summary);
     components.push(Component {
         architecture: Architecture::SdxlUnet,
         layout: unet.layout,
@@ -1116,53 +1019,35 @@ fn checkpoint(
     // Largest coverage first, so that one component of each kind wins.
     let mut others: Vec<&Candidate> = others.to_vec();
     others.sort_by_key(|c| std::cmp::Reverse(c.coverage));
-    let (mut l_sum, mut g_sum, mut v_sum) = (None, None, None);
     for c in others {
         let cctx = infer_context(entries, c.family, c.layout, &c.prefix);
-        let r = resolve(entries, &cctx, c.family, c.layout, &c.prefix, meta);
-        let slot_taken = match r.arch {
-            Architecture::ClipL => cfg.clip_l.is_some(),
-            Architecture::ClipG => cfg.clip_g.is_some(),
-            Architecture::SdxlVae => cfg.vae.is_some(),
-            _ => true,
-        };
-        if slot_taken {
+        let arch = resolve(entries, &cctx, c.family, c.layout, &c.prefix);
+        let wanted = matches!(
+            arch,
+            Architecture::ClipL | Architecture::ClipG | Architecture::SdxlVae
+        );
+        if !wanted || components.iter().any(|x| x.architecture == arch) {
             continue;
         }
-        match r.config {
-            ArchConfig::ClipText(t) if r.arch == Architecture::ClipL => {
-                cfg.clip_l = Some(t);
-                l_sum = Some(r.summary);
-            }
-            ArchConfig::ClipText(t) => {
-                cfg.clip_g = Some(t);
-                g_sum = Some(r.summary);
-            }
-            ArchConfig::SdxlVae(v) => {
-                if c.layout == Layout::Diffusers {
-                    ctx.vae_levels = cctx.vae_levels;
-                }
-                cfg.vae = Some(v);
-                v_sum = Some(r.summary);
-            }
-            _ => continue,
+        if arch == Architecture::SdxlVae && c.layout == Layout::Diffusers {
+            ctx.vae_levels = cctx.vae_levels;
         }
         components.push(Component {
-            architecture: r.arch,
+            architecture: arch,
             layout: c.layout,
             prefix: c.prefix.clone(),
             tensors: c.coverage,
         });
     }
-    parts.push(l_sum.unwrap_or_else(|| "no CLIP-L".into()));
-    parts.push(g_sum.unwrap_or_else(|| "no bigG".into()));
-    parts.push(v_sum.unwrap_or_else(|| "no VAE".into()));
     let mut det = Detection {
         architecture: Architecture::SdxlCheckpoint,
         layout: unet.layout,
         prefix: None,
-        config: ArchConfig::SdxlCheckpoint(Box::new(cfg)),
-        summary: format!("SDXL checkpoint: {}", parts.join("; ")),
+        summary: Architecture::SdxlCheckpoint.description().to_string(),
+        lora: None,
+        v_prediction: meta.v_pred,
+        zero_terminal_snr: meta.v_pred && meta.ztsnr,
+        hint_disagrees: false,
         components,
         context: ctx,
         unmapped: 0,

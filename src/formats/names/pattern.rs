@@ -46,8 +46,8 @@ pub(crate) fn full_match(name: &str, pat: &str) -> bool {
     tail_match(name, pat) == Some("")
 }
 
-/// Canonical tensor names with their shapes (PyTorch order), with the queries that config
-/// inference needs.
+/// Canonical tensor names with their shapes (PyTorch order), with the queries that recognition
+/// needs.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Shapes {
     map: BTreeMap<String, Vec<u64>>,
@@ -100,14 +100,6 @@ impl Shapes {
             .next_back()
             .map_or(0, |&n| n.saturating_add(1))
     }
-
-    /// Shape of the first name (in sorted order) that satisfies `f`.
-    pub(crate) fn first_matching(&self, f: impl Fn(&str) -> bool) -> Option<&[u64]> {
-        self.map
-            .iter()
-            .find(|(k, _)| f(k))
-            .map(|(_, v)| v.as_slice())
-    }
 }
 
 /// Integer ratio, `None` unless `a` is a whole multiple of a non-zero `b`.
@@ -123,11 +115,6 @@ pub(crate) fn exact_div(a: u64, b: u64) -> Option<u64> {
 pub(crate) fn list<T: std::fmt::Display>(v: &[T]) -> String {
     let items: Vec<String> = v.iter().map(ToString::to_string).collect();
     format!("[{}]", items.join(","))
-}
-
-/// A value for a summary, `?` when unknown.
-pub(crate) fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map_or_else(|| "?".to_string(), |v| v.to_string())
 }
 
 #[cfg(test)]

@@ -608,7 +608,7 @@ fn empty_and_unknown() {
     let d = detect(&[], &[]);
     assert_eq!(d.architecture, Architecture::Unknown);
     assert_eq!(d.summary, "no tensors");
-    assert_eq!(d.config, ArchConfig::None);
+    assert_eq!(d.lora, None);
 
     let d = detect(
         &[
@@ -688,7 +688,7 @@ fn hostile_names_and_shapes_do_not_panic() {
             }
         }
     }
-    // A Wan-looking file with absurd shapes still gives a detection, with unknown fields.
+    // A Wan-looking file with absurd shapes still gives a detection.
     let wan = vec![
         t("blocks.0.self_attn.q.weight", &[u64::MAX]),
         t("blocks.0.cross_attn.q.weight", &[]),
@@ -697,30 +697,31 @@ fn hostile_names_and_shapes_do_not_panic() {
     ];
     let d = detect(&wan, &[]);
     assert_eq!(d.architecture, Architecture::WanDitT2v);
-    assert_eq!(d.summary, "Wan T2V DiT, dim 0, 1 blocks, 0 heads, ffn ?");
+    assert_eq!(d.summary, Architecture::WanDitT2v.description());
 }
 
 #[test]
 fn orig_shape_metadata_overrides_stored_shape() {
+    // Stored flat, the patch embedding says nothing; its original shape [256, 36, 1, 2, 2]
+    // takes more channels (36) than the head gives (64 / 4 = 16): an I2V DiT.
     let tensors = vec![
-        t("blocks.0.self_attn.q.weight", &[64, 64]),
-        t("blocks.0.cross_attn.q.weight", &[64, 64]),
-        t("patch_embedding.weight", &[64 * 16 * 4]),
+        t("blocks.0.self_attn.q.weight", &[256, 256]),
+        t("blocks.0.cross_attn.q.weight", &[256, 256]),
+        t("patch_embedding.weight", &[256 * 36 * 4]),
+        t("head.head.weight", &[64, 256]),
     ];
+    assert_eq!(detect(&tensors, &[]).architecture, Architecture::WanDitT2v);
     let meta = vec![(
         "comfy.gguf.orig_shape.patch_embedding.weight".to_string(),
         MetaValue::Array(
-            [256u32, 16, 1, 2, 2]
+            [256u32, 36, 1, 2, 2]
                 .iter()
                 .map(|&d| MetaValue::U32(d))
                 .collect(),
         ),
     )];
-    let d = detect(&tensors, &meta);
-    let ArchConfig::WanDit(c) = &d.config else {
-        panic!("{:?}", d.config)
-    };
-    assert_eq!(c.dim, Some(256));
-    assert_eq!(c.in_channels, Some(16));
-    assert_eq!(c.patch_size, Some([1, 2, 2]));
+    assert_eq!(
+        detect(&tensors, &meta).architecture,
+        Architecture::WanDitI2v
+    );
 }

@@ -1,4 +1,4 @@
-//! Wan DiT and Wan VAE 2.1: diffusers -> original name maps, configs from original shapes.
+//! Wan DiT and Wan VAE 2.1: diffusers -> original name maps, and the I2V test on original shapes.
 //!
 //! DiT map (MODELS.md, diffusers' `convert_wan_transformer_to_diffusers`, read backwards):
 //! | diffusers | original |
@@ -24,13 +24,8 @@
 //! level, R+1 in the decoder, then a resample); inside residual blocks `norm1, conv1, norm2,
 //! conv2, conv_shortcut` -> `residual.0, residual.2, residual.3, residual.6, shortcut`.
 
-use serde::Serialize;
-
-use super::pattern::{exact_div, index, list, opt, Shapes};
+use super::pattern::{exact_div, index, Shapes};
 use super::{Layout, NameContext, NameMap};
-
-/// Wan DiT head size (MODELS.md: 40 heads x 128 for the 14B model).
-pub const DIT_HEAD_DIM: u64 = 128;
 
 fn join(parts: &[&str]) -> Option<String> {
     if parts.is_empty() {
@@ -182,167 +177,22 @@ fn vae_diffusers_to_original(ctx: &NameContext, name: &str) -> Option<String> {
     Some(out)
 }
 
-/// Wan DiT hyperparameters, from original-name shapes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct WanDitConfig {
-    pub dim: Option<u64>,
-    pub in_channels: Option<u64>,
-    pub out_channels: Option<u64>,
-    /// (t, h, w) from the 5-D `patch_embedding.weight`.
-    pub patch_size: Option<[u64; 3]>,
-    pub blocks: usize,
-    pub head_dim: u64,
-    pub heads: Option<u64>,
-    pub ffn_dim: Option<u64>,
-    /// umT5 width (`text_embedding.0` input).
-    pub text_dim: Option<u64>,
-    /// Sinusoid width (`time_embedding.0` input).
-    pub freq_dim: Option<u64>,
-    /// Image-to-video: CLIP image cross-attention, or more input channels than output channels
-    /// (latent conditioning concatenated, as in Wan2.2 I2V which has no CLIP branch).
-    pub i2v: bool,
-    /// `k_img` / `v_img` / `img_emb`: the Wan2.1 I2V CLIP image branch.
-    pub image_cross_attention: bool,
-    /// CLIP feature width (`img_emb.proj.0`, 1280 for CLIP-H).
-    pub clip_dim: Option<u64>,
-    /// Affine cross-attention norm (`blocks.N.norm3`).
-    pub cross_attn_norm: bool,
-    /// `img_emb.emb_pos` (first-last-frame model).
-    pub first_last_frame: bool,
-}
-
-pub(crate) fn dit_config(s: &Shapes) -> WanDitConfig {
-    let patch = s.get("patch_embedding.weight");
-    let dim = patch
-        .and_then(|p| p.first().copied())
-        .or_else(|| s.dim("head.head.weight", 1))
-        .or_else(|| s.dim("blocks.0.self_attn.q.weight", 1));
-    let patch_size = patch.and_then(|p| match p {
-        [_, _, t, h, w] => Some([*t, *h, *w]),
-        _ => None,
-    });
-    let patch_elems = patch_size.and_then(|[t, h, w]| t.checked_mul(h)?.checked_mul(w));
-    let out_channels = s
-        .dim("head.head.weight", 0)
-        .and_then(|o| exact_div(o, patch_elems?));
-    let in_channels = patch.and_then(|p| p.get(1).copied());
-    let blocks = s.count("blocks.");
-    let image_cross_attention = s.any_with_prefix("img_emb.")
+/// Whether a Wan DiT (original-name shapes) is image-to-video: a CLIP image branch (`img_emb`,
+/// `k_img`), or more input channels than output channels (latent conditioning concatenated, as
+/// in Wan2.2 I2V which has no CLIP branch).
+pub(crate) fn dit_is_i2v(s: &Shapes) -> bool {
+    let image_branch = s.any_with_prefix("img_emb.")
         || s.indices("blocks.")
             .into_iter()
             .any(|n| s.has(&format!("blocks.{n}.cross_attn.k_img.weight")));
-    let i2v =
-        image_cross_attention || matches!((in_channels, out_channels), (Some(i), Some(o)) if i > o);
-    WanDitConfig {
-        dim,
-        in_channels,
-        out_channels,
-        patch_size,
-        blocks,
-        head_dim: DIT_HEAD_DIM,
-        heads: dim.and_then(|d| exact_div(d, DIT_HEAD_DIM)),
-        ffn_dim: s.dim("blocks.0.ffn.0.weight", 0),
-        text_dim: s.dim("text_embedding.0.weight", 1),
-        freq_dim: s.dim("time_embedding.0.weight", 1),
-        i2v,
-        image_cross_attention,
-        clip_dim: s
-            .dim("img_emb.proj.0.weight", 0)
-            .or_else(|| s.dim("img_emb.proj.1.weight", 1)),
-        cross_attn_norm: s.has("blocks.0.norm3.weight"),
-        first_last_frame: s.has("img_emb.emb_pos"),
-    }
-}
-
-pub(crate) fn dit_summary(c: &WanDitConfig) -> String {
-    let kind = if c.image_cross_attention {
-        if c.first_last_frame {
-            "Wan2.1 FLF2V DiT"
-        } else {
-            "Wan2.1 I2V DiT"
-        }
-    } else if c.i2v {
-        "Wan I2V DiT (no CLIP image branch)"
-    } else {
-        "Wan T2V DiT"
-    };
-    format!(
-        "{kind}, dim {}, {} blocks, {} heads, ffn {}",
-        opt(c.dim),
-        c.blocks,
-        opt(c.heads),
-        opt(c.ffn_dim)
-    )
-}
-
-/// Wan VAE hyperparameters, from original-name shapes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct WanVaeConfig {
-    /// Channels of the first level (`dim`, 96 for Wan2.1).
-    pub base_dim: Option<u64>,
-    /// Latent channels (16 for Wan2.1).
-    pub z_dim: Option<u64>,
-    /// Encoder input channels (3 for Wan2.1; 12 for the patchified Wan2.2 VAE).
-    pub in_channels: Option<u64>,
-    pub dim_mult: Vec<u64>,
-    pub num_res_blocks: Option<usize>,
-    /// Per downsampling step: whether it also halves time.
-    pub temporal_downsample: Vec<bool>,
-}
-
-#[derive(Default)]
-struct Level {
-    channels: Option<u64>,
-    res: usize,
-}
-
-pub(crate) fn vae_config(s: &Shapes) -> WanVaeConfig {
-    let base = s.dim("encoder.conv1.weight", 0);
-    let mut levels: Vec<Level> = vec![Level::default()];
-    let mut tdown = Vec::new();
-    for n in s.indices("encoder.downsamples.") {
-        let p = format!("encoder.downsamples.{n}.");
-        if s.any_with_prefix(&format!("{p}resample.")) {
-            tdown.push(s.any_with_prefix(&format!("{p}time_conv.")));
-            levels.push(Level::default());
-        } else if let Some(ch) = s.dim(&format!("{p}residual.6.weight"), 0) {
-            if let Some(l) = levels.last_mut() {
-                l.channels = Some(ch);
-                l.res += 1;
-            }
-        }
-    }
-    while levels.last().is_some_and(|l| l.res == 0) {
-        levels.pop();
-    }
-    let mult: Option<Vec<u64>> = levels
-        .iter()
-        .map(|l| exact_div(l.channels?, base?))
-        .collect();
-    let z = s
-        .dim("conv2.weight", 0)
-        .or_else(|| s.dim("conv1.weight", 0).and_then(|d| exact_div(d, 2)))
-        .or_else(|| s.dim("decoder.conv1.weight", 1));
-    WanVaeConfig {
-        base_dim: base,
-        z_dim: z,
-        in_channels: s.dim("encoder.conv1.weight", 1),
-        dim_mult: mult.unwrap_or_default(),
-        num_res_blocks: levels.first().map(|l| l.res).filter(|&r| r > 0),
-        temporal_downsample: tdown,
-    }
-}
-
-pub(crate) fn vae_summary(c: &WanVaeConfig) -> String {
-    let mult = if c.dim_mult.is_empty() {
-        "?".to_string()
-    } else {
-        list(&c.dim_mult)
-    };
-    format!(
-        "Wan VAE, base {}, z {}, mult {}",
-        opt(c.base_dim),
-        opt(c.z_dim),
-        mult
-    )
+    let patch = s.get("patch_embedding.weight");
+    let in_channels = patch.and_then(|p| p.get(1).copied());
+    let patch_elems = patch.and_then(|p| match p {
+        [_, _, t, h, w] => t.checked_mul(*h)?.checked_mul(*w),
+        _ => None,
+    });
+    let out_channels = s
+        .dim("head.head.weight", 0)
+        .and_then(|o| exact_div(o, patch_elems?));
+    image_branch || matches!((in_channels, out_channels), (Some(i), Some(o)) if i > o)
 }
