@@ -19,6 +19,9 @@
 //!   the values (7 of 46080 values, all 1 LSB: values within 1e-5 of a rounding boundary).
 //! - a Q8_0 DiT (see `q8_0_dit_stays_close_to_the_reference`): final latent rel 3e-2, frames
 //!   at most 16 LSB off, mean under 2 LSB (1.4e-2; 6 LSB, 0.77 LSB).
+//! - ComfyUI's scaled fp8 DiT and umT5 (see `fp8_scaled_files_match_the_dequantized_reference`),
+//!   against the run on the dequantized weights: umT5 rows rel 2e-3 (7.8e-4), final latent rel
+//!   5e-3 (9.7e-4), frames at most 4 LSB off (1 LSB).
 
 mod common;
 
@@ -489,13 +492,10 @@ fn q8_0_dit_stays_close_to_the_reference() {
     );
 }
 
-#[test]
-fn cli_video_reproduces_the_reference_frames() {
-    let idx = index();
-    let (dir, files) = write_files("cli", false);
+/// `nijigen video` arguments for the reference run on `files`, writing `out` and PNG frames
+/// into `frames_dir`.
+fn video_args(idx: &Value, files: &WanFiles, out: &Path, frames_dir: &Path) -> Vec<String> {
     let s = &idx["settings"];
-    let out = dir.join("out.mp4");
-    let frames_dir = dir.join("frames");
     let p = |v: &Path| v.to_str().expect("utf-8 path").to_string();
     let num = |k: &str| s[k].to_string();
     let image = p(&Path::new(DIR).join("image.png"));
@@ -536,10 +536,21 @@ fn cli_video_reproduces_the_reference_frames() {
         "--threads".into(),
         "2".into(),
         "-o".into(),
-        p(&out),
+        p(out),
         "--frames-dir".into(),
-        p(&frames_dir),
+        p(frames_dir),
     ];
+    args
+}
+
+#[test]
+fn cli_video_reproduces_the_reference_frames() {
+    let idx = index();
+    let (dir, files) = write_files("cli", false);
+    let s = &idx["settings"];
+    let out = dir.join("out.mp4");
+    let frames_dir = dir.join("frames");
+    let args = video_args(&idx, &files, &out, &frames_dir);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = nijigen(&refs);
     assert!(o.status.success(), "nijigen video failed: {}", stderr(&o));
@@ -850,4 +861,304 @@ fn the_one_call_run_follows_its_plan() {
     let base = video::generate(&files, &req, &opts(), &mut |_| {}).expect("unplanned");
     assert!(done.output.latent == base.latent, "latent differs");
     assert!(done.output.frames == base.frames, "frames differ");
+}
+
+// ---- ComfyUI's scaled fp8 files (`fp8_scaled` in index.json) ----------------------------------
+
+/// The two layouts of ComfyUI's scaled fp8 files, and the per-layer one with its table in the
+/// header instead of `comfy_quant` tensors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fp8Layout {
+    /// `scaled_fp8` marker, `<layer>.scale_weight` (and `scale_input` = 1, never applied).
+    ScaledFp8,
+    /// `<layer>.comfy_quant` JSON, `<layer>.weight_scale`, `<layer>.input_scale` = 2 (an
+    /// activation scale: applying it to the weight would fail the test).
+    ComfyQuant,
+    /// `__metadata__._quantization_metadata` with `<layer>.weight_scale`.
+    QuantMetadata,
+}
+
+/// ComfyUI's default fp8 quantization of a weight (comfy/quant_ops.py
+/// `TensorCoreFP8Layout.quantize`): scale = amax|w| / 448, q = fp8(w * (1 / scale)), in f32.
+fn fp8_quantize(vals: &[f32]) -> (Vec<u8>, f32) {
+    let amax = vals.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let scale = amax / 448.0;
+    let inv = 1.0f32 / scale;
+    let scaled: Vec<f32> = vals.iter().map(|v| v * inv).collect();
+    let mut q = vec![0u8; vals.len()];
+    nijigen::formats::float::from_f32(nijigen::formats::DType::F8E4M3, &scaled, &mut q)
+        .expect("f8");
+    (q, scale)
+}
+
+/// The stored tensors of one file with the `fp8_scaled` names (recipe names) quantized:
+/// our fp8 bytes and scales are checked against the reference's; `rename` gives the name in
+/// the file, `prefix` is prepended to every name.
+fn fp8_tensors(
+    file: &Value,
+    fp8: &Value,
+    layout: Fp8Layout,
+    prefix: &str,
+    rename: &dyn Fn(&str) -> String,
+) -> (Vec<common::RawTensor>, String) {
+    let f32_bytes = |v: &[f32]| -> Vec<u8> { bytemuck::cast_slice(v).to_vec() };
+    let mut out: Vec<common::RawTensor> = Vec::new();
+    let mut layers = serde_json::Map::new();
+    let quantized: Vec<&str> = fp8["tensors"]
+        .as_array()
+        .expect("fp8 tensors")
+        .iter()
+        .map(|v| v.as_str().expect("name"))
+        .collect();
+    for (name, shape, vals) in recipe(file) {
+        let stored = format!("{prefix}{}", rename(&name));
+        if !quantized.contains(&name.as_str()) {
+            out.push((stored, "F32", shape, f32_bytes(&vals)));
+            continue;
+        }
+        let (q, scale) = fp8_quantize(&vals);
+        assert_eq!(
+            fp8["fnv1a64"][&name].as_str(),
+            Some(fnv1a64(&q).as_str()),
+            "{name}: our fp8 bytes differ from torch's"
+        );
+        assert_eq!(
+            fp8["scales"][&name].as_f64().map(|s| s as f32),
+            Some(scale),
+            "{name}: scale"
+        );
+        let layer = stored.strip_suffix(".weight").expect("a weight");
+        out.push((stored.clone(), "F8_E4M3", shape, q));
+        let scalar = |v: f32| f32_bytes(&[v]);
+        match layout {
+            Fp8Layout::ScaledFp8 => {
+                out.push((
+                    format!("{layer}.scale_weight"),
+                    "F32",
+                    vec![],
+                    scalar(scale),
+                ));
+                out.push((format!("{layer}.scale_input"), "F32", vec![], scalar(1.0)));
+            }
+            Fp8Layout::ComfyQuant | Fp8Layout::QuantMetadata => {
+                out.push((
+                    format!("{layer}.weight_scale"),
+                    "F32",
+                    vec![],
+                    scalar(scale),
+                ));
+                out.push((format!("{layer}.input_scale"), "F32", vec![], scalar(2.0)));
+                let conf = serde_json::json!({"format": "float8_e4m3fn"});
+                if layout == Fp8Layout::ComfyQuant {
+                    let json = conf.to_string().into_bytes();
+                    let n = json.len() as u64;
+                    out.push((format!("{layer}.comfy_quant"), "U8", vec![n], json));
+                } else {
+                    layers.insert(layer.to_string(), conf);
+                }
+            }
+        }
+    }
+    if layout == Fp8Layout::ScaledFp8 {
+        out.push((format!("{prefix}scaled_fp8"), "F8_E4M3", vec![0], vec![]));
+    }
+    let meta = serde_json::json!({ "layers": layers }).to_string();
+    (out, meta)
+}
+
+/// The DiT and umT5 as Comfy-Org ships them: safetensors with their Linear weights in scaled
+/// fp8 (`layout`), the DiT's names under `model.diffusion_model.`, the umT5 with HF names and
+/// its sentencepiece model embedded as the U8 tensor `spiece_model`. CLIP vision and the VAE
+/// are the reference files. No tokenizer is given.
+fn write_fp8_files(name: &str, layout: Fp8Layout) -> (PathBuf, WanFiles) {
+    let idx = index();
+    let (dir, mut wf) = write_files(name, false);
+    let fp8 = &idx["fp8_scaled"];
+    assert_eq!(fp8["format"], "float8_e4m3fn");
+    let files = &idx["files"];
+    let write = |path: &Path, tensors: Vec<common::RawTensor>, meta: String| {
+        let m = [("_quantization_metadata", meta.as_str())];
+        let m: &[(&str, &str)] = if layout == Fp8Layout::QuantMetadata {
+            &m
+        } else {
+            &[]
+        };
+        common::write_safetensors_raw(path, m, &tensors);
+    };
+    let dit = dir.join("dit_fp8_scaled.safetensors");
+    let (tensors, meta) = fp8_tensors(
+        &files["dit"],
+        &fp8["dit"],
+        layout,
+        "model.diffusion_model.",
+        &|n| n.to_string(),
+    );
+    write(&dit, tensors, meta);
+    // umT5: the HF names of the recipe's llama.cpp names (diffusers_names.json).
+    let names: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(DIR).join("diffusers_names.json")).expect("names"),
+    )
+    .expect("names json");
+    let to_hf: std::collections::HashMap<String, String> = names["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["from"] == "t5")
+        .expect("t5 names")["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .map(|p| (p[1].as_str().unwrap().into(), p[0].as_str().unwrap().into()))
+        .collect();
+    let (mut tensors, meta) =
+        fp8_tensors(&files["t5"], &fp8["t5"], layout, "", &|n| to_hf[n].clone());
+    let spiece = std::fs::read("tests/fixtures/umt5_tokenizer/small/spiece.model").expect("spm");
+    let n = spiece.len() as u64;
+    tensors.push(("spiece_model".into(), "U8", vec![n], spiece));
+    let t5 = dir.join("umt5_fp8_scaled.safetensors");
+    write(&t5, tensors, meta);
+    wf.model = dit;
+    wf.t5 = Some(t5);
+    wf.t5_tokenizer = None;
+    (dir, wf)
+}
+
+/// Every tensor a file loads as (name, type, bytes), through the weight store.
+fn loaded(path: &Path) -> Vec<(String, nijigen::ggml::GgmlType, Vec<u8>)> {
+    let store = nijigen::runtime::WeightStore::open_path(path).expect("open");
+    let set = store.load_cpu(|_| true).expect("load");
+    set.names()
+        .iter()
+        .map(|n| {
+            let t = set.get(n).expect("tensor");
+            (
+                n.clone(),
+                t.ty(),
+                nijigen::ggml::tensor_get(t).expect("bytes"),
+            )
+        })
+        .collect()
+}
+
+/// A ComfyUI scaled fp8 DiT and umT5 (with the embedded tokenizer) run without a tokenizer
+/// flag and match the reference run on the dequantized weights (float(q) * scale). Our fp8
+/// weights are rounded to F16 after the scale (ComfyUI rounds them to its 16-bit compute type
+/// too). Measured: umT5 rows rel 7.8e-4 / 7.2e-4, final latent rel 9.7e-4, frames worst 1 LSB;
+/// the fp8 reference is 4.1e-2 away from the F32 one, so a scale ignored, applied twice or to
+/// the input fails.
+#[test]
+fn fp8_scaled_files_match_the_dequantized_reference() {
+    let idx = index();
+    let fp8 = &idx["fp8_scaled"];
+    let req = request(&idx);
+    let (_dir, files) = write_fp8_files("fp8", Fp8Layout::ScaledFp8);
+    video::with_models(&files, true, &opts(), &mut |_| {}, |m, _ev| {
+        for (prompt, out) in [
+            (&req.prompt, "text_prompt"),
+            (req.negative_prompt.as_ref().unwrap(), "text_negative"),
+        ] {
+            let text = m.encode_text(prompt)?;
+            let want = read_f32_entry(DIR, &fp8[out]).0;
+            close(&format!("fp8 umT5 {out}"), &text[..want.len()], &want, 2e-3);
+        }
+        Ok(())
+    })
+    .expect("fp8 umT5");
+    let out = video::generate(&files, &req, &opts(), &mut |_| {}).expect("generate fp8");
+    let want = read_f32_entry(DIR, &fp8["final_latent"]).0;
+    eprintln!(
+        "(reference: fp8 vs f32 weights, final latent rel {:.2e})",
+        rel_err(&want, &entry(&idx, "final_latent"))
+    );
+    close("final latent, fp8 scaled", &out.latent, &want, 5e-3);
+    let e = &fp8["frames"];
+    let want_frames =
+        std::fs::read(Path::new(DIR).join(e["file"].as_str().unwrap())).expect("fp8 frames");
+    let got: Vec<u8> = out.frames.concat();
+    let worst = got
+        .iter()
+        .zip(&want_frames)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .expect("frames");
+    eprintln!("frames, fp8 scaled: worst {worst} LSB");
+    assert!(worst <= 4, "fp8 frames: worst {worst} LSB");
+}
+
+/// The per-layer layouts (`comfy_quant` tensors, or the table in `_quantization_metadata`)
+/// load to the same tensors as the `scaled_fp8` layout, byte for byte (the fp8 weights as F16
+/// times their scale; the input scales, 2 in these files, never applied).
+#[test]
+fn fp8_layouts_load_the_same_weights() {
+    let (_d, want) = write_fp8_files("fp8_old", Fp8Layout::ScaledFp8);
+    let (dit, t5) = (loaded(&want.model), loaded(want.t5.as_ref().unwrap()));
+    assert!(dit.iter().any(
+        |(n, ty, _)| n == "blocks.0.self_attn.q.weight" && *ty == nijigen::ggml::GgmlType::F16
+    ));
+    for layout in [Fp8Layout::ComfyQuant, Fp8Layout::QuantMetadata] {
+        let (_d, files) = write_fp8_files(&format!("fp8_{layout:?}"), layout);
+        assert!(
+            loaded(&files.model) == dit,
+            "{layout:?}: DiT tensors differ"
+        );
+        assert!(
+            loaded(files.t5.as_ref().unwrap()) == t5,
+            "{layout:?}: umT5 tensors differ"
+        );
+    }
+}
+
+/// As a new user runs them: `nijigen info` names the fp8 layout and the embedded tokenizer,
+/// and `nijigen video` takes the per-layer fp8 DiT and umT5 with no tokenizer flag.
+#[test]
+fn cli_runs_comfyui_fp8_files_without_a_tokenizer_flag() {
+    let idx = index();
+    let (dir, files) = write_fp8_files("fp8_cli", Fp8Layout::ComfyQuant);
+    let p = |v: &Path| v.to_str().expect("utf-8 path").to_string();
+    let t5 = p(files.t5.as_ref().unwrap());
+    let o = nijigen(&["info", &t5]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = common::stdout(&o);
+    assert!(text.contains("architecture:  umt5"), "{text}");
+    assert!(
+        text.contains(
+            "quantization:  fp8 scaled (ComfyUI), 14 layers (per-layer comfy_quant, \
+             <layer>.weight_scale); applied at load"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("tokenizer:     embedded (spiece_model"),
+        "{text}"
+    );
+    let o = nijigen(&["info", "--json", &p(&files.model)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("info json");
+    assert_eq!(v["architecture"], "wan-dit-i2v");
+    assert_eq!(v["fp8_scaled"]["layout"], "comfy_quant");
+    assert_eq!(v["fp8_scaled"]["layers"], 32);
+    assert_eq!(v["embedded_tokenizer"], false);
+
+    let frames_dir = dir.join("frames");
+    let args = video_args(&idx, &files, &dir.join("out.mp4"), &frames_dir);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = nijigen(&refs);
+    assert!(o.status.success(), "nijigen video failed: {}", stderr(&o));
+    let mut pngs: Vec<PathBuf> = std::fs::read_dir(&frames_dir)
+        .expect("frames dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    pngs.sort();
+    let mut got = Vec::new();
+    for f in &pngs {
+        got.extend(nijigen::media::image::load_rgb(f).expect("frame").0);
+    }
+    let e = &idx["fp8_scaled"]["frames"];
+    let want = std::fs::read(Path::new(DIR).join(e["file"].as_str().unwrap())).expect("frames");
+    assert_eq!(got.len(), want.len());
+    let worst = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max();
+    assert!(
+        worst <= Some(4),
+        "nijigen video, fp8 files: worst {worst:?} LSB"
+    );
 }

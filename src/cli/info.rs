@@ -68,6 +68,8 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             "parameters": params,
             "tensor_bytes": file.data_bytes(),
             "types": types,
+            "fp8_scaled": inspected.fp8_scaled(),
+            "embedded_tokenizer": inspected.has_embedded_tokenizer(),
             "metadata": metadata,
             "tensors": tensors,
         });
@@ -122,6 +124,20 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
                 c.prefix
             )?;
         }
+    }
+    if let Some(q) = inspected.fp8_scaled() {
+        writeln!(
+            out,
+            "quantization:  fp8 scaled (ComfyUI), {} layers ({}); applied at load",
+            q.layers,
+            q.layout.describe()
+        )?;
+    }
+    if inspected.has_embedded_tokenizer() {
+        writeln!(
+            out,
+            "tokenizer:     embedded (spiece_model, sentencepiece); no --t5-tokenizer needed"
+        )?;
     }
     writeln!(out, "parameters:    {}", human_count(params))?;
     writeln!(out, "types:")?;

@@ -8,6 +8,7 @@
 pub mod float;
 pub mod gguf;
 pub mod names;
+pub mod quant;
 pub mod safetensors;
 pub mod weights;
 
@@ -27,6 +28,9 @@ pub enum DType {
     F8E4M3,
     /// float8, 5 exponent bits, 2 mantissa bits (`F8_E5M2`, `torch.float8_e5m2`).
     F8E5M2,
+    /// Raw bytes (`U8`): not a weight. ComfyUI files carry data in them: the sentencepiece model
+    /// of an embedded tokenizer (`spiece_model`), per-layer quantization JSON (`comfy_quant`).
+    U8,
 }
 
 impl DType {
@@ -34,12 +38,13 @@ impl DType {
     pub const F16: DType = DType::Ggml(GgmlType::F16);
     pub const BF16: DType = DType::Ggml(GgmlType::BF16);
 
-    /// Lowercase name: the ggml name ("q4_k"), or "f8_e4m3" / "f8_e5m2".
+    /// Lowercase name: the ggml name ("q4_k"), or "f8_e4m3" / "f8_e5m2" / "u8".
     pub fn name(self) -> String {
         match self {
             DType::Ggml(t) => t.lower_name(),
             DType::F8E4M3 => "f8_e4m3".into(),
             DType::F8E5M2 => "f8_e5m2".into(),
+            DType::U8 => "u8".into(),
         }
     }
 
@@ -47,7 +52,7 @@ impl DType {
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         match self {
             DType::Ggml(t) => t.bytes_for(n),
-            DType::F8E4M3 | DType::F8E5M2 => Some(n),
+            DType::F8E4M3 | DType::F8E5M2 | DType::U8 => Some(n),
         }
     }
 

@@ -11,8 +11,9 @@
 //! to the end of the file. The `safetensors` crate's own validation (`read_metadata`) then runs
 //! as a cross-check, so we never accept a file the reference implementation rejects.
 //!
-//! Supported dtypes: F32, F16, BF16, F64, I8, I16, I32, I64 (ggml types) and F8_E4M3, F8_E5M2.
-//! Any other dtype (BOOL, U8, U16, U32, U64, F4, F6_*, F8_E8M0, ...) is an `Unsupported` error
+//! Supported dtypes: F32, F16, BF16, F64, I8, I16, I32, I64 (ggml types), F8_E4M3, F8_E5M2, and
+//! U8 (raw bytes: ComfyUI's embedded `spiece_model` tokenizer and `comfy_quant` JSON, never a
+//! weight). Any other dtype (BOOL, U16, U32, U64, F4, F6_*, F8_E8M0, ...) is an `Unsupported` error
 //! naming the tensor, as is a tensor with more than [`MAX_DIMS`] dims.
 
 use std::collections::{HashMap, HashSet};
@@ -55,13 +56,14 @@ fn dtype_from_name(name: &str) -> Result<DType, bool> {
         "I64" => DType::Ggml(GgmlType::I64),
         "F8_E4M3" => DType::F8E4M3,
         "F8_E5M2" => DType::F8E5M2,
-        "BOOL" | "U8" | "U16" | "U32" | "U64" | "F4" | "F6_E2M3" | "F6_E3M2" | "F8_E8M0"
-        | "C64" | "C128" | "F8_E4M3FNUZ" | "F8_E5M2FNUZ" => return Err(true),
+        "U8" => DType::U8,
+        "BOOL" | "U16" | "U32" | "U64" | "F4" | "F6_E2M3" | "F6_E3M2" | "F8_E8M0" | "C64"
+        | "C128" | "F8_E4M3FNUZ" | "F8_E5M2FNUZ" => return Err(true),
         _ => return Err(false),
     })
 }
 
-const SUPPORTED: &str = "F32, F16, BF16, F64, I8, I16, I32, I64, F8_E4M3, F8_E5M2";
+const SUPPORTED: &str = "F32, F16, BF16, F64, I8, I16, I32, I64, F8_E4M3, F8_E5M2, U8";
 
 /// Parses and validates the safetensors file `bytes` (the whole file); `path` names it in errors.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<StHeader, FormatError> {
@@ -792,7 +794,7 @@ mod tests {
             e.to_string().contains("tensor \"w\": unknown dtype \"Q4\""),
             "{e}"
         );
-        for dt in ["BOOL", "U8", "U16", "U32", "U64", "F8_E8M0", "F4", "C64"] {
+        for dt in ["BOOL", "U16", "U32", "U64", "F8_E8M0", "F4", "C64"] {
             let h = format!(r#"{{"w":{{"dtype":"{dt}","shape":[1],"data_offsets":[0,1]}}}}"#);
             let e = parse(Path::new("x.safetensors"), &file(&h, 1)).unwrap_err();
             assert!(matches!(e, FormatError::Unsupported { .. }), "{dt}");

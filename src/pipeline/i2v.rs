@@ -195,8 +195,9 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
         return Err(wrong(&t5_path, &t5, "a umT5 text encoder (--t5)"));
     }
     if files.t5_tokenizer.is_none() {
-        let has =
-            t5.file().format() == Format::Gguf && t5.file().meta("tokenizer.ggml.model").is_some();
+        let has = (t5.file().format() == Format::Gguf
+            && t5.file().meta("tokenizer.ggml.model").is_some())
+            || t5.embedded_spiece().is_some();
         if !has {
             return Err(PipelineError::MissingComponent {
                 what: format!(

@@ -177,6 +177,16 @@ impl Inspected {
     pub fn detection(&self) -> &Detection {
         self.store.detection()
     }
+
+    /// ComfyUI's scaled fp8 layers, if the file has them.
+    pub fn fp8_scaled(&self) -> Option<&crate::formats::quant::Fp8Scaled> {
+        self.store.fp8_scaled()
+    }
+
+    /// Whether the file carries its own sentencepiece tokenizer (`spiece_model`).
+    pub fn has_embedded_tokenizer(&self) -> bool {
+        self.store.embedded_spiece().is_some()
+    }
 }
 
 /// Opens a weight file (or the shards of one) and [`inspect`]s it.

@@ -307,11 +307,13 @@ impl Stores {
             &[Architecture::Umt5],
             "a umT5 text encoder",
         )?;
-        // Only a GGUF carries a tokenizer (`tokenizer.ggml.*`); reading a safetensors file as
-        // one would report a sentencepiece parse error instead of the missing flag.
-        let tokenizer = match &files.t5_tokenizer {
-            Some(p) => Umt5Tokenizer::from_file(p),
-            None if t5.1.file().format() != Format::Gguf => {
+        // A GGUF carries its tokenizer as `tokenizer.ggml.*` metadata, a ComfyUI safetensors
+        // file as the U8 tensor `spiece_model`; any other safetensors file has none (reading it
+        // as one would report a sentencepiece parse error instead of the missing flag).
+        let tokenizer = match (&files.t5_tokenizer, t5.1.embedded_spiece()) {
+            (Some(p), _) => Umt5Tokenizer::from_file(p),
+            (None, Some(bytes)) => Umt5Tokenizer::from_spiece_bytes(bytes, &t5_path),
+            (None, None) if t5.1.file().format() != Format::Gguf => {
                 return Err(PipelineError::MissingComponent {
                     what: format!(
                         "{}: a {} umT5 has no tokenizer (tokenizer.json or spiece.model of \
@@ -322,7 +324,7 @@ impl Stores {
                     flag: "--t5-tokenizer",
                 })
             }
-            None => Umt5Tokenizer::from_gguf_file(&t5_path),
+            (None, None) => Umt5Tokenizer::from_gguf_file(&t5_path),
         }
         .map_err(|e| {
             if files.t5_tokenizer.is_none() {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use crate::formats::names::{self, Detection, NameMap};
+use crate::formats::quant::{self, Fp8Scaled};
 use crate::formats::weights::WeightFile;
 use crate::formats::{float, DType, FormatError, TensorInfo};
 use crate::ggml::{GgmlError, GgmlType, TensorSet};
@@ -37,6 +38,8 @@ pub enum LoadError {
 pub struct WeightStore {
     file: WeightFile,
     detection: Detection,
+    /// ComfyUI's scaled fp8 layers (their scales are applied wherever a weight is read).
+    fp8: Option<Fp8Scaled>,
     /// Where [`WeightStore::load_meta`] points its tensors.
     placeholder: OnceLock<memmap2::Mmap>,
 }
@@ -56,9 +59,11 @@ impl WeightStore {
     pub fn open(paths: &[PathBuf]) -> Result<WeightStore, LoadError> {
         let file = WeightFile::open(paths)?;
         let detection = names::detect(file.tensors(), file.metadata());
+        let fp8 = Fp8Scaled::read(&file)?;
         Ok(WeightStore {
             file,
             detection,
+            fp8,
             placeholder: OnceLock::new(),
         })
     }
@@ -73,6 +78,41 @@ impl WeightStore {
 
     pub fn detection(&self) -> &Detection {
         &self.detection
+    }
+
+    /// The file's scaled fp8 layers (ComfyUI), if it is such a file.
+    pub fn fp8_scaled(&self) -> Option<&Fp8Scaled> {
+        self.fp8.as_ref()
+    }
+
+    /// The embedded sentencepiece tokenizer (ComfyUI's `spiece_model`, a U8 tensor holding the
+    /// serialized model), if the file carries one.
+    pub fn embedded_spiece(&self) -> Option<&[u8]> {
+        self.file
+            .tensors()
+            .iter()
+            .find(|t| {
+                t.dtype == DType::U8
+                    && (t.name == "spiece_model" || t.name.ends_with(".spiece_model"))
+            })
+            .map(|t| self.file.data(t))
+    }
+
+    /// Whether stored tensor `t` carries a scale (it is then always converted).
+    fn scaled(&self, t: &TensorInfo) -> bool {
+        self.fp8
+            .as_ref()
+            .is_some_and(|q| q.scale_of(&t.name).is_some())
+    }
+
+    /// The ggml type stored tensor `t` is loaded as: itself where ggml uses it in place and no
+    /// scale applies, else its conversion.
+    fn out_type(&self, t: &TensorInfo) -> GgmlType {
+        if self.scaled(t) {
+            convert_target(t.dtype)
+        } else {
+            loaded_type(t.dtype)
+        }
     }
 
     fn path_of(&self, t: &TensorInfo) -> PathBuf {
@@ -93,6 +133,10 @@ impl WeightStore {
         // An unrecognised file is loaded under its stored names.
         let identity = self.detection.architecture == names::Architecture::Unknown;
         for t in self.file.tensors() {
+            // Raw bytes (an embedded tokenizer, quantization JSON) and scales are not weights.
+            if t.dtype == DType::U8 || quant::is_aux_name(&t.name) {
+                continue;
+            }
             let map = if identity {
                 Some(NameMap::Rename(t.name.clone()))
             } else {
@@ -153,7 +197,7 @@ impl WeightStore {
             Source::Direct { info, .. } if info.numel() == 0 => Ok(None),
             Source::Direct { info, shape } => {
                 let ne = ggml_ne(shape).map_err(|w| self.err(info, w))?;
-                Ok(Some((loaded_type(info.dtype), ne)))
+                Ok(Some((self.out_type(info), ne)))
             }
             Source::Transposed(info) => {
                 if info.shape.len() != 2 {
@@ -185,7 +229,13 @@ impl WeightStore {
                 let shape = fused_shape(&first.shape, *n)
                     .map_err(|w| self.err(first, format!("part of '{name}': {w}")))?;
                 let ne = ggml_ne(&shape).map_err(|w| self.err(first, w))?;
-                Ok(Some((loaded_type(first.dtype), ne)))
+                // Parts with their own scales are each converted.
+                let ty = if parts.iter().any(|(_, t)| self.scaled(t)) {
+                    convert_target(first.dtype)
+                } else {
+                    self.out_type(first)
+                };
+                Ok(Some((ty, ne)))
             }
         }
     }
@@ -216,7 +266,7 @@ impl WeightStore {
             };
             match src {
                 Source::Direct { info, .. } => match info.dtype {
-                    DType::Ggml(t) if usable_in_place(t) => {
+                    DType::Ggml(t) if usable_in_place(t) && !self.scaled(info) => {
                         let region = self.file.map(info.shard);
                         set.add_mapped(name, ty, &ne, region, info.offset as usize)
                             .map_err(|e| gerr(info, e))?;
@@ -245,8 +295,9 @@ impl WeightStore {
                     let parts = sorted_parts(parts);
                     let first = parts[0].1;
                     // Concatenating along the outermost dim is concatenating the bytes.
+                    let scaled = parts.iter().any(|(_, t)| self.scaled(t));
                     let bytes: Vec<u8> = match first.dtype {
-                        DType::Ggml(t) if usable_in_place(t) => parts
+                        DType::Ggml(t) if usable_in_place(t) && !scaled => parts
                             .iter()
                             .flat_map(|(_, t)| self.file.data(t).iter().copied())
                             .collect(),
@@ -346,11 +397,28 @@ impl WeightStore {
                 .map_err(|e| self.err(t, e.to_string()))?,
             d => float::to_f32(d, bytes, &mut out).map_err(|e| self.err(t, e.to_string()))?,
         }
+        if let Some(scale) = self.fp8.as_ref().and_then(|q| q.scale_of(&t.name)) {
+            let s = self
+                .file
+                .tensor(scale)
+                .ok_or_else(|| self.err(t, format!("its scale \"{scale}\" is missing")))?;
+            let values = self.f32_values_raw(s)?;
+            quant::apply_scale(t, &mut out, &values, &s.shape)
+                .map_err(|e| self.err(t, format!("\"{scale}\": {e}")))?;
+        }
         Ok(out)
     }
 
-    /// A tensor ggml cannot use as stored, converted ([`convert_target`]): f8 -> f16,
-    /// f64 -> f32.
+    /// The values of a scale tensor as stored (f32, f16, bf16).
+    fn f32_values_raw(&self, t: &TensorInfo) -> Result<Vec<f32>, LoadError> {
+        let mut out = vec![0f32; t.numel() as usize];
+        float::to_f32(t.dtype, self.file.data(t), &mut out)
+            .map_err(|e| self.err(t, format!("not a usable scale: {e}")))?;
+        Ok(out)
+    }
+
+    /// A tensor ggml cannot use as stored, or one with a scale, converted
+    /// ([`convert_target`]): f8 -> f16 (times its scale), f64 -> f32.
     fn converted(&self, t: &TensorInfo) -> Result<Vec<u8>, LoadError> {
         let ty = convert_target(t.dtype);
         let vals = self.f32_values(t)?;

@@ -161,3 +161,35 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Vec<u64>, Vec<f32>)], ty: 
         .collect();
     write_safetensors(path, &refs, ty);
 }
+
+/// One tensor of [`write_safetensors_raw`]: name, safetensors dtype ("F8_E4M3", "U8", ...),
+/// PyTorch-order shape and the little-endian bytes.
+pub type RawTensor = (String, &'static str, Vec<u64>, Vec<u8>);
+
+/// Writes a safetensors file of raw tensors (any dtype) with `__metadata__` entries.
+pub fn write_safetensors_raw(path: &Path, metadata: &[(&str, &str)], tensors: &[RawTensor]) {
+    let mut meta = serde_json::Map::new();
+    meta.insert("format".into(), "pt".into());
+    for (k, v) in metadata {
+        meta.insert((*k).into(), (*v).into());
+    }
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut text = serde_json::to_string(&header).expect("header json");
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&data);
+    std::fs::write(path, out).expect("write safetensors");
+}

@@ -63,7 +63,12 @@ diffusers_names.json (tests/wan_layouts.rs): the names of a diffusers Wan folder
 (transformer/, text_encoder/, vae/) -> the stored names above, from diffusers' converters and
 gguf-py's T5ENCODER map (see write_diffusers_names).
 
-Run: /work/pyref/bin/python tools/reference/make_wan_pipeline_fixtures.py [--names-only]
+fp8 variant (`fp8_scaled` in index.json, tests/wan_fp8.rs): the DiT's and umT5's Linear weights
+quantized as ComfyUI quantizes them (float8_e4m3fn, scale amax/448 per tensor), FNV-1a 64 of the
+fp8 bytes and the scale recorded per tensor; the same run on the dequantized weights
+(float(q) * scale): umT5 outputs, final latent and frames.
+
+Run: <venv>/bin/python tools/reference/make_wan_pipeline_fixtures.py [--names-only]
 """
 
 import json
@@ -621,6 +626,7 @@ def main():
     _, q8_frames, _ = decode(vae, q8_final, mean, inv_std)
     notes["q8_0_dit_final_latent_vs_f32_rel"] = rel(q8_final, final)
     notes["q8_0_dit_frames_vs_f32_max_lsb"] = int(np.abs(q8_frames.astype(int) - frames_round.astype(int)).max())
+    fp8 = fp8_variant(dit, t5, vae, dit_t, t5_t, run, mean, inv_std, final, notes)
     notes["frames_round_vs_truncate_values_differing"] = int((frames_round != frames_trunc).sum())
     notes["decoded_fraction_at_plus_minus_1"] = float((dec.abs() >= 1).float().mean())
     print("decoded std", float(dec.std()), "notes", json.dumps(notes, indent=1))
@@ -663,6 +669,7 @@ def main():
         "q8_0": {"tensors": q8_names, "fnv1a64": q8_sums,
                  "final_latent": write("q8_final_latent.f32", q8_final[0]),
                  "frames": write_u8("q8_frames.u8", q8_frames)},
+        "fp8_scaled": fp8,
         "notes": notes,
     }
     with open(os.path.join(OUT, "index.json"), "w") as f:
@@ -670,6 +677,70 @@ def main():
     write_diffusers_names(dit_t, t5_t, vae_t)
     total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT))
     print(f"{OUT}: {total} bytes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Extension: ComfyUI's scaled fp8 files (tests/wan_fp8.rs)
+
+
+def is_fp8_dit_linear(name, shape):
+    """Every 2-D Linear weight of the DiT (blocks, embeddings, head); not the 5-D patch
+    embedding, norms or modulations."""
+    return name.endswith(".weight") and len(shape) == 2
+
+
+def is_fp8_t5_linear(name, shape):
+    """umT5's Linear weights (attention, FFN); not the token embedding or relative biases."""
+    return name.endswith(".weight") and len(shape) == 2 and name != "token_embd.weight" \
+        and "attn_rel_b" not in name
+
+
+def fp8_quantize(w):
+    """ComfyUI comfy/quant_ops.py TensorCoreFP8Layout.quantize with its default scale:
+    scale = amax|w| / 448 (f32), q = (w * (1 / scale)).to(float8_e4m3fn)."""
+    scale = torch.amax(w.abs()) / torch.finfo(torch.float8_e4m3fn).max
+    scale = scale.to(torch.float32)
+    q = (w * (1.0 / scale).to(w.dtype)).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def fp8_variant(dit, t5, vae, dit_t, t5_t, run, mean, inv_std, final, notes):
+    """The run with the DiT's and umT5's Linear weights stored as scaled fp8 the way ComfyUI's
+    files store them; the reference runs on the dequantized weights (float(q) * scale, exactly
+    what ComfyUI's TensorCoreFP8Layout.dequantize computes, in f32). Records, per quantized
+    tensor, FNV-1a 64 of the fp8 bytes and the f32 scale (the Rust test quantizes the recipe
+    values itself and checks both), the umT5 outputs, the final latent and the frames."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    out = {"format": "float8_e4m3fn", "scale": "amax/448 per tensor (ComfyUI default)"}
+    for what, tensors, rule in (("dit", dit_t, is_fp8_dit_linear), ("t5", t5_t, is_fp8_t5_linear)):
+        names = [n for n in sorted(tensors) if rule(n, tensors[n].shape)]
+        sums, scales, deq = {}, {}, dict(tensors)
+        for n in names:
+            q, scale = fp8_quantize(tensors[n])
+            sums[n] = fnv1a64(q.view(torch.uint8).numpy().tobytes())
+            scales[n] = float(scale)
+            deq[n] = q.to(torch.float32) * scale
+        out[what] = {"tensors": names, "fnv1a64": sums, "scales": scales}
+        if what == "dit":
+            dit.load_state_dict(convert_wan_transformer_to_diffusers(deq), strict=True)
+        else:
+            _, to_hf = t5_gguf_names()
+            sd = {to_hf[k]: v for k, v in deq.items()}
+            sd["encoder.embed_tokens.weight"] = sd["shared.weight"]
+            load_strict(t5, sd, "umt5 fp8")
+    ids_c, text_c, _ = encode_text(t5, PROMPT)
+    ids_u, text_u, _ = encode_text(t5, NEGATIVE)
+    fp8_run = dict(run, text_c=text_c, text_u=text_u)
+    fp8_final, _, _ = sample(dit, notes=None, **fp8_run)
+    _, fp8_frames, _ = decode(vae, fp8_final, mean, inv_std)
+    notes["fp8_scaled_final_latent_vs_f32_rel"] = rel(fp8_final, final)
+    notes["fp8_scaled_text_prompt_vs_f32_rel"] = rel(text_c, run["text_c"])
+    out["text_prompt"] = write("fp8_text_prompt.f32", text_c[:len(ids_c)])
+    out["text_negative"] = write("fp8_text_negative.f32", text_u[:len(ids_u)])
+    out["final_latent"] = write("fp8_final_latent.f32", fp8_final[0])
+    out["frames"] = write_u8("fp8_frames.u8", fp8_frames)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
