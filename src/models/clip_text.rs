@@ -590,3 +590,20 @@ fn describe_g(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelErr
     );
     Ok(network::description(summary, &c, &[]))
 }
+
+/// On a device: with its LoRA adapters.
+impl super::Place for ClipTextModel<'_> {
+    type Model<'x> = ClipTextModel<'x>;
+    type Error = ClipError;
+
+    fn place<'x>(
+        weights: &'x crate::runtime::DeviceWeights<'x>,
+        prefix: &str,
+        runner: GraphRunner<'x>,
+        adapters: Option<&'x crate::lora::Adapters>,
+    ) -> Result<ClipTextModel<'x>, ClipError> {
+        let mut m = ClipTextModel::with_runner(weights.set(), prefix, runner)?;
+        m.set_adapters(adapters)?;
+        Ok(m)
+    }
+}

@@ -652,3 +652,18 @@ fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError
     );
     Ok(network::description(summary, &c, &[]))
 }
+
+/// On a device: the model over the copied weights.
+impl super::Place for ClipVision<'_> {
+    type Model<'x> = ClipVision<'x>;
+    type Error = ClipVisionError;
+
+    fn place<'x>(
+        weights: &'x crate::runtime::DeviceWeights<'x>,
+        prefix: &str,
+        runner: GraphRunner<'x>,
+        _adapters: Option<&'x crate::lora::Adapters>,
+    ) -> Result<ClipVision<'x>, ClipVisionError> {
+        ClipVision::with_runner(weights.set(), prefix, runner)
+    }
+}

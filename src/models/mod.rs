@@ -6,6 +6,7 @@
 pub mod clip_text;
 pub mod clip_vision;
 pub mod network;
+pub mod place;
 pub mod umt5;
 pub mod unet_sdxl;
 pub mod vae_sdxl;
@@ -15,6 +16,7 @@ pub mod wan_vae;
 pub use clip_text::{ClipError, ClipLayout, ClipOutput, ClipTextConfig, ClipTextModel};
 pub use clip_vision::{ClipVision, ClipVisionConfig, ClipVisionError};
 pub use network::{Memory, ModelError, Network, NETWORKS};
+pub use place::Place;
 pub use umt5::{Umt5Config, Umt5Encoder, Umt5Error};
 pub use unet_sdxl::{Attention as UnetAttention, SdxlUnet, UnetConfig, UnetError};
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};

@@ -454,6 +454,21 @@ fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError
     ))
 }
 
+/// On a device: the model over the copied weights.
+impl super::Place for Umt5Encoder<'_> {
+    type Model<'x> = Umt5Encoder<'x>;
+    type Error = Umt5Error;
+
+    fn place<'x>(
+        weights: &'x crate::runtime::DeviceWeights<'x>,
+        prefix: &str,
+        runner: GraphRunner<'x>,
+        _adapters: Option<&'x crate::lora::Adapters>,
+    ) -> Result<Umt5Encoder<'x>, Umt5Error> {
+        Umt5Encoder::with_runner(weights.set(), prefix, runner)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -780,6 +780,24 @@ fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError
     ))
 }
 
+/// On a device: flash attention, with its LoRA adapters (resident only: it is not streamed).
+impl super::Place for SdxlUnet<'_> {
+    type Model<'x> = SdxlUnet<'x>;
+    type Error = UnetError;
+
+    fn place<'x>(
+        weights: &'x crate::runtime::DeviceWeights<'x>,
+        prefix: &str,
+        runner: GraphRunner<'x>,
+        adapters: Option<&'x crate::lora::Adapters>,
+    ) -> Result<SdxlUnet<'x>, UnetError> {
+        let mut m = SdxlUnet::with_runner(weights.set(), prefix, runner)?;
+        m.set_attention(Attention::Flash);
+        m.set_adapters(adapters)?;
+        Ok(m)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

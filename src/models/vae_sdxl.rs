@@ -637,3 +637,18 @@ fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError
         &[("channel_mult", serde_json::json!(mult))],
     ))
 }
+
+/// On a device: the model over the copied weights.
+impl super::Place for SdxlVae<'_> {
+    type Model<'x> = SdxlVae<'x>;
+    type Error = VaeError;
+
+    fn place<'x>(
+        weights: &'x crate::runtime::DeviceWeights<'x>,
+        prefix: &str,
+        runner: GraphRunner<'x>,
+        _adapters: Option<&'x crate::lora::Adapters>,
+    ) -> Result<SdxlVae<'x>, VaeError> {
+        SdxlVae::with_runner(weights.set(), prefix, runner)
+    }
+}

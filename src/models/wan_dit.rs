@@ -895,6 +895,31 @@ fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError
     ))
 }
 
+/// On a device: flash attention, with its LoRA adapters, its blocks streamed through the
+/// plan's slots when the placement streams them.
+impl super::Place for WanDit<'_> {
+    type Model<'x> = WanDit<'x>;
+    type Error = WanDitError;
+
+    fn place<'x>(
+        weights: &'x DeviceWeights<'x>,
+        prefix: &str,
+        runner: GraphRunner<'x>,
+        adapters: Option<&'x crate::lora::Adapters>,
+    ) -> Result<WanDit<'x>, WanDitError> {
+        let mut m = WanDit::with_runner(weights.set(), prefix, runner)?;
+        m.set_attention(Attention::Flash);
+        m.set_adapters(adapters)?;
+        m.set_streaming(Some(weights))?;
+        Ok(m)
+    }
+
+    /// Its blocks stream.
+    fn blocks(cpu: &WanDit<'_>) -> Vec<String> {
+        WanDit::blocks(cpu.config())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1356,3 +1356,18 @@ fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError
         ],
     ))
 }
+
+/// On a device: the model over the copied weights.
+impl super::Place for WanVae<'_> {
+    type Model<'x> = WanVae<'x>;
+    type Error = WanVaeError;
+
+    fn place<'x>(
+        weights: &'x crate::runtime::DeviceWeights<'x>,
+        prefix: &str,
+        runner: GraphRunner<'x>,
+        _adapters: Option<&'x crate::lora::Adapters>,
+    ) -> Result<WanVae<'x>, WanVaeError> {
+        WanVae::with_runner(weights.set(), prefix, runner)
+    }
+}

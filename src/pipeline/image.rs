@@ -28,7 +28,7 @@ use super::plan::{
     OpenFiles, StagePlan,
 };
 pub use super::{from_rgb8, to_rgb8, InitImage};
-use super::{inspect, Event, Options, PipelineError, RunOptions, Timings};
+use super::{inspect, placed, Event, Options, PipelineError, RunOptions, Timings};
 use crate::formats::names::{Architecture, SDXL_CHECKPOINT_PREFIXES};
 use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
@@ -810,25 +810,12 @@ impl<'w> SdxlModels<'w> {
         i: usize,
         f: impl for<'x> FnOnce(&mut ClipTextModel<'x>) -> Result<R, PipelineError>,
     ) -> Result<R, PipelineError> {
-        let (comp, cpu) = match i {
-            0 => (CLIP_L.component, &mut self.clip_l),
-            _ => (CLIP_G.component, &mut self.clip_g),
+        let (net, cpu) = match i {
+            0 => (&CLIP_L, &mut self.clip_l),
+            _ => (&CLIP_G, &mut self.clip_g),
         };
-        let Some(mem) = self.opts.memory.clone() else {
-            return f(cpu);
-        };
-        let (set, prefix) = self.sets[i];
-        let threads = self.opts.cpu_threads();
         let adapters = self.adapters.map(|a| &a[i]);
-        let Some(d) = mem.on_device(comp, set, Vec::new, adapters, threads)? else {
-            return f(cpu);
-        };
-        let mut m = ClipTextModel::with_runner(d.weights.set(), prefix, d.runner)?;
-        m.set_adapters(d.adapters.as_ref())?;
-        let r = f(&mut m);
-        // The driver's figure while the model and its buffers are alive.
-        mem.accountant.sample();
-        r
+        placed::<ClipTextModel, _>(&self.opts, net, cpu, self.sets[i], adapters, f)
     }
 
     /// As [`SdxlModels::with_clip`] for the UNet (resident only: it is not streamed).
@@ -840,22 +827,11 @@ impl<'w> SdxlModels<'w> {
             &ModelSampling,
         ) -> Result<R, PipelineError>,
     ) -> Result<R, PipelineError> {
-        let Some(mem) = self.opts.memory.clone() else {
-            return f(&mut self.unet, &self.opts, &self.sampling);
-        };
-        let (set, prefix) = self.sets[2];
-        let threads = self.opts.cpu_threads();
+        let (opts, sampling) = (&self.opts, &self.sampling);
         let adapters = self.adapters.map(|a| &a[2]);
-        let Some(d) = mem.on_device(UNET.component, set, Vec::new, adapters, threads)? else {
-            return f(&mut self.unet, &self.opts, &self.sampling);
-        };
-        let mut m = SdxlUnet::with_runner(d.weights.set(), prefix, d.runner)?;
-        m.set_attention(UnetAttention::Flash);
-        m.set_adapters(d.adapters.as_ref())?;
-        let r = f(&mut m, &self.opts, &self.sampling);
-        // The driver's figure while the model and its buffers are alive.
-        mem.accountant.sample();
-        r
+        placed::<SdxlUnet, _>(opts, &UNET, &mut self.unet, self.sets[2], adapters, |m| {
+            f(m, opts, sampling)
+        })
     }
 
     /// As [`SdxlModels::with_clip`] for the VAE.
@@ -863,19 +839,7 @@ impl<'w> SdxlModels<'w> {
         &mut self,
         f: impl for<'x> FnOnce(&mut SdxlVae<'x>) -> Result<R, PipelineError>,
     ) -> Result<R, PipelineError> {
-        let Some(mem) = self.opts.memory.clone() else {
-            return f(&mut self.vae);
-        };
-        let (set, prefix) = self.sets[3];
-        let threads = self.opts.cpu_threads();
-        let Some(d) = mem.on_device(VAE_SDXL.component, set, Vec::new, None, threads)? else {
-            return f(&mut self.vae);
-        };
-        let mut m = SdxlVae::with_runner(d.weights.set(), prefix, d.runner)?;
-        let r = f(&mut m);
-        // The driver's figure while the model and its buffers are alive.
-        mem.accountant.sample();
-        r
+        placed::<SdxlVae, _>(&self.opts, &VAE_SDXL, &mut self.vae, self.sets[3], None, f)
     }
 
     /// Runs a whole request on the loaded models.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::ggml::GgmlError;
 use crate::ggml::TensorSet;
 use crate::media::MediaError;
-use crate::models::{ClipError, UnetError, VaeError};
+use crate::models::{ClipError, Network, Place, UnetError, VaeError};
 use crate::runtime::plan::{Component, Placement};
 use crate::runtime::weights::LoadError;
 use crate::runtime::{Accountant, ComputeDevice, DeviceWeights, Residency};
@@ -166,6 +166,35 @@ impl Memory {
             adapters,
         }))
     }
+}
+
+/// Runs `f` on component `net`'s model `P`: on the device when the memory plan in `opts` puts
+/// it there (a copy of `set` (names under `prefix`) with `adapters`, built by [`Place::place`],
+/// that lives for this call), else on `cpu`, the model over the mapped file.
+pub(crate) fn placed<'w, P: Place, R>(
+    opts: &RunOptions,
+    net: &Network,
+    cpu: &mut P::Model<'w>,
+    (set, prefix): (&'w TensorSet<'w>, &str),
+    adapters: Option<&crate::lora::Adapters>,
+    f: impl for<'x> FnOnce(&mut P::Model<'x>) -> Result<R, PipelineError>,
+) -> Result<R, PipelineError>
+where
+    PipelineError: From<P::Error>,
+{
+    let Some(mem) = &opts.memory else {
+        return f(cpu);
+    };
+    let threads = opts.cpu_threads();
+    let blocks = || P::blocks(cpu);
+    let Some(d) = mem.on_device(net.component, set, blocks, adapters, threads)? else {
+        return f(cpu);
+    };
+    let mut m = P::place(&d.weights, prefix, d.runner, d.adapters.as_ref())?;
+    let r = f(&mut m);
+    // The driver's figure while the model and its buffers are alive.
+    mem.accountant.sample();
+    r
 }
 
 /// Runs `stepper` to its end over `denoiser`, reporting each step and stopping at the first

@@ -25,7 +25,7 @@ use super::plan::{
     MemoryOptions, OpenFiles, StagePlan,
 };
 pub use super::{from_rgb8, to_rgb8, InitImage};
-use super::{inspect, Event, Options, PipelineError, RunOptions, Timings};
+use super::{inspect, placed, Event, Options, PipelineError, RunOptions, Timings};
 use crate::formats::names::Architecture;
 use crate::formats::weights::Format;
 use crate::ggml::TensorSet;
@@ -690,18 +690,7 @@ impl<'w> WanModels<'w> {
         &mut self,
         f: impl for<'x> FnOnce(&mut Umt5Encoder<'x>) -> Result<R, PipelineError>,
     ) -> Result<R, PipelineError> {
-        let Some(mem) = self.opts.memory.clone() else {
-            return f(&mut self.t5);
-        };
-        let threads = self.opts.cpu_threads();
-        let Some(d) = mem.on_device(T5.component, self.sets.t5, Vec::new, None, threads)? else {
-            return f(&mut self.t5);
-        };
-        let mut m = Umt5Encoder::with_runner(d.weights.set(), "", d.runner)?;
-        let r = f(&mut m);
-        // The driver's figure while the model and its buffers are alive.
-        mem.accountant.sample();
-        r
+        placed::<Umt5Encoder, _>(&self.opts, &T5, &mut self.t5, (self.sets.t5, ""), None, f)
     }
 
     /// As [`WanModels::with_t5`] for CLIP vision (the model must have one).
@@ -712,18 +701,7 @@ impl<'w> WanModels<'w> {
         let (Some(cpu), Some(set)) = (self.clip.as_mut(), self.sets.clip) else {
             return Err(PipelineError::Request("no CLIP vision model".into()));
         };
-        let Some(mem) = self.opts.memory.clone() else {
-            return f(cpu);
-        };
-        let threads = self.opts.cpu_threads();
-        let Some(d) = mem.on_device(CLIP_VISION.component, set, Vec::new, None, threads)? else {
-            return f(cpu);
-        };
-        let mut m = ClipVision::with_runner(d.weights.set(), "", d.runner)?;
-        let r = f(&mut m);
-        // The driver's figure while the model and its buffers are alive.
-        mem.accountant.sample();
-        r
+        placed::<ClipVision, _>(&self.opts, &CLIP_VISION, cpu, (set, ""), None, f)
     }
 
     /// As [`WanModels::with_t5`] for the VAE.
@@ -731,19 +709,8 @@ impl<'w> WanModels<'w> {
         &mut self,
         f: impl for<'x> FnOnce(&mut WanVae<'x>) -> Result<R, PipelineError>,
     ) -> Result<R, PipelineError> {
-        let Some(mem) = self.opts.memory.clone() else {
-            return f(&mut self.vae);
-        };
-        let threads = self.opts.cpu_threads();
-        let Some(d) = mem.on_device(VAE_WAN.component, self.sets.vae, Vec::new, None, threads)?
-        else {
-            return f(&mut self.vae);
-        };
-        let mut m = WanVae::with_runner(d.weights.set(), "", d.runner)?;
-        let r = f(&mut m);
-        // The driver's figure while the model and its buffers are alive.
-        mem.accountant.sample();
-        r
+        let set = (self.sets.vae, "");
+        placed::<WanVae, _>(&self.opts, &VAE_WAN, &mut self.vae, set, None, f)
     }
 
     /// As [`WanModels::with_t5`] for the DiT: resident, or its blocks streamed through the
@@ -752,24 +719,11 @@ impl<'w> WanModels<'w> {
         &mut self,
         f: impl for<'x> FnOnce(&mut WanDit<'x>, &RunOptions) -> Result<R, PipelineError>,
     ) -> Result<R, PipelineError> {
-        let Some(mem) = self.opts.memory.clone() else {
-            return f(&mut self.dit, &self.opts);
-        };
-        let blocks = || WanDit::blocks(self.dit.config());
-        let threads = self.opts.cpu_threads();
-        let Some(d) =
-            mem.on_device(DIT.component, self.sets.dit, blocks, self.adapters, threads)?
-        else {
-            return f(&mut self.dit, &self.opts);
-        };
-        let mut m = WanDit::with_runner(d.weights.set(), "", d.runner)?;
-        m.set_attention(WanAttention::Flash);
-        m.set_adapters(d.adapters.as_ref())?;
-        m.set_streaming(Some(&d.weights))?;
-        let r = f(&mut m, &self.opts);
-        // The driver's figure while the model and its buffers are alive.
-        mem.accountant.sample();
-        r
+        let opts = &self.opts;
+        let set = (self.sets.dit, "");
+        placed::<WanDit, _>(opts, &DIT, &mut self.dit, set, self.adapters, |m| {
+            f(m, opts)
+        })
     }
 
     /// The I2V condition `y` [4 + z, T, h, w]: the mask, then the normalised VAE latent of
