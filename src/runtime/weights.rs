@@ -91,7 +91,7 @@ impl WeightStore {
     fn sources(&self) -> BTreeMap<String, Source<'_>> {
         let mut out: BTreeMap<String, Source<'_>> = BTreeMap::new();
         // An unrecognised file is loaded under its stored names.
-        let identity = self.detection.architecture == names::Architecture::Unknown;
+        let identity = self.detection.architecture == names::Architecture::UNKNOWN;
         for t in self.file.tensors() {
             let map = if identity {
                 Some(NameMap::Rename(t.name.clone()))
