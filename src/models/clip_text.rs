@@ -523,7 +523,7 @@ impl<'w> ClipTextModel<'w> {
 
 // The network this model file describes (see `super::network`).
 
-/// CLIP-L's names: HF `text_model.*` ([`names::clip::map_clip_l`]).
+/// CLIP-L's names: HF `text_model.*` (`names::clip::map_clip_l`).
 pub static CLIP_L_NAMES: Naming = Naming {
     architecture: Architecture::CLIP_L,
     description: "CLIP-L text encoder (SDXL's first text encoder)",
@@ -538,7 +538,7 @@ pub static CLIP_L_NAMES: Naming = Naming {
 };
 
 /// bigG's names: open_clip, or HF `CLIPTextModelWithProjection` mapped onto them
-/// ([`names::clip::map_clip_g`]).
+/// (`names::clip::map_clip_g`).
 pub static CLIP_G_NAMES: Naming = Naming {
     architecture: Architecture::CLIP_G,
     description: "OpenCLIP bigG text encoder (SDXL's second text encoder)",
@@ -558,7 +558,7 @@ pub static CLIP_G_NAMES: Naming = Naming {
 };
 
 /// An HF-named CLIP text encoder: CLIP-L or bigG, told apart by prefix and width
-/// ([`names::clip::classify_text`]).
+/// (`names::clip::classify_text`).
 #[rustfmt::skip]
 pub static HF_CLIP_TEXT: Recognition = Recognition {
     name: "hf-clip-text",

@@ -613,7 +613,7 @@ fn cubic(x: f32, a: f32) -> f32 {
 
 // The network this model file describes (see `super::network`).
 
-/// CLIP-H vision's names: HF `vision_model.*` ([`names::clip::map_vision`]).
+/// CLIP-H vision's names: HF `vision_model.*` (`names::clip::map_vision`).
 pub static NAMES: Naming = Naming {
     architecture: Architecture::CLIP_VISION_H,
     description: "CLIP-H/14 vision encoder (Wan I2V image conditioning)",

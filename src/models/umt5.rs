@@ -403,7 +403,7 @@ struct Umt5Graph<'c> {
 
 // The network this model file describes (see `super::network`).
 
-/// umT5's names: llama.cpp GGUF, or HF mapped onto them ([`names::t5::map`]).
+/// umT5's names: llama.cpp GGUF, or HF mapped onto them (`names::t5::map`).
 pub static NAMES: Naming = Naming {
     architecture: Architecture::UMT5,
     description: "umT5 text encoder (Wan's text encoder)",

@@ -729,7 +729,7 @@ impl<'w> SdxlUnet<'w> {
 
 // The network this model file describes (see `super::network`).
 
-/// The SDXL UNet's names: ldm, or diffusers mapped onto them ([`names::sdxl::map_unet`]).
+/// The SDXL UNet's names: ldm, or diffusers mapped onto them (`names::sdxl::map_unet`).
 pub static NAMES: Naming = Naming {
     architecture: Architecture::SDXL_UNET,
     description: "SDXL UNet (denoiser)",

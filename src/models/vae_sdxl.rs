@@ -569,7 +569,7 @@ const GRAPH_SIZE: usize = 4096;
 
 // The network this model file describes (see `super::network`).
 
-/// The SDXL VAE's names: ldm, or diffusers mapped onto them ([`names::sdxl::map_vae`]).
+/// The SDXL VAE's names: ldm, or diffusers mapped onto them (`names::sdxl::map_vae`).
 pub static NAMES: Naming = Naming {
     architecture: Architecture::SDXL_VAE,
     description: "SDXL VAE (4-channel latent, 8x)",

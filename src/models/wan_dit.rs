@@ -832,7 +832,7 @@ impl<'w> WanDit<'w> {
 // The network this model file describes (see `super::network`).
 
 /// The Wan I2V DiT's names: original Wan, or diffusers mapped onto them
-/// ([`names::wan::map_dit`]).
+/// (`names::wan::map_dit`).
 pub static I2V_NAMES: Naming = Naming {
     architecture: Architecture::WAN_DIT_I2V,
     description: "Wan image-to-video diffusion transformer",
@@ -870,7 +870,7 @@ pub static T2V_NAMES: Naming = Naming {
     map: names::wan::map_dit,
 };
 
-/// A Wan DiT file: I2V or T2V by shape ([`names::wan::resolve_dit`]).
+/// A Wan DiT file: I2V or T2V by shape (`names::wan::resolve_dit`).
 #[rustfmt::skip]
 pub static RECOGNITION: Recognition = Recognition {
     name: "wan-dit",

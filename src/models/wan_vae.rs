@@ -1258,7 +1258,7 @@ fn attention<'c>(
 // The network this model file describes (see `super::network`).
 
 /// The Wan VAE's names: original Wan, or diffusers mapped onto them
-/// ([`names::wan::map_vae`]).
+/// (`names::wan::map_vae`).
 pub static NAMES: Naming = Naming {
     architecture: Architecture::WAN_VAE,
     description: "Wan video VAE (causal 3-D)",

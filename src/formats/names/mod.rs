@@ -341,7 +341,7 @@ pub(crate) const fn sig(
 /// How [`detect`] recognises one kind of weight file (or component of one) from its names:
 /// declared by the network(s) it carries, next to their `NETWORK` static, and found through
 /// [`crate::models::network::NETWORKS`]. One kind may cover several architectures that the
-/// names alone do not tell apart (Wan DiT I2V vs T2V, HF CLIP-L vs bigG): [`Recognition::resolve`]
+/// names alone do not tell apart (Wan DiT I2V vs T2V, HF CLIP-L vs bigG): its `resolve`
 /// decides by shape.
 #[derive(Debug)]
 pub struct Recognition {
