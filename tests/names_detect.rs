@@ -194,22 +194,22 @@ fn wan_dit_fixtures() {
     for (file, arch, layout) in [
         (
             "wan_dit_i2v_original.txt",
-            Architecture::WanDitI2v,
+            Architecture::WAN_DIT_I2V,
             Layout::Original,
         ),
         (
             "wan_dit_i2v_diffusers.txt",
-            Architecture::WanDitI2v,
+            Architecture::WAN_DIT_I2V,
             Layout::Diffusers,
         ),
         (
             "wan_dit_t2v_original.txt",
-            Architecture::WanDitT2v,
+            Architecture::WAN_DIT_T2V,
             Layout::Original,
         ),
         (
             "wan_dit_t2v_diffusers.txt",
-            Architecture::WanDitT2v,
+            Architecture::WAN_DIT_T2V,
             Layout::Diffusers,
         ),
     ] {
@@ -229,7 +229,7 @@ fn wan_dit_fixtures() {
             assert_eq!((c.dim, c.heads, c.layers, c.ffn_dim), (256, 2, 2, 512));
             assert_eq!((c.out_channels, c.text_dim, c.freq_dim), (16, 64, 32));
             let summary = described(&list, prefix, &[]).summary;
-            if arch == Architecture::WanDitI2v {
+            if arch == Architecture::WAN_DIT_I2V {
                 assert_eq!(c.in_channels, 36);
                 assert_eq!(c.image_dim, Some(48));
                 assert!(c.is_i2v());
@@ -275,7 +275,7 @@ fn sdxl_unet_fixtures_and_map() {
     ] {
         for prefix in prefixes {
             let d = det(list, prefix);
-            assert_eq!(d.architecture, Architecture::SdxlUnet, "{prefix}");
+            assert_eq!(d.architecture, Architecture::SDXL_UNET, "{prefix}");
             assert_eq!(d.layout, layout);
             let c = config(list, prefix, |s| UnetConfig::from_weights(s, "").unwrap());
             assert_eq!(c.model_channels, 32);
@@ -307,7 +307,7 @@ fn sdxl_unet_fixtures_and_map() {
     // The free function, with the default (SDXL) structure, agrees on this SDXL-shaped UNet.
     for (n, _) in &diff {
         assert_eq!(
-            normalize(Architecture::SdxlUnet, Layout::Diffusers, n),
+            normalize(Architecture::SDXL_UNET, Layout::Diffusers, n),
             d.normalize(n),
             "{n}"
         );
@@ -322,7 +322,7 @@ fn sdxl_vae_fixtures_and_map() {
     for (list, layout) in [(&ldm, Layout::Original), (&diff, Layout::Diffusers)] {
         for prefix in ["", "first_stage_model.", "vae."] {
             let d = det(list, prefix);
-            assert_eq!(d.architecture, Architecture::SdxlVae, "{prefix}");
+            assert_eq!(d.architecture, Architecture::SDXL_VAE, "{prefix}");
             assert_eq!(d.layout, layout);
             let c = config(list, prefix, |s| {
                 VaeConfig::from_weights(s, "", 32).unwrap()
@@ -363,7 +363,7 @@ fn clip_text_fixtures() {
     ] {
         for prefix in prefixes {
             let d = det(list, prefix);
-            assert_eq!(d.architecture, Architecture::ClipL, "{prefix}");
+            assert_eq!(d.architecture, Architecture::CLIP_L, "{prefix}");
             assert_eq!(d.layout, Layout::HfTransformers);
             assert_eq!(d.prefix.as_deref(), (!prefix.is_empty()).then_some(*prefix));
             let c = config(list, prefix, |s| {
@@ -400,7 +400,7 @@ fn clip_text_fixtures() {
     ] {
         for prefix in prefixes {
             let d = det(list, prefix);
-            assert_eq!(d.architecture, Architecture::ClipG, "{prefix}");
+            assert_eq!(d.architecture, Architecture::CLIP_G, "{prefix}");
             assert_eq!(d.layout, layout, "{prefix}");
             let c = config(list, prefix, |s| {
                 ClipTextConfig::from_weights(s, "").unwrap()
@@ -433,7 +433,7 @@ fn clip_vision_fixture() {
     let list = fixture("clip_vision_h_hf.txt");
     for prefix in ["", "clip_vision."] {
         let d = det(&list, prefix);
-        assert_eq!(d.architecture, Architecture::ClipVisionH);
+        assert_eq!(d.architecture, Architecture::CLIP_VISION_H);
         assert_eq!(d.layout, Layout::HfTransformers);
         let c = config(&list, prefix, |s| {
             ClipVisionConfig::from_weights(s, "").unwrap()
@@ -463,7 +463,7 @@ fn umt5_fixtures_and_map() {
     ] {
         for prefix in prefixes {
             let d = detect(&tensors(list, prefix), &meta_arch("t5encoder"));
-            assert_eq!(d.architecture, Architecture::Umt5);
+            assert_eq!(d.architecture, Architecture::UMT5);
             assert_eq!(d.layout, layout);
             let c = config(list, prefix, |s| Umt5Config::from_weights(s, "").unwrap());
             assert_eq!((c.d_model, c.layers, c.heads), (64, 2, 4));
@@ -490,7 +490,7 @@ fn wan_vae_fixtures_and_map() {
     for (list, layout) in [(&orig, Layout::Original), (&diff, Layout::Diffusers)] {
         for prefix in ["", "vae."] {
             let d = det(list, prefix);
-            assert_eq!(d.architecture, Architecture::WanVae, "{prefix}");
+            assert_eq!(d.architecture, Architecture::WAN_VAE, "{prefix}");
             assert_eq!(d.layout, layout);
             let c = config(list, prefix, |s| WanVaeConfig::from_weights(s, "").unwrap());
             assert_eq!((c.z_dim, c.out_channels), (4, 3));
@@ -535,7 +535,7 @@ fn sdxl_checkpoint_from_fixtures() {
     list.push(("denoiser.sigmas".into(), vec![1000]));
     list.push(("v_pred".into(), vec![]));
     let d = det(&list, "");
-    assert_eq!(d.architecture, Architecture::SdxlCheckpoint);
+    assert_eq!(d.architecture, Architecture::SDXL_CHECKPOINT);
     assert_eq!(d.layout, Layout::Original);
     assert_eq!(d.prefix, None);
     assert_eq!(d.components.len(), 4);
@@ -575,7 +575,7 @@ fn sdxl_checkpoint_from_fixtures() {
         );
     }
     let d2 = det(&list2, "");
-    assert_eq!(d2.architecture, Architecture::SdxlCheckpoint);
+    assert_eq!(d2.architecture, Architecture::SDXL_CHECKPOINT);
     assert!(!d2.v_prediction);
     assert_eq!(
         described(&list2, "", &[]).summary,
@@ -602,7 +602,7 @@ fn sdxl_checkpoint_from_fixtures() {
 
     // A UNet alone under the checkpoint prefix is a UNet, not a checkpoint.
     let d3 = det(&fixture("sdxl_unet_ldm.txt"), "model.diffusion_model.");
-    assert_eq!(d3.architecture, Architecture::SdxlUnet);
+    assert_eq!(d3.architecture, Architecture::SDXL_UNET);
 }
 
 /// file, layout, summary, modules, kinds, targets
@@ -666,7 +666,7 @@ fn lora_fixtures() {
     for (file, layout, summary, modules, kinds, targets) in cases {
         let list = fixture(file);
         let d = det(&list, "");
-        assert_eq!(d.architecture, Architecture::Lora, "{file}");
+        assert_eq!(d.architecture, Architecture::LORA, "{file}");
         assert_eq!(d.layout, layout, "{file}");
         assert_eq!(d.summary, summary, "{file}");
         let Some(c) = &d.lora else {
@@ -1185,7 +1185,7 @@ fn wan_i2v_14b_real_size() {
     for (gguf, prefix) in [(true, ""), (false, "model.diffusion_model.")] {
         let list = wan_dit(5120, 13824, 40, 36, 4096, 256, Some(1280), gguf);
         let d = summary_of(&list, &meta_arch("wan"), prefix);
-        assert_eq!(d.architecture, Architecture::WanDitI2v);
+        assert_eq!(d.architecture, Architecture::WAN_DIT_I2V);
         let info = described(&list, prefix, &meta_arch("wan"));
         assert_eq!(
             info.summary,
@@ -1208,7 +1208,7 @@ fn wan_i2v_14b_real_size() {
     // Wan2.1 T2V 1.3B: dim 1536, 30 layers, 12 heads, ffn 8960.
     let list = wan_dit(1536, 8960, 30, 16, 4096, 256, None, true);
     let d = summary_of(&list, &meta_arch("wan"), "");
-    assert_eq!(d.architecture, Architecture::WanDitT2v);
+    assert_eq!(d.architecture, Architecture::WAN_DIT_T2V);
     assert_eq!(
         described(&list, "", &meta_arch("wan")).summary,
         "Wan T2V DiT, dim 1536, 30 blocks, 12 heads, ffn 8960"
@@ -1216,7 +1216,7 @@ fn wan_i2v_14b_real_size() {
     // Wan2.2 A14B I2V expert: 36 input channels but no CLIP branch.
     let list = wan_dit(5120, 13824, 40, 36, 4096, 256, None, true);
     let d = summary_of(&list, &[], "");
-    assert_eq!(d.architecture, Architecture::WanDitI2v);
+    assert_eq!(d.architecture, Architecture::WAN_DIT_I2V);
     assert_eq!(
         described(&list, "", &[]).summary,
         "Wan I2V DiT (no CLIP image branch), dim 5120, 40 blocks, 40 heads, ffn 13824"
@@ -1229,7 +1229,7 @@ fn sdxl_real_size() {
     // adm 2816.
     let unet = sdxl_unet(320, &[1, 2, 4], &[0, 2, 10], 2, 2048, 2816);
     let d = summary_of(&unet, &meta_arch("sdxl"), "");
-    assert_eq!(d.architecture, Architecture::SdxlUnet);
+    assert_eq!(d.architecture, Architecture::SDXL_UNET);
     assert!(!d.v_prediction);
     assert_eq!(
         described(&unet, "", &meta_arch("sdxl")).summary,
@@ -1246,18 +1246,18 @@ fn sdxl_real_size() {
 
     let clip_l = clip_text_hf(768, 12, 49408, 3072, None);
     let d = summary_of(&clip_l, &[], "");
-    assert_eq!(d.architecture, Architecture::ClipL);
+    assert_eq!(d.architecture, Architecture::CLIP_L);
     assert_eq!(
         described(&clip_l, "", &[]).summary,
         "CLIP-L text encoder, width 768, 12 layers, 12 heads"
     );
     // ComfyUI's clip_l may carry a text_projection; the width still says CLIP-L.
     let d = summary_of(&clip_text_hf(768, 12, 49408, 3072, Some(768)), &[], "");
-    assert_eq!(d.architecture, Architecture::ClipL);
+    assert_eq!(d.architecture, Architecture::CLIP_L);
 
     let big_g = open_clip_text(1280, 32, 49408, 1280);
     let d = summary_of(&big_g, &[], "conditioner.embedders.1.model.");
-    assert_eq!(d.architecture, Architecture::ClipG);
+    assert_eq!(d.architecture, Architecture::CLIP_G);
     assert_eq!(
         described(&big_g, "conditioner.embedders.1.model.", &[]).summary,
         "OpenCLIP bigG text encoder, width 1280, 32 layers, 20 heads, projection 1280"
@@ -1265,7 +1265,7 @@ fn sdxl_real_size() {
     // HF bigG (ComfyUI clip_g.safetensors) without a telling prefix: the width decides.
     let g_hf = clip_text_hf(1280, 32, 49408, 5120, Some(1280));
     let d = summary_of(&g_hf, &[], "");
-    assert_eq!(d.architecture, Architecture::ClipG);
+    assert_eq!(d.architecture, Architecture::CLIP_G);
     assert_eq!(
         described(&g_hf, "", &[]).summary,
         "OpenCLIP bigG text encoder, width 1280, 32 layers, 20 heads, projection 1280"
@@ -1273,7 +1273,7 @@ fn sdxl_real_size() {
 
     let vae = sdxl_vae(128, &[1, 2, 4, 4], 2, 4);
     let d = summary_of(&vae, &[], "");
-    assert_eq!(d.architecture, Architecture::SdxlVae);
+    assert_eq!(d.architecture, Architecture::SDXL_VAE);
     assert_eq!(
         described(&vae, "", &[]).summary,
         "SDXL VAE, 128 channels, mult [1,2,4,4], 4 latent channels"
@@ -1289,7 +1289,7 @@ fn sdxl_real_size() {
         ckpt.extend(l.iter().map(|(n, s)| (format!("{p}{n}"), s.clone())));
     }
     let d = summary_of(&ckpt, &[], "");
-    assert_eq!(d.architecture, Architecture::SdxlCheckpoint);
+    assert_eq!(d.architecture, Architecture::SDXL_CHECKPOINT);
     let info = described(&ckpt, "", &[]);
     assert_eq!(
         info.summary,
@@ -1334,7 +1334,7 @@ fn wan_side_encoders_real_size() {
     // umT5-XXL: vocab 256384, d 4096, 24 layers, 64 heads, FFN 10240, 32 buckets.
     let t5 = umt5_gguf(4096, 24, 64, 10240, 256384, 32);
     let d = summary_of(&t5, &meta_arch("t5encoder"), "");
-    assert_eq!(d.architecture, Architecture::Umt5);
+    assert_eq!(d.architecture, Architecture::UMT5);
     assert_eq!(d.layout, Layout::LlamaCpp);
     let info = described(&t5, "", &meta_arch("t5encoder"));
     assert_eq!(
@@ -1348,7 +1348,7 @@ fn wan_side_encoders_real_size() {
     // CLIP vision H/14: 224 px, 32 layers, width 1280, 16 heads (head dim 80).
     let vision = clip_vision_hf(1280, 32, 14, 224, 1024);
     let d = summary_of(&vision, &[], "");
-    assert_eq!(d.architecture, Architecture::ClipVisionH);
+    assert_eq!(d.architecture, Architecture::CLIP_VISION_H);
     assert_eq!(
         described(&vision, "", &[]).summary,
         "CLIP-H vision encoder, width 1280, 32 layers, 16 heads, patch 14, image 224"
@@ -1361,7 +1361,7 @@ fn wan_side_encoders_real_size() {
     // Wan VAE 2.1: base 96, z 16, dim_mult [1,2,4,4], 2 res blocks, temporal down in the last two.
     let vae = wan_vae(96, 16, &[1, 2, 4, 4], 2, &[false, true, true]);
     let d = summary_of(&vae, &[], "");
-    assert_eq!(d.architecture, Architecture::WanVae);
+    assert_eq!(d.architecture, Architecture::WAN_VAE);
     assert_eq!(
         described(&vae, "", &[]).summary,
         "Wan VAE, base 96, z 16, mult [1,2,4,4]"
@@ -1375,7 +1375,7 @@ fn wan_side_encoders_real_size() {
 fn hint_disagreement_is_reported() {
     let t5 = umt5_gguf(64, 2, 4, 96, 1000, 32);
     let d = summary_of(&t5, &meta_arch("wan"), "");
-    assert_eq!(d.architecture, Architecture::Umt5);
+    assert_eq!(d.architecture, Architecture::UMT5);
     assert!(d.hint_disagrees);
     assert_eq!(
         described(&t5, "", &meta_arch("wan")).summary,
@@ -1393,12 +1393,12 @@ fn partial_and_unknown_files() {
         .filter(|(n, _)| n.starts_with("blocks."))
         .collect();
     let d = summary_of(&list, &[], "");
-    assert_eq!(d.architecture, Architecture::WanDitT2v);
+    assert_eq!(d.architecture, Architecture::WAN_DIT_T2V);
     let info = described(&list, "", &[]);
     assert!(
         info.summary.starts_with(&format!(
             "{} (cannot read its config: ",
-            Architecture::WanDitT2v.description()
+            Architecture::WAN_DIT_T2V.description()
         )),
         "{}",
         info.summary
@@ -1412,7 +1412,7 @@ fn partial_and_unknown_files() {
         .filter(|(n, _)| !n.starts_with("label_emb."))
         .collect();
     let d = summary_of(&list, &[], "");
-    assert_eq!(d.architecture, Architecture::SdxlUnet);
+    assert_eq!(d.architecture, Architecture::SDXL_UNET);
     let summary = described(&list, "", &[]).summary;
     assert!(
         summary.ends_with("no label_emb (not an SDXL UNet?)"),
@@ -1428,14 +1428,14 @@ fn partial_and_unknown_files() {
         ),
     ];
     let d = summary_of(&list, &meta_arch("llama"), "");
-    assert_eq!(d.architecture, Architecture::Unknown);
+    assert_eq!(d.architecture, Architecture::UNKNOWN);
     assert_eq!(d.lora, None);
     let info = described(&list, "", &meta_arch("llama"));
     assert_eq!(info.summary, d.summary);
     assert_eq!(info.config, serde_json::Value::Null);
 
     let d = detect(&[], &[]);
-    assert_eq!(d.architecture, Architecture::Unknown);
+    assert_eq!(d.architecture, Architecture::UNKNOWN);
     assert_eq!(d.summary, "no tensors");
 }
 
@@ -1447,10 +1447,10 @@ fn several_components_in_one_file() {
     let mut list = dit.clone();
     list.extend(vae.iter().map(|(n, s)| (format!("vae.{n}"), s.clone())));
     let d = det(&list, "");
-    assert_eq!(d.architecture, Architecture::WanDitI2v);
+    assert_eq!(d.architecture, Architecture::WAN_DIT_I2V);
     assert_eq!(d.prefix, None);
     assert_eq!(d.components.len(), 2);
-    assert_eq!(d.components[1].architecture, Architecture::WanVae);
+    assert_eq!(d.components[1].architecture, Architecture::WAN_VAE);
     assert_eq!(d.components[1].prefix, "vae.");
     assert_eq!(d.components[1].tensors, vae.len());
     // the VAE's tensors are not renamed into the DiT

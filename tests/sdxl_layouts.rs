@@ -542,13 +542,13 @@ fn one_line_error(o: &Output) -> String {
 #[test]
 fn split_files_are_detected_as_their_components() {
     for (path, arch, layout) in [
-        (unet_file(), Architecture::SdxlUnet, Layout::Original),
-        (unet_gguf("f16"), Architecture::SdxlUnet, Layout::Original),
-        (unet_gguf("q8_0"), Architecture::SdxlUnet, Layout::Original),
-        (clip_l_file(), Architecture::ClipL, Layout::HfTransformers),
-        (clip_g_file(), Architecture::ClipG, Layout::HfTransformers),
-        (vae_file(St::F32), Architecture::SdxlVae, Layout::Original),
-        (vae_file(St::Bf16), Architecture::SdxlVae, Layout::Original),
+        (unet_file(), Architecture::SDXL_UNET, Layout::Original),
+        (unet_gguf("f16"), Architecture::SDXL_UNET, Layout::Original),
+        (unet_gguf("q8_0"), Architecture::SDXL_UNET, Layout::Original),
+        (clip_l_file(), Architecture::CLIP_L, Layout::HfTransformers),
+        (clip_g_file(), Architecture::CLIP_G, Layout::HfTransformers),
+        (vae_file(St::F32), Architecture::SDXL_VAE, Layout::Original),
+        (vae_file(St::Bf16), Architecture::SDXL_VAE, Layout::Original),
     ] {
         let store = WeightStore::open_path(&path).unwrap();
         let d = store.detection();

@@ -155,12 +155,12 @@ fn tokens_match_diffusers() {
 fn checkpoint_is_detected_as_sdxl_single_file() {
     let store = WeightStore::open_path(&checkpoint(St::F32)).unwrap();
     let d = store.detection();
-    assert_eq!(d.architecture, Architecture::SdxlCheckpoint, "{d:?}");
+    assert_eq!(d.architecture, Architecture::SDXL_CHECKPOINT, "{d:?}");
     for a in [
-        Architecture::SdxlUnet,
-        Architecture::ClipL,
-        Architecture::ClipG,
-        Architecture::SdxlVae,
+        Architecture::SDXL_UNET,
+        Architecture::CLIP_L,
+        Architecture::CLIP_G,
+        Architecture::SDXL_VAE,
     ] {
         assert!(
             d.components.iter().any(|c| c.architecture == a),

@@ -290,7 +290,7 @@ fn sdxl_shapes_give_sdxl_config_and_graph() {
     let region = &backing[off..off + largest];
     let mut set = TensorSet::new(shapes.len()).unwrap();
     for (name, shape) in &shapes {
-        let ldm = normalize(Architecture::SdxlUnet, Layout::Diffusers, name)
+        let ldm = normalize(Architecture::SDXL_UNET, Layout::Diffusers, name)
             .unwrap_or_else(|| panic!("{name} not mapped"));
         let ne: Vec<i64> = shape.iter().rev().copied().collect();
         set.add_mapped(ldm.target(), GgmlType::F16, &ne, region, 0)

@@ -121,7 +121,7 @@ impl Resolver {
             // kohya keys with diffusers module paths (`lora_unet_down_blocks_1_attentions_0_...`).
             let dotted = unflatten_diffusers_unet(&g.module);
             let m = names::normalize(
-                Architecture::SdxlUnet,
+                Architecture::SDXL_UNET,
                 Layout::Diffusers,
                 &format!("{dotted}.weight"),
             )?;

@@ -10,7 +10,7 @@
 //! Shapes are ggml `ne` (innermost first): activations [width, tokens, chunks].
 
 use super::network::{self, Description, Memory, ModelError, Network, Request};
-use crate::formats::names::Architecture;
+use crate::formats::names::{self, sig, Architecture, Layout, Naming, Recognition};
 use crate::ggml::{self, Context, GgmlError, GgmlType, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, Activation, NnError, Weights};
 use crate::runtime::plan::{Component, Role, Stage, Use};
@@ -523,6 +523,73 @@ impl<'w> ClipTextModel<'w> {
 
 // The network this model file describes (see `super::network`).
 
+/// CLIP-L's names: HF `text_model.*` (`names::clip::map_clip_l`).
+pub static CLIP_L_NAMES: Naming = Naming {
+    architecture: Architecture::CLIP_L,
+    description: "CLIP-L text encoder (SDXL's first text encoder)",
+    roots: &[
+        &["text_model"],
+        &["embeddings"],
+        &["encoder", "layers"],
+        &["final_layer_norm"],
+        &["text_projection"],
+    ],
+    map: names::clip::map_clip_l,
+};
+
+/// bigG's names: open_clip, or HF `CLIPTextModelWithProjection` mapped onto them
+/// (`names::clip::map_clip_g`).
+pub static CLIP_G_NAMES: Naming = Naming {
+    architecture: Architecture::CLIP_G,
+    description: "OpenCLIP bigG text encoder (SDXL's second text encoder)",
+    roots: &[
+        &["text_model"],
+        &["embeddings"],
+        &["encoder", "layers"],
+        &["final_layer_norm"],
+        &["text_projection"],
+        &["token_embedding"],
+        &["positional_embedding"],
+        &["transformer", "resblocks"],
+        &["ln_final"],
+        &["logit_scale"],
+    ],
+    map: names::clip::map_clip_g,
+};
+
+/// An HF-named CLIP text encoder: CLIP-L or bigG, told apart by prefix and width
+/// (`names::clip::classify_text`).
+#[rustfmt::skip]
+pub static HF_CLIP_TEXT: Recognition = Recognition {
+    name: "hf-clip-text",
+    priority: 4,
+    listing: 4,
+    signatures: &[
+        sig(Layout::HfTransformers, "embeddings.token_embedding.weight", &[], None, Some("text_model.")),
+        sig(Layout::HfTransformers, "encoder.layers.#.self_attn.q_proj.weight", &["final_layer_norm.weight"], None, Some("text_model.")),
+    ],
+    architectures: &[&CLIP_L_NAMES, &CLIP_G_NAMES],
+    context: None,
+    resolve: Some(names::clip::classify_text),
+    hints: &[],
+};
+
+/// An open_clip-named bigG (SDXL checkpoints' `conditioner.embedders.1.model.`).
+#[rustfmt::skip]
+pub static OPEN_CLIP_TEXT: Recognition = Recognition {
+    name: "open-clip-text",
+    priority: 3,
+    listing: 5,
+    signatures: &[
+        sig(Layout::Original, "transformer.resblocks.#.attn.in_proj_weight", &["ln_final.weight"], None, None),
+        sig(Layout::Original, "token_embedding.weight", &["positional_embedding"], None, None),
+    ],
+    architectures: &[&CLIP_G_NAMES],
+    context: None,
+    resolve: None,
+    hints: &[],
+};
+
 /// CLIP-L, SDXL's first text encoder.
 pub static CLIP_L: Network = Network {
     component: Component {
@@ -534,7 +601,8 @@ pub static CLIP_L: Network = Network {
     },
     label: "CLIP-L",
     flag: "--clip-l",
-    architectures: &[Architecture::ClipL],
+    architectures: &[Architecture::CLIP_L],
+    recognitions: &[&HF_CLIP_TEXT],
     streams: false,
     memory: text_memory,
     describe: describe_l,
@@ -551,7 +619,8 @@ pub static CLIP_G: Network = Network {
     },
     label: "bigG",
     flag: "--clip-g",
-    architectures: &[Architecture::ClipG],
+    architectures: &[Architecture::CLIP_G],
+    recognitions: &[&OPEN_CLIP_TEXT, &HF_CLIP_TEXT],
     streams: false,
     memory: text_memory,
     describe: describe_g,

@@ -18,7 +18,7 @@
 //! Shapes are ggml `ne` (innermost first): patches [P*P*3, G*G], activations [width, tokens].
 
 use super::network::{self, Description, Memory, ModelError, Network, Request};
-use crate::formats::names::Architecture;
+use crate::formats::names::{self, sig, Architecture, Layout, Naming, Recognition};
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, Activation, NnError, Weights};
 use crate::runtime::plan::{Component, Role, Stage, Use};
@@ -613,6 +613,37 @@ fn cubic(x: f32, a: f32) -> f32 {
 
 // The network this model file describes (see `super::network`).
 
+/// CLIP-H vision's names: HF `vision_model.*` (`names::clip::map_vision`).
+pub static NAMES: Naming = Naming {
+    architecture: Architecture::CLIP_VISION_H,
+    description: "CLIP-H/14 vision encoder (Wan I2V image conditioning)",
+    roots: &[
+        &["vision_model"],
+        &["visual_projection"],
+        &["embeddings"],
+        &["encoder", "layers"],
+        &["pre_layrnorm"],
+        &["post_layernorm"],
+    ],
+    map: names::clip::map_vision,
+};
+
+/// An HF CLIP vision encoder file.
+#[rustfmt::skip]
+pub static RECOGNITION: Recognition = Recognition {
+    name: "clip-vision",
+    priority: 5,
+    listing: 6,
+    signatures: &[
+        sig(Layout::HfTransformers, "embeddings.patch_embedding.weight", &[], None, Some("vision_model.")),
+        sig(Layout::HfTransformers, "encoder.layers.#.self_attn.q_proj.weight", &["post_layernorm.weight"], None, Some("vision_model.")),
+    ],
+    architectures: &[&NAMES],
+    context: None,
+    resolve: None,
+    hints: &[],
+};
+
 /// CLIP vision H, the image encoder of Wan2.1 I2V.
 pub static NETWORK: Network = Network {
     component: Component {
@@ -624,7 +655,8 @@ pub static NETWORK: Network = Network {
     },
     label: "CLIP vision H",
     flag: "--clip-vision",
-    architectures: &[Architecture::ClipVisionH],
+    architectures: &[Architecture::CLIP_VISION_H],
+    recognitions: &[&RECOGNITION],
     streams: false,
     memory,
     describe,

@@ -3,9 +3,12 @@
 //!
 //! A [`Network`] says:
 //! - what the planner calls it and how it runs ([`Component`]: name, role, stage, order, uses);
-//! - how its file is recognised ([`Network::architectures`], the architectures
+//! - how its file is recognised: [`Network::architectures`], the architectures
 //!   [`crate::formats::names::detect`] reports for a file or a checkpoint component that carries
-//!   it) and which flag names the file;
+//!   it, and [`Network::recognitions`], the kinds of file detection looks for (name patterns,
+//!   each architecture's description, roots and name map: [`crate::formats::names::Recognition`],
+//!   [`crate::formats::names::Naming`]), declared next to the network; and which flag names the
+//!   file;
 //! - its memory figures for a request ([`Network::memory`]): the compute-buffer bytes (and, for
 //!   a VAE, per tile size) from its config inferred from the weights, the tensor table only
 //!   (a set from [`crate::runtime::WeightStore::load_meta`]: no weights read). The denoisers and
@@ -14,10 +17,15 @@
 //! - its description ([`Network::describe`]): a one-line summary and the config as JSON, from
 //!   the same model config (what `nijigen info` prints, through `crate::pipeline::inspect`).
 //!
-//! Each model file declares its network(s) (`pub static NETWORK`); adding a network is one
-//! model file plus one line in [`NETWORKS`].
+//! Each model file declares its network(s) (`pub static NETWORK`) with its recognition
+//! (`pub static RECOGNITION`, `NAMES`); adding a network is one model file plus one line in
+//! [`NETWORKS`] (and `pub mod` in `models/mod.rs`). Detection, the name maps and
+//! [`Architecture::description`] / [`Architecture::from_name`] find its recognition through
+//! [`recognitions`]. A new architecture is a const in its model file
+//! (`Architecture::new("wan22-dit")`); [`Architecture`]'s associated consts only name the ones
+//! the code refers to.
 
-use crate::formats::names::Architecture;
+use crate::formats::names::{Architecture, Recognition};
 use crate::ggml::TensorSet;
 use crate::runtime::plan::{Component, TileOption};
 
@@ -86,6 +94,11 @@ pub struct Network {
     pub flag: &'static str,
     /// Architectures of the files (or checkpoint components) that carry it.
     pub architectures: &'static [Architecture],
+    /// How [`crate::formats::names::detect`] recognises its files: the kinds of file that may
+    /// be one of [`Network::architectures`] (a kind may be shared: HF-named CLIP text files are
+    /// CLIP-L or bigG), each with its name patterns, its architectures' name maps and
+    /// descriptions ([`crate::formats::names::Naming`]).
+    pub recognitions: &'static [&'static Recognition],
     /// Whether its blocks can stream through device slots (the planner gets its block list).
     pub streams: bool,
     pub memory: MemoryFn,
@@ -126,6 +139,20 @@ pub fn for_architecture(arch: Architecture) -> Option<&'static Network> {
         .iter()
         .copied()
         .find(|n| n.architectures.contains(&arch))
+}
+
+/// Every registered network's recognitions, each once, in registration order: what
+/// [`crate::formats::names::detect`] looks for.
+pub fn recognitions() -> Vec<&'static Recognition> {
+    let mut out: Vec<&'static Recognition> = Vec::new();
+    for net in NETWORKS {
+        for &r in net.recognitions {
+            if !out.iter().any(|o| std::ptr::eq(*o, r)) {
+                out.push(r);
+            }
+        }
+    }
+    out
 }
 
 /// A [`Description`] of `config`, with `extra` fields merged into its JSON object.
@@ -251,6 +278,54 @@ mod tests {
         assert_eq!(count(Role::Denoiser, Stage::Image), 1);
         assert_eq!(count(Role::Denoiser, Stage::Video), 1);
         assert_eq!(count(Role::Vae, Stage::Video), 1);
+    }
+
+    #[test]
+    fn every_network_declares_how_its_files_are_recognised() {
+        let all = recognitions();
+        for net in NETWORKS {
+            assert!(!net.recognitions.is_empty(), "{}", net.component.name);
+            for arch in net.architectures {
+                assert!(
+                    net.recognitions.iter().any(|r| r.may_be(*arch)),
+                    "{}: nothing recognises {arch}",
+                    net.component.name
+                );
+                assert_eq!(Architecture::from_name(arch.name()), Some(*arch));
+                assert_ne!(arch.description(), Architecture::UNKNOWN.description());
+            }
+        }
+        for (i, a) in all.iter().enumerate() {
+            assert!(!a.signatures.is_empty(), "{}", a.name());
+            assert!(!a.architectures.is_empty(), "{}", a.name());
+            for b in &all[i + 1..] {
+                assert_ne!(a.name(), b.name());
+                assert_ne!(a.priority, b.priority, "{} {}", a.name(), b.name());
+                assert_ne!(a.listing, b.listing, "{} {}", a.name(), b.name());
+            }
+            // One naming per architecture, whichever recognition lists it; every architecture
+            // a recognition may find is run by a network.
+            for n in a.architectures {
+                assert!(!n.roots.is_empty(), "{}", n.architecture);
+                assert!(
+                    for_architecture(n.architecture).is_some(),
+                    "{}",
+                    n.architecture
+                );
+                for b in &all {
+                    for m in b.architectures {
+                        if m.architecture == n.architecture {
+                            assert!(std::ptr::eq(*m, *n), "{}", n.architecture);
+                        }
+                    }
+                }
+            }
+        }
+        for a in Architecture::ALL {
+            for b in Architecture::ALL {
+                assert_eq!(a == b, a.name() == b.name());
+            }
+        }
     }
 
     #[test]

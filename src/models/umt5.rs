@@ -17,7 +17,7 @@
 //! [keys, queries, heads].
 
 use super::network::{self, Description, Memory, ModelError, Network, Request};
-use crate::formats::names::Architecture;
+use crate::formats::names::{self, sig, Architecture, Layout, Naming, Recognition};
 use crate::ggml::{self, Context, GgmlError, GgmlType, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{gelu_tanh, NnError, Weights};
 use crate::runtime::plan::{Component, Role, Stage, Use};
@@ -403,6 +403,41 @@ struct Umt5Graph<'c> {
 
 // The network this model file describes (see `super::network`).
 
+/// umT5's names: llama.cpp GGUF, or HF mapped onto them (`names::t5::map`).
+pub static NAMES: Naming = Naming {
+    architecture: Architecture::UMT5,
+    description: "umT5 text encoder (Wan's text encoder)",
+    roots: &[
+        &["encoder", "block"],
+        &["encoder", "final_layer_norm"],
+        &["encoder", "embed_tokens"],
+        &["shared"],
+        &["decoder"],
+        &["lm_head"],
+        &["enc", "blk"],
+        &["enc", "output_norm"],
+        &["token_embd"],
+    ],
+    map: names::t5::map,
+};
+
+/// A umT5 (or T5) encoder file.
+#[rustfmt::skip]
+pub static RECOGNITION: Recognition = Recognition {
+    name: "umt5",
+    priority: 2,
+    listing: 7,
+    signatures: &[
+        sig(Layout::HfTransformers, "encoder.block.#.layer.0.SelfAttention.q.weight", &[], None, None),
+        sig(Layout::LlamaCpp, "enc.blk.#.attn_q.weight", &[], None, None),
+        sig(Layout::LlamaCpp, "token_embd.weight", &["enc.output_norm.weight"], None, None),
+    ],
+    architectures: &[&NAMES],
+    context: None,
+    resolve: None,
+    hints: &["t5encoder", "t5", "umt5"],
+};
+
 /// The umT5-XXL text encoder of Wan.
 pub static NETWORK: Network = Network {
     component: Component {
@@ -414,7 +449,8 @@ pub static NETWORK: Network = Network {
     },
     label: "umT5 encoder",
     flag: "--t5",
-    architectures: &[Architecture::Umt5],
+    architectures: &[Architecture::UMT5],
+    recognitions: &[&RECOGNITION],
     streams: false,
     memory,
     describe,

@@ -26,7 +26,7 @@
 //! CPU and without the score matrix.
 
 use super::network::{self, Description, Memory, ModelError, Network, Request};
-use crate::formats::names::Architecture;
+use crate::formats::names::{self, sig, Architecture, Layout, Naming, Recognition};
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, OwnedGraph, Tensor, TensorSet};
 use crate::nn::{self, NnError, Weights};
 use crate::runtime::plan::{Component, Role, Stage, Use};
@@ -729,6 +729,47 @@ impl<'w> SdxlUnet<'w> {
 
 // The network this model file describes (see `super::network`).
 
+/// The SDXL UNet's names: ldm, or diffusers mapped onto them (`names::sdxl::map_unet`).
+pub static NAMES: Naming = Naming {
+    architecture: Architecture::SDXL_UNET,
+    description: "SDXL UNet (denoiser)",
+    roots: &[
+        &["input_blocks"],
+        &["middle_block"],
+        &["output_blocks"],
+        &["out"],
+        &["time_embed"],
+        &["label_emb"],
+        &["conv_in"],
+        &["conv_out"],
+        &["conv_norm_out"],
+        &["time_embedding"],
+        &["add_embedding"],
+        &["down_blocks"],
+        &["up_blocks"],
+        &["mid_block"],
+    ],
+    map: names::sdxl::map_unet,
+};
+
+/// An SDXL UNet file (or the UNet of a checkpoint).
+#[rustfmt::skip]
+pub static RECOGNITION: Recognition = Recognition {
+    name: "sdxl-unet",
+    priority: 1,
+    listing: 1,
+    signatures: &[
+        sig(Layout::Original, "input_blocks.#.0.in_layers.2.weight", &[], None, None),
+        sig(Layout::Original, "output_blocks.#.0.in_layers.2.weight", &[], None, None),
+        sig(Layout::Diffusers, "down_blocks.#.resnets.#.time_emb_proj.weight", &[], None, None),
+        sig(Layout::Diffusers, "up_blocks.#.resnets.#.time_emb_proj.weight", &[], None, None),
+    ],
+    architectures: &[&NAMES],
+    context: Some(names::sdxl::unet_context),
+    resolve: None,
+    hints: &["sdxl"],
+};
+
 /// The SDXL UNet (SDXL, Illustrious, AnimagineXL, NoobAI checkpoints).
 pub static NETWORK: Network = Network {
     component: Component {
@@ -740,7 +781,8 @@ pub static NETWORK: Network = Network {
     },
     label: "an SDXL checkpoint or UNet",
     flag: "--model",
-    architectures: &[Architecture::SdxlUnet],
+    architectures: &[Architecture::SDXL_UNET],
+    recognitions: &[&RECOGNITION],
     streams: false,
     memory,
     describe,

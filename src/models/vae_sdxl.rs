@@ -22,7 +22,7 @@
 //! images.
 
 use super::network::{self, Description, Memory, ModelError, Network, Request};
-use crate::formats::names::Architecture;
+use crate::formats::names::{self, sig, Architecture, Layout, Naming, Recognition};
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, blend_tiles, NnError, Weights};
 use crate::runtime::plan::{Component, Role, Stage, Use};
@@ -569,6 +569,39 @@ const GRAPH_SIZE: usize = 4096;
 
 // The network this model file describes (see `super::network`).
 
+/// The SDXL VAE's names: ldm, or diffusers mapped onto them (`names::sdxl::map_vae`).
+pub static NAMES: Naming = Naming {
+    architecture: Architecture::SDXL_VAE,
+    description: "SDXL VAE (4-channel latent, 8x)",
+    roots: &[
+        &["encoder"],
+        &["decoder"],
+        &["quant_conv"],
+        &["post_quant_conv"],
+        &["conv1"],
+        &["conv2"],
+    ],
+    map: names::sdxl::map_vae,
+};
+
+/// An SDXL VAE file (or the VAE of a checkpoint): 2-D convs.
+#[rustfmt::skip]
+pub static RECOGNITION: Recognition = Recognition {
+    name: "sdxl-vae",
+    priority: 7,
+    listing: 2,
+    signatures: &[
+        sig(Layout::Original, "encoder.down.#.block.#.conv1.weight", &[], None, None),
+        sig(Layout::Original, "decoder.up.#.block.#.conv1.weight", &[], None, None),
+        sig(Layout::Diffusers, "encoder.down_blocks.#.resnets.#.conv1.weight", &[], Some(4), None),
+        sig(Layout::Diffusers, "decoder.up_blocks.#.resnets.#.conv1.weight", &[], Some(4), None),
+    ],
+    architectures: &[&NAMES],
+    context: Some(names::sdxl::vae_context),
+    resolve: None,
+    hints: &[],
+};
+
 /// The SDXL VAE (decoding the still; encoding for img2img).
 pub static NETWORK: Network = Network {
     component: Component {
@@ -580,7 +613,8 @@ pub static NETWORK: Network = Network {
     },
     label: "VAE",
     flag: "--vae",
-    architectures: &[Architecture::SdxlVae],
+    architectures: &[Architecture::SDXL_VAE],
+    recognitions: &[&RECOGNITION],
     streams: false,
     memory,
     describe,

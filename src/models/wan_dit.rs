@@ -22,7 +22,7 @@
 //! ([`nn::multi_head_attention`]: mul_mat, softmax, mul_mat). Both match diffusers at ~1e-6.
 
 use super::network::{self, Description, Memory, ModelError, Network, Request};
-use crate::formats::names::Architecture;
+use crate::formats::names::{self, sig, Architecture, Layout, Naming, Recognition};
 use crate::ggml::{self, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, gelu_tanh, timestep_embedding, to_f32, NnError, Weights};
 use crate::runtime::plan::{Component, Role, Stage, Use};
@@ -831,6 +831,63 @@ impl<'w> WanDit<'w> {
 
 // The network this model file describes (see `super::network`).
 
+/// The Wan I2V DiT's names: original Wan, or diffusers mapped onto them
+/// (`names::wan::map_dit`).
+pub static I2V_NAMES: Naming = Naming {
+    architecture: Architecture::WAN_DIT_I2V,
+    description: "Wan image-to-video diffusion transformer",
+    roots: &[
+        &["patch_embedding"],
+        &["text_embedding"],
+        &["time_embedding"],
+        &["time_projection"],
+        &["blocks"],
+        &["head"],
+        &["img_emb"],
+        &["condition_embedder"],
+        &["scale_shift_table"],
+        &["proj_out"],
+    ],
+    map: names::wan::map_dit,
+};
+
+/// The Wan T2V DiT's names: as [`I2V_NAMES`].
+pub static T2V_NAMES: Naming = Naming {
+    architecture: Architecture::WAN_DIT_T2V,
+    description: "Wan text-to-video diffusion transformer",
+    roots: &[
+        &["patch_embedding"],
+        &["text_embedding"],
+        &["time_embedding"],
+        &["time_projection"],
+        &["blocks"],
+        &["head"],
+        &["img_emb"],
+        &["condition_embedder"],
+        &["scale_shift_table"],
+        &["proj_out"],
+    ],
+    map: names::wan::map_dit,
+};
+
+/// A Wan DiT file: I2V or T2V by shape (`names::wan::resolve_dit`).
+#[rustfmt::skip]
+pub static RECOGNITION: Recognition = Recognition {
+    name: "wan-dit",
+    priority: 0,
+    listing: 0,
+    signatures: &[
+        sig(Layout::Original, "blocks.#.self_attn.q.weight", &["blocks.#.cross_attn.q.weight"], None, None),
+        sig(Layout::Original, "patch_embedding.weight", &["time_embedding.0.weight"], None, None),
+        sig(Layout::Diffusers, "blocks.#.attn1.to_q.weight", &["blocks.#.ffn.net.0.proj.weight"], None, None),
+        sig(Layout::Diffusers, "condition_embedder.time_embedder.linear_1.weight", &[], None, None),
+    ],
+    architectures: &[&I2V_NAMES, &T2V_NAMES],
+    context: None,
+    resolve: Some(names::wan::resolve_dit),
+    hints: &["wan"],
+};
+
 /// The Wan2.1 DiT (I2V or T2V).
 pub static NETWORK: Network = Network {
     component: Component {
@@ -842,7 +899,8 @@ pub static NETWORK: Network = Network {
     },
     label: "a Wan2.1 DiT",
     flag: "--model",
-    architectures: &[Architecture::WanDitI2v, Architecture::WanDitT2v],
+    architectures: &[Architecture::WAN_DIT_I2V, Architecture::WAN_DIT_T2V],
+    recognitions: &[&RECOGNITION],
     streams: true,
     memory,
     describe,

@@ -61,7 +61,7 @@
 //! [OC, IC, KT, KH, KW] are stored folded as [KW, KH, KT, IC*OC].
 
 use super::network::{self, Description, Memory, ModelError, Network, Request};
-use crate::formats::names::Architecture;
+use crate::formats::names::{self, sig, Architecture, Layout, Naming, Recognition};
 use crate::ggml::{self, Buffer, Context, GgmlError, GraphSetParts, Tensor, TensorSet};
 use crate::nn::{self, blend_tiles, tile_starts, NnError, Weights};
 use crate::runtime::plan::{Component, Role, Stage, TileOption, Use};
@@ -1257,6 +1257,40 @@ fn attention<'c>(
 
 // The network this model file describes (see `super::network`).
 
+/// The Wan VAE's names: original Wan, or diffusers mapped onto them
+/// (`names::wan::map_vae`).
+pub static NAMES: Naming = Naming {
+    architecture: Architecture::WAN_VAE,
+    description: "Wan video VAE (causal 3-D)",
+    roots: &[
+        &["encoder"],
+        &["decoder"],
+        &["quant_conv"],
+        &["post_quant_conv"],
+        &["conv1"],
+        &["conv2"],
+    ],
+    map: names::wan::map_vae,
+};
+
+/// A Wan VAE file: 3-D convs.
+#[rustfmt::skip]
+pub static RECOGNITION: Recognition = Recognition {
+    name: "wan-vae",
+    priority: 6,
+    listing: 3,
+    signatures: &[
+        sig(Layout::Original, "encoder.downsamples.#.residual.2.weight", &[], None, None),
+        sig(Layout::Original, "decoder.upsamples.#.residual.2.weight", &[], None, None),
+        sig(Layout::Diffusers, "encoder.down_blocks.#.conv1.weight", &[], Some(5), None),
+        sig(Layout::Diffusers, "decoder.up_blocks.#.resnets.#.conv1.weight", &[], Some(5), None),
+    ],
+    architectures: &[&NAMES],
+    context: Some(names::wan::vae_context),
+    resolve: None,
+    hints: &[],
+};
+
 /// The Wan2.1 VAE: encodes the first frame, decodes the video after the DiT.
 pub static NETWORK: Network = Network {
     component: Component {
@@ -1271,7 +1305,8 @@ pub static NETWORK: Network = Network {
     },
     label: "Wan VAE",
     flag: "--vae",
-    architectures: &[Architecture::WanVae],
+    architectures: &[Architecture::WAN_VAE],
+    recognitions: &[&RECOGNITION],
     streams: false,
     memory,
     describe,

@@ -93,7 +93,7 @@ fn check_image_files_in(opened: &OpenFiles, files: &SdxlFiles) -> Result<(), Pip
     let model = open(opened, &files.model)?;
     if !matches!(
         model.detection().architecture,
-        Architecture::SdxlCheckpoint | Architecture::SdxlUnet
+        Architecture::SDXL_CHECKPOINT | Architecture::SDXL_UNET
     ) {
         return Err(wrong(
             &files.model,
@@ -109,19 +109,19 @@ fn check_image_files_in(opened: &OpenFiles, files: &SdxlFiles) -> Result<(), Pip
     ); 3] = [
         (
             &files.clip_l,
-            Architecture::ClipL,
+            Architecture::CLIP_L,
             flags::CLIP_L,
             "a CLIP-L text encoder",
         ),
         (
             &files.clip_g,
-            Architecture::ClipG,
+            Architecture::CLIP_G,
             flags::CLIP_G,
             "an OpenCLIP bigG text encoder",
         ),
         (
             &files.vae,
-            Architecture::SdxlVae,
+            Architecture::SDXL_VAE,
             flags::IMAGE_VAE,
             "an SDXL VAE",
         ),
@@ -163,8 +163,8 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
     }
     let dit = open(opened, &files.model)?;
     match dit.detection().architecture {
-        Architecture::WanDitI2v => {}
-        Architecture::WanDitT2v => {
+        Architecture::WAN_DIT_I2V => {}
+        Architecture::WAN_DIT_T2V => {
             return Err(wrong(
                 &files.model,
                 &dit,
@@ -191,7 +191,7 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
         flags::T5,
     )?;
     let t5 = open(opened, &t5_path)?;
-    if t5.detection().architecture != Architecture::Umt5 {
+    if t5.detection().architecture != Architecture::UMT5 {
         return Err(wrong(&t5_path, &t5, "a umT5 text encoder (--t5)"));
     }
     if files.t5_tokenizer.is_none() {
@@ -215,7 +215,7 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
         flags::CLIP_VISION,
     )?;
     let clip = open(opened, &clip_path)?;
-    if clip.detection().architecture != Architecture::ClipVisionH {
+    if clip.detection().architecture != Architecture::CLIP_VISION_H {
         return Err(wrong(
             &clip_path,
             &clip,
@@ -228,7 +228,7 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
         flags::VIDEO_VAE,
     )?;
     let vae = open(opened, &vae_path)?;
-    if vae.detection().architecture != Architecture::WanVae {
+    if vae.detection().architecture != Architecture::WAN_VAE {
         return Err(wrong(&vae_path, &vae, "a Wan2.1 VAE (--video-vae)"));
     }
     // The model configs from the tensor tables; a file whose config cannot be read fails

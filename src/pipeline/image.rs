@@ -241,7 +241,7 @@ fn component_prefix(store: &WeightStore, wanted: Architecture) -> Option<String>
     if d.architecture == wanted {
         return Some(String::new());
     }
-    if d.architecture == Architecture::SdxlCheckpoint
+    if d.architecture == Architecture::SDXL_CHECKPOINT
         && d.components.iter().any(|c| c.architecture == wanted)
     {
         return SDXL_CHECKPOINT_PREFIXES
@@ -271,7 +271,7 @@ impl Stores {
         }
         let mut stores = vec![(files.model.clone(), opened.open(&files.model)?)];
         let main = &stores[0].1;
-        let Some(unet_prefix) = component_prefix(main, Architecture::SdxlUnet) else {
+        let Some(unet_prefix) = component_prefix(main, Architecture::SDXL_UNET) else {
             return Err(PipelineError::WrongModel {
                 path: files.model.clone(),
                 found: inspect::found(main),
@@ -283,7 +283,7 @@ impl Stores {
             store: 0,
             prefix: unet_prefix,
         };
-        let is_checkpoint = main.detection().architecture == Architecture::SdxlCheckpoint;
+        let is_checkpoint = main.detection().architecture == Architecture::SDXL_CHECKPOINT;
         let mut find = |explicit: &Option<PathBuf>,
                         arch: Architecture,
                         what: &str,
@@ -319,21 +319,21 @@ impl Stores {
         };
         let clip_l = find(
             &files.clip_l,
-            Architecture::ClipL,
+            Architecture::CLIP_L,
             "CLIP-L text encoder",
             "--clip-l",
             "a CLIP-L text encoder",
         )?;
         let clip_g = find(
             &files.clip_g,
-            Architecture::ClipG,
+            Architecture::CLIP_G,
             "OpenCLIP bigG text encoder",
             "--clip-g",
             "an OpenCLIP bigG text encoder",
         )?;
         let vae = find(
             &files.vae,
-            Architecture::SdxlVae,
+            Architecture::SDXL_VAE,
             "VAE",
             "--vae",
             "an SDXL VAE",

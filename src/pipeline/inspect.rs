@@ -45,17 +45,17 @@ pub struct Inspection {
 pub fn inspect(store: &WeightStore) -> Inspection {
     let det = store.detection();
     match det.architecture {
-        Architecture::Unknown => Inspection {
+        Architecture::UNKNOWN => Inspection {
             summary: det.summary.clone(),
             config: Value::Null,
             components: Vec::new(),
         },
-        Architecture::Lora => Inspection {
+        Architecture::LORA => Inspection {
             summary: det.summary.clone(),
             config: serde_json::to_value(&det.lora).unwrap_or(Value::Null),
             components: Vec::new(),
         },
-        Architecture::SdxlCheckpoint => checkpoint(store, det),
+        Architecture::SDXL_CHECKPOINT => checkpoint(store, det),
         arch => {
             // Only the main component maps onto canonical names (without prefix).
             let components = vec![component(store, det, arch, "")];
@@ -93,10 +93,10 @@ fn checkpoint(store: &WeightStore, det: &Detection) -> Inspection {
         })
         .collect();
     let slots = [
-        (Architecture::SdxlUnet, "unet", "no UNet"),
-        (Architecture::ClipL, "clip_l", "no CLIP-L"),
-        (Architecture::ClipG, "clip_g", "no bigG"),
-        (Architecture::SdxlVae, "vae", "no VAE"),
+        (Architecture::SDXL_UNET, "unet", "no UNet"),
+        (Architecture::CLIP_L, "clip_l", "no CLIP-L"),
+        (Architecture::CLIP_G, "clip_g", "no bigG"),
+        (Architecture::SDXL_VAE, "vae", "no VAE"),
     ];
     let mut parts = Vec::new();
     let mut config = Map::new();
@@ -139,7 +139,7 @@ fn component(
             Some(e),
         ),
     };
-    if arch == Architecture::SdxlUnet && error.is_none() {
+    if arch == Architecture::SDXL_UNET && error.is_none() {
         if det.v_prediction {
             summary.push_str(", v-prediction");
         }

@@ -277,10 +277,10 @@ impl Stores {
         let dit = open_as(
             opened,
             &files.model,
-            &[Architecture::WanDitI2v, Architecture::WanDitT2v],
+            &[Architecture::WAN_DIT_I2V, Architecture::WAN_DIT_T2V],
             "a Wan2.1 DiT",
         )?;
-        let is_i2v = dit.1.detection().architecture == Architecture::WanDitI2v;
+        let is_i2v = dit.1.detection().architecture == Architecture::WAN_DIT_I2V;
         if is_i2v && !needs_image {
             return Err(PipelineError::MissingComponent {
                 what: format!(
@@ -304,7 +304,7 @@ impl Stores {
         let t5 = open_as(
             opened,
             &t5_path,
-            &[Architecture::Umt5],
+            &[Architecture::UMT5],
             "a umT5 text encoder",
         )?;
         // A GGUF carries its tokenizer as `tokenizer.ggml.*` metadata, a ComfyUI safetensors
@@ -348,7 +348,7 @@ impl Stores {
             Some(open_as(
                 opened,
                 &p,
-                &[Architecture::ClipVisionH],
+                &[Architecture::CLIP_VISION_H],
                 "a CLIP vision encoder",
             )?)
         } else {
@@ -358,7 +358,7 @@ impl Stores {
             what: "the Wan VAE (wan_2.1_vae.safetensors) is needed".into(),
             flag: "--vae",
         })?;
-        let vae = open_as(opened, &vae_path, &[Architecture::WanVae], "a Wan2.1 VAE")?;
+        let vae = open_as(opened, &vae_path, &[Architecture::WAN_VAE], "a Wan2.1 VAE")?;
         Ok(Stores {
             dit,
             t5,

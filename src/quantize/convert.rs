@@ -158,10 +158,10 @@ pub fn architecture_name(file: &WeightFile) -> String {
     let det = names::detect(file.tensors(), file.metadata());
     match det.architecture {
         // What city96's files and ComfyUI-GGUF use.
-        A::WanDitI2v | A::WanDitT2v => "wan",
-        A::Umt5 => "t5encoder",
-        A::SdxlCheckpoint | A::SdxlUnet => "sdxl",
-        A::ClipL | A::ClipG => "clip",
+        A::WAN_DIT_I2V | A::WAN_DIT_T2V => "wan",
+        A::UMT5 => "t5encoder",
+        A::SDXL_CHECKPOINT | A::SDXL_UNET => "sdxl",
+        A::CLIP_L | A::CLIP_G => "clip",
         other => other.name(),
     }
     .to_string()

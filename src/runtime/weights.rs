@@ -131,7 +131,7 @@ impl WeightStore {
     fn sources(&self) -> BTreeMap<String, Source<'_>> {
         let mut out: BTreeMap<String, Source<'_>> = BTreeMap::new();
         // An unrecognised file is loaded under its stored names.
-        let identity = self.detection.architecture == names::Architecture::Unknown;
+        let identity = self.detection.architecture == names::Architecture::UNKNOWN;
         for t in self.file.tensors() {
             // Raw bytes (an embedded tokenizer, quantization JSON) and scales are not weights.
             if t.dtype == DType::U8 || quant::is_aux_name(&t.name) {

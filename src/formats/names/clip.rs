@@ -9,7 +9,7 @@
 //! - CLIP-H vision: canonical HF names `vision_model.*` and `visual_projection.weight`.
 
 use super::pattern::{index, Shapes};
-use super::{Architecture, Layout, NameMap};
+use super::{Architecture, Layout, NameContext, NameMap};
 
 /// HF text name in its canonical `text_model.*` form (adds the wrapper transformers >= 5 drops).
 fn hf_text_canonical(name: &str) -> Option<String> {
@@ -28,11 +28,11 @@ fn hf_text_canonical(name: &str) -> Option<String> {
     }
 }
 
-pub(crate) fn map_clip_l(name: &str) -> Option<NameMap> {
+pub(crate) fn map_clip_l(_: &NameContext, _: Layout, name: &str) -> Option<NameMap> {
     hf_text_canonical(name).map(NameMap::Rename)
 }
 
-pub(crate) fn map_clip_g(layout: Layout, name: &str) -> Option<NameMap> {
+pub(crate) fn map_clip_g(_: &NameContext, layout: Layout, name: &str) -> Option<NameMap> {
     match layout {
         Layout::Original => {
             if name == "attn_mask" || name.ends_with(".attn_mask") {
@@ -84,7 +84,7 @@ fn hf_text_to_open_clip(name: &str) -> Option<NameMap> {
     }
 }
 
-pub(crate) fn map_vision(name: &str) -> Option<NameMap> {
+pub(crate) fn map_vision(_: &NameContext, _: Layout, name: &str) -> Option<NameMap> {
     if name.ends_with("position_ids") {
         return None;
     }
@@ -108,15 +108,15 @@ pub(crate) fn map_vision(name: &str) -> Option<NameMap> {
 pub(crate) fn classify_text(prefix: &str, shapes: &Shapes) -> Architecture {
     let p = prefix.to_ascii_lowercase();
     if p.contains("clip_g") || p.contains("embedders.1.") || p.contains("text_encoder_2") {
-        return Architecture::ClipG;
+        return Architecture::CLIP_G;
     }
     if p.contains("clip_l") || p.contains("embedders.0.") || p.contains("text_encoder.") {
-        return Architecture::ClipL;
+        return Architecture::CLIP_L;
     }
     match shapes.dim("text_model.embeddings.token_embedding.weight", 1) {
-        Some(768) => Architecture::ClipL,
-        Some(1280) => Architecture::ClipG,
-        _ if shapes.has("text_projection.weight") => Architecture::ClipG,
-        _ => Architecture::ClipL,
+        Some(768) => Architecture::CLIP_L,
+        Some(1280) => Architecture::CLIP_G,
+        _ if shapes.has("text_projection.weight") => Architecture::CLIP_G,
+        _ => Architecture::CLIP_L,
     }
 }

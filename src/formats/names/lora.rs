@@ -334,7 +334,7 @@ pub fn parse_lora_name(name: &str) -> Option<LoraKey> {
             } else {
                 Layout::Original
             };
-            canonical_module(Architecture::WanDitI2v, layout, rest)
+            canonical_module(Architecture::WAN_DIT_I2V, layout, rest)
         }
         LoraTarget::Unet => {
             let diffusers = ["down_blocks", "up_blocks", "mid_block", "conv_in"]
@@ -345,7 +345,7 @@ pub fn parse_lora_name(name: &str) -> Option<LoraKey> {
             } else {
                 Layout::Original
             };
-            canonical_module(Architecture::SdxlUnet, layout, rest)
+            canonical_module(Architecture::SDXL_UNET, layout, rest)
         }
         _ => None,
     };

@@ -4,7 +4,25 @@
 //! only a hint): [`detect`] finds the architecture, the naming layout, the prefix the names carry
 //! (`model.diffusion_model.`, `conditioner.embedders.1.model.`, ...), and the file's markers
 //! (`v_pred`, `ztsnr`). Networks' configs are not read here: each model infers its own from the
-//! canonical names ([`crate::models::network::Network::describe`]). [`normalize`] maps a stored name to our canonical name for that architecture.
+//! canonical names ([`crate::models::network::Network::describe`]). [`normalize`] maps a stored
+//! name to our canonical name for that architecture.
+//!
+//! What is recognised is declared by the networks, not here: each network's model file declares
+//! (next to its `NETWORK` static, registered in [`crate::models::network::NETWORKS`])
+//! - a [`Naming`] per [`Architecture`] it runs: the architecture's name and one-line
+//!   description, the segments its names start with (roots), and its name map
+//!   ([`MapFn`]: stored name -> [`NameMap`]);
+//! - a [`Recognition`] per kind of file it comes in: the name patterns that find it
+//!   ([`Signature`]s: layout, anchor, other names, anchor rank, inner prefix), the architectures
+//!   a match may be and how shapes decide between them (Wan DiT I2V vs T2V, HF CLIP-L vs bigG),
+//!   the block structure its diffusers names need ([`NameContext`]), the
+//!   `general.architecture` values that name it, and its tie-break priority.
+//!
+//! [`detect`] and the name maps iterate over the registered ones ([`recognitions`]). The name
+//! maps themselves sit in this module's `sdxl`, `clip`, `t5` and `wan` files, which the model
+//! files point at; a new network may keep its own in its model file. Only what is not one network
+//! stays here: the SDXL checkpoint (UNet, text encoders and VAE under the ldm prefixes,
+//! [`SDXL_CHECKPOINT_PREFIXES`]), LoRAs (`lora`) and unknown files.
 //!
 //! Canonical layouts (the names our models load):
 //! | architecture | canonical names |
@@ -25,99 +43,77 @@
 //! (the bigG q/k/v split, the transposed bigG projection, the SDXL VAE's Linear-vs-1x1-conv
 //! attention). Loaders must honour it; this module never touches tensor data.
 
-mod clip;
+pub(crate) mod clip;
 mod lora;
 mod pattern;
-mod sdxl;
-mod t5;
-mod wan;
+pub(crate) mod sdxl;
+pub(crate) mod t5;
+pub(crate) mod wan;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::OnceLock;
 
 use serde::Serialize;
 
 use super::{MetaValue, TensorInfo};
-use pattern::{full_match, tail_match, Shapes};
+pub(crate) use pattern::Shapes;
+use pattern::{full_match, tail_match};
 
 pub use lora::{
     kohya_flatten, parse_lora_name, LoraConfig, LoraKey, LoraKind, LoraPart, LoraTarget,
 };
 
-/// What a weight file holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Architecture {
-    /// UNet + both text encoders + VAE in one ldm file.
-    SdxlCheckpoint,
-    SdxlUnet,
-    /// CLIP-L text encoder, HF names.
-    ClipL,
-    /// OpenCLIP bigG text encoder: open_clip names or HF `CLIPTextModelWithProjection`.
-    ClipG,
-    SdxlVae,
-    WanDitI2v,
-    WanDitT2v,
-    /// umT5 (or T5) encoder: HF or llama.cpp GGUF names.
-    Umt5,
-    ClipVisionH,
-    WanVae,
-    /// kohya / LyCORIS / PEFT / ComfyUI (`diff`) LoRA.
-    Lora,
-    Unknown,
-}
+/// What a weight file holds: a short stable name ("sdxl-unet", "wan-dit-i2v"). The networks'
+/// architectures are declared with their networks ([`Naming`], registered through
+/// [`crate::models::network::NETWORKS`]); the consts below name the ones the code refers to.
+/// [`Architecture::SDXL_CHECKPOINT`], [`Architecture::LORA`] and [`Architecture::UNKNOWN`] are
+/// not networks: detection knows them itself.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Architecture(&'static str);
 
 impl Architecture {
-    pub const ALL: [Architecture; 12] = [
-        Architecture::SdxlCheckpoint,
-        Architecture::SdxlUnet,
-        Architecture::ClipL,
-        Architecture::ClipG,
-        Architecture::SdxlVae,
-        Architecture::WanDitI2v,
-        Architecture::WanDitT2v,
-        Architecture::Umt5,
-        Architecture::ClipVisionH,
-        Architecture::WanVae,
-        Architecture::Lora,
-        Architecture::Unknown,
-    ];
+    /// UNet + both text encoders + VAE in one ldm file.
+    pub const SDXL_CHECKPOINT: Architecture = Architecture("sdxl-checkpoint");
+    pub const SDXL_UNET: Architecture = Architecture("sdxl-unet");
+    /// CLIP-L text encoder, HF names.
+    pub const CLIP_L: Architecture = Architecture("clip-l");
+    /// OpenCLIP bigG text encoder: open_clip names or HF `CLIPTextModelWithProjection`.
+    pub const CLIP_G: Architecture = Architecture("clip-g");
+    pub const SDXL_VAE: Architecture = Architecture("sdxl-vae");
+    pub const WAN_DIT_I2V: Architecture = Architecture("wan-dit-i2v");
+    pub const WAN_DIT_T2V: Architecture = Architecture("wan-dit-t2v");
+    /// umT5 (or T5) encoder: HF or llama.cpp GGUF names.
+    pub const UMT5: Architecture = Architecture("umt5");
+    pub const CLIP_VISION_H: Architecture = Architecture("clip-vision-h");
+    pub const WAN_VAE: Architecture = Architecture("wan-vae");
+    /// kohya / LyCORIS / PEFT / ComfyUI (`diff`) LoRA.
+    pub const LORA: Architecture = Architecture("lora");
+    pub const UNKNOWN: Architecture = Architecture("unknown");
+
+    /// Every architecture: the SDXL checkpoint, those of the registered networks, LoRA and
+    /// unknown (iterate it: `for a in Architecture::ALL`).
+    pub const ALL: AllArchitectures = AllArchitectures;
+
+    /// An architecture named `name` (kebab-case). A new network declares its own const with
+    /// this and a [`Naming`] for it.
+    pub const fn new(name: &'static str) -> Architecture {
+        Architecture(name)
+    }
 
     /// Short stable name ("sdxl-unet", "wan-dit-i2v").
     pub fn name(self) -> &'static str {
-        match self {
-            Architecture::SdxlCheckpoint => "sdxl-checkpoint",
-            Architecture::SdxlUnet => "sdxl-unet",
-            Architecture::ClipL => "clip-l",
-            Architecture::ClipG => "clip-g",
-            Architecture::SdxlVae => "sdxl-vae",
-            Architecture::WanDitI2v => "wan-dit-i2v",
-            Architecture::WanDitT2v => "wan-dit-t2v",
-            Architecture::Umt5 => "umt5",
-            Architecture::ClipVisionH => "clip-vision-h",
-            Architecture::WanVae => "wan-vae",
-            Architecture::Lora => "lora",
-            Architecture::Unknown => "unknown",
-        }
+        self.0
     }
 
     /// One line for humans.
     pub fn description(self) -> &'static str {
         match self {
-            Architecture::SdxlCheckpoint => {
+            Architecture::SDXL_CHECKPOINT => {
                 "SDXL checkpoint: UNet, CLIP-L and OpenCLIP bigG text encoders and VAE in one file"
             }
-            Architecture::SdxlUnet => "SDXL UNet (denoiser)",
-            Architecture::ClipL => "CLIP-L text encoder (SDXL's first text encoder)",
-            Architecture::ClipG => "OpenCLIP bigG text encoder (SDXL's second text encoder)",
-            Architecture::SdxlVae => "SDXL VAE (4-channel latent, 8x)",
-            Architecture::WanDitI2v => "Wan image-to-video diffusion transformer",
-            Architecture::WanDitT2v => "Wan text-to-video diffusion transformer",
-            Architecture::Umt5 => "umT5 text encoder (Wan's text encoder)",
-            Architecture::ClipVisionH => "CLIP-H/14 vision encoder (Wan I2V image conditioning)",
-            Architecture::WanVae => "Wan video VAE (causal 3-D)",
-            Architecture::Lora => "LoRA / LyCORIS adapter",
-            Architecture::Unknown => "not a recognised architecture",
+            Architecture::LORA => "LoRA / LyCORIS adapter",
+            arch => naming(arch).map_or("not a recognised architecture", |n| n.description),
         }
     }
 
@@ -127,9 +123,49 @@ impl Architecture {
     }
 }
 
+/// [`Architecture::ALL`]: iterates over every architecture, the registered networks' in
+/// registration order.
+#[derive(Clone, Copy, Debug)]
+pub struct AllArchitectures;
+
+impl IntoIterator for AllArchitectures {
+    type Item = Architecture;
+    type IntoIter = std::vec::IntoIter<Architecture>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let mut all = vec![Architecture::SDXL_CHECKPOINT];
+        for n in namings() {
+            if !all.contains(&n.architecture) {
+                all.push(n.architecture);
+            }
+        }
+        all.extend([Architecture::LORA, Architecture::UNKNOWN]);
+        all.into_iter()
+    }
+}
+
 impl fmt::Display for Architecture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// In CamelCase ("WanDitI2v"), as the enum it was printed.
+impl fmt::Debug for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for word in self.0.split('-') {
+            let mut chars = word.chars();
+            if let Some(c) = chars.next() {
+                write!(f, "{}{}", c.to_ascii_uppercase(), chars.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Architecture {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0)
     }
 }
 
@@ -239,12 +275,156 @@ impl Default for NameContext {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// What each network declares
+// ---------------------------------------------------------------------------------------------
+
+/// Maps a stored name of one architecture (its prefix stripped) to its canonical name.
+pub type MapFn = fn(&NameContext, Layout, &str) -> Option<NameMap>;
+
+/// Fills in the block structure its name map needs from a component's stored names (`raw`:
+/// the names without prefix, with no shapes).
+pub(crate) type ContextFn = fn(&mut NameContext, Layout, &Shapes);
+
+/// Which of its architectures a recognised component is, from its prefix and its canonical
+/// names and shapes (in the names of the recognition's first architecture).
+pub(crate) type ResolveFn = fn(&str, &Shapes) -> Architecture;
+
+/// One architecture's names: what [`Detection::normalize`] and [`normalize`] use for a file or
+/// component of it. Declared by the network that runs it (its model file).
+#[derive(Debug)]
+pub struct Naming {
+    pub architecture: Architecture,
+    /// One line for humans ([`Architecture::description`]).
+    pub description: &'static str,
+    /// Segment sequences that start a name of the architecture in any of its layouts: what
+    /// [`normalize`] strips before them, and what other names (another component stored in
+    /// the same file, a VAE next to a DiT) fail.
+    pub roots: &'static [&'static [&'static str]],
+    /// Stored name (prefix stripped, starting with a root) -> canonical name.
+    pub map: MapFn,
+}
+
+/// One naming pattern of a file kind: some tensor's name ends with `anchor`, the part before it
+/// is the prefix.
+#[derive(Debug)]
+pub struct Signature {
+    pub(crate) layout: Layout,
+    /// Pattern the end of some name must match; what precedes it is the prefix (`#` matches an
+    /// index).
+    pub(crate) anchor: &'static str,
+    /// Patterns that some other name (under the same prefix) must match in full.
+    pub(crate) also: &'static [&'static str],
+    /// Rank of the anchor tensor, where it tells kinds apart (2-D vs 3-D convs).
+    pub(crate) ndim: Option<usize>,
+    /// Segments that belong to canonical names, not to the prefix, when the anchor follows them.
+    pub(crate) inner: Option<&'static str>,
+}
+
+/// A [`Signature`]: layout, anchor, also, anchor rank, inner prefix.
+pub(crate) const fn sig(
+    layout: Layout,
+    anchor: &'static str,
+    also: &'static [&'static str],
+    ndim: Option<usize>,
+    inner: Option<&'static str>,
+) -> Signature {
+    Signature {
+        layout,
+        anchor,
+        also,
+        ndim,
+        inner,
+    }
+}
+
+/// How [`detect`] recognises one kind of weight file (or component of one) from its names:
+/// declared by the network(s) it carries, next to their `NETWORK` static, and found through
+/// [`crate::models::network::NETWORKS`]. One kind may cover several architectures that the
+/// names alone do not tell apart (Wan DiT I2V vs T2V, HF CLIP-L vs bigG): its `resolve`
+/// decides by shape.
+#[derive(Debug)]
+pub struct Recognition {
+    /// For messages and tests ("wan-dit", "hf-clip-text").
+    pub(crate) name: &'static str,
+    /// Ties between kinds whose candidates cover as many tensors (and agree as well with the
+    /// `general.architecture` hint) go to the lower priority. Unique among the registered ones.
+    pub(crate) priority: u8,
+    /// Where its components come in [`Detection::components`] after the main one (lower first).
+    /// Unique among the registered ones.
+    pub(crate) listing: u8,
+    pub(crate) signatures: &'static [Signature],
+    /// The architectures a match may be, the default first.
+    pub(crate) architectures: &'static [&'static Naming],
+    /// The block structure its diffusers names need (`None`: the defaults).
+    pub(crate) context: Option<ContextFn>,
+    /// Which of [`Recognition::architectures`] a match is (`None`: the first).
+    pub(crate) resolve: Option<ResolveFn>,
+    /// GGUF `general.architecture` values (lower case) that name this kind.
+    pub(crate) hints: &'static [&'static str],
+}
+
+impl Recognition {
+    /// Whether a match may be `arch`.
+    pub fn may_be(&self, arch: Architecture) -> bool {
+        self.architectures.iter().any(|n| n.architecture == arch)
+    }
+
+    /// Its name ("wan-dit").
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// The registered recognitions and namings, from [`crate::models::network::NETWORKS`].
+struct Registry {
+    /// In listing order.
+    recognitions: Vec<&'static Recognition>,
+    /// Each architecture once, in registration order.
+    namings: Vec<&'static Naming>,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut recognitions = crate::models::network::recognitions();
+        let mut namings: Vec<&'static Naming> = Vec::new();
+        for r in &recognitions {
+            for n in r.architectures {
+                if !namings.iter().any(|s| s.architecture == n.architecture) {
+                    namings.push(n);
+                }
+            }
+        }
+        recognitions.sort_by_key(|r| r.listing);
+        Registry {
+            recognitions,
+            namings,
+        }
+    })
+}
+
+/// The registered recognitions, in listing order.
+pub fn recognitions() -> &'static [&'static Recognition] {
+    &registry().recognitions
+}
+
+/// The registered namings (each architecture once).
+fn namings() -> impl Iterator<Item = &'static Naming> {
+    registry().namings.iter().copied()
+}
+
+/// The registered naming of `arch`.
+fn naming(arch: Architecture) -> Option<&'static Naming> {
+    namings().find(|n| n.architecture == arch)
+}
+
 /// The canonical ldm prefixes of an SDXL checkpoint's components.
 pub const SDXL_CHECKPOINT_PREFIXES: [(Architecture, &str); 4] = [
-    (Architecture::SdxlUnet, "model.diffusion_model."),
-    (Architecture::ClipL, "conditioner.embedders.0.transformer."),
-    (Architecture::ClipG, "conditioner.embedders.1.model."),
-    (Architecture::SdxlVae, "first_stage_model."),
+    (Architecture::SDXL_UNET, "model.diffusion_model."),
+    (Architecture::CLIP_L, "conditioner.embedders.0.transformer."),
+    (Architecture::CLIP_G, "conditioner.embedders.1.model."),
+    (Architecture::SDXL_VAE, "first_stage_model."),
 ];
 
 /// One recognised component of a file (a checkpoint has several).
@@ -299,9 +479,9 @@ impl Detection {
             return Some(NameMap::Rename("scaled_fp8".into()));
         }
         match self.architecture {
-            Architecture::Unknown => None,
-            Architecture::Lora => lora::normalize(self.layout, stored),
-            Architecture::SdxlCheckpoint => {
+            Architecture::UNKNOWN => None,
+            Architecture::LORA => lora::normalize(self.layout, stored),
+            Architecture::SDXL_CHECKPOINT => {
                 let comp = self
                     .components
                     .iter()
@@ -342,16 +522,16 @@ pub fn normalize_with(
         return Some(NameMap::Rename("scaled_fp8".into()));
     }
     match arch {
-        Architecture::Unknown => None,
-        Architecture::Lora => lora::normalize(layout, name),
-        Architecture::SdxlCheckpoint => {
+        Architecture::UNKNOWN => None,
+        Architecture::LORA => lora::normalize(layout, name),
+        Architecture::SDXL_CHECKPOINT => {
             let (comp, prefix) = SDXL_CHECKPOINT_PREFIXES
                 .iter()
                 .find(|(_, p)| name.starts_with(p))?;
             let rest = name.get(prefix.len()..)?;
-            let comp_layout = match comp {
-                Architecture::SdxlUnet | Architecture::SdxlVae => layout,
-                Architecture::ClipL => Layout::HfTransformers,
+            let comp_layout = match *comp {
+                Architecture::SDXL_UNET | Architecture::SDXL_VAE => layout,
+                Architecture::CLIP_L => Layout::HfTransformers,
                 _ => Layout::Original,
             };
             let mapped = map_component(ctx, *comp, comp_layout, rest)?;
@@ -382,99 +562,21 @@ fn with_checkpoint_prefix(comp: Architecture, mapped: NameMap) -> Option<NameMap
     })
 }
 
-/// Segment sequences that start a name of `arch` in any of its layouts.
-fn roots(arch: Architecture) -> &'static [&'static [&'static str]] {
-    match arch {
-        Architecture::SdxlUnet => &[
-            &["input_blocks"],
-            &["middle_block"],
-            &["output_blocks"],
-            &["out"],
-            &["time_embed"],
-            &["label_emb"],
-            &["conv_in"],
-            &["conv_out"],
-            &["conv_norm_out"],
-            &["time_embedding"],
-            &["add_embedding"],
-            &["down_blocks"],
-            &["up_blocks"],
-            &["mid_block"],
-        ],
-        Architecture::SdxlVae | Architecture::WanVae => &[
-            &["encoder"],
-            &["decoder"],
-            &["quant_conv"],
-            &["post_quant_conv"],
-            &["conv1"],
-            &["conv2"],
-        ],
-        Architecture::WanDitI2v | Architecture::WanDitT2v => &[
-            &["patch_embedding"],
-            &["text_embedding"],
-            &["time_embedding"],
-            &["time_projection"],
-            &["blocks"],
-            &["head"],
-            &["img_emb"],
-            &["condition_embedder"],
-            &["scale_shift_table"],
-            &["proj_out"],
-        ],
-        Architecture::ClipL => &[
-            &["text_model"],
-            &["embeddings"],
-            &["encoder", "layers"],
-            &["final_layer_norm"],
-            &["text_projection"],
-        ],
-        Architecture::ClipG => &[
-            &["text_model"],
-            &["embeddings"],
-            &["encoder", "layers"],
-            &["final_layer_norm"],
-            &["text_projection"],
-            &["token_embedding"],
-            &["positional_embedding"],
-            &["transformer", "resblocks"],
-            &["ln_final"],
-            &["logit_scale"],
-        ],
-        Architecture::ClipVisionH => &[
-            &["vision_model"],
-            &["visual_projection"],
-            &["embeddings"],
-            &["encoder", "layers"],
-            &["pre_layrnorm"],
-            &["post_layernorm"],
-        ],
-        Architecture::Umt5 => &[
-            &["encoder", "block"],
-            &["encoder", "final_layer_norm"],
-            &["encoder", "embed_tokens"],
-            &["shared"],
-            &["decoder"],
-            &["lm_head"],
-            &["enc", "blk"],
-            &["enc", "output_norm"],
-            &["token_embd"],
-        ],
-        Architecture::SdxlCheckpoint | Architecture::Lora | Architecture::Unknown => &[],
-    }
-}
-
-fn starts_with_root(arch: Architecture, name: &str) -> bool {
+/// Whether `name` starts with one of `roots` (segment sequences, [`Naming::roots`]).
+fn starts_with_root(roots: &[&[&str]], name: &str) -> bool {
     let segs: Vec<&str> = name.split('.').collect();
-    roots(arch)
+    roots
         .iter()
         .any(|root| segs.len() >= root.len() && segs.iter().zip(root.iter()).all(|(a, b)| a == b))
 }
 
+/// `name` from the first segment that starts one of `arch`'s roots (all of it if none does).
 fn strip_known_prefix(arch: Architecture, name: &str) -> &str {
+    let roots = naming(arch).map_or(&[][..], |n| n.roots);
     let segs: Vec<&str> = name.split('.').collect();
     let mut offset = 0usize;
     for i in 0..segs.len() {
-        let hit = roots(arch).iter().any(|root| {
+        let hit = roots.iter().any(|root| {
             segs.get(i..i + root.len())
                 .is_some_and(|s| s.iter().zip(root.iter()).all(|(a, b)| a == b))
         });
@@ -511,109 +613,31 @@ fn map_component(
 }
 
 fn map_plain(ctx: &NameContext, arch: Architecture, layout: Layout, rest: &str) -> Option<NameMap> {
+    let naming = naming(arch)?;
     // Only names that start like the architecture's names: another component stored in the
     // same file (a VAE next to a DiT) is not renamed into this one.
-    if !starts_with_root(arch, rest) {
+    if !starts_with_root(naming.roots, rest) {
         return None;
     }
-    match arch {
-        Architecture::SdxlUnet => sdxl::map_unet(ctx, layout, rest),
-        Architecture::SdxlVae => sdxl::map_vae(ctx, layout, rest),
-        Architecture::ClipL => clip::map_clip_l(rest),
-        Architecture::ClipG => clip::map_clip_g(layout, rest),
-        Architecture::ClipVisionH => clip::map_vision(rest),
-        Architecture::Umt5 => t5::map(layout, rest),
-        Architecture::WanDitI2v | Architecture::WanDitT2v => wan::map_dit(layout, rest),
-        Architecture::WanVae => wan::map_vae(ctx, layout, rest),
-        Architecture::SdxlCheckpoint | Architecture::Lora | Architecture::Unknown => None,
-    }
+    (naming.map)(ctx, layout, rest)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Detection
 // ---------------------------------------------------------------------------------------------
 
-/// A family of weights recognised from names, before the shape tests that split it (CLIP-L vs
-/// bigG, Wan I2V vs T2V).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Family {
-    WanDit,
-    Unet,
-    Umt5,
-    OpenClipText,
-    HfClipText,
-    ClipVision,
-    WanVae,
-    SdxlVae,
-}
-
-struct Signature {
-    family: Family,
-    layout: Layout,
-    /// Pattern the end of some name must match; what precedes it is the prefix.
-    anchor: &'static str,
-    /// Patterns that some other name (under the same prefix) must match in full.
-    also: &'static [&'static str],
-    /// Rank of the anchor tensor, where it tells families apart (2-D vs 3-D convs).
-    ndim: Option<usize>,
-    /// Segments that belong to canonical names, not to the prefix, when the anchor follows them.
-    inner: Option<&'static str>,
-}
-
-const fn sig(
-    family: Family,
-    layout: Layout,
-    anchor: &'static str,
-    also: &'static [&'static str],
-    ndim: Option<usize>,
-    inner: Option<&'static str>,
-) -> Signature {
-    Signature {
-        family,
-        layout,
-        anchor,
-        also,
-        ndim,
-        inner,
-    }
-}
-
-#[rustfmt::skip]
-const SIGNATURES: &[Signature] = &[
-    // family, layout, anchor, also, anchor rank, inner prefix
-    sig(Family::WanDit, Layout::Original, "blocks.#.self_attn.q.weight", &["blocks.#.cross_attn.q.weight"], None, None),
-    sig(Family::WanDit, Layout::Original, "patch_embedding.weight", &["time_embedding.0.weight"], None, None),
-    sig(Family::WanDit, Layout::Diffusers, "blocks.#.attn1.to_q.weight", &["blocks.#.ffn.net.0.proj.weight"], None, None),
-    sig(Family::WanDit, Layout::Diffusers, "condition_embedder.time_embedder.linear_1.weight", &[], None, None),
-    sig(Family::Unet, Layout::Original, "input_blocks.#.0.in_layers.2.weight", &[], None, None),
-    sig(Family::Unet, Layout::Original, "output_blocks.#.0.in_layers.2.weight", &[], None, None),
-    sig(Family::Unet, Layout::Diffusers, "down_blocks.#.resnets.#.time_emb_proj.weight", &[], None, None),
-    sig(Family::Unet, Layout::Diffusers, "up_blocks.#.resnets.#.time_emb_proj.weight", &[], None, None),
-    sig(Family::SdxlVae, Layout::Original, "encoder.down.#.block.#.conv1.weight", &[], None, None),
-    sig(Family::SdxlVae, Layout::Original, "decoder.up.#.block.#.conv1.weight", &[], None, None),
-    sig(Family::SdxlVae, Layout::Diffusers, "encoder.down_blocks.#.resnets.#.conv1.weight", &[], Some(4), None),
-    sig(Family::SdxlVae, Layout::Diffusers, "decoder.up_blocks.#.resnets.#.conv1.weight", &[], Some(4), None),
-    sig(Family::WanVae, Layout::Original, "encoder.downsamples.#.residual.2.weight", &[], None, None),
-    sig(Family::WanVae, Layout::Original, "decoder.upsamples.#.residual.2.weight", &[], None, None),
-    sig(Family::WanVae, Layout::Diffusers, "encoder.down_blocks.#.conv1.weight", &[], Some(5), None),
-    sig(Family::WanVae, Layout::Diffusers, "decoder.up_blocks.#.resnets.#.conv1.weight", &[], Some(5), None),
-    sig(Family::HfClipText, Layout::HfTransformers, "embeddings.token_embedding.weight", &[], None, Some("text_model.")),
-    sig(Family::HfClipText, Layout::HfTransformers, "encoder.layers.#.self_attn.q_proj.weight", &["final_layer_norm.weight"], None, Some("text_model.")),
-    sig(Family::OpenClipText, Layout::Original, "transformer.resblocks.#.attn.in_proj_weight", &["ln_final.weight"], None, None),
-    sig(Family::OpenClipText, Layout::Original, "token_embedding.weight", &["positional_embedding"], None, None),
-    sig(Family::ClipVision, Layout::HfTransformers, "embeddings.patch_embedding.weight", &[], None, Some("vision_model.")),
-    sig(Family::ClipVision, Layout::HfTransformers, "encoder.layers.#.self_attn.q_proj.weight", &["post_layernorm.weight"], None, Some("vision_model.")),
-    sig(Family::Umt5, Layout::HfTransformers, "encoder.block.#.layer.0.SelfAttention.q.weight", &[], None, None),
-    sig(Family::Umt5, Layout::LlamaCpp, "enc.blk.#.attn_q.weight", &[], None, None),
-    sig(Family::Umt5, Layout::LlamaCpp, "token_embd.weight", &["enc.output_norm.weight"], None, None),
-];
-
 #[derive(Clone, Debug)]
 struct Candidate {
-    family: Family,
+    rec: &'static Recognition,
     layout: Layout,
     prefix: String,
     coverage: usize,
+}
+
+impl Candidate {
+    fn same_kind(&self, other: &Candidate) -> bool {
+        std::ptr::eq(self.rec, other.rec)
+    }
 }
 
 /// A tensor's name and shape (after `comfy.gguf.orig_shape` overrides).
@@ -622,68 +646,64 @@ struct Entry<'a> {
     shape: Vec<u64>,
 }
 
-fn find_candidates(entries: &[Entry<'_>]) -> Vec<Candidate> {
+fn find_candidates(entries: &[Entry<'_>], recognitions: &[&'static Recognition]) -> Vec<Candidate> {
     let mut found: Vec<Candidate> = Vec::new();
-    for sig in SIGNATURES {
-        let mut prefixes: BTreeSet<&str> = BTreeSet::new();
-        for e in entries {
-            if let Some(p) = tail_match(e.name, sig.anchor) {
-                if sig.ndim.is_none_or(|n| e.shape.len() == n) {
-                    prefixes.insert(p);
+    for &rec in recognitions {
+        for sig in rec.signatures {
+            let mut prefixes: BTreeSet<&str> = BTreeSet::new();
+            for e in entries {
+                if let Some(p) = tail_match(e.name, sig.anchor) {
+                    if sig.ndim.is_none_or(|n| e.shape.len() == n) {
+                        prefixes.insert(p);
+                    }
                 }
             }
-        }
-        for p in prefixes {
-            let ok = sig.also.iter().all(|pat| {
-                entries.iter().any(|e| {
-                    e.name
-                        .strip_prefix(p)
-                        .is_some_and(|rest| full_match(rest, pat))
-                })
-            });
-            if !ok {
-                continue;
+            for p in prefixes {
+                let ok = sig.also.iter().all(|pat| {
+                    entries.iter().any(|e| {
+                        e.name
+                            .strip_prefix(p)
+                            .is_some_and(|rest| full_match(rest, pat))
+                    })
+                });
+                if !ok {
+                    continue;
+                }
+                let prefix = match sig.inner {
+                    Some(inner) => p.strip_suffix(inner).unwrap_or(p),
+                    None => p,
+                };
+                if found
+                    .iter()
+                    .any(|c| std::ptr::eq(c.rec, rec) && c.prefix == prefix)
+                {
+                    continue;
+                }
+                let coverage = entries
+                    .iter()
+                    .filter(|e| e.name.starts_with(prefix))
+                    .count();
+                found.push(Candidate {
+                    rec,
+                    layout: sig.layout,
+                    prefix: prefix.to_string(),
+                    coverage,
+                });
             }
-            let prefix = match sig.inner {
-                Some(inner) => p.strip_suffix(inner).unwrap_or(p),
-                None => p,
-            };
-            if found
-                .iter()
-                .any(|c| c.family == sig.family && c.prefix == prefix)
-            {
-                continue;
-            }
-            let coverage = entries
-                .iter()
-                .filter(|e| e.name.starts_with(prefix))
-                .count();
-            found.push(Candidate {
-                family: sig.family,
-                layout: sig.layout,
-                prefix: prefix.to_string(),
-                coverage,
-            });
         }
     }
     found
 }
 
-fn hint_agrees(hint: &str, family: Family) -> bool {
+/// Whether the `general.architecture` hint names `rec`.
+fn hint_agrees(hint: &str, rec: &Recognition) -> bool {
     let h = hint.to_ascii_lowercase();
-    match family {
-        Family::WanDit => h == "wan",
-        Family::Unet => h == "sdxl",
-        Family::Umt5 => h == "t5encoder" || h == "t5" || h == "umt5",
-        _ => false,
-    }
+    rec.hints.contains(&h.as_str())
 }
 
-fn hint_known(hint: &str) -> bool {
-    matches!(
-        hint.to_ascii_lowercase().as_str(),
-        "wan" | "sdxl" | "t5encoder" | "t5" | "umt5"
-    )
+/// Whether the `general.architecture` hint names a registered kind.
+fn hint_known(hint: &str, recognitions: &[&'static Recognition]) -> bool {
+    recognitions.iter().any(|r| hint_agrees(hint, r))
 }
 
 /// Canonical names and shapes of the entries under `prefix`, for one component.
@@ -718,82 +738,36 @@ fn canonical_shapes(
 }
 
 /// Infer the block structure the name maps need from the stored names of one component.
-fn infer_context(
-    entries: &[Entry<'_>],
-    family: Family,
-    layout: Layout,
-    prefix: &str,
-) -> NameContext {
+fn infer_context(entries: &[Entry<'_>], c: &Candidate) -> NameContext {
     let mut ctx = NameContext::default();
-    if layout != Layout::Diffusers {
+    let Some(context) = c.rec.context else {
         return ctx;
-    }
+    };
     let mut raw = Shapes::default();
     for e in entries {
-        if let Some(rest) = e.name.strip_prefix(prefix) {
+        if let Some(rest) = e.name.strip_prefix(c.prefix.as_str()) {
             raw.insert(rest.to_string(), Vec::new());
         }
     }
-    match family {
-        Family::Unet => {
-            let r = raw.count("down_blocks.0.resnets.");
-            if r > 0 {
-                ctx.unet_layers_per_block = r;
-            }
-            let ups = raw.count("up_blocks.");
-            if ups > 0 {
-                ctx.unet_up_attention = (0..ups)
-                    .map(|i| raw.any_with_prefix(&format!("up_blocks.{i}.attentions.")))
-                    .collect();
-            }
-        }
-        Family::SdxlVae => {
-            let l = raw
-                .count("encoder.down_blocks.")
-                .max(raw.count("decoder.up_blocks."));
-            if l > 0 {
-                ctx.vae_levels = l;
-            }
-        }
-        Family::WanVae => {
-            let r = raw.count("decoder.up_blocks.0.resnets.");
-            if r > 1 {
-                ctx.wan_vae_res_blocks = r - 1;
-            }
-        }
-        _ => {}
-    }
+    context(&mut ctx, c.layout, &raw);
     ctx
 }
 
-/// The architecture of a candidate: the families that cover two architectures decide by shape
+/// The architecture of a candidate: a kind that covers several architectures decides by shape
 /// (Wan DiT I2V vs T2V, HF-named CLIP-L vs bigG).
-fn resolve(
-    entries: &[Entry<'_>],
-    ctx: &NameContext,
-    family: Family,
-    layout: Layout,
-    prefix: &str,
-) -> Architecture {
-    match family {
-        Family::WanDit => {
-            let shapes = canonical_shapes(entries, ctx, Architecture::WanDitI2v, layout, prefix);
-            if wan::dit_is_i2v(&shapes) {
-                Architecture::WanDitI2v
-            } else {
-                Architecture::WanDitT2v
-            }
-        }
-        Family::Unet => Architecture::SdxlUnet,
-        Family::SdxlVae => Architecture::SdxlVae,
-        Family::WanVae => Architecture::WanVae,
-        Family::OpenClipText => Architecture::ClipG,
-        Family::HfClipText => {
-            let l = canonical_shapes(entries, ctx, Architecture::ClipL, layout, prefix);
-            clip::classify_text(prefix, &l)
-        }
-        Family::ClipVision => Architecture::ClipVisionH,
-        Family::Umt5 => Architecture::Umt5,
+fn resolve(entries: &[Entry<'_>], ctx: &NameContext, c: &Candidate) -> Architecture {
+    let Some(first) = c.rec.architectures.first() else {
+        return Architecture::UNKNOWN;
+    };
+    let Some(resolve) = c.rec.resolve else {
+        return first.architecture;
+    };
+    let shapes = canonical_shapes(entries, ctx, first.architecture, c.layout, &c.prefix);
+    let arch = resolve(&c.prefix, &shapes);
+    if c.rec.may_be(arch) {
+        arch
+    } else {
+        first.architecture
     }
 }
 
@@ -830,7 +804,7 @@ impl<'a> Meta<'a> {
 }
 
 /// Recognise a weight file from its tensor names and shapes. Never fails: what it cannot
-/// recognise comes back as [`Architecture::Unknown`] with a summary saying why.
+/// recognise comes back as [`Architecture::UNKNOWN`] with a summary saying why.
 pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detection {
     let mut meta = Meta::read(metadata);
     let entries: Vec<Entry<'_>> = tensors
@@ -849,7 +823,7 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
     let hint = meta.hint.map(str::to_string);
 
     let unknown = |summary: String| Detection {
-        architecture: Architecture::Unknown,
+        architecture: Architecture::UNKNOWN,
         layout: Layout::Original,
         prefix: None,
         summary,
@@ -871,7 +845,7 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
     {
         let summary = lora::summary(layout, &cfg);
         let mut det = Detection {
-            architecture: Architecture::Lora,
+            architecture: Architecture::LORA,
             layout,
             prefix: None,
             summary,
@@ -880,7 +854,7 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
             zero_terminal_snr: false,
             hint_disagrees: false,
             components: vec![Component {
-                architecture: Architecture::Lora,
+                architecture: Architecture::LORA,
                 layout,
                 prefix: String::new(),
                 tensors: entries.len(),
@@ -896,7 +870,8 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
         return det;
     }
 
-    let candidates = find_candidates(&entries);
+    let recognitions = recognitions();
+    let candidates = find_candidates(&entries, recognitions);
     if candidates.is_empty() {
         let mut s = format!("unrecognised tensor names ({} tensors", entries.len());
         if let Some(h) = &hint {
@@ -909,16 +884,16 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
     // An ldm checkpoint: a UNet plus SDXL text encoders or VAE under other prefixes.
     let unet = candidates
         .iter()
-        .filter(|c| c.family == Family::Unet)
+        .filter(|c| c.rec.may_be(Architecture::SDXL_UNET))
         .max_by_key(|c| c.coverage);
     if let Some(u) = unet {
         let others: Vec<&Candidate> = candidates
             .iter()
             .filter(|c| {
-                matches!(
-                    c.family,
-                    Family::HfClipText | Family::OpenClipText | Family::SdxlVae
-                ) && c.prefix != u.prefix
+                SDXL_CHECKPOINT_PREFIXES
+                    .iter()
+                    .any(|(a, _)| *a != Architecture::SDXL_UNET && c.rec.may_be(*a))
+                    && c.prefix != u.prefix
                     && !c.prefix.is_empty()
             })
             .collect();
@@ -928,28 +903,28 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
     }
 
     // One component: the one covering most tensors; ties go to the metadata hint, then to the
-    // order of `Family`.
+    // lower `Recognition::priority`.
     let best = candidates
         .iter()
         .max_by(|a, b| {
             a.coverage
                 .cmp(&b.coverage)
                 .then_with(|| {
-                    let ha = meta.hint.is_some_and(|h| hint_agrees(h, a.family));
-                    let hb = meta.hint.is_some_and(|h| hint_agrees(h, b.family));
+                    let ha = meta.hint.is_some_and(|h| hint_agrees(h, a.rec));
+                    let hb = meta.hint.is_some_and(|h| hint_agrees(h, b.rec));
                     ha.cmp(&hb)
                 })
-                .then_with(|| b.family.cmp(&a.family))
+                .then_with(|| b.rec.priority.cmp(&a.rec.priority))
         })
         .cloned();
     let Some(best) = best else {
         return unknown("unrecognised tensor names".into());
     };
-    let ctx = infer_context(&entries, best.family, best.layout, &best.prefix);
-    let arch = resolve(&entries, &ctx, best.family, best.layout, &best.prefix);
+    let ctx = infer_context(&entries, &best);
+    let arch = resolve(&entries, &ctx, &best);
     let hint_disagrees = meta
         .hint
-        .is_some_and(|h| hint_known(h) && !hint_agrees(h, best.family));
+        .is_some_and(|h| hint_known(h, recognitions) && !hint_agrees(h, best.rec));
     let mut components = vec![Component {
         architecture: arch,
         layout: best.layout,
@@ -957,9 +932,9 @@ pub fn detect(tensors: &[TensorInfo], metadata: &[(String, MetaValue)]) -> Detec
         tensors: best.coverage,
     }];
     for c in &candidates {
-        if c.family != best.family || c.prefix != best.prefix {
-            let cctx = infer_context(&entries, c.family, c.layout, &c.prefix);
-            let arch = resolve(&entries, &cctx, c.family, c.layout, &c.prefix);
+        if !c.same_kind(&best) || c.prefix != best.prefix {
+            let cctx = infer_context(&entries, c);
+            let arch = resolve(&entries, &cctx, c);
             if !components
                 .iter()
                 .any(|x| x.prefix == c.prefix && x.architecture == arch)
@@ -1004,13 +979,13 @@ fn checkpoint(
     let mut components = Vec::new();
     let mut ctx = NameContext::default();
 
-    let uctx = infer_context(entries, unet.family, unet.layout, &unet.prefix);
+    let uctx = infer_context(entries, unet);
     if unet.layout == Layout::Diffusers {
         ctx.unet_layers_per_block = uctx.unet_layers_per_block;
         ctx.unet_up_attention = uctx.unet_up_attention.clone();
     }
     components.push(Component {
-        architecture: Architecture::SdxlUnet,
+        architecture: Architecture::SDXL_UNET,
         layout: unet.layout,
         prefix: unet.prefix.clone(),
         tensors: unet.coverage,
@@ -1020,16 +995,14 @@ fn checkpoint(
     let mut others: Vec<&Candidate> = others.to_vec();
     others.sort_by_key(|c| std::cmp::Reverse(c.coverage));
     for c in others {
-        let cctx = infer_context(entries, c.family, c.layout, &c.prefix);
-        let arch = resolve(entries, &cctx, c.family, c.layout, &c.prefix);
-        let wanted = matches!(
-            arch,
-            Architecture::ClipL | Architecture::ClipG | Architecture::SdxlVae
-        );
+        let cctx = infer_context(entries, c);
+        let arch = resolve(entries, &cctx, c);
+        let wanted = arch != Architecture::SDXL_UNET
+            && SDXL_CHECKPOINT_PREFIXES.iter().any(|(a, _)| *a == arch);
         if !wanted || components.iter().any(|x| x.architecture == arch) {
             continue;
         }
-        if arch == Architecture::SdxlVae && c.layout == Layout::Diffusers {
+        if arch == Architecture::SDXL_VAE && c.layout == Layout::Diffusers {
             ctx.vae_levels = cctx.vae_levels;
         }
         components.push(Component {
@@ -1040,10 +1013,10 @@ fn checkpoint(
         });
     }
     let mut det = Detection {
-        architecture: Architecture::SdxlCheckpoint,
+        architecture: Architecture::SDXL_CHECKPOINT,
         layout: unet.layout,
         prefix: None,
-        summary: Architecture::SdxlCheckpoint.description().to_string(),
+        summary: Architecture::SDXL_CHECKPOINT.description().to_string(),
         lora: None,
         v_prediction: meta.v_pred,
         zero_terminal_snr: meta.v_pred && meta.ztsnr,

@@ -10,7 +10,7 @@
 //!   (`.2` when the level has attentions);
 //! - mid block -> `middle_block.{0,1,2}`.
 
-use super::pattern::index;
+use super::pattern::{index, Shapes};
 use super::{Layout, NameContext, NameMap};
 
 fn join(parts: &[&str]) -> Option<String> {
@@ -193,5 +193,36 @@ fn vae_diffusers_to_ldm(ctx: &NameContext, name: &str) -> Option<NameMap> {
             }
         }
         _ => None,
+    }
+}
+
+/// SDXL UNet block structure from diffusers names: resnets per down level, and which up blocks
+/// have attentions.
+pub(crate) fn unet_context(ctx: &mut NameContext, layout: Layout, raw: &Shapes) {
+    if layout != Layout::Diffusers {
+        return;
+    }
+    let r = raw.count("down_blocks.0.resnets.");
+    if r > 0 {
+        ctx.unet_layers_per_block = r;
+    }
+    let ups = raw.count("up_blocks.");
+    if ups > 0 {
+        ctx.unet_up_attention = (0..ups)
+            .map(|i| raw.any_with_prefix(&format!("up_blocks.{i}.attentions.")))
+            .collect();
+    }
+}
+
+/// SDXL VAE block structure from diffusers names: resolution levels.
+pub(crate) fn vae_context(ctx: &mut NameContext, layout: Layout, raw: &Shapes) {
+    if layout != Layout::Diffusers {
+        return;
+    }
+    let l = raw
+        .count("encoder.down_blocks.")
+        .max(raw.count("decoder.up_blocks."));
+    if l > 0 {
+        ctx.vae_levels = l;
     }
 }

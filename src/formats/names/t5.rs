@@ -16,9 +16,9 @@
 //! Decoder tensors and `lm_head` are not part of the encoder and map to nothing.
 
 use super::pattern::index;
-use super::{Layout, NameMap};
+use super::{Layout, NameContext, NameMap};
 
-pub(crate) fn map(layout: Layout, name: &str) -> Option<NameMap> {
+pub(crate) fn map(_: &NameContext, layout: Layout, name: &str) -> Option<NameMap> {
     match layout {
         Layout::LlamaCpp => Some(NameMap::Rename(name.to_string())),
         _ => hf_to_gguf(name).map(NameMap::Rename),

@@ -70,7 +70,7 @@ fn wan_dit_diffusers_map_matches_models_md() {
         for wb in ["weight", "bias"] {
             assert_eq!(
                 normalize(
-                    Architecture::WanDitI2v,
+                    Architecture::WAN_DIT_I2V,
                     Layout::Diffusers,
                     &format!("{d}.{wb}")
                 ),
@@ -103,7 +103,7 @@ fn wan_dit_diffusers_map_matches_models_md() {
     ];
     for (d, o) in single {
         assert_eq!(
-            normalize(Architecture::WanDitT2v, Layout::Diffusers, d),
+            normalize(Architecture::WAN_DIT_T2V, Layout::Diffusers, d),
             rn(o),
             "{d}"
         );
@@ -116,7 +116,7 @@ fn wan_dit_diffusers_map_matches_models_md() {
         "blocks.x.attn1.to_q.weight",
     ] {
         assert_eq!(
-            normalize(Architecture::WanDitI2v, Layout::Diffusers, d),
+            normalize(Architecture::WAN_DIT_I2V, Layout::Diffusers, d),
             None,
             "{d}"
         );
@@ -131,13 +131,13 @@ fn wan_original_names_strip_prefixes() {
         "blocks.0.self_attn.q.weight",
     ] {
         assert_eq!(
-            normalize(Architecture::WanDitI2v, Layout::Original, stored),
+            normalize(Architecture::WAN_DIT_I2V, Layout::Original, stored),
             rn("blocks.0.self_attn.q.weight")
         );
     }
     assert_eq!(
         normalize(
-            Architecture::WanDitI2v,
+            Architecture::WAN_DIT_I2V,
             Layout::Diffusers,
             "transformer.blocks.1.attn1.to_out.0.weight"
         ),
@@ -198,14 +198,14 @@ fn umt5_hf_to_llama_cpp() {
     ];
     for (hf, g) in table {
         assert_eq!(
-            normalize(Architecture::Umt5, Layout::HfTransformers, hf),
+            normalize(Architecture::UMT5, Layout::HfTransformers, hf),
             rn(g),
             "{hf}"
         );
     }
     assert_eq!(
         normalize(
-            Architecture::Umt5,
+            Architecture::UMT5,
             Layout::HfTransformers,
             "decoder.block.0.layer.0.SelfAttention.q.weight"
         ),
@@ -213,7 +213,7 @@ fn umt5_hf_to_llama_cpp() {
     );
     assert_eq!(
         normalize(
-            Architecture::Umt5,
+            Architecture::UMT5,
             Layout::LlamaCpp,
             "enc.blk.0.attn_q.weight"
         ),
@@ -222,7 +222,7 @@ fn umt5_hf_to_llama_cpp() {
     // ComfyUI's prefixed text encoder names
     assert_eq!(
         normalize(
-            Architecture::Umt5,
+            Architecture::UMT5,
             Layout::HfTransformers,
             "text_encoders.umt5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"
         ),
@@ -232,7 +232,7 @@ fn umt5_hf_to_llama_cpp() {
 
 #[test]
 fn bigg_hf_to_open_clip_is_honest_about_fused_qkv() {
-    let g = |n: &str| normalize(Architecture::ClipG, Layout::HfTransformers, n);
+    let g = |n: &str| normalize(Architecture::CLIP_G, Layout::HfTransformers, n);
     assert_eq!(
         g("text_model.encoder.layers.31.self_attn.k_proj.weight"),
         Some(NameMap::SplitOf {
@@ -271,7 +271,7 @@ fn bigg_hf_to_open_clip_is_honest_about_fused_qkv() {
     // open_clip names are canonical, prefix stripped
     assert_eq!(
         normalize(
-            Architecture::ClipG,
+            Architecture::CLIP_G,
             Layout::Original,
             "conditioner.embedders.1.model.transformer.resblocks.3.attn.in_proj_weight"
         ),
@@ -287,7 +287,7 @@ fn bigg_hf_to_open_clip_is_honest_about_fused_qkv() {
 
 #[test]
 fn clip_l_gets_text_model_wrapper() {
-    let l = |n: &str| normalize(Architecture::ClipL, Layout::HfTransformers, n);
+    let l = |n: &str| normalize(Architecture::CLIP_L, Layout::HfTransformers, n);
     assert_eq!(
         l("encoder.layers.0.self_attn.q_proj.weight"),
         rn("text_model.encoder.layers.0.self_attn.q_proj.weight")
@@ -306,7 +306,7 @@ fn clip_l_gets_text_model_wrapper() {
 #[test]
 fn sdxl_unet_diffusers_to_ldm_examples() {
     // Values as in diffusers' convert_diffusers_to_original_sdxl.py for SDXL base.
-    let u = |n: &str| normalize(Architecture::SdxlUnet, Layout::Diffusers, n);
+    let u = |n: &str| normalize(Architecture::SDXL_UNET, Layout::Diffusers, n);
     let table: &[(&str, &str)] = &[
         ("conv_in.weight", "input_blocks.0.0.weight"),
         ("time_embedding.linear_2.bias", "time_embed.2.bias"),
@@ -369,7 +369,7 @@ fn sdxl_unet_diffusers_to_ldm_examples() {
     assert_eq!(
         normalize_with(
             &ctx,
-            Architecture::SdxlUnet,
+            Architecture::SDXL_UNET,
             Layout::Diffusers,
             "up_blocks.0.upsamplers.0.conv.weight"
         ),
@@ -381,7 +381,7 @@ fn sdxl_unet_diffusers_to_ldm_examples() {
 
 #[test]
 fn sdxl_vae_diffusers_to_ldm_examples() {
-    let v = |n: &str| normalize(Architecture::SdxlVae, Layout::Diffusers, n);
+    let v = |n: &str| normalize(Architecture::SDXL_VAE, Layout::Diffusers, n);
     assert_eq!(
         v("encoder.down_blocks.3.resnets.1.norm2.bias"),
         rn("encoder.down.3.block.1.norm2.bias")
@@ -428,7 +428,7 @@ fn sdxl_vae_diffusers_to_ldm_examples() {
     assert_eq!(v("decoder.up_blocks.4.resnets.0.conv1.weight"), None);
     assert_eq!(
         normalize(
-            Architecture::SdxlVae,
+            Architecture::SDXL_VAE,
             Layout::Original,
             "first_stage_model.decoder.conv_in.weight"
         ),
@@ -438,7 +438,7 @@ fn sdxl_vae_diffusers_to_ldm_examples() {
 
 #[test]
 fn wan_vae_diffusers_to_original_examples() {
-    let v = |n: &str| normalize(Architecture::WanVae, Layout::Diffusers, n);
+    let v = |n: &str| normalize(Architecture::WAN_VAE, Layout::Diffusers, n);
     let table: &[(&str, &str)] = &[
         ("quant_conv.weight", "conv1.weight"),
         ("post_quant_conv.bias", "conv2.bias"),
@@ -493,7 +493,7 @@ fn wan_vae_diffusers_to_original_examples() {
 
 #[test]
 fn checkpoint_names_keep_ldm_prefixes() {
-    let c = |n: &str| normalize(Architecture::SdxlCheckpoint, Layout::Original, n);
+    let c = |n: &str| normalize(Architecture::SDXL_CHECKPOINT, Layout::Original, n);
     assert_eq!(
         c("model.diffusion_model.input_blocks.0.0.weight"),
         rn("model.diffusion_model.input_blocks.0.0.weight")
@@ -514,14 +514,14 @@ fn checkpoint_names_keep_ldm_prefixes() {
 fn scaled_fp8_aux_tensors() {
     assert_eq!(
         normalize(
-            Architecture::Umt5,
+            Architecture::UMT5,
             Layout::HfTransformers,
             "encoder.block.0.layer.0.SelfAttention.q.scale_weight"
         ),
         rn("enc.blk.0.attn_q.scale_weight")
     );
     assert_eq!(
-        normalize(Architecture::WanDitI2v, Layout::Original, "scaled_fp8"),
+        normalize(Architecture::WAN_DIT_I2V, Layout::Original, "scaled_fp8"),
         rn("scaled_fp8")
     );
 }
@@ -557,7 +557,7 @@ fn lora_names() {
     // diffusers names are brought to the canonical layout
     assert_eq!(
         normalize(
-            Architecture::Lora,
+            Architecture::LORA,
             Layout::Peft,
             "transformer.blocks.0.attn2.add_k_proj.lora_A.weight"
         ),
@@ -565,7 +565,7 @@ fn lora_names() {
     );
     assert_eq!(
         normalize(
-            Architecture::Lora,
+            Architecture::LORA,
             Layout::Peft,
             "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight"
         ),
@@ -573,7 +573,7 @@ fn lora_names() {
     );
     assert_eq!(
         normalize(
-            Architecture::Lora,
+            Architecture::LORA,
             Layout::ComfyUi,
             "diffusion_model.blocks.0.norm3.diff_b"
         ),
@@ -581,7 +581,7 @@ fn lora_names() {
     );
     assert_eq!(
         normalize(
-            Architecture::Lora,
+            Architecture::LORA,
             Layout::Kohya,
             "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha"
         ),
@@ -598,15 +598,15 @@ fn architecture_names_round_trip() {
         assert_eq!(Architecture::from_name(a.name()), Some(a));
         assert!(!a.description().is_empty());
     }
-    assert_eq!(Architecture::WanDitI2v.to_string(), "wan-dit-i2v");
-    assert_eq!(Architecture::SdxlUnet.name(), "sdxl-unet");
+    assert_eq!(Architecture::WAN_DIT_I2V.to_string(), "wan-dit-i2v");
+    assert_eq!(Architecture::SDXL_UNET.name(), "sdxl-unet");
     assert_eq!(Layout::LlamaCpp.to_string(), "llama-cpp");
 }
 
 #[test]
 fn empty_and_unknown() {
     let d = detect(&[], &[]);
-    assert_eq!(d.architecture, Architecture::Unknown);
+    assert_eq!(d.architecture, Architecture::UNKNOWN);
     assert_eq!(d.summary, "no tensors");
     assert_eq!(d.lora, None);
 
@@ -620,7 +620,7 @@ fn empty_and_unknown() {
             MetaValue::String("llama".into()),
         )],
     );
-    assert_eq!(d.architecture, Architecture::Unknown);
+    assert_eq!(d.architecture, Architecture::UNKNOWN);
     assert_eq!(
         d.summary,
         "unrecognised tensor names (2 tensors, general.architecture \"llama\")"
@@ -696,8 +696,8 @@ fn hostile_names_and_shapes_do_not_panic() {
         t("head.head.weight", &[u64::MAX, 0]),
     ];
     let d = detect(&wan, &[]);
-    assert_eq!(d.architecture, Architecture::WanDitT2v);
-    assert_eq!(d.summary, Architecture::WanDitT2v.description());
+    assert_eq!(d.architecture, Architecture::WAN_DIT_T2V);
+    assert_eq!(d.summary, Architecture::WAN_DIT_T2V.description());
 }
 
 #[test]
@@ -710,7 +710,10 @@ fn orig_shape_metadata_overrides_stored_shape() {
         t("patch_embedding.weight", &[256 * 36 * 4]),
         t("head.head.weight", &[64, 256]),
     ];
-    assert_eq!(detect(&tensors, &[]).architecture, Architecture::WanDitT2v);
+    assert_eq!(
+        detect(&tensors, &[]).architecture,
+        Architecture::WAN_DIT_T2V
+    );
     let meta = vec![(
         "comfy.gguf.orig_shape.patch_embedding.weight".to_string(),
         MetaValue::Array(
@@ -722,6 +725,6 @@ fn orig_shape_metadata_overrides_stored_shape() {
     )];
     assert_eq!(
         detect(&tensors, &meta).architecture,
-        Architecture::WanDitI2v
+        Architecture::WAN_DIT_I2V
     );
 }

@@ -25,7 +25,7 @@
 //! conv2, conv_shortcut` -> `residual.0, residual.2, residual.3, residual.6, shortcut`.
 
 use super::pattern::{exact_div, index, Shapes};
-use super::{Layout, NameContext, NameMap};
+use super::{Architecture, Layout, NameContext, NameMap};
 
 fn join(parts: &[&str]) -> Option<String> {
     if parts.is_empty() {
@@ -35,7 +35,7 @@ fn join(parts: &[&str]) -> Option<String> {
     }
 }
 
-pub(crate) fn map_dit(layout: Layout, name: &str) -> Option<NameMap> {
+pub(crate) fn map_dit(_: &NameContext, layout: Layout, name: &str) -> Option<NameMap> {
     match layout {
         Layout::Diffusers => dit_diffusers_to_original(name).map(NameMap::Rename),
         Layout::Original | Layout::ComfyUi => Some(NameMap::Rename(name.to_string())),
@@ -195,4 +195,25 @@ pub(crate) fn dit_is_i2v(s: &Shapes) -> bool {
         .dim("head.head.weight", 0)
         .and_then(|o| exact_div(o, patch_elems?));
     image_branch || matches!((in_channels, out_channels), (Some(i), Some(o)) if i > o)
+}
+
+/// Wan DiT I2V or T2V ([`dit_is_i2v`]); `shapes` are in original (I2V canonical) names.
+pub(crate) fn resolve_dit(_prefix: &str, shapes: &Shapes) -> Architecture {
+    if dit_is_i2v(shapes) {
+        Architecture::WAN_DIT_I2V
+    } else {
+        Architecture::WAN_DIT_T2V
+    }
+}
+
+/// Wan VAE block structure from diffusers names: residual blocks per level (the decoder's
+/// first up block has one more).
+pub(crate) fn vae_context(ctx: &mut NameContext, layout: Layout, raw: &Shapes) {
+    if layout != Layout::Diffusers {
+        return;
+    }
+    let r = raw.count("decoder.up_blocks.0.resnets.");
+    if r > 1 {
+        ctx.wan_vae_res_blocks = r - 1;
+    }
 }
