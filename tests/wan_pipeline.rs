@@ -1162,3 +1162,82 @@ fn cli_runs_comfyui_fp8_files_without_a_tokenizer_flag() {
         "nijigen video, fp8 files: worst {worst:?} LSB"
     );
 }
+
+/// `nijigen convert` on ComfyUI's fp8 files: the scales are applied (the DiT's fp8 layers come
+/// out as the same F16 values the run loads), the scales, markers and `comfy_quant` tensors
+/// are left out, and the umT5's embedded tokenizer becomes `tokenizer.ggml.*` metadata that
+/// tokenizes like the embedded sentencepiece model.
+#[test]
+fn convert_applies_fp8_scales_and_keeps_the_tokenizer() {
+    let idx = index();
+    let (dir, files) = write_fp8_files("fp8_convert", Fp8Layout::ComfyQuant);
+    let p = |v: &Path| v.to_str().expect("utf-8 path").to_string();
+    let dit_gguf = dir.join("dit-f16.gguf");
+    let o = nijigen(&[
+        "convert",
+        &p(&files.model),
+        "-o",
+        &p(&dit_gguf),
+        "--type",
+        "f16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t5 = files.t5.as_ref().unwrap();
+    let t5_gguf = dir.join("umt5-q8_0.gguf");
+    let o = nijigen(&["convert", &p(t5), "-o", &p(&t5_gguf), "--type", "q8_0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let fp8_names: Vec<&str> = idx["fp8_scaled"]["dit"]["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let from_fp8 = loaded(&files.model);
+    let from_gguf = loaded(&dit_gguf);
+    assert_eq!(
+        from_gguf.len(),
+        from_fp8.len(),
+        "same tensors, no scales or markers"
+    );
+    for name in &fp8_names {
+        let a = from_fp8.iter().find(|t| t.0 == *name).expect("fp8 tensor");
+        let b = from_gguf
+            .iter()
+            .find(|t| t.0 == *name)
+            .expect("gguf tensor");
+        assert!(
+            a == b,
+            "{name}: the converted F16 values differ from the loaded ones"
+        );
+    }
+    let file = nijigen::formats::weights::WeightFile::open_path(&dit_gguf).expect("gguf");
+    assert!(
+        file.tensors().iter().all(|t| !t.name.ends_with("scale")
+            && !t.name.ends_with("comfy_quant")
+            && !t.name.ends_with("scaled_fp8")),
+        "quantization tensors written"
+    );
+    assert!(file.meta("safetensors._quantization_metadata").is_none());
+
+    use nijigen::text::umt5::Umt5Tokenizer;
+    let from_gguf = Umt5Tokenizer::from_gguf_file(&t5_gguf).expect("tokenizer in the GGUF");
+    let spm = Umt5Tokenizer::from_spiece_model("tests/fixtures/umt5_tokenizer/small/spiece.model")
+        .expect("spiece");
+    let s = &idx["settings"];
+    for text in [
+        s["prompt"].as_str().unwrap(),
+        s["negative_prompt"].as_str().unwrap(),
+        "  Ünïcödé  full-width ＡＢＣ, tabs\tand\nnewlines ... 123 ",
+    ] {
+        assert_eq!(
+            from_gguf.encode_wan(text).real(),
+            spm.encode_wan(text).real(),
+            "{text:?}"
+        );
+    }
+    // And it runs as a GGUF umT5 without a tokenizer flag.
+    let o = nijigen(&["info", &p(&t5_gguf)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!common::stdout(&o).contains("quantization:"));
+}

@@ -16,6 +16,7 @@ use crate::quantize::{self, ConvertOptions, Override, Progress, Rules, Target};
 #[command(after_help = "Examples:\n  \
     nijigen convert wan2.1_i2v_480p_14B_fp16.safetensors -o wan-i2v-14b-Q4_K_M.gguf --type q4_k_m\n  \
     nijigen convert model-0000*-of-00002.safetensors -o model-Q8_0.gguf --type q8_0\n  \
+    nijigen convert umt5_xxl_fp8_e4m3fn_scaled.safetensors -o umt5-xxl-Q8_0.gguf --type q8_0\n  \
     nijigen convert unet.safetensors -o unet.gguf --type q4_k_m --tensor-type 'attn2\\.to_v=q8_0' --dry-run")]
 pub struct ConvertArgs {
     /// Input: a .safetensors file, its shards, a *.safetensors.index.json, or a .gguf.

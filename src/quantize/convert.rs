@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use super::rules::{Choice, Override, Rules, Target};
 use crate::formats::gguf::{GgufWriter, TensorDecl};
 use crate::formats::names;
+use crate::formats::quant::{self, Fp8Scaled};
 use crate::formats::weights::WeightFile;
 use crate::formats::{float, DType, FormatError, MetaValue, TensorInfo};
 use crate::ggml::{self, GgmlType};
@@ -61,11 +62,20 @@ pub struct PlannedTensor {
     pub out_bytes: u64,
 }
 
+/// The tensors of `file` that are written: all but the quantization tensors of ComfyUI's
+/// scaled fp8 files (scales, input scales, markers, `comfy_quant`: the scales are applied to
+/// their weights) and raw-byte (U8) tensors such as an embedded tokenizer, which GGUF has no
+/// tensor type for.
+pub fn written(file: &WeightFile) -> impl Iterator<Item = &TensorInfo> {
+    file.tensors()
+        .iter()
+        .filter(|t| t.dtype != DType::U8 && !quant::is_aux_name(&t.name))
+}
+
 /// Chooses every tensor's output type. Fails (before writing anything) on tensors that cannot
 /// be stored, e.g. more dims than GGUF allows.
 pub fn plan(file: &WeightFile, rules: &Rules) -> Result<Vec<PlannedTensor>, ConvertError> {
-    file.tensors()
-        .iter()
+    written(file)
         .map(|t| {
             let shape = if t.shape.is_empty() {
                 vec![1]
@@ -117,7 +127,8 @@ pub fn output_metadata(file: &WeightFile, rules: &Rules, arch: &str) -> Vec<(Str
         } else {
             k.clone()
         };
-        if !OURS.contains(&key.as_str()) {
+        // The scales it describes are applied: the output has no scaled layers.
+        if !OURS.contains(&key.as_str()) && key != "safetensors._quantization_metadata" {
             md.push((key, v.clone()));
         }
     }
@@ -222,10 +233,24 @@ pub fn convert(
             path: opts.output.clone(),
         });
     }
+    let fp8 = Fp8Scaled::read(&file)?;
     let rules = Rules::new(opts.target, opts.overrides.clone());
     let planned = plan(&file, &rules)?;
     let arch = architecture_name(&file);
-    let metadata = output_metadata(&file, &rules, &arch);
+    let mut metadata = output_metadata(&file, &rules, &arch);
+    // An embedded sentencepiece tokenizer (ComfyUI's `spiece_model`) becomes llama.cpp's
+    // `tokenizer.ggml.*` metadata, where GGUF readers (ours, llama.cpp) find it.
+    let spiece = file.tensors().iter().find(|t| {
+        t.dtype == DType::U8 && (t.name == "spiece_model" || t.name.ends_with(".spiece_model"))
+    });
+    if let Some(t) = spiece {
+        if file.meta("tokenizer.ggml.model").is_none() {
+            let path = file.paths().first().cloned().unwrap_or_default();
+            let md = crate::text::umt5::gguf_metadata_from_spiece(file.data(t), &path)
+                .map_err(|e| tensor_err(&file, t, e.to_string()))?;
+            metadata.extend(md);
+        }
+    }
     let decls: Vec<TensorDecl> = planned
         .iter()
         .map(|p| TensorDecl::new(p.name.clone(), p.choice.ty, p.shape.clone()))
@@ -264,10 +289,18 @@ pub fn convert(
         bytes: total_out,
     });
     let mut in_bytes = 0;
-    for (t, p) in file.tensors().iter().zip(&planned) {
+    for (t, p) in written(&file).zip(&planned) {
         let src = file.data(t);
         in_bytes += src.len() as u64;
-        if t.dtype == DType::Ggml(p.choice.ty) {
+        let scale = fp8.as_ref().and_then(|q| q.scale_of(&t.name));
+        if let Some(scale) = scale {
+            let s = file
+                .tensor(scale)
+                .ok_or_else(|| tensor_err(&file, t, format!("its scale \"{scale}\" is missing")))?;
+            let out = convert_scaled(src, t, file.data(s), s, p)
+                .map_err(|what| tensor_err(&file, t, what))?;
+            writer.write_tensor(&p.name, &out)?;
+        } else if t.dtype == DType::Ggml(p.choice.ty) {
             writer.write_tensor(&p.name, src)?;
         } else {
             let out = convert_tensor(src, t.dtype, p.choice.ty, &p.shape, p.out_bytes)
@@ -331,6 +364,37 @@ fn convert_tensor(
             decode(from, s, &mut vals)?;
             ggml::quantize(to, &vals, row, dst).map_err(|e| e.to_string())?;
             Ok::<(), String>(())
+        })?;
+    Ok(out)
+}
+
+/// A scaled fp8 weight: dequantized whole (float(q) x scale, in f32), then stored as planned.
+fn convert_scaled(
+    src: &[u8],
+    t: &TensorInfo,
+    scale: &[u8],
+    s: &TensorInfo,
+    p: &PlannedTensor,
+) -> Result<Vec<u8>, String> {
+    let mut vals = vec![0f32; t.numel() as usize];
+    decode(t.dtype, src, &mut vals)?;
+    let mut sv = vec![0f32; s.numel() as usize];
+    decode(s.dtype, scale, &mut sv).map_err(|e| format!("its scale: {e}"))?;
+    quant::apply_scale(t, &mut vals, &sv, &s.shape)?;
+    let row = p.shape.last().copied().unwrap_or(1) as usize;
+    let out_row = p
+        .choice
+        .ty
+        .bytes_for(row as u64)
+        .ok_or("output row is not a whole number of blocks")? as usize;
+    let rows_per_chunk = (CHUNK_VALUES / row.max(1)).max(1);
+    let mut out = vec![0u8; p.out_bytes as usize];
+    out.par_chunks_mut(out_row * rows_per_chunk)
+        .zip(vals.par_chunks(row * rows_per_chunk))
+        .try_for_each(|(dst, v)| {
+            ggml::quantize(p.choice.ty, v, row, dst)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })?;
     Ok(out)
 }

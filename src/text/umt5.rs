@@ -52,6 +52,7 @@ use std::path::{Path, PathBuf};
 
 use crate::formats::FormatError;
 pub use clean::{html_unescape, is_py_space, wan_clean};
+pub use load::gguf_metadata_from_spiece;
 use normalize::Mode;
 use trie::Trie;
 

@@ -478,6 +478,10 @@ impl Detection {
         if stored == "scaled_fp8" || stored.ends_with(".scaled_fp8") {
             return Some(NameMap::Rename("scaled_fp8".into()));
         }
+        // ComfyUI's text encoder files embed their sentencepiece model.
+        if stored == "spiece_model" {
+            return Some(NameMap::Rename("spiece_model".into()));
+        }
         match self.architecture {
             Architecture::UNKNOWN => None,
             Architecture::LORA => lora::normalize(self.layout, stored),
@@ -598,8 +602,15 @@ fn map_component(
     if rest == "scaled_fp8" {
         return Some(NameMap::Rename("scaled_fp8".into()));
     }
-    // ComfyUI "scaled fp8" files store a scale next to each fp8 weight.
-    for aux in [".scale_weight", ".scale_input"] {
+    // ComfyUI's scaled fp8 files store a scale (and a `comfy_quant` JSON) next to each fp8
+    // weight (crate::formats::quant); they map next to their weight's canonical name.
+    for aux in [
+        ".scale_weight",
+        ".scale_input",
+        ".weight_scale",
+        ".input_scale",
+        ".comfy_quant",
+    ] {
         if let Some(base) = rest.strip_suffix(aux) {
             return match map_plain(ctx, arch, layout, &format!("{base}.weight"))? {
                 NameMap::Rename(t) => t

@@ -524,6 +524,17 @@ fn scaled_fp8_aux_tensors() {
         normalize(Architecture::WAN_DIT_I2V, Layout::Original, "scaled_fp8"),
         rn("scaled_fp8")
     );
+    // The per-layer layout's tensors.
+    for aux in ["weight_scale", "input_scale", "comfy_quant"] {
+        assert_eq!(
+            normalize(
+                Architecture::WAN_DIT_I2V,
+                Layout::Original,
+                &format!("model.diffusion_model.blocks.3.ffn.0.{aux}")
+            ),
+            rn(&format!("blocks.3.ffn.0.{aux}"))
+        );
+    }
 }
 
 #[test]

@@ -7,6 +7,8 @@ mod tokenizer_json;
 
 use std::path::Path;
 
+pub use gguf::gguf_metadata_from_spiece;
+
 use super::trie::Trie;
 use super::{PieceKind, Result, Umt5Tokenizer, Umt5TokenizerError};
 

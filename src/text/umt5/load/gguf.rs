@@ -197,3 +197,63 @@ fn meta_int(v: &MetaValue) -> Option<i64> {
         _ => v.as_u64().and_then(|x| i64::try_from(x).ok()),
     }
 }
+
+/// The `tokenizer.ggml.*` metadata llama.cpp's T5 converter writes, from a sentencepiece model
+/// (`bytes`; `path` for messages): what `nijigen convert` stores in a GGUF made from a file
+/// that embeds its tokenizer (ComfyUI's `spiece_model`), so the GGUF keeps it.
+/// [`Umt5Tokenizer::from_gguf`] reads it back to the same tokenizer.
+pub fn gguf_metadata_from_spiece(bytes: &[u8], path: &Path) -> Result<Vec<(String, MetaValue)>> {
+    let m = crate::text::umt5::proto::parse(bytes).map_err(|e| {
+        Umt5TokenizerError::malformed(path, format!("not a sentencepiece model: {e}"))
+    })?;
+    if m.model_type != 1 {
+        return Err(Umt5TokenizerError::unsupported(
+            path,
+            format!("sentencepiece model type {}, not Unigram", m.model_type),
+        ));
+    }
+    let key = |k: &str| format!("tokenizer.ggml.{k}");
+    let id = |v: i32| MetaValue::U32(u32::try_from(v).unwrap_or(0));
+    let mut md = vec![
+        (key("model"), MetaValue::String("t5".into())),
+        (
+            key("tokens"),
+            MetaValue::Array(
+                m.pieces
+                    .iter()
+                    .map(|p| MetaValue::String(p.piece.clone()))
+                    .collect(),
+            ),
+        ),
+        (
+            key("scores"),
+            MetaValue::Array(m.pieces.iter().map(|p| MetaValue::F32(p.score)).collect()),
+        ),
+        (
+            key("token_type"),
+            MetaValue::Array(m.pieces.iter().map(|p| MetaValue::I32(p.kind)).collect()),
+        ),
+        (key("add_space_prefix"), MetaValue::Bool(m.add_dummy_prefix)),
+        (
+            key("remove_extra_whitespaces"),
+            MetaValue::Bool(m.remove_extra_whitespaces),
+        ),
+        (key("unknown_token_id"), id(m.unk_id)),
+        (key("eos_token_id"), id(m.eos_id)),
+        (key("padding_token_id"), id(m.pad_id.max(0))),
+        (key("add_bos_token"), MetaValue::Bool(false)),
+        (key("add_eos_token"), MetaValue::Bool(true)),
+    ];
+    if !m.precompiled_charsmap.is_empty() {
+        md.push((
+            key("precompiled_charsmap"),
+            MetaValue::Array(
+                m.precompiled_charsmap
+                    .iter()
+                    .map(|&b| MetaValue::U8(b))
+                    .collect(),
+            ),
+        ));
+    }
+    Ok(md)
+}
