@@ -11,6 +11,9 @@
 //! - `wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors`: the same DiT as ComfyUI's float8 files
 //!   (matrices F8_E4M3, vectors F32; 16.4 GB apparent size), and
 //!   `wan2.1_i2v_480p_14B_4blocks_fp8_e4m3fn.safetensors`, its first 4 blocks (1.8 GB);
+//! - `wan2.1_i2v_480p_14B_fp8_scaled.safetensors` and its 4-block cut: as Comfy-Org's scaled
+//!   fp8 files (`scaled_fp8` marker; every 2-D Linear weight F8_E4M3 with an F32 scalar
+//!   `<layer>.scale_weight`; the rest F16). The scales read as zero: plan and time only;
 //! - `sdxl_checkpoint_f16.safetensors`: an SDXL single-file checkpoint (ldm UNet, CLIP-L HF
 //!   names, bigG open_clip names, ldm VAE), F16.
 //!
@@ -536,6 +539,30 @@ fn fp8_type(name: &str, shape: &[u64]) -> &'static str {
     }
 }
 
+/// `dit` as Comfy-Org's `*_fp8_scaled.safetensors`: each 2-D Linear weight in F8_E4M3 with an
+/// F32 scalar `<layer>.scale_weight`, the `scaled_fp8` marker, everything else F16.
+fn fp8_scaled(dit: &Shapes) -> (Shapes, impl Fn(&str, &[u64]) -> &'static str) {
+    let mut t = Shapes::new();
+    for (n, s) in dit {
+        t.push((n.clone(), s.clone()));
+        if s.len() == 2 && n.ends_with(".weight") {
+            let layer = n.strip_suffix(".weight").unwrap_or(n);
+            t.push((format!("{layer}.scale_weight"), vec![]));
+        }
+    }
+    t.push(("scaled_fp8".into(), vec![0]));
+    let ty = |n: &str, s: &[u64]| {
+        if n == "scaled_fp8" || (s.len() == 2 && n.ends_with(".weight")) {
+            "F8_E4M3"
+        } else if n.ends_with(".scale_weight") {
+            "F32"
+        } else {
+            "F16"
+        }
+    };
+    (t, ty)
+}
+
 /// A safetensors header with each tensor of the type `dtype` gives it ("F8_E4M3", "F16",
 /// "BF16", "F32"), data left as a hole.
 fn safetensors_typed<'a>(
@@ -620,6 +647,13 @@ fn main() -> anyhow::Result<()> {
         &wan_dit_blocks(4),
         fp8_type,
     )?;
+    for (name, blocks) in [
+        ("wan2.1_i2v_480p_14B_fp8_scaled.safetensors", 40),
+        ("wan2.1_i2v_480p_14B_4blocks_fp8_scaled.safetensors", 4),
+    ] {
+        let (t, ty) = fp8_scaled(&wan_dit_blocks(blocks));
+        safetensors_typed(&dir.join(name), &t, ty)?;
+    }
     let mut sdxl = Shapes::new();
     sdxl_unet(&mut sdxl);
     sdxl_clip_l(&mut sdxl);

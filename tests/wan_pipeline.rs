@@ -1139,6 +1139,51 @@ fn cli_runs_comfyui_fp8_files_without_a_tokenizer_flag() {
     assert_eq!(v["fp8_scaled"]["layers"], 32);
     assert_eq!(v["embedded_tokenizer"], false);
 
+    // The plan counts the DiT as loaded (fp8 layers as F16) and says so.
+    let o = nijigen(&[
+        "plan",
+        "video",
+        "--model",
+        &p(&files.model),
+        "--t5",
+        &t5,
+        "--clip-vision",
+        &p(files.clip_vision.as_ref().unwrap()),
+        "--vae",
+        &p(files.vae.as_ref().unwrap()),
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--frames",
+        "5",
+        "--vram-budget",
+        "1G",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout).expect("plan json");
+    let stage = plan.get("stages").and_then(|s| s.get(0)).unwrap_or(&plan);
+    let dit = stage["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .find(|c| c["component"] == "dit")
+        .expect("dit");
+    let loaded_bytes: u64 = loaded(&files.model)
+        .iter()
+        .map(|(_, _, b)| nijigen::runtime::device::padded(b.len() as u64))
+        .sum();
+    assert_eq!(dit["weight_bytes"].as_u64(), Some(loaded_bytes), "{dit}");
+    let notes = stage["notes"].as_array().expect("notes");
+    for c in ["dit", "t5"] {
+        let want = format!("{c}: fp8 scaled (ComfyUI) weights");
+        assert!(
+            notes.iter().any(|n| n.as_str().unwrap().starts_with(&want)),
+            "{notes:?}"
+        );
+    }
+
     let frames_dir = dir.join("frames");
     let args = video_args(&idx, &files, &dir.join("out.mp4"), &frames_dir);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -94,6 +94,9 @@ fn print_table(out: &mut impl Write, stage: &StagePlan) -> std::io::Result<()> {
             Action::Free => format!("free {}", s.component),
         })
         .collect();
+    for n in &stage.notes {
+        writeln!(out, "note: {n}")?;
+    }
     writeln!(out, "order: {}", order.join(", "))?;
     writeln!(
         out,
@@ -116,6 +119,7 @@ fn plan_json(stage: &StagePlan) -> serde_json::Value {
     json!({
         "request": what,
         "device": device.to_string(),
+        "notes": stage.notes,
         "budget": p.budget,
         "reserve": p.reserve,
         "components": p.components.iter().map(|c| {

@@ -1083,6 +1083,7 @@ pub fn plan_image(
     let forwards = if req.cfg == 1.0 { 1 } else { 2 } * req.batch.max(1) as u32;
     let mut specs = vec![spec(&UNET, &unet, &shapes)?.with_forwards(forwards)];
     let mut names = vec![(UNET.component, unet.file_name())];
+    let mut notes: Vec<String> = unet.conversion(UNET.component).into_iter().collect();
     for (net, explicit) in [
         (&CLIP_L, &files.clip_l),
         (&CLIP_G, &files.clip_g),
@@ -1091,7 +1092,8 @@ pub fn plan_image(
         let part = open_required(opened, explicit.as_ref().unwrap_or(model), net)?;
         specs.push(spec(net, &part, &shapes)?);
         names.push((net.component, part.file_name()));
+        notes.extend(part.conversion(net.component));
     }
     let what = format!("image {}x{}", req.width, req.height);
-    stage_plan(memory, req.vae_tile, specs, names, what)
+    stage_plan(memory, req.vae_tile, specs, names, notes, what)
 }

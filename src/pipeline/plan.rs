@@ -19,6 +19,7 @@ pub use crate::runtime::ComputeDevice;
 
 use super::{Memory, PipelineError};
 use crate::formats::names::Architecture;
+use crate::formats::DType;
 use crate::models::network::{self, Network};
 use crate::runtime::device::padded;
 use crate::runtime::plan::{self, ComponentSpec, PlanInput, PlanOptions};
@@ -102,6 +103,9 @@ pub struct StagePlan {
     /// "image 1024x1024", "video 832x480x81".
     pub what: String,
     pub device: ComputeDevice,
+    /// What loading changes, per component: "dit: fp8 scaled (ComfyUI) 15.3 GiB in the file,
+    /// F16 once loaded: 30.5 GiB of RAM for the whole run".
+    pub notes: Vec<String>,
 }
 
 impl StagePlan {
@@ -338,9 +342,38 @@ impl Part {
             .filter(move |t| t.name.starts_with(&self.prefix))
     }
 
-    /// Device bytes of the weights: each tensor padded as device buffers place it.
+    /// What loading converts in this part, for the plan: fp8 weights become F16 copies held in
+    /// RAM (`None` when everything is used in place from the file).
+    pub(crate) fn conversion(&self, component: Component) -> Option<String> {
+        let f8: Vec<_> = self
+            .tensors()
+            .filter(|t| matches!(t.dtype, DType::F8E4M3 | DType::F8E5M2) && t.numel() > 0)
+            .collect();
+        if f8.is_empty() {
+            return None;
+        }
+        let stored: u64 = f8.iter().map(|t| t.size).sum();
+        let loaded: u64 = f8.iter().map(|t| self.store.loaded_size(t)).sum();
+        let what = if self.store.fp8_scaled().is_some() {
+            "fp8 scaled (ComfyUI)"
+        } else {
+            "fp8"
+        };
+        Some(format!(
+            "{}: {what} weights, {} in the file, converted to F16 at load: {} of RAM for the \
+             whole run (a GGUF from `nijigen convert --type q8_0` is used in place instead)",
+            component.name(),
+            gib(stored),
+            gib(loaded)
+        ))
+    }
+
+    /// Device bytes of the weights as loaded (fp8 as F16), each tensor padded as device buffers
+    /// place it.
     pub(crate) fn bytes(&self) -> u64 {
-        self.tensors().map(|t| padded(t.size)).sum()
+        self.tensors()
+            .map(|t| padded(self.store.loaded_size(t)))
+            .sum()
     }
 
     /// Bytes per block in execution order (UNet: input, middle, output).
@@ -350,8 +383,9 @@ impl Part {
             let Some(key) = block_key(&t.name) else {
                 continue;
             };
+            let size = padded(self.store.loaded_size(t));
             if let Some(e) = by.iter_mut().find(|e| e.2 == key) {
-                e.3 += padded(t.size);
+                e.3 += size;
                 continue;
             }
             let group = if key.contains("middle_block") || key.contains("mid_block") {
@@ -366,7 +400,7 @@ impl Part {
                 .next()
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
-            by.push((group, index, key, padded(t.size)));
+            by.push((group, index, key, size));
         }
         by.sort();
         by.into_iter().map(|e| e.3).collect()
@@ -380,6 +414,11 @@ impl Part {
     }
 }
 
+/// "15.3 GiB".
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
 pub(crate) fn nothing_to_plan(what: &'static str, flag: &'static str) -> PipelineError {
     PipelineError::NothingToPlan { what, flag }
 }
@@ -390,6 +429,7 @@ pub(crate) fn stage_plan(
     vae_tile: Option<u32>,
     components: Vec<ComponentSpec>,
     files: Vec<(Component, String)>,
+    notes: Vec<String>,
     what: String,
 ) -> Result<StagePlan, PipelineError> {
     let device = memory.device;
@@ -413,6 +453,7 @@ pub(crate) fn stage_plan(
         files,
         what,
         device,
+        notes,
     })
 }
 

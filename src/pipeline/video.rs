@@ -1024,6 +1024,7 @@ pub fn plan_video(
     let forwards = if req.cfg == 1.0 { 1 } else { 2 };
     let mut specs = vec![spec(&DIT, &dit, &shapes)?.with_forwards(forwards)];
     let mut names = vec![(DIT.component, dit.file_name())];
+    let mut notes: Vec<String> = dit.conversion(DIT.component).into_iter().collect();
     for (net, path, required) in [
         (&T5, &files.t5, true),
         (&CLIP_VISION, &files.clip_vision, false),
@@ -1038,9 +1039,10 @@ pub fn plan_video(
         let part = open_required(opened, path, net)?;
         specs.push(spec(net, &part, &shapes)?);
         names.push((net.component, part.file_name()));
+        notes.extend(part.conversion(net.component));
     }
     let what = format!("video {}x{}x{}", req.width, req.height, req.frames);
-    stage_plan(memory, req.vae_tile, specs, names, what)
+    stage_plan(memory, req.vae_tile, specs, names, notes, what)
 }
 
 #[cfg(test)]

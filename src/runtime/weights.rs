@@ -98,6 +98,17 @@ impl WeightStore {
             .map(|t| self.file.data(t))
     }
 
+    /// Bytes stored tensor `t` takes once loaded ([`WeightStore::load_cpu`]): its stored size
+    /// where ggml uses it in place, its conversion's size otherwise (fp8 -> F16: twice the
+    /// file's bytes), 0 for what is not loaded as a weight (scales, markers, U8 data). From the
+    /// tensor table only.
+    pub fn loaded_size(&self, t: &TensorInfo) -> u64 {
+        if t.dtype == DType::U8 || quant::is_aux_name(&t.name) || t.numel() == 0 {
+            return 0;
+        }
+        self.out_type(t).bytes_for(t.numel()).unwrap_or(t.size)
+    }
+
     /// Whether stored tensor `t` carries a scale (it is then always converted).
     fn scaled(&self, t: &TensorInfo) -> bool {
         self.fp8
