@@ -831,23 +831,26 @@ impl<'w> WanDit<'w> {
 
 // The network this model file describes (see `super::network`).
 
+/// The first name segments of a Wan DiT's tensors (original and diffusers names).
+const DIT_ROOTS: &[&[&str]] = &[
+    &["patch_embedding"],
+    &["text_embedding"],
+    &["time_embedding"],
+    &["time_projection"],
+    &["blocks"],
+    &["head"],
+    &["img_emb"],
+    &["condition_embedder"],
+    &["scale_shift_table"],
+    &["proj_out"],
+];
+
 /// The Wan I2V DiT's names: original Wan, or diffusers mapped onto them
 /// (`names::wan::map_dit`).
 pub static I2V_NAMES: Naming = Naming {
     architecture: Architecture::WAN_DIT_I2V,
     description: "Wan image-to-video diffusion transformer",
-    roots: &[
-        &["patch_embedding"],
-        &["text_embedding"],
-        &["time_embedding"],
-        &["time_projection"],
-        &["blocks"],
-        &["head"],
-        &["img_emb"],
-        &["condition_embedder"],
-        &["scale_shift_table"],
-        &["proj_out"],
-    ],
+    roots: DIT_ROOTS,
     map: names::wan::map_dit,
 };
 
@@ -855,18 +858,7 @@ pub static I2V_NAMES: Naming = Naming {
 pub static T2V_NAMES: Naming = Naming {
     architecture: Architecture::WAN_DIT_T2V,
     description: "Wan text-to-video diffusion transformer",
-    roots: &[
-        &["patch_embedding"],
-        &["text_embedding"],
-        &["time_embedding"],
-        &["time_projection"],
-        &["blocks"],
-        &["head"],
-        &["img_emb"],
-        &["condition_embedder"],
-        &["scale_shift_table"],
-        &["proj_out"],
-    ],
+    roots: DIT_ROOTS,
     map: names::wan::map_dit,
 };
 
