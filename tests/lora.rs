@@ -678,3 +678,90 @@ fn names_fixture_wan_keys_resolve() {
         );
     }
 }
+
+/// The Wan LoRA on a ComfyUI scaled fp8 base (per-layer `comfy_quant` layout, names under
+/// `model.diffusion_model.`): it resolves against the fp8 file's names, applies to every
+/// target, and gives exactly the output of the same LoRA on a plain file holding the
+/// dequantized weights (fp8 x scale as F16, the other tensors F32): the patched weight is the
+/// exact dequantized one.
+#[test]
+fn wan_lora_on_an_fp8_scaled_base_patches_the_dequantized_weights() {
+    use common::{fp8_quantize, write_safetensors_raw, RawTensor};
+    let fx = index(DIR);
+    let wix = index("tests/fixtures/wan_dit");
+    let case = &wix["t2v"];
+    let dir = tempfile::tempdir().unwrap();
+    let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let (mut fp8, mut plain): (Vec<RawTensor>, Vec<RawTensor>) = (Vec::new(), Vec::new());
+    for (name, shape, vals) in recipe_tensors(&case["tensors"]) {
+        let stored = format!("model.diffusion_model.{name}");
+        if shape.len() == 2 && name.ends_with(".weight") {
+            let (q, scale) = fp8_quantize(&vals);
+            let deq: Vec<u8> = q
+                .iter()
+                .flat_map(|&b| {
+                    let v = nijigen::formats::float::f8e4m3_to_f32(b) * scale;
+                    half::f16::from_f32(v).to_le_bytes()
+                })
+                .collect();
+            let layer = stored.strip_suffix(".weight").unwrap().to_string();
+            let conf = br#"{"format": "float8_e4m3fn"}"#.to_vec();
+            fp8.push((
+                format!("{layer}.comfy_quant"),
+                "U8",
+                vec![conf.len() as u64],
+                conf,
+            ));
+            fp8.push((
+                format!("{layer}.weight_scale"),
+                "F32",
+                vec![],
+                f32_bytes(&[scale]),
+            ));
+            fp8.push((stored.clone(), "F8_E4M3", shape.clone(), q));
+            plain.push((stored, "F16", shape, deq));
+        } else {
+            fp8.push((stored.clone(), "F32", shape.clone(), f32_bytes(&vals)));
+            plain.push((stored, "F32", shape, f32_bytes(&vals)));
+        }
+    }
+    let lora = lora_file(
+        dir.path(),
+        "wan_lora.safetensors",
+        &fx["wan"]["lora"],
+        St::F32,
+    );
+    let mult = fx["wan"]["multiplier"].as_f64().unwrap() as f32;
+    let (x, xs) = read_f32_entry("tests/fixtures/wan_dit", &case["x"]);
+    let (text, _) = read_f32_entry("tests/fixtures/wan_dit", &wix["text"]);
+    let t = case["timestep"].as_f64().unwrap() as f32;
+    let run = |name: &str, tensors: &[RawTensor], with_lora: bool| -> Vec<f32> {
+        let path = dir.path().join(name);
+        write_safetensors_raw(&path, &[], tensors);
+        let store = WeightStore::open_path(&path).unwrap();
+        let set = store.load_cpu(|_| true).unwrap();
+        let ad = Adapters::build(&set, "", LoraTarget::WanDit, &[(&lora, mult)]).unwrap();
+        let rep = &ad.reports()[0];
+        assert!(rep.unmatched.is_empty(), "{name}: {:?}", rep.unmatched);
+        assert_eq!(rep.applied, 6, "{name}");
+        let mut dit = WanDit::new(&set, "", 2).unwrap();
+        if with_lora {
+            dit.set_adapters(Some(&ad)).unwrap();
+        }
+        dit.forward(&x, t, &text, None, xs[1], xs[2], xs[3])
+            .unwrap()
+    };
+    let on_fp8 = run("dit_fp8_scaled.safetensors", &fp8, true);
+    let on_plain = run("dit_dequantized.safetensors", &plain, true);
+    let base = run("dit_fp8_scaled.safetensors", &fp8, false);
+    let change = rel_err(&on_fp8, &base);
+    eprintln!("wan lora on an fp8 base: changes the output by {change:.2e}");
+    assert!(
+        change > 1e-2,
+        "the LoRA did not change the output ({change})"
+    );
+    assert!(
+        on_fp8 == on_plain,
+        "LoRA on the fp8 base differs from the dequantized base"
+    );
+}

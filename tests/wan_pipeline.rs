@@ -28,7 +28,9 @@ mod common;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use common::{hash_values, nijigen, read_f32_entry, rel_err, stderr, write_safetensors, St};
+use common::{
+    fp8_quantize, hash_values, nijigen, read_f32_entry, rel_err, stderr, write_safetensors, St,
+};
 use nijigen::formats::gguf::{GgufFile, GgufWriter, TensorDecl};
 use nijigen::formats::MetaValue;
 use nijigen::ggml::GgmlType;
@@ -876,19 +878,6 @@ enum Fp8Layout {
     ComfyQuant,
     /// `__metadata__._quantization_metadata` with `<layer>.weight_scale`.
     QuantMetadata,
-}
-
-/// ComfyUI's default fp8 quantization of a weight (comfy/quant_ops.py
-/// `TensorCoreFP8Layout.quantize`): scale = amax|w| / 448, q = fp8(w * (1 / scale)), in f32.
-fn fp8_quantize(vals: &[f32]) -> (Vec<u8>, f32) {
-    let amax = vals.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let scale = amax / 448.0;
-    let inv = 1.0f32 / scale;
-    let scaled: Vec<f32> = vals.iter().map(|v| v * inv).collect();
-    let mut q = vec![0u8; vals.len()];
-    nijigen::formats::float::from_f32(nijigen::formats::DType::F8E4M3, &scaled, &mut q)
-        .expect("f8");
-    (q, scale)
 }
 
 /// The stored tensors of one file with the `fp8_scaled` names (recipe names) quantized:

@@ -193,3 +193,16 @@ pub fn write_safetensors_raw(path: &Path, metadata: &[(&str, &str)], tensors: &[
     out.extend_from_slice(&data);
     std::fs::write(path, out).expect("write safetensors");
 }
+
+/// ComfyUI's default fp8 quantization of a weight (comfy/quant_ops.py
+/// `TensorCoreFP8Layout.quantize`): scale = amax|w| / 448, q = fp8(w * (1 / scale)), in f32.
+pub fn fp8_quantize(vals: &[f32]) -> (Vec<u8>, f32) {
+    let amax = vals.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let scale = amax / 448.0;
+    let inv = 1.0f32 / scale;
+    let scaled: Vec<f32> = vals.iter().map(|v| v * inv).collect();
+    let mut q = vec![0u8; vals.len()];
+    nijigen::formats::float::from_f32(nijigen::formats::DType::F8E4M3, &scaled, &mut q)
+        .expect("f8");
+    (q, scale)
+}
