@@ -1129,30 +1129,41 @@ fn cli_runs_comfyui_fp8_files_without_a_tokenizer_flag() {
     assert_eq!(v["embedded_tokenizer"], false);
 
     // The plan counts the DiT as loaded (fp8 layers as F16) and says so.
-    let o = nijigen(&[
-        "plan",
-        "video",
-        "--model",
-        &p(&files.model),
-        "--t5",
-        &t5,
-        "--clip-vision",
-        &p(files.clip_vision.as_ref().unwrap()),
-        "--vae",
-        &p(files.vae.as_ref().unwrap()),
-        "--width",
-        "64",
-        "--height",
-        "48",
-        "--frames",
-        "5",
-        "--vram-budget",
-        "1G",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let plan: Value = serde_json::from_slice(&o.stdout).expect("plan json");
-    let stage = plan.get("stages").and_then(|s| s.get(0)).unwrap_or(&plan);
+    let model = p(&files.model);
+    let clip = p(files.clip_vision.as_ref().unwrap());
+    let vae = p(files.vae.as_ref().unwrap());
+    let plan_stage = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "plan",
+            "video",
+            "--model",
+            &model,
+            "--t5",
+            &t5,
+            "--clip-vision",
+            &clip,
+            "--vae",
+            &vae,
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--frames",
+            "5",
+            "--vram-budget",
+            "1G",
+            "--json",
+        ];
+        args.extend(extra);
+        let o = nijigen(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let plan: Value = serde_json::from_slice(&o.stdout).expect("plan json");
+        plan.get("stages")
+            .and_then(|s| s.get(0))
+            .unwrap_or(&plan)
+            .clone()
+    };
+    let stage = plan_stage(&[]);
     let dit = stage["components"]
         .as_array()
         .expect("components")
@@ -1168,10 +1179,62 @@ fn cli_runs_comfyui_fp8_files_without_a_tokenizer_flag() {
     for c in ["dit", "t5"] {
         let want = format!("{c}: fp8 scaled (ComfyUI) weights");
         assert!(
-            notes.iter().any(|n| n.as_str().unwrap().starts_with(&want)),
-            "{notes:?}"
+            notes.iter().any(|n| n.as_str().unwrap().starts_with(&want)
+                && n.as_str()
+                    .unwrap()
+                    .contains("made F16 tensor by tensor as they are copied")),
+            "on the device: {notes:?}"
         );
     }
+
+    // Streamed, the DiT's RAM is its blocks' fp8 bytes in the file (what the uploads read),
+    // not F16 copies; on the CPU, the umT5 holds its F16 copies (this file fits the RAM).
+    let stage = plan_stage(&["--offload", "blocks", "--text-encoder-device", "cpu"]);
+    let comp = |name: &str| {
+        stage["components"]
+            .as_array()
+            .expect("components")
+            .iter()
+            .find(|c| c["component"] == name)
+            .cloned()
+            .expect("component")
+    };
+    let (dit, t5c) = (comp("dit"), comp("t5"));
+    assert!(
+        dit["placement"].as_str().unwrap().starts_with("streamed"),
+        "{dit}"
+    );
+    assert_eq!(t5c["placement"], "cpu", "{t5c}");
+    let file = nijigen::formats::weights::WeightFile::open_path(&files.model).expect("open");
+    let fp8_in_blocks: u64 = file
+        .tensors()
+        .iter()
+        .filter(|t| t.name.contains("blocks.") && t.dtype == nijigen::formats::DType::F8E4M3)
+        .map(|t| t.size)
+        .sum();
+    let dit_ram = dit["ram_bytes"].as_u64().unwrap();
+    let dit_weights = dit["weight_bytes"].as_u64().unwrap();
+    assert!(
+        dit_ram >= fp8_in_blocks && dit_ram < fp8_in_blocks * 2 && dit_ram < dit_weights,
+        "streamed dit RAM {dit_ram}: blocks' fp8 {fp8_in_blocks}, weights {dit_weights}"
+    );
+    let notes: Vec<&str> = stage["notes"]
+        .as_array()
+        .expect("notes")
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("t5: fp8 scaled (ComfyUI) weights")
+                && n.contains("converted to F16 at load")),
+        "{notes:?}"
+    );
+    assert!(
+        t5c["ram_bytes"].as_u64().unwrap() >= t5c["weight_bytes"].as_u64().unwrap(),
+        "{t5c}"
+    );
 
     let frames_dir = dir.join("frames");
     let args = video_args(&idx, &files, &dir.join("out.mp4"), &frames_dir);
@@ -1274,4 +1337,155 @@ fn convert_applies_fp8_scales_and_keeps_the_tokenizer() {
     let o = nijigen(&["info", &p(&t5_gguf)]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!common::stdout(&o).contains("quantization:"));
+}
+
+/// Tensors by name, type and bytes.
+type Tensors = Vec<(String, GgmlType, Vec<u8>)>;
+
+/// Every tensor of `path` loaded with `how`, then placed resident on a (simulated) device:
+/// (name, type, bytes on the device), and the loaded set's copied and deferred bytes.
+fn placed_tensors(path: &Path, how: nijigen::runtime::Fp8Load) -> (Tensors, u64, u64) {
+    use nijigen::runtime::{Accountant, DeviceWeights, Residency};
+    let store = nijigen::runtime::WeightStore::open_path(path).expect("open");
+    let set = store.load_with(|_| true, how).expect("load");
+    let backend = nijigen::ggml::Backend::cpu(1).expect("backend");
+    let acct = Accountant::default();
+    let dev =
+        DeviceWeights::build(&set, &backend, &Residency::Resident, &acct, "dit").expect("place");
+    let tensors = set
+        .names()
+        .iter()
+        .map(|n| {
+            let t = dev.set().get(n).expect("tensor");
+            (
+                n.clone(),
+                t.ty(),
+                nijigen::ggml::tensor_get(t).expect("bytes"),
+            )
+        })
+        .collect();
+    (tensors, set.copied_bytes(), set.deferred_bytes())
+}
+
+/// A component on the device makes its fp8 weights as F16 tensor by tensor while they are
+/// copied there: the loaded set holds no copy (nothing copied out of the file, every fp8
+/// layer deferred), and what arrives on the device is byte for byte what converting at load
+/// gives. A run under a budget (DiT streamed, encoders resident) then gives exactly the latent
+/// and frames of the run that converts at load.
+#[test]
+fn fp8_weights_on_the_device_are_made_at_upload_without_a_copy_in_ram() {
+    use nijigen::pipeline::Memory;
+    use nijigen::runtime::plan::Placement;
+    use nijigen::runtime::{Accountant, Fp8Load};
+    let idx = index();
+    let (_dir, files) = write_fp8_files("fp8_upload", Fp8Layout::ScaledFp8);
+    let fp8_f16: u64 = idx["fp8_scaled"]["dit"]["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let (_, _, b) = loaded(&files.model)
+                .into_iter()
+                .find(|t| t.0 == n.as_str().unwrap())
+                .expect("fp8 tensor");
+            b.len() as u64
+        })
+        .sum();
+    let (at_load, copied, deferred) = placed_tensors(&files.model, Fp8Load::F16);
+    assert_eq!((copied >= fp8_f16, deferred), (true, 0));
+    let (at_upload, copied, deferred) = placed_tensors(&files.model, Fp8Load::OnUpload);
+    assert_eq!(copied, 0, "a deferred load copies nothing out of the file");
+    assert_eq!(deferred, fp8_f16, "every fp8 layer is deferred");
+    assert!(at_upload == at_load, "made at upload != converted at load");
+
+    let req = request(&idx);
+    let base = video::generate(&files, &req, &opts(), &mut |_| {}).expect("fp8, at load");
+    let memory = Memory {
+        accountant: Accountant::with_budget(256 << 20),
+        placements: vec![
+            (nijigen::models::T5.component, Placement::Resident),
+            (nijigen::models::CLIP_VISION.component, Placement::Resident),
+            (
+                nijigen::models::DIT.component,
+                Placement::Streamed {
+                    blocks: vec![0, 0],
+                    slots: 2,
+                },
+            ),
+            (nijigen::models::VAE_WAN.component, Placement::Resident),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(
+        memory.fp8_load(nijigen::models::DIT.component),
+        Fp8Load::OnUpload
+    );
+    let o = RunOptions {
+        memory: Some(memory),
+        ..opts()
+    };
+    let out = video::generate(&files, &req, &o, &mut |_| {}).expect("fp8, at upload");
+    assert!(out.latent == base.latent, "latent differs");
+    assert!(out.frames == base.frames, "frames differ");
+}
+
+/// On the CPU, fp8 weights can be converted to Q8_0 at load (`Fp8Cpu::Q8_0`, what `auto`
+/// picks when F16 copies would not fit the RAM): 2-D layers whose rows are whole Q8_0 blocks
+/// become Q8_0 within Q8_0's rounding (at most half a step, absmax/254, per 32-value block) of
+/// the F16 values, the rest F16 as before; a run stays as close to the fp8 reference as the
+/// Q8_0 GGUF DiT stays to its own (tolerances of `q8_0_dit_stays_close_to_the_reference`).
+#[test]
+fn fp8_weights_on_the_cpu_convert_to_q8_0_when_asked() {
+    use nijigen::pipeline::plan::Fp8Cpu;
+    use nijigen::runtime::Fp8Load;
+    let idx = index();
+    let (_dir, files) = write_fp8_files("fp8_q8", Fp8Layout::ComfyQuant);
+    let f16 = loaded(&files.model);
+    let (q8, _, deferred) = placed_tensors(&files.model, Fp8Load::Q8_0);
+    assert_eq!(deferred, 0);
+    let mut quantized = 0;
+    for ((n, ty, bytes), (n16, ty16, b16)) in q8.iter().zip(&f16) {
+        assert_eq!(n, n16);
+        if *ty == *ty16 {
+            assert!(bytes == b16, "{n}: changed without being quantized");
+            continue;
+        }
+        assert_eq!((*ty, *ty16), (GgmlType::Q8_0, GgmlType::F16), "{n}");
+        quantized += 1;
+        let want: Vec<f32> = b16
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        let mut got = vec![0f32; want.len()];
+        nijigen::ggml::dequantize(GgmlType::Q8_0, bytes, &mut got).expect("dequantize");
+        for (k, (g, w)) in got.chunks(32).zip(want.chunks(32)).enumerate() {
+            let amax = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let worst = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // Half a step (1% more for the F16 rounding of the block's scale), plus the F16
+            // rounding of the values compared with (Q8_0 is made from the exact weights).
+            assert!(
+                worst <= amax / 254.0 * 1.01 + amax / 2048.0,
+                "{n} block {k}: off by {worst}, absmax {amax}"
+            );
+        }
+    }
+    assert!(quantized > 0, "no layer became Q8_0");
+
+    let req = request(&idx);
+    let o = RunOptions {
+        fp8_cpu: Fp8Cpu::Q8_0,
+        ..opts()
+    };
+    let out = video::generate(&files, &req, &o, &mut |_| {}).expect("fp8 as Q8_0");
+    let want = read_f32_entry(DIR, &idx["fp8_scaled"]["final_latent"]).0;
+    eprintln!(
+        "fp8 as Q8_0: final latent rel {:.2e} from the fp8 reference",
+        rel_err(&out.latent, &want)
+    );
+    // Measured 2.6e-2 (the Q8_0 GGUF DiT: 1.5e-2 from its own reference).
+    close("final latent, fp8 as Q8_0", &out.latent, &want, 3e-2);
 }

@@ -595,6 +595,7 @@ pub fn execute(s: &I2vSettings, quiet: bool, find: &Search) -> anyhow::Result<I2
         video: super::video::files(&va, find)?,
     };
     let memory = MemoryOptions {
+        fp8_cpu: Default::default(),
         device,
         vram_budget: s.vram_budget.as_ref().map(|b| b.value),
         offload: s.offload,
@@ -619,6 +620,7 @@ pub fn execute_job(run: &I2vRun, quiet: bool, chatty: bool) -> anyhow::Result<I2
     let (seed, video_seed) = (image_req.seed, video_req.seed);
     let mut outputs = VideoOutputs::open(&run.video, &job.video.files, video_req)?;
     let opts = RunOptions {
+        fp8_cpu: Default::default(),
         threads: run.threads,
         memory: memory.clone(),
         cancel: Some(super::progress::cancel_flag()),

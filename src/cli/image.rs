@@ -321,6 +321,7 @@ pub(super) fn files(s: &ImageSettings, find: &Search) -> anyhow::Result<SdxlFile
 /// Where the run may compute and put its weights.
 pub(super) fn memory_options(s: &ImageSettings) -> anyhow::Result<MemoryOptions> {
     Ok(MemoryOptions {
+        fp8_cpu: Default::default(),
         device: resolve_device(&s.device)?,
         vram_budget: s.vram_budget.as_ref().map(|b| b.value),
         offload: s.offload,
@@ -337,6 +338,7 @@ pub fn run(s: &ImageSettings, quiet: bool, find: &Search) -> anyhow::Result<()> 
     let job = image::prepare(files(s, find)?, req, &memory).map_err(explain)?;
     let memory = job.memory();
     let opts = RunOptions {
+        fp8_cpu: Default::default(),
         threads: s.threads.value,
         memory: memory.clone(),
         cancel: Some(super::progress::cancel_flag()),

@@ -293,6 +293,7 @@ pub(super) fn target(s: &VideoSettings) -> VideoTarget {
 /// Where the run may compute and put its weights.
 pub(super) fn memory_options(s: &VideoSettings) -> anyhow::Result<MemoryOptions> {
     Ok(MemoryOptions {
+        fp8_cpu: Default::default(),
         device: resolve_device(&s.device)?,
         vram_budget: s.vram_budget.as_ref().map(|b| b.value),
         offload: s.offload,
@@ -321,6 +322,7 @@ pub fn run(s: &VideoSettings, quiet: bool, find: &Search) -> anyhow::Result<()> 
         .shift
         .unwrap_or_else(|| video::default_shift(req.width, req.height));
     let opts = RunOptions {
+        fp8_cpu: Default::default(),
         threads: s.threads.value,
         memory: memory.clone(),
         cancel: Some(super::progress::cancel_flag()),

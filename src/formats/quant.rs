@@ -212,15 +212,30 @@ impl Fp8Scaled {
     }
 }
 
-/// Multiplies `values` (the weight `w`, PyTorch order, row-major) by `scale` in place: one
-/// value, one per output row (`[out]`, `[out, 1]`), or a 2-D block grid over a 2-D weight.
-pub fn apply_scale(
+/// How a scale tensor spreads over its weight.
+enum ScaleLayout {
+    /// One value for the whole tensor.
+    Tensor,
+    /// One value per output row of `per` values.
+    Rows { per: usize },
+    /// A 2-D grid of `a x b` blocks of `bo x bi` values over an `[o, i]` weight.
+    Blocks {
+        i: usize,
+        b: usize,
+        bo: usize,
+        bi: usize,
+    },
+}
+
+/// How a scale of `scale_len` values and shape `scale_shape` applies to weight `w`, or why it
+/// cannot: one value, one per output row (`[out]`, `[out, 1]`), or a 2-D block grid over a 2-D
+/// weight.
+fn scale_layout(
     w: &TensorInfo,
-    values: &mut [f32],
-    scale: &[f32],
+    scale_len: usize,
     scale_shape: &[u64],
-) -> Result<(), String> {
-    let n = values.len();
+) -> Result<ScaleLayout, String> {
+    let n = w.numel() as usize;
     let rows = w.shape.first().copied().unwrap_or(1) as usize;
     let bad = || {
         format!(
@@ -229,21 +244,15 @@ pub fn apply_scale(
             w.shape
         )
     };
-    if scale.iter().any(|s| !s.is_finite()) {
-        return Err("scale is not finite".into());
-    }
-    match scale.len() {
-        1 => values.iter_mut().for_each(|v| *v *= scale[0]),
+    match scale_len {
+        1 => Ok(ScaleLayout::Tensor),
         k if k == rows
             && rows > 0
             && n % rows == 0
             && scale_shape.len() <= 2
             && scale_shape.iter().skip(1).all(|&d| d == 1) =>
         {
-            let per = n / rows;
-            for (row, s) in values.chunks_mut(per).zip(scale) {
-                row.iter_mut().for_each(|v| *v *= s);
-            }
+            Ok(ScaleLayout::Rows { per: n / rows })
         }
         _ => {
             let [o, i] = w.shape[..] else {
@@ -253,17 +262,73 @@ pub fn apply_scale(
                 return Err(bad());
             };
             let (o, i, a, b) = (o as usize, i as usize, a as usize, b as usize);
-            if a == 0 || b == 0 || o % a != 0 || i % b != 0 {
+            if a == 0 || b == 0 || o % a != 0 || i % b != 0 || a * b != scale_len {
                 return Err(bad());
             }
-            let (bo, bi) = (o / a, i / b);
-            for r in 0..o {
-                for c in 0..i {
-                    values[r * i + c] *= scale[(r / bo) * b + c / bi];
+            Ok(ScaleLayout::Blocks {
+                i,
+                b,
+                bo: o / a,
+                bi: i / b,
+            })
+        }
+    }
+}
+
+/// A weight's scale, checked against the weight, ready to apply to any run of its values.
+pub struct Scale {
+    layout: ScaleLayout,
+    values: Vec<f32>,
+}
+
+impl Scale {
+    /// The scale `values` (shape `shape`) of weight `w`, or why it does not fit.
+    pub fn new(w: &TensorInfo, values: Vec<f32>, shape: &[u64]) -> Result<Scale, String> {
+        if values.iter().any(|s| !s.is_finite()) {
+            return Err("scale is not finite".into());
+        }
+        Ok(Scale {
+            layout: scale_layout(w, values.len(), shape)?,
+            values,
+        })
+    }
+
+    /// Multiplies `values`, the weight's elements `start..start + values.len()` (row-major),
+    /// by their scales.
+    pub fn apply_from(&self, start: usize, values: &mut [f32]) {
+        match self.layout {
+            ScaleLayout::Tensor => values.iter_mut().for_each(|v| *v *= self.values[0]),
+            ScaleLayout::Rows { per } => {
+                for (k, v) in values.iter_mut().enumerate() {
+                    *v *= self.values[(start + k) / per];
+                }
+            }
+            ScaleLayout::Blocks { i, b, bo, bi } => {
+                for (k, v) in values.iter_mut().enumerate() {
+                    let (r, c) = ((start + k) / i, (start + k) % i);
+                    *v *= self.values[(r / bo) * b + c / bi];
                 }
             }
         }
     }
+}
+
+/// Multiplies `values` (the weight `w`, PyTorch order, row-major) by `scale` in place: one
+/// value, one per output row (`[out]`, `[out, 1]`), or a 2-D block grid over a 2-D weight.
+pub fn apply_scale(
+    w: &TensorInfo,
+    values: &mut [f32],
+    scale: &[f32],
+    scale_shape: &[u64],
+) -> Result<(), String> {
+    if values.len() as u64 != w.numel() {
+        return Err(format!(
+            "{} values for a weight of shape {:?}",
+            values.len(),
+            w.shape
+        ));
+    }
+    Scale::new(w, scale.to_vec(), scale_shape)?.apply_from(0, values);
     Ok(())
 }
 

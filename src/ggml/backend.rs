@@ -521,43 +521,54 @@ impl Drop for Buffer<'_> {
 /// A pending copy of one host tensor's bytes into a device tensor of the same size: the unit
 /// of weight streaming. It is `Send`, so a copy thread can run it while the compute thread
 /// works on other tensors; `'a` keeps both tensors (the mapped file and the device set) alive.
+/// The bytes are either read from host memory or made on the way by a conversion (a deferred
+/// tensor, [`super::TensorSet::add_deferred`]).
 pub struct Upload<'a> {
-    src: *const u8,
+    src: UploadSrc<'a>,
     dst: NonNull<sys::ggml_tensor>,
     len: usize,
     _borrow: PhantomData<&'a ()>,
 }
 
+enum UploadSrc<'a> {
+    Host(*const u8),
+    Made(&'a super::tensor_set::MakeBytes<'a>),
+}
+
 // SAFETY: the pointers stay valid for 'a (borrowed from the tensors' owners); the source is
-// only read, and the destination is written by exactly one thread at a time (the streamer
-// hands a slot to the copy thread only while no graph reading it is computing).
+// only read (a conversion only reads the mapped file and is Sync), and the destination is
+// written by exactly one thread at a time (the streamer hands a slot to the copy thread only
+// while no graph reading it is computing).
 unsafe impl Send for Upload<'_> {}
 
 impl<'a> Upload<'a> {
     /// A copy of `src` (a tensor in host memory) into `dst` (same type and byte size).
     pub fn new(src: Tensor<'a>, dst: Tensor<'a>) -> Result<Upload<'a>, GgmlError> {
-        let len = src.nbytes();
-        if src.ty() != dst.ty() || dst.nbytes() != len || !dst.has_data() {
-            return Err(GgmlError::Backend(format!(
-                "upload: a {} tensor of {len} bytes into a {} tensor of {} bytes{}",
-                src.ty(),
-                dst.ty(),
-                dst.nbytes(),
-                if dst.has_data() {
-                    ""
-                } else {
-                    " without memory"
-                }
-            )));
-        }
+        check_pair(src, dst)?;
         // SAFETY: read-only field access on a live tensor; host_data checks the buffer kind.
         let data = unsafe { host_data(src.as_ptr()) }.ok_or_else(|| {
             GgmlError::Backend("upload: the source tensor is not in host memory".into())
         })?;
         Ok(Upload {
-            src: data,
+            src: UploadSrc::Host(data),
             dst: NonNull::new(dst.as_ptr()).expect("live tensor"),
-            len,
+            len: src.nbytes(),
+            _borrow: PhantomData,
+        })
+    }
+
+    /// A copy into `dst` of the bytes `make` writes for the deferred tensor `src` (same type
+    /// and size as `dst`), made when the upload runs.
+    pub fn made(
+        src: Tensor<'a>,
+        make: &'a super::tensor_set::MakeBytes<'a>,
+        dst: Tensor<'a>,
+    ) -> Result<Upload<'a>, GgmlError> {
+        check_pair(src, dst)?;
+        Ok(Upload {
+            src: UploadSrc::Made(make),
+            dst: NonNull::new(dst.as_ptr()).expect("live tensor"),
+            len: src.nbytes(),
             _borrow: PhantomData,
         })
     }
@@ -566,27 +577,93 @@ impl<'a> Upload<'a> {
         self.len
     }
 
-    /// Performs the copy (synchronous).
-    pub fn run(&self) {
-        // SAFETY: see the Send impl; sizes were checked in `new`.
-        unsafe {
-            sys::ggml_backend_tensor_set(self.dst.as_ptr(), self.src as *const _, 0, self.len)
+    /// Whether the bytes are made by a conversion on the way.
+    pub fn is_made(&self) -> bool {
+        matches!(self.src, UploadSrc::Made(_))
+    }
+
+    fn make(
+        &self,
+        make: &dyn Fn(&mut [u8]) -> Result<(), String>,
+        out: &mut [u8],
+    ) -> Result<(), GgmlError> {
+        make(out).map_err(|e| {
+            let name = Tensor::from_raw(self.dst).name();
+            GgmlError::Backend(format!("making '{name}' for the device: {e}"))
+        })
+    }
+
+    /// Performs the copy (synchronous). A made tensor is written straight into a host
+    /// destination, else made in a temporary buffer first.
+    pub fn run(&self) -> Result<(), GgmlError> {
+        match self.src {
+            // SAFETY: see the Send impl; sizes were checked in `new`.
+            UploadSrc::Host(src) => unsafe {
+                sys::ggml_backend_tensor_set(self.dst.as_ptr(), src as *const _, 0, self.len)
+            },
+            UploadSrc::Made(make) => {
+                // SAFETY: live tensor; host_data checks the buffer kind.
+                match unsafe { host_data(self.dst.as_ptr()) } {
+                    Some(p) => {
+                        // SAFETY: a host destination of len bytes, written by this thread only
+                        // (see the Send impl).
+                        let out = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, self.len) };
+                        self.make(make, out)?;
+                    }
+                    None => {
+                        let mut tmp = vec![0u8; self.len];
+                        self.make(make, &mut tmp)?;
+                        // SAFETY: tmp holds len bytes, the destination's size.
+                        unsafe {
+                            sys::ggml_backend_tensor_set(
+                                self.dst.as_ptr(),
+                                tmp.as_ptr() as *const _,
+                                0,
+                                self.len,
+                            )
+                        }
+                    }
+                }
+            }
         }
+        Ok(())
     }
 
     /// Performs the copy through `staging` (pinned host memory): the bytes are first copied
-    /// there (reading the mapped file), then sent in pieces of the staging size. From pinned
-    /// memory, CUDA copies by DMA on the calling thread's stream, beside the compute stream.
-    pub fn run_staged(&self, staging: &mut [u8]) {
+    /// (or made) there, then sent in pieces of the staging size. From pinned memory, CUDA
+    /// copies by DMA on the calling thread's stream, beside the compute stream.
+    pub fn run_staged(&self, staging: &mut [u8]) -> Result<(), GgmlError> {
         if staging.is_empty() {
             return self.run();
         }
+        let made;
+        let src: &[u8] = match self.src {
+            // SAFETY: src holds len readable bytes (checked in `new`).
+            UploadSrc::Host(p) => unsafe { std::slice::from_raw_parts(p, self.len) },
+            UploadSrc::Made(make) if self.len <= staging.len() => {
+                self.make(make, &mut staging[..self.len])?;
+                // SAFETY: see the Send impl; the staging buffer holds the len bytes.
+                unsafe {
+                    sys::ggml_backend_tensor_set(
+                        self.dst.as_ptr(),
+                        staging.as_ptr() as *const _,
+                        0,
+                        self.len,
+                    )
+                }
+                return Ok(());
+            }
+            UploadSrc::Made(make) => {
+                let mut tmp = vec![0u8; self.len];
+                self.make(make, &mut tmp)?;
+                made = tmp;
+                &made
+            }
+        };
         let mut done = 0;
         while done < self.len {
             let n = staging.len().min(self.len - done);
-            // SAFETY: src holds len readable bytes (checked in `new`); done + n <= len.
-            let src = unsafe { std::slice::from_raw_parts(self.src.add(done), n) };
-            staging[..n].copy_from_slice(src);
+            staging[..n].copy_from_slice(&src[done..done + n]);
             // SAFETY: see the Send impl; offset done + n <= the tensor's size.
             unsafe {
                 sys::ggml_backend_tensor_set(
@@ -598,7 +675,27 @@ impl<'a> Upload<'a> {
             }
             done += n;
         }
+        Ok(())
     }
+}
+
+/// Checks that `src` can be copied into `dst`: same type and size, `dst` with memory.
+fn check_pair(src: Tensor<'_>, dst: Tensor<'_>) -> Result<(), GgmlError> {
+    let len = src.nbytes();
+    if src.ty() != dst.ty() || dst.nbytes() != len || !dst.has_data() {
+        return Err(GgmlError::Backend(format!(
+            "upload: a {} tensor of {len} bytes into a {} tensor of {} bytes{}",
+            src.ty(),
+            dst.ty(),
+            dst.nbytes(),
+            if dst.has_data() {
+                ""
+            } else {
+                " without memory"
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// Forgets where `t` was placed if a graph allocator placed it (its buffer is a compute

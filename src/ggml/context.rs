@@ -175,6 +175,17 @@ impl<'c> Tensor<'c> {
         self
     }
 
+    /// The tensor's name as ggml keeps it (at most 63 bytes).
+    pub fn name(&self) -> String {
+        let raw = &self.raw().name;
+        let bytes: Vec<u8> = raw
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// Marks a graph input (the graph allocator gives it its own memory, never reused).
     pub fn set_input(self) -> Self {
         // SAFETY: flag update on a live tensor.

@@ -24,7 +24,7 @@ pub use backend::{
 pub use context::{Context, Graph, Tensor, MAX_DIMS};
 pub use mmap::map_file;
 pub use quant::{can_quantize, dequantize, quantize};
-pub use tensor_set::TensorSet;
+pub use tensor_set::{Fill, TensorSet};
 pub use types::GgmlType;
 
 /// Errors from the ggml layer.

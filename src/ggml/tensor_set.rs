@@ -1,6 +1,7 @@
 //! A named set of weight tensors: one metadata context, tensors placed without copying into
-//! CPU buffers over borrowed host bytes (memory-mapped files), or copied into owned buffers
-//! when they had to be converted.
+//! CPU buffers over borrowed host bytes (memory-mapped files), copied into owned buffers when
+//! they had to be converted, or deferred: made by a [`Fill`] only when copied to a device (a
+//! conversion that would otherwise hold the whole model in RAM).
 
 use std::collections::HashMap;
 use std::ptr::NonNull;
@@ -10,6 +11,13 @@ use ggml_sys as sys;
 use super::backend::Buffer;
 use super::context::{Context, Tensor};
 use super::{tensor_set, GgmlError, GgmlType};
+
+/// Makes a deferred tensor's bytes into a slice of exactly its size (a conversion from the
+/// mapped file); an error says why it could not.
+pub type Fill<'d> = Box<dyn Fn(&mut [u8]) -> Result<(), String> + Send + Sync + 'd>;
+
+/// A deferred tensor's [`Fill`], borrowed.
+pub type MakeBytes<'d> = dyn Fn(&mut [u8]) -> Result<(), String> + Sync + 'd;
 
 /// Weight tensors by name. `'d` is the lifetime of the host bytes the tensors point into.
 pub struct TensorSet<'d> {
@@ -22,6 +30,8 @@ pub struct TensorSet<'d> {
     /// One zero-copy buffer per distinct host region, keyed by (start address, length).
     host: Vec<((usize, usize), Buffer<'d>)>,
     owned: Vec<Buffer<'static>>,
+    /// Deferred tensors: how to make their bytes.
+    fills: HashMap<String, Fill<'d>>,
     bytes: u64,
 }
 
@@ -35,6 +45,7 @@ impl<'d> TensorSet<'d> {
             by_ptr: HashMap::new(),
             host: Vec::new(),
             owned: Vec::new(),
+            fills: HashMap::new(),
             bytes: 0,
         })
     }
@@ -115,6 +126,40 @@ impl<'d> TensorSet<'d> {
         self.owned.push(buf);
         self.finish_add(name, ptr, size);
         Ok(())
+    }
+
+    /// Adds `name` without its data: `fill` makes its bytes when they are copied to a device
+    /// ([`TensorSet::fill_of`]). The tensor points at the start of `placeholder` (read-only
+    /// memory at least its size, which may be shared by every deferred tensor): never compute
+    /// with it where it is.
+    pub fn add_deferred(
+        &mut self,
+        name: &str,
+        ty: GgmlType,
+        ne: &[i64],
+        placeholder: &'d [u8],
+        fill: Fill<'d>,
+    ) -> Result<(), GgmlError> {
+        self.add_mapped(name, ty, ne, placeholder, 0)?;
+        self.fills.insert(name.to_string(), fill);
+        Ok(())
+    }
+
+    /// How to make the bytes of `name` if it is deferred ([`TensorSet::add_deferred`]).
+    pub fn fill_of(&self, name: &str) -> Option<&MakeBytes<'d>> {
+        self.fills.get(name).map(|f| {
+            let f: &MakeBytes<'d> = f.as_ref();
+            f
+        })
+    }
+
+    /// Bytes of the deferred tensors (made only when copied to a device).
+    pub fn deferred_bytes(&self) -> u64 {
+        self.fills
+            .keys()
+            .filter_map(|n| self.get(n))
+            .map(|t| t.nbytes() as u64)
+            .sum()
     }
 
     /// Takes ownership of `buffer` (any backend's) so that tensors can be placed in it with

@@ -623,14 +623,18 @@ fn staged_uploads_copy_the_same_bytes_in_pieces() {
     dst.add_in("staged", GgmlType::I8, &[1000], buf, 1024)
         .unwrap();
     let w = src.get("w").unwrap();
-    Upload::new(w, dst.get("direct").unwrap()).unwrap().run();
+    Upload::new(w, dst.get("direct").unwrap())
+        .unwrap()
+        .run()
+        .unwrap();
     let cpu = backend
         .device()
         .expect("the CPU backend has a registry device");
     let mut staging = cpu.host_buffer(7).unwrap();
     assert!(staging.is_host());
     let up = Upload::new(w, dst.get("staged").unwrap()).unwrap();
-    up.run_staged(&mut staging.host_bytes_mut().unwrap()[..7]);
+    up.run_staged(&mut staging.host_bytes_mut().unwrap()[..7])
+        .unwrap();
     assert_eq!(tensor_get(dst.get("direct").unwrap()).unwrap(), src_bytes);
     assert_eq!(tensor_get(dst.get("staged").unwrap()).unwrap(), src_bytes);
     // An upload needs memory behind its destination and equal sizes.
@@ -639,6 +643,69 @@ fn staged_uploads_copy_the_same_bytes_in_pieces() {
         .add_owned("small", GgmlType::I8, &[10], &[0; 10])
         .unwrap();
     assert!(Upload::new(w, other.get("small").unwrap()).is_err());
+}
+
+#[test]
+fn deferred_tensors_are_made_by_their_fill_when_uploaded() {
+    // A deferred tensor's bytes come from its fill, never from the placeholder it points at:
+    // directly into a host destination, through a staging buffer larger than the tensor, and
+    // through one smaller (made in a temporary buffer, sent in pieces). A failing fill is an
+    // error naming the tensor.
+    let want: Vec<u8> = (0..1000u32).map(|i| (i * 37 % 251) as u8).collect();
+    let placeholder = vec![0u8; 1024 + 32];
+    let off = placeholder.as_ptr().align_offset(32);
+    let region = &placeholder[off..off + 1024];
+    let mut src = TensorSet::new(2).unwrap();
+    let made = want.clone();
+    src.add_deferred(
+        "w",
+        GgmlType::I8,
+        &[1000],
+        region,
+        Box::new(move |out: &mut [u8]| {
+            out.copy_from_slice(&made);
+            Ok(())
+        }),
+    )
+    .unwrap();
+    src.add_deferred(
+        "bad",
+        GgmlType::I8,
+        &[1000],
+        region,
+        Box::new(|_: &mut [u8]| Err("no scale".into())),
+    )
+    .unwrap();
+    assert_eq!(src.deferred_bytes(), 2000);
+    assert!(src.fill_of("w").is_some());
+    let backend = Backend::cpu(1).unwrap();
+    let mut dst = TensorSet::new(4).unwrap();
+    let buf = dst.adopt(backend.alloc_buffer(4096).unwrap());
+    for (k, n) in ["direct", "big", "small", "bad"].iter().enumerate() {
+        dst.add_in(n, GgmlType::I8, &[1000], buf, k * 1024).unwrap();
+    }
+    let up = |from: &str, to: &str| {
+        Upload::made(
+            src.get(from).unwrap(),
+            src.fill_of(from).unwrap(),
+            dst.get(to).unwrap(),
+        )
+        .unwrap()
+    };
+    up("w", "direct").run().unwrap();
+    let mut big = vec![0u8; 2000];
+    up("w", "big").run_staged(&mut big).unwrap();
+    let mut small = vec![0u8; 7];
+    up("w", "small").run_staged(&mut small).unwrap();
+    for n in ["direct", "big", "small"] {
+        assert_eq!(tensor_get(dst.get(n).unwrap()).unwrap(), want, "{n}");
+    }
+    assert!(
+        region.iter().all(|&b| b == 0),
+        "the placeholder is never written"
+    );
+    let e = up("bad", "bad").run().unwrap_err().to_string();
+    assert!(e.contains("'bad'") && e.contains("no scale"), "{e}");
 }
 
 #[test]

@@ -289,10 +289,13 @@ impl I2vJob {
         let video = self.video.memory()?;
         let mut placements = still.placements;
         placements.extend(video.placements);
+        let mut fp8 = still.fp8;
+        fp8.extend(video.fp8);
         Some(Memory {
             accountant: still.accountant,
             placements,
             device: still.device,
+            fp8,
         })
     }
 }

@@ -36,7 +36,7 @@ use crate::models::network;
 use crate::models::unet_sdxl::sdxl_added_cond;
 use crate::models::{ClipTextModel, SdxlUnet, SdxlVae, UnetAttention};
 use crate::models::{CLIP_G, CLIP_L, UNET, VAE_SDXL};
-use crate::runtime::WeightStore;
+use crate::runtime::{Fp8Load, WeightStore};
 use crate::sampling::{
     apply_cfg, comfy_sampler_noise, Denoiser, DiscreteSchedule, ModelSampling, Parameterization,
     SamplerConfig, SamplerKind, Scheduler, TorchGenerator,
@@ -353,11 +353,12 @@ impl Stores {
         &self,
         source: &Source,
         component: &'static str,
+        fp8: Fp8Load,
         events: &mut dyn FnMut(Event),
     ) -> Result<TensorSet<'_>, PipelineError> {
         let (path, store) = &self.stores[source.store];
         let prefix = source.prefix.as_str();
-        let set = store.load_cpu(|n| n.starts_with(prefix))?;
+        let set = store.load_with(|n| n.starts_with(prefix), fp8)?;
         events(Event::Loaded {
             component,
             path: path.clone(),
@@ -428,11 +429,23 @@ fn with_models_in<R>(
         .map(|(f, (_, w))| (f, *w))
         .collect();
     let threads = opts.cpu_threads();
+    // What fp8 weights become: made at upload for a component on the device (no copy in RAM),
+    // converted at load for one on the CPU.
+    let parts: Vec<_> = [
+        (&CLIP_L, &stores.clip_l),
+        (&CLIP_G, &stores.clip_g),
+        (&UNET, &stores.unet),
+        (&VAE_SDXL, &stores.vae),
+    ]
+    .into_iter()
+    .map(|(c, s)| (c.component, &*stores.stores[s.store].1, s.prefix.as_str()))
+    .collect();
+    let fp8 = opts.fp8_loads(&parts);
     let sets = [
-        stores.load(&stores.clip_l, "clip_l", events)?,
-        stores.load(&stores.clip_g, "clip_g", events)?,
-        stores.load(&stores.unet, "unet", events)?,
-        stores.load(&stores.vae, "vae", events)?,
+        stores.load(&stores.clip_l, "clip_l", fp8[0], events)?,
+        stores.load(&stores.clip_g, "clip_g", fp8[1], events)?,
+        stores.load(&stores.unet, "unet", fp8[2], events)?,
+        stores.load(&stores.vae, "vae", fp8[3], events)?,
     ];
     let adapters = if pairs.is_empty() {
         None
@@ -1083,7 +1096,11 @@ pub fn plan_image(
     let forwards = if req.cfg == 1.0 { 1 } else { 2 } * req.batch.max(1) as u32;
     let mut specs = vec![spec(&UNET, &unet, &shapes)?.with_forwards(forwards)];
     let mut names = vec![(UNET.component, unet.file_name())];
-    let mut notes: Vec<String> = unet.conversion(UNET.component).into_iter().collect();
+    let mut fp8: Vec<_> = unet
+        .fp8()
+        .map(|w| (UNET.component, w))
+        .into_iter()
+        .collect();
     for (net, explicit) in [
         (&CLIP_L, &files.clip_l),
         (&CLIP_G, &files.clip_g),
@@ -1092,8 +1109,8 @@ pub fn plan_image(
         let part = open_required(opened, explicit.as_ref().unwrap_or(model), net)?;
         specs.push(spec(net, &part, &shapes)?);
         names.push((net.component, part.file_name()));
-        notes.extend(part.conversion(net.component));
+        fp8.extend(part.fp8().map(|w| (net.component, w)));
     }
     let what = format!("image {}x{}", req.width, req.height);
-    stage_plan(memory, req.vae_tile, specs, names, notes, what)
+    stage_plan(memory, req.vae_tile, specs, names, fp8, what)
 }

@@ -24,7 +24,7 @@ use crate::media::MediaError;
 use crate::models::{ClipError, Network, Place, UnetError, VaeError};
 use crate::runtime::plan::{Component, Placement};
 use crate::runtime::weights::LoadError;
-use crate::runtime::{Accountant, ComputeDevice, DeviceWeights, Residency};
+use crate::runtime::{Accountant, ComputeDevice, DeviceWeights, Fp8Load, Residency, WeightStore};
 use crate::sampling::SamplingError;
 
 /// Why a pipeline could not run. Messages name the file and say what to pass instead.
@@ -114,6 +114,8 @@ pub struct Memory {
     pub placements: Vec<(Component, Placement)>,
     /// The device the placed components compute on (the CPU: a simulated device).
     pub device: ComputeDevice,
+    /// How each component loads its fp8 weights (decided with the plan).
+    pub fp8: Vec<(Component, Fp8Load)>,
 }
 
 /// A component placed on the compute device for one call: the runner it computes with (the
@@ -126,6 +128,16 @@ pub(crate) struct OnDevice<'s> {
 }
 
 impl Memory {
+    /// How component `c` loads its fp8 weights: made at upload when the plan puts it on the
+    /// device, else as the plan decided for the CPU.
+    pub fn fp8_load(&self, c: Component) -> Fp8Load {
+        let planned = self.fp8.iter().find(|(k, _)| *k == c).map(|(_, l)| *l);
+        match self.placement(c) {
+            Placement::Cpu => planned.unwrap_or_default(),
+            _ => Fp8Load::OnUpload,
+        }
+    }
+
     /// The placement of `c` (CPU when the plan does not list it).
     pub fn placement(&self, c: Component) -> Placement {
         self.placements
@@ -247,6 +259,7 @@ impl Options {
             threads: self.threads,
             memory,
             cancel: self.cancel.clone(),
+            fp8_cpu: self.memory.fp8_cpu,
         }
     }
 }
@@ -261,6 +274,8 @@ pub struct RunOptions {
     /// Set (e.g. by a Ctrl-C handler) to stop at the next step with
     /// [`PipelineError::Interrupted`].
     pub cancel: Option<Arc<AtomicBool>>,
+    /// What fp8 weights become on the CPU when there is no plan (no budget).
+    pub fp8_cpu: plan::Fp8Cpu,
 }
 
 impl RunOptions {
@@ -277,6 +292,23 @@ impl RunOptions {
             Err(PipelineError::Interrupted)
         } else {
             Ok(())
+        }
+    }
+
+    /// How each of `parts` (a component, its file and the stored-name prefix of its tensors)
+    /// loads its fp8 weights: as the memory plan says, or without one on the CPU as
+    /// [`RunOptions::fp8_cpu`] resolves for them all.
+    pub(crate) fn fp8_loads(&self, parts: &[(Component, &WeightStore, &str)]) -> Vec<Fp8Load> {
+        match &self.memory {
+            Some(m) => parts.iter().map(|(c, _, _)| m.fp8_load(*c)).collect(),
+            None => {
+                let f16 = parts
+                    .iter()
+                    .filter_map(|(_, s, p)| plan::Fp8Weights::of(s, p))
+                    .map(|w| w.f16)
+                    .sum();
+                vec![self.fp8_cpu.resolve(f16); parts.len()]
+            }
         }
     }
 

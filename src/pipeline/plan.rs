@@ -20,10 +20,11 @@ pub use crate::runtime::ComputeDevice;
 use super::{Memory, PipelineError};
 use crate::formats::names::Architecture;
 use crate::formats::DType;
+use crate::ggml::GgmlType;
 use crate::models::network::{self, Network};
 use crate::runtime::device::padded;
 use crate::runtime::plan::{self, ComponentSpec, PlanInput, PlanOptions};
-use crate::runtime::{Accountant, LoadError, WeightStore};
+use crate::runtime::{Accountant, Fp8Load, LoadError, WeightStore};
 
 /// Bytes of a budget kept free of planned allocations.
 pub const RESERVE: u64 = 256 << 20;
@@ -47,6 +48,102 @@ pub struct MemoryOptions {
     pub vram_budget: Option<u64>,
     pub offload: Offload,
     pub encoders: EncoderDevice,
+    /// What fp8 weights of a component that runs on the CPU become.
+    pub fp8_cpu: Fp8Cpu,
+}
+
+/// What fp8 weights (ComfyUI's fp8 files) of a component that runs on the CPU become; a
+/// component on the device makes them F16 tensor by tensor as it uploads them instead, holding
+/// no copy in RAM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fp8Cpu {
+    /// F16, unless the F16 copies of the stage's fp8 weights would take more than 3/4 of the
+    /// RAM available when the stage is planned or loaded: Q8_0 then.
+    #[default]
+    Auto,
+    /// F16 at load: the exact weights, twice the file's bytes of RAM.
+    F16,
+    /// Q8_0 at load: about the file's bytes of RAM, within Q8_0's rounding.
+    Q8_0,
+}
+
+impl Fp8Cpu {
+    /// The conversion for fp8 weights whose F16 copies take `f16_bytes` in all.
+    pub fn resolve(self, f16_bytes: u64) -> Fp8Load {
+        match self {
+            Fp8Cpu::F16 => Fp8Load::F16,
+            Fp8Cpu::Q8_0 => Fp8Load::Q8_0,
+            Fp8Cpu::Auto => match available_ram() {
+                Some(a) if f16_bytes > a / 4 * 3 => Fp8Load::Q8_0,
+                _ => Fp8Load::F16,
+            },
+        }
+    }
+}
+
+/// RAM available to a new allocation now (Linux `MemAvailable`), if known.
+pub fn available_ram() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The fp8 weights of a component's file (ComfyUI's fp8 files), for the plan: their bytes in
+/// the file and as each conversion makes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fp8Weights {
+    pub scaled: bool,
+    /// In the file (1 byte a weight).
+    pub stored: u64,
+    pub f16: u64,
+    /// As Q8_0 where the rows allow, else F16.
+    pub q8_0: u64,
+    /// Of those, in streamable blocks: in the file and as F16.
+    pub blocks_stored: u64,
+    pub blocks_f16: u64,
+}
+
+impl Fp8Weights {
+    /// The fp8 weights among the tensors of `store` whose stored names start with `prefix`.
+    pub fn of(store: &WeightStore, prefix: &str) -> Option<Fp8Weights> {
+        let mut w = Fp8Weights {
+            scaled: store.fp8_scaled().is_some(),
+            ..Fp8Weights::default()
+        };
+        for t in store.file().tensors() {
+            if !t.name.starts_with(prefix)
+                || !matches!(t.dtype, DType::F8E4M3 | DType::F8E5M2)
+                || t.numel() == 0
+            {
+                continue;
+            }
+            let f16 = 2 * t.numel();
+            let row = t.shape.last().copied().unwrap_or(1);
+            let q8 = if row % GgmlType::Q8_0.block_size() == 0 {
+                GgmlType::Q8_0.bytes_for(t.numel()).unwrap_or(f16)
+            } else {
+                f16
+            };
+            w.stored += t.size;
+            w.f16 += f16;
+            w.q8_0 += q8;
+            if block_key(&t.name).is_some() {
+                w.blocks_stored += t.size;
+                w.blocks_f16 += f16;
+            }
+        }
+        (w.stored > 0).then_some(w)
+    }
+
+    /// RAM the converted copies take under `how` (none at upload).
+    pub fn ram(&self, how: Fp8Load) -> u64 {
+        match how {
+            Fp8Load::F16 => self.f16,
+            Fp8Load::Q8_0 => self.q8_0,
+            Fp8Load::OnUpload => 0,
+        }
+    }
 }
 
 /// The budget a run on `device` follows: on a GPU the free memory less [`DRIVER_MARGIN`], or
@@ -103,9 +200,11 @@ pub struct StagePlan {
     /// "image 1024x1024", "video 832x480x81".
     pub what: String,
     pub device: ComputeDevice,
-    /// What loading changes, per component: "dit: fp8 scaled (ComfyUI) 15.3 GiB in the file,
-    /// F16 once loaded: 30.5 GiB of RAM for the whole run".
+    /// What loading changes, per component: "dit: fp8 scaled (ComfyUI) weights, 15.3 GiB in
+    /// the file, converted to F16 at load: 30.5 GiB of RAM for the whole run".
     pub notes: Vec<String>,
+    /// What fp8 weights of a component on the CPU become in this plan.
+    pub fp8_cpu: Fp8Load,
 }
 
 impl StagePlan {
@@ -140,6 +239,12 @@ impl StagePlan {
                 .map(|c| (c.component, c.placement.clone()))
                 .collect(),
             device,
+            fp8: self
+                .plan
+                .components
+                .iter()
+                .map(|c| (c.component, self.fp8_cpu))
+                .collect(),
         })
     }
 }
@@ -342,30 +447,9 @@ impl Part {
             .filter(move |t| t.name.starts_with(&self.prefix))
     }
 
-    /// What loading converts in this part, for the plan: fp8 weights become F16 copies held in
-    /// RAM (`None` when everything is used in place from the file).
-    pub(crate) fn conversion(&self, component: Component) -> Option<String> {
-        let f8: Vec<_> = self
-            .tensors()
-            .filter(|t| matches!(t.dtype, DType::F8E4M3 | DType::F8E5M2) && t.numel() > 0)
-            .collect();
-        if f8.is_empty() {
-            return None;
-        }
-        let stored: u64 = f8.iter().map(|t| t.size).sum();
-        let loaded: u64 = f8.iter().map(|t| self.store.loaded_size(t)).sum();
-        let what = if self.store.fp8_scaled().is_some() {
-            "fp8 scaled (ComfyUI)"
-        } else {
-            "fp8"
-        };
-        Some(format!(
-            "{}: {what} weights, {} in the file, converted to F16 at load: {} of RAM for the \
-             whole run (a GGUF from `nijigen convert --type q8_0` is used in place instead)",
-            component.name(),
-            gib(stored),
-            gib(loaded)
-        ))
+    /// The fp8 weights of this part, if it has any.
+    pub(crate) fn fp8(&self) -> Option<Fp8Weights> {
+        Fp8Weights::of(&self.store, &self.prefix)
     }
 
     /// Device bytes of the weights as loaded (fp8 as F16), each tensor padded as device buffers
@@ -427,13 +511,21 @@ pub(crate) fn nothing_to_plan(what: &'static str, flag: &'static str) -> Pipelin
 pub(crate) fn stage_plan(
     memory: &MemoryOptions,
     vae_tile: Option<u32>,
-    components: Vec<ComponentSpec>,
+    mut components: Vec<ComponentSpec>,
     files: Vec<(Component, String)>,
-    notes: Vec<String>,
+    fp8: Vec<(Component, Fp8Weights)>,
     what: String,
 ) -> Result<StagePlan, PipelineError> {
     let device = memory.device;
     let budget = device_budget(device, memory.vram_budget)?;
+    let fp8_cpu = memory.fp8_cpu.resolve(fp8.iter().map(|(_, w)| w.f16).sum());
+    for spec in &mut components {
+        if let Some((_, w)) = fp8.iter().find(|(c, _)| *c == spec.component) {
+            spec.cpu_ram = Some(spec.weight_bytes - w.f16 + w.ram(fp8_cpu));
+            let in_blocks: u64 = spec.blocks.iter().sum();
+            spec.stream_ram = Some(in_blocks.saturating_sub(w.blocks_f16) + w.blocks_stored);
+        }
+    }
     let input = PlanInput {
         components,
         budget,
@@ -448,13 +540,57 @@ pub(crate) fn stage_plan(
             vae_tile,
         },
     };
+    let plan = plan::plan(&input)?;
+    let notes = fp8
+        .iter()
+        .filter_map(|(c, w)| {
+            let on_cpu = plan.get(*c)?.placement == Placement::Cpu;
+            Some(fp8_note(
+                *c,
+                w,
+                if on_cpu { fp8_cpu } else { Fp8Load::OnUpload },
+            ))
+        })
+        .collect();
     Ok(StagePlan {
-        plan: plan::plan(&input)?,
+        plan,
         files,
         what,
         device,
         notes,
+        fp8_cpu,
     })
+}
+
+/// The plan's line on what happens to component `c`'s fp8 weights `w` loaded as `how`.
+pub(crate) fn fp8_note(c: Component, w: &Fp8Weights, how: Fp8Load) -> String {
+    let what = if w.scaled {
+        "fp8 scaled (ComfyUI)"
+    } else {
+        "fp8"
+    };
+    let head = format!(
+        "{}: {what} weights, {} in the file",
+        c.name(),
+        gib(w.stored)
+    );
+    match how {
+        Fp8Load::OnUpload => format!(
+            "{head}, made F16 tensor by tensor as they are copied to the device: no copy in RAM \
+             ({} as F16)",
+            gib(w.f16)
+        ),
+        Fp8Load::F16 => format!(
+            "{head}, converted to F16 at load: {} of RAM for the whole run",
+            gib(w.f16)
+        ),
+        Fp8Load::Q8_0 => format!(
+            "{head}, converted to Q8_0 at load: {} of RAM for the whole run (F16 would take {}, \
+             more than 3/4 of the RAM available)",
+            gib(w.ram(how)),
+            gib(w.f16)
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use crate::models::network;
 use crate::models::wan_vae::{denormalize, normalize, LATENTS_MEAN, LATENTS_STD};
 use crate::models::{ClipVision, Umt5Encoder, WanAttention, WanDit, WanVae};
 use crate::models::{CLIP_VISION, DIT, T5, VAE_WAN};
-use crate::runtime::WeightStore;
+use crate::runtime::{Fp8Load, WeightStore};
 use crate::sampling::{
     apply_cfg, comfy_sampler_noise, Denoiser, FlowSchedule, ModelSampling, Parameterization,
     SamplerConfig, SamplerKind, Scheduler, TorchGenerator,
@@ -372,9 +372,10 @@ impl Stores {
 fn load<'s>(
     (path, store): &'s (PathBuf, Arc<WeightStore>),
     component: &'static str,
+    fp8: Fp8Load,
     events: &mut dyn FnMut(Event),
 ) -> Result<TensorSet<'s>, PipelineError> {
-    let set = store.load_cpu(|_| true)?;
+    let set = store.load_with(|_| true, fp8)?;
     events(Event::Loaded {
         component,
         path: path.clone(),
@@ -444,13 +445,24 @@ fn with_models_in<R>(
         .map(|(f, (_, w))| (f, *w))
         .collect();
     let threads = opts.cpu_threads();
-    let t5_set = load(&stores.t5, "t5", events)?;
+    // What fp8 weights become: made at upload for a component on the device (no copy in RAM),
+    // converted at load for one on the CPU.
+    let mut parts = vec![
+        (T5.component, &*stores.t5.1, ""),
+        (DIT.component, &*stores.dit.1, ""),
+        (VAE_WAN.component, &*stores.vae.1, ""),
+    ];
+    if let Some(c) = &stores.clip {
+        parts.push((CLIP_VISION.component, &*c.1, ""));
+    }
+    let fp8 = opts.fp8_loads(&parts);
+    let t5_set = load(&stores.t5, "t5", fp8[0], events)?;
     let clip_set = match &stores.clip {
-        Some(c) => Some(load(c, "clip_vision", events)?),
+        Some(c) => Some(load(c, "clip_vision", fp8[3], events)?),
         None => None,
     };
-    let dit_set = load(&stores.dit, "dit", events)?;
-    let vae_set = load(&stores.vae, "vae", events)?;
+    let dit_set = load(&stores.dit, "dit", fp8[1], events)?;
+    let vae_set = load(&stores.vae, "vae", fp8[2], events)?;
     let adapters = if pairs.is_empty() {
         None
     } else {
@@ -1024,7 +1036,7 @@ pub fn plan_video(
     let forwards = if req.cfg == 1.0 { 1 } else { 2 };
     let mut specs = vec![spec(&DIT, &dit, &shapes)?.with_forwards(forwards)];
     let mut names = vec![(DIT.component, dit.file_name())];
-    let mut notes: Vec<String> = dit.conversion(DIT.component).into_iter().collect();
+    let mut fp8: Vec<_> = dit.fp8().map(|w| (DIT.component, w)).into_iter().collect();
     for (net, path, required) in [
         (&T5, &files.t5, true),
         (&CLIP_VISION, &files.clip_vision, false),
@@ -1039,10 +1051,10 @@ pub fn plan_video(
         let part = open_required(opened, path, net)?;
         specs.push(spec(net, &part, &shapes)?);
         names.push((net.component, part.file_name()));
-        notes.extend(part.conversion(net.component));
+        fp8.extend(part.fp8().map(|w| (net.component, w)));
     }
     let what = format!("video {}x{}x{}", req.width, req.height, req.frames);
-    stage_plan(memory, req.vae_tile, specs, names, notes, what)
+    stage_plan(memory, req.vae_tile, specs, names, fp8, what)
 }
 
 #[cfg(test)]

@@ -253,9 +253,8 @@ impl<'s> DeviceWeights<'s> {
             _ => None,
         };
         for &(name, _) in &resident {
-            let (s, d) = (src.get(name), set.get(name));
-            let up = Upload::new(s.expect("listed"), d.expect("added"))?;
-            run_upload(&up, staging.as_mut());
+            let up = upload(src, &set, name)?;
+            run_upload(&up, staging.as_mut())?;
         }
         Ok(DeviceWeights {
             src,
@@ -326,12 +325,7 @@ impl<'s> DeviceWeights<'s> {
     fn uploads(&self, b: usize) -> Result<Vec<Upload<'_>>, GgmlError> {
         self.blocks[b]
             .iter()
-            .map(|n| {
-                Upload::new(
-                    self.src.get(n).expect("listed"),
-                    self.set.get(n).expect("added"),
-                )
-            })
+            .map(|n| upload(self.src, &self.set, n))
             .collect()
     }
 
@@ -355,8 +349,9 @@ impl<'s> DeviceWeights<'s> {
         if self.slots < 2 {
             for (b, up) in jobs.into_iter().enumerate() {
                 let t = Instant::now();
-                up.iter()
-                    .for_each(|u| run_upload(u, staging.as_deref_mut()));
+                for u in &up {
+                    run_upload(u, staging.as_deref_mut())?;
+                }
                 stats.upload += t.elapsed();
                 stats.waited += t.elapsed();
                 compute(b)?;
@@ -365,7 +360,7 @@ impl<'s> DeviceWeights<'s> {
         }
         let slots = self.slots;
         std::thread::scope(|scope| {
-            let (ready_tx, ready_rx) = mpsc::channel::<(usize, Duration)>();
+            let (ready_tx, ready_rx) = mpsc::channel::<(usize, Duration, Result<(), GgmlError>)>();
             let (done_tx, done_rx) = mpsc::channel::<usize>();
             scope.spawn(move || {
                 for (b, up) in jobs.into_iter().enumerate() {
@@ -374,17 +369,22 @@ impl<'s> DeviceWeights<'s> {
                         return; // the compute side stopped (an error)
                     }
                     let t = Instant::now();
-                    up.iter()
-                        .for_each(|u| run_upload(u, staging.as_deref_mut()));
-                    if ready_tx.send((b, t.elapsed())).is_err() {
+                    let done = up
+                        .iter()
+                        .try_for_each(|u| run_upload(u, staging.as_deref_mut()));
+                    let failed = done.is_err();
+                    if ready_tx.send((b, t.elapsed(), done)).is_err() || failed {
                         return;
                     }
                 }
             });
             for b in 0..n {
                 let t = Instant::now();
-                let (got, took) = ready_rx.recv().expect("the copy thread sends every block");
+                let (got, took, done) = ready_rx
+                    .recv()
+                    .expect("the copy thread sends every block until one fails");
                 debug_assert_eq!(got, b);
+                done?;
                 stats.waited += t.elapsed();
                 stats.upload += took;
                 compute(b)?;
@@ -397,10 +397,27 @@ impl<'s> DeviceWeights<'s> {
 }
 
 /// Runs `up`, through the pinned `staging` buffer when there is one.
-fn run_upload(up: &Upload<'_>, staging: Option<&mut Buffer<'static>>) {
+fn run_upload(up: &Upload<'_>, staging: Option<&mut Buffer<'static>>) -> Result<(), GgmlError> {
     match staging.and_then(Buffer::host_bytes_mut) {
         Some(bytes) => up.run_staged(bytes),
         None => up.run(),
+    }
+}
+
+/// The copy of `src`'s tensor `name` into `dst`'s: read from host memory, or made by its
+/// conversion when it is deferred.
+fn upload<'a>(
+    src: &'a TensorSet<'a>,
+    dst: &'a TensorSet<'static>,
+    name: &str,
+) -> Result<Upload<'a>, GgmlError> {
+    let (s, d) = (
+        src.get(name).expect("listed"),
+        dst.get(name).expect("added"),
+    );
+    match src.fill_of(name) {
+        Some(make) => Upload::made(s, make, d),
+        None => Upload::new(s, d),
     }
 }
 

@@ -12,4 +12,4 @@ pub mod weights;
 pub use accountant::{hint, Accountant, Lease, OverBudget};
 pub use device::{ComputeDevice, DeviceError, DeviceWeights, Residency, StreamStats};
 pub use runner::{Built, GraphRunner, GraphSizes, Graphs};
-pub use weights::{LoadError, WeightStore};
+pub use weights::{Fp8Load, LoadError, WeightStore};

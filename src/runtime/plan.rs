@@ -19,9 +19,9 @@
 //!   Wan 480p) are not counted; the reserve covers them and the backend's own allocations.
 //!
 //! RAM figures: a CPU-placed component counts its weights (used in place from the memory map:
-//! page cache that must stay resident to run at speed) and its compute buffer; a streamed one
-//! counts its blocks (the pinned host copy the uploads come from); a resident one counts
-//! nothing after its upload.
+//! page cache that must stay resident to run at speed, or their converted copy) and its compute
+//! buffer; a streamed one counts its blocks' source (the mapped file the uploads read, fp8 for
+//! weights converted on the way); a resident one counts nothing after its upload.
 
 use std::fmt;
 
@@ -147,6 +147,12 @@ pub struct ComponentSpec {
     pub tiles: Vec<TileOption>,
     /// Denoisers: network evaluations per sampling step (2 with CFG, 1 without).
     pub forwards_per_step: u32,
+    /// RAM the weights take when the component runs on the CPU, where it differs from
+    /// `weight_bytes` (fp8 weights converted to Q8_0 at load).
+    pub cpu_ram: Option<u64>,
+    /// RAM the streamed blocks' source takes, where it differs from their device bytes (fp8
+    /// weights made as F16 at upload from the file's fp8 bytes).
+    pub stream_ram: Option<u64>,
 }
 
 impl ComponentSpec {
@@ -158,6 +164,8 @@ impl ComponentSpec {
             compute_bytes: 0,
             tiles: Vec::new(),
             forwards_per_step: 1,
+            cpu_ram: None,
+            stream_ram: None,
         }
     }
 
@@ -587,10 +595,11 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
             Some(c) => {
                 let in_blocks: u64 = spec.blocks.iter().sum();
                 let (ram_weight, upload) = match &c.placement {
-                    Placement::Cpu => (spec.weight_bytes, 0),
-                    Placement::Streamed { .. } => {
-                        (in_blocks, in_blocks * spec.forwards_per_step.max(1) as u64)
-                    }
+                    Placement::Cpu => (spec.cpu_ram.unwrap_or(spec.weight_bytes), 0),
+                    Placement::Streamed { .. } => (
+                        spec.stream_ram.unwrap_or(in_blocks),
+                        in_blocks * spec.forwards_per_step.max(1) as u64,
+                    ),
                     Placement::Resident => (0, 0),
                 };
                 components.push(ComponentPlan {

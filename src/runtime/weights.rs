@@ -34,6 +34,34 @@ pub enum LoadError {
     },
 }
 
+/// What loading does with fp8 weights (ComfyUI's fp8 files, scaled or not), which ggml cannot
+/// compute with as stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fp8Load {
+    /// Converted at load to F16 (`f16(fp8 * scale)`: the exact weight, rounded once to F16),
+    /// held in RAM while the set lives: twice the file's bytes.
+    #[default]
+    F16,
+    /// Converted at load to Q8_0 where its rows allow (a multiple of 32 values), else F16:
+    /// about the file's bytes of RAM, within Q8_0's rounding of the weights.
+    Q8_0,
+    /// Left in the file and made as F16, tensor by tensor, when copied to the device (a
+    /// deferred tensor): no copy in RAM. For a component placed on the device only: the CPU
+    /// cannot compute with a deferred tensor.
+    OnUpload,
+}
+
+impl Fp8Load {
+    /// "F16 at load", "Q8_0 at load", "F16 at upload".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Fp8Load::F16 => "F16 at load",
+            Fp8Load::Q8_0 => "Q8_0 at load",
+            Fp8Load::OnUpload => "F16 at upload, tensor by tensor",
+        }
+    }
+}
+
 /// A weight file with its architecture detected.
 pub struct WeightStore {
     file: WeightFile,
@@ -258,8 +286,19 @@ impl WeightStore {
             .collect()
     }
 
-    /// Loads every canonical tensor whose name passes `filter` into a [`TensorSet`] for the CPU.
+    /// Loads every canonical tensor whose name passes `filter` into a [`TensorSet`] for the
+    /// CPU, fp8 weights converted to F16 ([`WeightStore::load_with`]).
     pub fn load_cpu(&self, filter: impl Fn(&str) -> bool) -> Result<TensorSet<'_>, LoadError> {
+        self.load_with(filter, Fp8Load::F16)
+    }
+
+    /// Loads every canonical tensor whose name passes `filter` into a [`TensorSet`], fp8
+    /// weights as `fp8` says.
+    pub fn load_with(
+        &self,
+        filter: impl Fn(&str) -> bool,
+        fp8: Fp8Load,
+    ) -> Result<TensorSet<'_>, LoadError> {
         let sources = self.filtered(filter);
         let gerr = |t: &TensorInfo, e: GgmlError| LoadError::Ggml {
             path: self.path_of(t),
@@ -281,6 +320,9 @@ impl WeightStore {
                         let region = self.file.map(info.shard);
                         set.add_mapped(name, ty, &ne, region, info.offset as usize)
                             .map_err(|e| gerr(info, e))?;
+                    }
+                    DType::F8E4M3 | DType::F8E5M2 => {
+                        self.add_fp8(&mut set, name, info, &ne, fp8)?;
                     }
                     _ => {
                         let bytes = self.converted(info)?;
@@ -327,6 +369,87 @@ impl WeightStore {
             }
         }
         Ok(set)
+    }
+
+    /// Adds fp8 tensor `info` as `name` (ggml shape `ne`) to `set`, converted as `how` says.
+    fn add_fp8<'s>(
+        &'s self,
+        set: &mut TensorSet<'s>,
+        name: &str,
+        info: &'s TensorInfo,
+        ne: &[i64],
+        how: Fp8Load,
+    ) -> Result<(), LoadError> {
+        let gerr = |e: GgmlError| LoadError::Ggml {
+            path: self.path_of(info),
+            source: e,
+        };
+        let n = info.numel() as usize;
+        match how {
+            Fp8Load::OnUpload => {
+                // Check now what can be checked, so that the upload does not fail later.
+                self.scale(info)?;
+                let region = self.placeholder(2 * n as u64)?;
+                let fill =
+                    move |out: &mut [u8]| self.fp8_to_f16(info, out).map_err(|e| e.to_string());
+                set.add_deferred(name, GgmlType::F16, ne, region, Box::new(fill))
+                    .map_err(gerr)?;
+            }
+            Fp8Load::Q8_0 if ne[0] % GgmlType::Q8_0.block_size() as i64 == 0 => {
+                let vals = self.f32_values(info)?;
+                let size = GgmlType::Q8_0.bytes_for(n as u64).unwrap_or(0) as usize;
+                let mut q = vec![0u8; size];
+                crate::ggml::quantize(GgmlType::Q8_0, &vals, ne[0] as usize, &mut q)
+                    .map_err(gerr)?;
+                drop(vals);
+                set.add_owned(name, GgmlType::Q8_0, ne, &q).map_err(gerr)?;
+                note_converted(q.len());
+            }
+            Fp8Load::Q8_0 | Fp8Load::F16 => {
+                let mut out = vec![0u8; 2 * n];
+                self.fp8_to_f16(info, &mut out)?;
+                set.add_owned(name, GgmlType::F16, ne, &out).map_err(gerr)?;
+                note_converted(out.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// The scale of stored weight `t`, checked against it (one for a weight without one).
+    fn scale(&self, t: &TensorInfo) -> Result<quant::Scale, LoadError> {
+        let Some(name) = self.fp8.as_ref().and_then(|q| q.scale_of(&t.name)) else {
+            return quant::Scale::new(t, vec![1.0], &[]).map_err(|e| self.err(t, e));
+        };
+        let s = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| self.err(t, format!("its scale \"{name}\" is missing")))?;
+        let values = self.f32_values_raw(s)?;
+        quant::Scale::new(t, values, &s.shape).map_err(|e| self.err(t, format!("\"{name}\": {e}")))
+    }
+
+    /// Writes fp8 tensor `t` times its scale as F16 into `out` (exactly its F16 bytes), in
+    /// chunks on all cores: no copy of the whole tensor beyond `out`.
+    fn fp8_to_f16(&self, t: &TensorInfo, out: &mut [u8]) -> Result<(), LoadError> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        let n = t.numel() as usize;
+        if out.len() != 2 * n {
+            return Err(self.err(t, format!("{} bytes for {n} F16 values", out.len())));
+        }
+        let scale = self.scale(t)?;
+        let data = self.file.data(t);
+        out.par_chunks_mut(2 * CHUNK)
+            .enumerate()
+            .try_for_each(|(k, out)| {
+                let start = k * CHUNK;
+                let len = out.len() / 2;
+                let mut vals = vec![0f32; len];
+                float::to_f32(t.dtype, &data[start..start + len], &mut vals)?;
+                scale.apply_from(start, &mut vals);
+                float::from_f32(DType::Ggml(GgmlType::F16), &vals, out)
+            })
+            .map_err(|e| self.err(t, e.to_string()))
     }
 
     /// The tensors [`WeightStore::load_cpu`] would load for `filter`, with the same names,
@@ -408,14 +531,8 @@ impl WeightStore {
                 .map_err(|e| self.err(t, e.to_string()))?,
             d => float::to_f32(d, bytes, &mut out).map_err(|e| self.err(t, e.to_string()))?,
         }
-        if let Some(scale) = self.fp8.as_ref().and_then(|q| q.scale_of(&t.name)) {
-            let s = self
-                .file
-                .tensor(scale)
-                .ok_or_else(|| self.err(t, format!("its scale \"{scale}\" is missing")))?;
-            let values = self.f32_values_raw(s)?;
-            quant::apply_scale(t, &mut out, &values, &s.shape)
-                .map_err(|e| self.err(t, format!("\"{scale}\": {e}")))?;
+        if self.scaled(t) {
+            self.scale(t)?.apply_from(0, &mut out);
         }
         Ok(out)
     }
