@@ -57,7 +57,9 @@ fn print_table(out: &mut impl Write, stage: &StagePlan) -> std::io::Result<()> {
     };
     let budget = match p.budget {
         Some(b) => format!("{} (reserve {}, {on})", human_bytes(b), mib(p.reserve)),
-        None => "unlimited (simulated on the CPU)".into(),
+        None => {
+            "none (everything on the CPU from the files, as a run without --vram-budget)".into()
+        }
     };
     writeln!(out, "plan: {what}, budget {budget}")?;
     writeln!(

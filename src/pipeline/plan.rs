@@ -535,7 +535,13 @@ pub(crate) fn stage_plan(
             0
         },
         options: PlanOptions {
-            offload: memory.offload,
+            // Without a budget on the CPU a run computes everything from the files (no
+            // simulated device): plan that, so that the RAM figures and notes are the run's.
+            offload: if device.is_cpu() && budget.is_none() {
+                Offload::Full
+            } else {
+                memory.offload
+            },
             encoders: memory.encoders,
             vae_tile,
         },
