@@ -416,6 +416,12 @@ impl WeightStore {
             let values = self.f32_values_raw(s)?;
             quant::apply_scale(t, &mut out, &values, &s.shape)
                 .map_err(|e| self.err(t, format!("\"{scale}\": {e}")))?;
+            // A scaled fp8 weight is F16 once loaded (ComfyUI rounds it to its 16-bit compute
+            // type too), also where it is loaded as F32 (a transposed bigG projection).
+            if matches!(t.dtype, DType::F8E4M3 | DType::F8E5M2) {
+                out.iter_mut()
+                    .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+            }
         }
         Ok(out)
     }
