@@ -960,6 +960,12 @@ fn fp8_tensors(
 /// its sentencepiece model embedded as the U8 tensor `spiece_model`. CLIP vision and the VAE
 /// are the reference files. No tokenizer is given.
 fn write_fp8_files(name: &str, layout: Fp8Layout) -> (PathBuf, WanFiles) {
+    let spiece = std::fs::read("tests/fixtures/umt5_tokenizer/small/spiece.model").expect("spm");
+    write_fp8_files_with(name, layout, spiece)
+}
+
+/// [`write_fp8_files`] with `spiece` as the umT5's embedded `spiece_model` bytes.
+fn write_fp8_files_with(name: &str, layout: Fp8Layout, spiece: Vec<u8>) -> (PathBuf, WanFiles) {
     let idx = index();
     let (dir, mut wf) = write_files(name, false);
     let fp8 = &idx["fp8_scaled"];
@@ -1001,7 +1007,6 @@ fn write_fp8_files(name: &str, layout: Fp8Layout) -> (PathBuf, WanFiles) {
         .collect();
     let (mut tensors, meta) =
         fp8_tensors(&files["t5"], &fp8["t5"], layout, "", &|n| to_hf[n].clone());
-    let spiece = std::fs::read("tests/fixtures/umt5_tokenizer/small/spiece.model").expect("spm");
     let n = spiece.len() as u64;
     tensors.push(("spiece_model".into(), "U8", vec![n], spiece));
     let t5 = dir.join("umt5_fp8_scaled.safetensors");
@@ -1274,4 +1279,52 @@ fn convert_applies_fp8_scales_and_keeps_the_tokenizer() {
     let o = nijigen(&["info", &p(&t5_gguf)]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!common::stdout(&o).contains("quantization:"));
+}
+
+/// An embedded tokenizer (`spiece_model`) that cannot be parsed is reported as such, naming the
+/// file and why, by the library, `nijigen video` and `nijigen convert`; not as a missing
+/// tokenizer with a request for --t5-tokenizer.
+#[test]
+fn a_damaged_embedded_tokenizer_is_reported_as_such() {
+    let idx = index();
+    let bad = b"\x0a\xff\xff\xff\xff\x0fnot a sentencepiece model".to_vec();
+    let (dir, files) = write_fp8_files_with("fp8_bad_spm", Fp8Layout::ScaledFp8, bad);
+    let t5 = files.t5.clone().unwrap();
+    let want = format!(
+        "{}: its embedded tokenizer (spiece_model) could not be read: ",
+        t5.display()
+    );
+    let e = video::with_models(&files, true, &opts(), &mut |_| {}, |_, _| Ok(()))
+        .expect_err("a damaged tokenizer is an error")
+        .to_string();
+    eprintln!("{e}");
+    assert!(e.starts_with(&want), "{e}");
+    assert!(e.len() > want.len(), "no reason given: {e}");
+    assert!(!e.contains("--t5-tokenizer"), "{e}");
+
+    let out = dir.join("bad_spm.mp4");
+    let args = video_args(&idx, &files, &out, &dir.join("bad_spm_frames"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = nijigen(&args);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&want), "{err}");
+    assert!(!out.exists());
+
+    let gguf = dir.join("bad_spm.gguf");
+    let o = nijigen(&[
+        "convert",
+        t5.to_str().unwrap(),
+        "-o",
+        gguf.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("embedded tokenizer could not be read"),
+        "{err}"
+    );
+    assert!(!gguf.exists());
 }

@@ -88,14 +88,7 @@ impl WeightStore {
     /// The embedded sentencepiece tokenizer (ComfyUI's `spiece_model`, a U8 tensor holding the
     /// serialized model), if the file carries one.
     pub fn embedded_spiece(&self) -> Option<&[u8]> {
-        self.file
-            .tensors()
-            .iter()
-            .find(|t| {
-                t.dtype == DType::U8
-                    && (t.name == "spiece_model" || t.name.ends_with(".spiece_model"))
-            })
-            .map(|t| self.file.data(t))
+        self.file.spiece_model().map(|t| self.file.data(t))
     }
 
     /// Bytes stored tensor `t` takes once loaded ([`WeightStore::load_cpu`]): its stored size
