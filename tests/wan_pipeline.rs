@@ -1328,3 +1328,135 @@ fn a_damaged_embedded_tokenizer_is_reported_as_such() {
     );
     assert!(!gguf.exists());
 }
+
+/// A ComfyUI per-layer file whose layers are `nvfp4` (U8 packed weights [out, in / 2], fp8
+/// block scales `weight_scale` [out, in / 16], `weight_scale_2`), one layer kept fp8: `nijigen
+/// info` describes it (the reference DiT's architecture, both quantizations, nvfp4 "not
+/// supported for loading"), while loading it, or running `nijigen video` on it, fails with
+/// one error that names the layer and the format.
+#[test]
+fn nvfp4_files_are_described_but_not_loaded() {
+    let idx = index();
+    let (dir, mut files) = write_files("nvfp4", false);
+    let quantized: Vec<&str> = idx["fp8_scaled"]["dit"]["tensors"]
+        .as_array()
+        .expect("fp8 tensors")
+        .iter()
+        .map(|v| v.as_str().expect("name"))
+        .collect();
+    let f32_bytes = |v: &[f32]| -> Vec<u8> { bytemuck::cast_slice(v).to_vec() };
+    let mut tensors: Vec<common::RawTensor> = Vec::new();
+    let mut nvfp4 = Vec::new();
+    for (name, shape, vals) in recipe(&idx["files"]["dit"]) {
+        let stored = format!("model.diffusion_model.{name}");
+        let Some(k) = quantized.iter().position(|q| *q == name) else {
+            tensors.push((stored, "F32", shape, f32_bytes(&vals)));
+            continue;
+        };
+        let layer = stored
+            .strip_suffix(".weight")
+            .expect("a weight")
+            .to_string();
+        let format = if k == 0 {
+            let (q, scale) = fp8_quantize(&vals);
+            tensors.push((stored, "F8_E4M3", shape, q));
+            tensors.push((
+                format!("{layer}.weight_scale"),
+                "F32",
+                vec![],
+                f32_bytes(&[scale]),
+            ));
+            "float8_e4m3fn"
+        } else {
+            let (out, inp) = (shape[0], shape[1]);
+            let packed: Vec<u8> = (0..out * inp / 2).map(|i| (i * 37 % 251) as u8).collect();
+            let blocks = vec![0x38u8; (out * inp / 16) as usize]; // fp8 1.0
+            tensors.push((stored, "U8", vec![out, inp / 2], packed));
+            tensors.push((
+                format!("{layer}.weight_scale"),
+                "F8_E4M3",
+                vec![out, inp / 16],
+                blocks,
+            ));
+            tensors.push((
+                format!("{layer}.weight_scale_2"),
+                "F32",
+                vec![],
+                f32_bytes(&[0.01]),
+            ));
+            nvfp4.push(layer.clone());
+            "nvfp4"
+        };
+        let conf = serde_json::json!({ "format": format })
+            .to_string()
+            .into_bytes();
+        let n = conf.len() as u64;
+        tensors.push((format!("{layer}.comfy_quant"), "U8", vec![n], conf));
+    }
+    assert!(nvfp4.len() > 10, "{} nvfp4 layers", nvfp4.len());
+    let path = dir.join("dit_nvfp4.safetensors");
+    common::write_safetensors_raw(&path, &[], &tensors);
+    let p = |v: &Path| v.to_str().expect("utf-8 path").to_string();
+
+    let line = |text: &str, key: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+            .to_string()
+    };
+    let o = nijigen(&["info", &p(&files.model)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = common::stdout(&o);
+    let o = nijigen(&["info", &p(&path)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = common::stdout(&o);
+    eprintln!("{text}");
+    assert_eq!(
+        line(&text, "architecture:"),
+        line(&reference, "architecture:")
+    );
+    assert!(
+        text.contains(
+            "quantization:  fp8 scaled (ComfyUI), 1 layers (per-layer comfy_quant, \
+             <layer>.weight_scale); applied at load"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "quantization:  nvfp4 (ComfyUI), {} layers: not supported for loading \
+             (float8_e4m3fn and float8_e5m2 are)",
+            nvfp4.len()
+        )),
+        "{text}"
+    );
+    let o = nijigen(&["info", "--json", &p(&path)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("info json");
+    assert_eq!(v["fp8_scaled"]["layers"], 1);
+    assert_eq!(v["fp8_scaled"]["unsupported"]["nvfp4"], nvfp4.len());
+
+    // Loading names the first nvfp4 layer (in name order) and the format.
+    nvfp4.sort();
+    let want = format!(
+        "layer \"{}\": quantization format \"nvfp4\" is not supported",
+        nvfp4[0]
+    );
+    let store = nijigen::runtime::WeightStore::open_path(&path).expect("opens");
+    let e = store.load_cpu(|_| true).err().expect("refused").to_string();
+    assert!(e.contains(&want), "{e}");
+    assert!(e.contains(&p(&path)), "{e}");
+
+    files.model = path.clone();
+    let out = dir.join("nvfp4.mp4");
+    let args = video_args(&idx, &files, &out, &dir.join("nvfp4_frames"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = nijigen(&args);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    eprintln!("{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains(&want), "{err}");
+    assert!(!out.exists());
+}

@@ -234,6 +234,9 @@ pub fn convert(
         });
     }
     let fp8 = Fp8Scaled::read(&file)?;
+    if let Some(q) = &fp8 {
+        q.check_loadable(&file)?;
+    }
     let rules = Rules::new(opts.target, opts.overrides.clone());
     let planned = plan(&file, &rules)?;
     let arch = architecture_name(&file);

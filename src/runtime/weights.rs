@@ -102,6 +102,15 @@ impl WeightStore {
         self.out_type(t).bytes_for(t.numel()).unwrap_or(t.size)
     }
 
+    /// Refuses to load a file with layers in a quantization format nijigen cannot load (it
+    /// opens, so that `nijigen info` can describe it).
+    fn check_loadable(&self) -> Result<(), LoadError> {
+        match &self.fp8 {
+            Some(q) => Ok(q.check_loadable(&self.file)?),
+            None => Ok(()),
+        }
+    }
+
     /// Whether stored tensor `t` carries a scale (it is then always converted).
     fn scaled(&self, t: &TensorInfo) -> bool {
         self.fp8
@@ -253,6 +262,7 @@ impl WeightStore {
 
     /// Loads every canonical tensor whose name passes `filter` into a [`TensorSet`] for the CPU.
     pub fn load_cpu(&self, filter: impl Fn(&str) -> bool) -> Result<TensorSet<'_>, LoadError> {
+        self.check_loadable()?;
         let sources = self.filtered(filter);
         let gerr = |t: &TensorInfo, e: GgmlError| LoadError::Ggml {
             path: self.path_of(t),
@@ -329,6 +339,7 @@ impl WeightStore {
     /// large as the largest of them, which is never written and stays untouched (no memory).
     /// Never compute with this set: its values are zeros, shared by all tensors.
     pub fn load_meta(&self, filter: impl Fn(&str) -> bool) -> Result<TensorSet<'_>, LoadError> {
+        self.check_loadable()?;
         let sources = self.filtered(filter);
         let mut targets = Vec::with_capacity(sources.len());
         for (name, src) in &sources {
