@@ -1530,7 +1530,12 @@ fn community_gguf_architecture_values_are_recognised_by_info() {
     let unet = sdxl_unet(32, &[1, 2], &[0, 1], 2, 64, 80);
     let umt5 = fixture("umt5_gguf.txt");
     let cases = [
-        ("wan", &wan22_i2v, "wan-dit-i2v", "Wan I2V DiT (no CLIP image branch)"),
+        (
+            "wan",
+            &wan22_i2v,
+            "wan-dit-i2v",
+            "Wan I2V DiT (no CLIP image branch)",
+        ),
         ("wan", &wan21_i2v, "wan-dit-i2v", "Wan2.1 I2V DiT"),
         ("wan", &wan_t2v, "wan-dit-t2v", "Wan T2V DiT"),
         ("sdxl", &unet, "sdxl-unet", "SDXL UNet"),
@@ -1546,8 +1551,8 @@ fn community_gguf_architecture_values_are_recognised_by_info() {
             .map(|(n, s)| TensorDecl::new(n.clone(), GgmlType::F16, s.clone()))
             .collect();
         let f = std::fs::File::create(&path).expect("create");
-        let mut w = GgufWriter::new(&path, std::io::BufWriter::new(f), &meta, &decls)
-            .expect("gguf header");
+        let mut w =
+            GgufWriter::new(&path, std::io::BufWriter::new(f), &meta, &decls).expect("gguf header");
         for (n, s) in list.iter() {
             let bytes = vec![0u8; 2 * s.iter().product::<u64>() as usize];
             w.write_tensor(n, &bytes).expect("tensor");
@@ -1570,7 +1575,10 @@ fn community_gguf_architecture_values_are_recognised_by_info() {
             line("config:").starts_with(&format!("config:        {summary}")),
             "{hint}: {text}"
         );
-        assert!(!text.contains("general.architecture says"), "{hint}: {text}");
+        assert!(
+            !text.contains("general.architecture says"),
+            "{hint}: {text}"
+        );
         assert!(
             text.contains(&format!("  general.architecture = \"{hint}\"")),
             "{hint}: {text}"
