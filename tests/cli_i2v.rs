@@ -722,3 +722,98 @@ fn ctrl_c_in_the_video_stage_leaves_no_partial_file() {
     assert_eq!(names, vec!["clip.png".to_string()]);
     assert!(image::open(dir.path().join("clip.png")).is_ok());
 }
+
+/// `src` as a ComfyUI scaled fp8 file (`scaled_fp8` marker, `<layer>.scale_weight`) with every
+/// Linear weight (2-D `.weight`, not an embedding table) quantized, and as a safetensors file
+/// holding the dequantized values (f32(q) x scale, decoded by the library, as F16); every other
+/// tensor is copied as stored into both. Returns how many weights were quantized.
+fn fp8_and_dequantized(src: &Path, fp8: &Path, reference: &Path) -> usize {
+    use nijigen::formats::weights::WeightFile;
+    use nijigen::formats::{float, DType};
+    let file = WeightFile::open_path(src).unwrap();
+    let (mut q8, mut deq): (Vec<common::RawTensor>, Vec<common::RawTensor>) = (vec![], vec![]);
+    let mut n = 0;
+    for t in file.tensors() {
+        let ty: &'static str = match t.dtype {
+            DType::F16 => "F16",
+            DType::F32 => "F32",
+            DType::BF16 => "BF16",
+            d => panic!("{}: {d} is not a float type", t.name),
+        };
+        let bytes = file.data(t).to_vec();
+        let linear = t.shape.len() == 2
+            && t.name.ends_with(".weight")
+            && !t.name.ends_with("token_embedding.weight")
+            && !t.name.ends_with("position_embedding.weight");
+        if !linear {
+            q8.push((t.name.clone(), ty, t.shape.clone(), bytes.clone()));
+            deq.push((t.name.clone(), ty, t.shape.clone(), bytes));
+            continue;
+        }
+        n += 1;
+        let vals = float::to_f32_vec(t.dtype, &bytes).unwrap();
+        let (q, scale) = common::fp8_quantize(&vals);
+        let d: Vec<u8> = q
+            .iter()
+            .flat_map(|&b| half::f16::from_f32(float::f8e4m3_to_f32(b) * scale).to_le_bytes())
+            .collect();
+        let layer = t.name.strip_suffix(".weight").unwrap();
+        q8.push((t.name.clone(), "F8_E4M3", t.shape.clone(), q));
+        q8.push((
+            format!("{layer}.scale_weight"),
+            "F32",
+            vec![],
+            scale.to_le_bytes().to_vec(),
+        ));
+        deq.push((t.name.clone(), "F16", t.shape.clone(), d));
+    }
+    q8.push(("scaled_fp8".into(), "F8_E4M3", vec![0], vec![]));
+    common::write_safetensors_raw(fp8, &[], &q8);
+    common::write_safetensors_raw(reference, &[], &deq);
+    n
+}
+
+/// `nijigen i2v` on ComfyUI scaled fp8 files (the SDXL checkpoint, the Wan DiT and CLIP vision;
+/// the umT5 stays the demo's GGUF) gives exactly the still and frames of the same run on files
+/// holding the dequantized weights: the fp8 weights load as those values and nothing else in
+/// the chain differs (tolerance 0).
+#[test]
+fn i2v_on_fp8_scaled_files_matches_the_dequantized_files() {
+    let m = models();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sets: Vec<Vec<String>> = vec![vec![], vec![]];
+    for (flag, src) in [
+        ("--image-model", &m.sdxl),
+        ("--video-model", &m.dit),
+        ("--clip-vision", &m.clip_vision),
+    ] {
+        let name = src.file_stem().unwrap().to_string_lossy().into_owned();
+        let fp8 = dir.path().join(format!("{name}_fp8_scaled.safetensors"));
+        let reference = dir.path().join(format!("{name}_dequantized.safetensors"));
+        let n = fp8_and_dequantized(src, &fp8, &reference);
+        assert!(n > 5, "{name}: {n} quantized weights");
+        sets[0].extend([flag.to_string(), s(&fp8)]);
+        sets[1].extend([flag.to_string(), s(&reference)]);
+    }
+    let mut results = Vec::new();
+    for (k, files) in sets.iter().enumerate() {
+        let out = dir.path().join(format!("run{k}.mp4"));
+        let frames = dir.path().join(format!("frames{k}"));
+        let mut a = vec!["i2v".to_string()];
+        a.extend(files.iter().cloned());
+        a.extend(["--t5", &s(&m.t5), "--video-vae", &s(&m.vae)].map(String::from));
+        a.extend(SIZES.iter().map(|s| s.to_string()));
+        a.extend(["-p", PROMPT, "--motion", MOTION, "-o"].map(String::from));
+        a.extend([s(&out), "--frames-dir".into(), s(&frames)]);
+        let o = run(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let still = image::open(dir.path().join(format!("run{k}.png")))
+            .unwrap()
+            .to_rgb8()
+            .into_raw();
+        results.push((still, frame_pixels(&frames)));
+    }
+    assert_eq!(results[0].1.len(), 5);
+    assert!(results[0].0 == results[1].0, "stills differ");
+    assert!(results[0].1 == results[1].1, "frames differ");
+}

@@ -765,3 +765,303 @@ fn wan_lora_on_an_fp8_scaled_base_patches_the_dequantized_weights() {
         "LoRA on the fp8 base differs from the dequantized base"
     );
 }
+
+// ---- lightx2v / Kijai LoRAs on quantized bases ------------------------------------------------
+
+/// The tiny Wan T2V DiT of tests/fixtures/wan_dit under the original Wan names (the store's
+/// name map from its diffusers names), as (name, shape, values).
+fn wan_original_names(dir: &Path) -> Tensors {
+    let wix = index("tests/fixtures/wan_dit");
+    let recipe = recipe_tensors(&wix["t2v"]["tensors"]);
+    let store = store_of(dir, "wan_diffusers.safetensors", &recipe);
+    recipe
+        .into_iter()
+        .map(|(n, s, v)| {
+            let map = store.detection().normalize(&n).expect("a Wan DiT tensor");
+            (map.target().to_string(), s, v)
+        })
+        .collect()
+}
+
+/// A LoRA as lightx2v's and Kijai's Wan files are laid out: `diffusion_model.<original
+/// name>` keys, `lora_down.weight` [rank, in] / `lora_up.weight` [out, rank] / `alpha` for the
+/// Linear layers, `diff` for a full weight difference (a Linear, a norm's weight) and
+/// `diff_b` for biases (of Linears and norms). Returns the tensors and the merged weights
+/// (name -> change to add to the base weight, multiplier applied, f64 sums).
+fn kijai_lora(base: &Tensors, mult: f32) -> (Tensors, Vec<(String, Vec<f32>)>) {
+    let shape_of = |n: &str| {
+        base.iter()
+            .find(|(m, _, _)| m == n)
+            .unwrap_or_else(|| panic!("base has no {n}"))
+            .1
+            .clone()
+    };
+    let mut lora: Tensors = Vec::new();
+    let mut deltas: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut seed = 9000;
+    let mut next = |n: usize, scale: f32| {
+        seed += 1;
+        common::hash_values(n, seed, scale, 0.0)
+    };
+    let (rank, alpha) = (4usize, 2.0f32);
+    for b in 0..2 {
+        for layer in ["self_attn.q", "cross_attn.k", "ffn.0"] {
+            let w = format!("blocks.{b}.{layer}.weight");
+            let s = shape_of(&w);
+            let (out, inp) = (s[0] as usize, s[1] as usize);
+            let down = next(rank * inp, 0.5);
+            let up = next(out * rank, 0.5);
+            let k = format!("diffusion_model.blocks.{b}.{layer}");
+            lora.push((
+                format!("{k}.lora_down.weight"),
+                vec![rank as u64, inp as u64],
+                down.clone(),
+            ));
+            lora.push((
+                format!("{k}.lora_up.weight"),
+                vec![out as u64, rank as u64],
+                up.clone(),
+            ));
+            lora.push((format!("{k}.alpha"), vec![], vec![alpha]));
+            // W' = W + mult * alpha / rank * up @ down
+            let s = (mult * alpha / rank as f32) as f64;
+            let mut d = vec![0f32; out * inp];
+            for o in 0..out {
+                for i in 0..inp {
+                    let dot: f64 = (0..rank)
+                        .map(|r| up[o * rank + r] as f64 * down[r * inp + i] as f64)
+                        .sum();
+                    d[o * inp + i] = (s * dot) as f32;
+                }
+            }
+            deltas.push((w, d));
+        }
+    }
+    // A full weight difference on a Linear, and on norms' weights.
+    for name in [
+        "blocks.0.ffn.2.weight",
+        "blocks.0.norm3.weight",
+        "blocks.1.self_attn.norm_q.weight",
+    ] {
+        let s = shape_of(name);
+        let n = s.iter().product::<u64>() as usize;
+        let d = next(n, 0.05);
+        let key = format!(
+            "diffusion_model.{}.diff",
+            name.strip_suffix(".weight").unwrap()
+        );
+        lora.push((key, s, d.clone()));
+        deltas.push((name.into(), d.iter().map(|v| v * mult).collect()));
+    }
+    // Bias differences: a Linear's, a norm's, the head's.
+    for name in [
+        "blocks.0.self_attn.q.bias",
+        "blocks.0.norm3.bias",
+        "blocks.1.cross_attn.o.bias",
+        "head.head.bias",
+    ] {
+        let s = shape_of(name);
+        let n = s.iter().product::<u64>() as usize;
+        let d = next(n, 0.2);
+        let key = format!(
+            "diffusion_model.{}.diff_b",
+            name.strip_suffix(".bias").unwrap()
+        );
+        lora.push((key, s, d.clone()));
+        deltas.push((name.into(), d.iter().map(|v| v * mult).collect()));
+    }
+    (lora, deltas)
+}
+
+/// `base` with `deltas` added.
+fn merged(base: &Tensors, deltas: &[(String, Vec<f32>)]) -> Tensors {
+    let mut out = base.clone();
+    for (name, d) in deltas {
+        let t = out.iter_mut().find(|(n, _, _)| n == name).unwrap();
+        t.2.iter_mut().zip(d).for_each(|(w, d)| *w += d);
+    }
+    out
+}
+
+/// Q8_0 to f32, decoded from the block layout: per 32 values an f16 scale, then 32 i8.
+fn q8_0_values(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(34)
+        .flat_map(|b| {
+            let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            b[2..].iter().map(move |&q| d * q as i8 as f32)
+        })
+        .collect()
+}
+
+/// A lightx2v/Kijai-style LoRA (low rank with alpha, `diff`, `diff_b` on Linears and norms)
+/// applied at run time to a quantized base: (a) a ComfyUI scaled fp8 file (`comfy_quant`,
+/// `model.diffusion_model.` names) and (b) a Q8_0 GGUF (city96's names) written by our writer.
+/// Every key resolves, and the output matches the model run on an F32 file holding the exact
+/// reference weights computed here: the base dequantized (decoded in the test: f16(f32(q) x
+/// scale), Q8_0 d x q) plus multiplier x (alpha / rank x up @ down | diff | diff_b). The runtime
+/// path differs from that reference by the matmuls' input rounding only (ggml converts a
+/// matmul's F32 input to F16 for an F16 weight, to Q8_0 for a Q8_0 weight, which alone puts the
+/// unpatched Q8_0 output 9.4e-3 from its reference). Measured (rel): fp8 output 3.4e-4, the
+/// LoRA's own change (patched minus unpatched output) 1.4e-3; Q8_0 8.9e-3 and 3.8e-2; the LoRA
+/// changes the output by 2.7e-1, so alpha / rank, a multiplier or a diff missed or applied
+/// twice fails. Bounds: fp8 1e-3 / 1e-2, Q8_0 2e-2 / 1e-1 (as the UNet's Q8_0 LoRA test).
+#[test]
+fn kijai_style_wan_lora_on_fp8_and_gguf_bases_matches_the_merged_reference() {
+    use common::{fp8_quantize, write_safetensors_raw, RawTensor};
+    use nijigen::formats::gguf::{GgufWriter, TensorDecl};
+    use nijigen::formats::MetaValue;
+    let dir = tempfile::tempdir().unwrap();
+    let base = wan_original_names(dir.path());
+    let mult = 0.8;
+    let (lora_tensors, deltas) = kijai_lora(&base, mult);
+    let lora_path = dir.path().join("lightx2v_style_lora.safetensors");
+    write(&lora_path, &lora_tensors, St::F32);
+    let lora = LoraFile::open(&lora_path).unwrap();
+    assert!(lora.unknown_keys().is_empty(), "{:?}", lora.unknown_keys());
+    let linear = |n: &str, s: &[u64]| s.len() == 2 && n.ends_with(".weight");
+
+    // (a) scaled fp8, per-layer layout, and its dequantized weights.
+    let f32_bytes = |v: &[f32]| -> Vec<u8> { bytemuck::cast_slice(v).to_vec() };
+    let mut fp8: Vec<RawTensor> = Vec::new();
+    let mut fp8_base: Tensors = Vec::new();
+    for (name, shape, vals) in &base {
+        let stored = format!("model.diffusion_model.{name}");
+        if !linear(name, shape) {
+            fp8.push((stored, "F32", shape.clone(), f32_bytes(vals)));
+            fp8_base.push((name.clone(), shape.clone(), vals.clone()));
+            continue;
+        }
+        let (q, scale) = fp8_quantize(vals);
+        let deq = q
+            .iter()
+            .map(|&b| {
+                half::f16::from_f32(nijigen::formats::float::f8e4m3_to_f32(b) * scale).to_f32()
+            })
+            .collect();
+        fp8_base.push((name.clone(), shape.clone(), deq));
+        let layer = stored.strip_suffix(".weight").unwrap().to_string();
+        let conf = br#"{"format": "float8_e4m3fn"}"#.to_vec();
+        fp8.push((
+            format!("{layer}.comfy_quant"),
+            "U8",
+            vec![conf.len() as u64],
+            conf,
+        ));
+        fp8.push((
+            format!("{layer}.weight_scale"),
+            "F32",
+            vec![],
+            f32_bytes(&[scale]),
+        ));
+        fp8.push((stored, "F8_E4M3", shape.clone(), q));
+    }
+    let fp8_path = dir.path().join("wan_fp8_scaled.safetensors");
+    write_safetensors_raw(&fp8_path, &[], &fp8);
+
+    // (b) Q8_0 GGUF (matrices whose rows are whole blocks), and its dequantized weights.
+    let gguf_path = dir.path().join("wan-Q8_0.gguf");
+    let q8 = |n: &str, s: &[u64]| linear(n, s) && s[1] % 32 == 0;
+    let decls: Vec<TensorDecl> = base
+        .iter()
+        .map(|(n, s, _)| {
+            let ty = if q8(n, s) {
+                GgmlType::Q8_0
+            } else {
+                GgmlType::F32
+            };
+            TensorDecl::new(n.clone(), ty, s.clone())
+        })
+        .collect();
+    let meta = vec![(
+        "general.architecture".to_string(),
+        MetaValue::String("wan".into()),
+    )];
+    let f = std::fs::File::create(&gguf_path).unwrap();
+    let mut w = GgufWriter::new(&gguf_path, std::io::BufWriter::new(f), &meta, &decls).unwrap();
+    let mut q8_base: Tensors = Vec::new();
+    let mut q8_count = 0;
+    for (name, shape, vals) in &base {
+        if q8(name, shape) {
+            let mut q = vec![0u8; GgmlType::Q8_0.bytes_for(vals.len() as u64).unwrap() as usize];
+            ggml::quantize(GgmlType::Q8_0, vals, shape[1] as usize, &mut q).unwrap();
+            w.write_tensor(name, &q).unwrap();
+            q8_base.push((name.clone(), shape.clone(), q8_0_values(&q)));
+            q8_count += 1;
+        } else {
+            w.write_tensor(name, bytemuck::cast_slice(vals)).unwrap();
+            q8_base.push((name.clone(), shape.clone(), vals.clone()));
+        }
+    }
+    w.finish().unwrap();
+    assert!(q8_count > 10, "{q8_count} Q8_0 matrices");
+
+    let wix = index("tests/fixtures/wan_dit");
+    let case = &wix["t2v"];
+    let (x, xs) = read_f32_entry("tests/fixtures/wan_dit", &case["x"]);
+    let (text, _) = read_f32_entry("tests/fixtures/wan_dit", &wix["text"]);
+    let t = case["timestep"].as_f64().unwrap() as f32;
+    let run = |path: &Path, lora: Option<&LoraFile>| -> Vec<f32> {
+        let store = WeightStore::open_path(path).unwrap();
+        let set = store.load_cpu(|_| true).unwrap();
+        let mut dit = WanDit::new(&set, "", 2).unwrap();
+        let ad;
+        if let Some(l) = lora {
+            ad = Adapters::build(&set, "", LoraTarget::WanDit, &[(l, mult)]).unwrap();
+            let rep = &ad.reports()[0];
+            assert!(
+                rep.unmatched.is_empty(),
+                "{}: {:?}",
+                path.display(),
+                rep.unmatched
+            );
+            // Modules: 6 low-rank Linears (one with a diff_b too), the Linear with a diff,
+            // norm3 (diff, diff_b), norm_q (diff), cross_attn.o and the head (diff_b).
+            assert_eq!(rep.applied, 11, "{}", path.display());
+            assert!(rep.unsupported.is_empty(), "{:?}", rep.unsupported);
+            assert_eq!(
+                ad.merged_vectors(),
+                [
+                    "blocks.0.norm3.bias",
+                    "blocks.0.norm3.weight",
+                    "blocks.0.self_attn.q.bias",
+                    "blocks.1.cross_attn.o.bias",
+                    "blocks.1.self_attn.norm_q.weight",
+                    "head.head.bias",
+                ],
+                "{}",
+                path.display()
+            );
+            dit.set_adapters(Some(&ad)).unwrap();
+        }
+        dit.forward(&x, t, &text, None, xs[1], xs[2], xs[3])
+            .unwrap()
+    };
+    for (what, path, deq, tol, tol_change) in [
+        ("fp8 scaled", &fp8_path, &fp8_base, 1e-3f32, 1e-2f32),
+        ("Q8_0 GGUF", &gguf_path, &q8_base, 2e-2, 1e-1),
+    ] {
+        let ref_base = dir.path().join("reference_base.safetensors");
+        let ref_merged = dir.path().join("reference_merged.safetensors");
+        write(&ref_base, deq, St::F32);
+        write(&ref_merged, &merged(deq, &deltas), St::F32);
+        let (want, want_base) = (run(&ref_merged, None), run(&ref_base, None));
+        let (got, got_base) = (run(path, Some(&lora)), run(path, None));
+        let change = rel_err(&want, &want_base);
+        let e = rel_err(&got, &want);
+        let diff =
+            |a: &[f32], b: &[f32]| -> Vec<f32> { a.iter().zip(b).map(|(a, b)| a - b).collect() };
+        let ed = rel_err(&diff(&got, &got_base), &diff(&want, &want_base));
+        eprintln!(
+            "{what}: LoRA changes the output by {change:.2e}; rel err {e:.2e} vs the merged \
+             reference, LoRA change rel err {ed:.2e} (base alone {:.2e})",
+            rel_err(&got_base, &want_base)
+        );
+        assert!(
+            change > 1e-2,
+            "{what}: the LoRA barely changes the output ({change})"
+        );
+        assert!(e < tol, "{what}: {e}");
+        assert!(ed < tol_change, "{what}: LoRA change {ed}");
+    }
+}

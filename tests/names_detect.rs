@@ -7,6 +7,8 @@
 //! (`pipeline::inspect` over each network's `describe`): the lists are written to safetensors
 //! files of zeros (sparse on disk) and read back as weight stores.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
@@ -1510,4 +1512,76 @@ fn i2v_checks_compare_the_model_configs() {
         m.contains("the DiT takes 36 input channels, the VAE has 4 latent channels"),
         "{m}"
     );
+}
+
+/// GGUF files from city96's converter (ComfyUI-GGUF `tools/convert.py`: every Wan DiT is
+/// "wan", SDXL UNets "sdxl"; QuantStack's Wan2.2 files, made with it, too), llama.cpp's T5
+/// converter (city96's umT5: "t5encoder") and gguf-node ("t5"), written here with our GGUF
+/// writer: `nijigen info` recognises each from its tensors, agrees with the value (no "says"
+/// note) and prints it; among them a Wan2.2 I2V expert (36 input channels, no `img_emb.*`).
+#[test]
+fn community_gguf_architecture_values_are_recognised_by_info() {
+    use nijigen::formats::gguf::{GgufWriter, TensorDecl};
+    use nijigen::ggml::GgmlType;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wan22_i2v = wan_dit(128, 256, 2, 36, 32, 256, None, true);
+    let wan21_i2v = wan_dit(128, 256, 2, 36, 32, 256, Some(64), true);
+    let wan_t2v = wan_dit(128, 256, 2, 16, 32, 256, None, true);
+    let unet = sdxl_unet(32, &[1, 2], &[0, 1], 2, 64, 80);
+    let umt5 = fixture("umt5_gguf.txt");
+    let cases = [
+        (
+            "wan",
+            &wan22_i2v,
+            "wan-dit-i2v",
+            "Wan I2V DiT (no CLIP image branch)",
+        ),
+        ("wan", &wan21_i2v, "wan-dit-i2v", "Wan2.1 I2V DiT"),
+        ("wan", &wan_t2v, "wan-dit-t2v", "Wan T2V DiT"),
+        ("sdxl", &unet, "sdxl-unet", "SDXL UNet"),
+        ("t5encoder", &umt5, "umt5", "umT5 encoder"),
+        ("t5", &umt5, "umt5", "umT5 encoder"),
+        ("umt5", &umt5, "umt5", "umT5 encoder"),
+    ];
+    for (k, (hint, list, arch, summary)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("{k}-{hint}.gguf"));
+        let meta = meta_arch(hint);
+        let decls: Vec<TensorDecl> = list
+            .iter()
+            .map(|(n, s)| TensorDecl::new(n.clone(), GgmlType::F16, s.clone()))
+            .collect();
+        let f = std::fs::File::create(&path).expect("create");
+        let mut w =
+            GgufWriter::new(&path, std::io::BufWriter::new(f), &meta, &decls).expect("gguf header");
+        for (n, s) in list.iter() {
+            let bytes = vec![0u8; 2 * s.iter().product::<u64>() as usize];
+            w.write_tensor(n, &bytes).expect("tensor");
+        }
+        w.finish().expect("finish");
+        let o = common::nijigen(&["info", path.to_str().expect("utf-8")]);
+        let text = common::stdout(&o);
+        assert!(o.status.success(), "{hint}: {}", common::stderr(&o));
+        let line = |key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(key))
+                .unwrap_or_else(|| panic!("{hint}: no {key} in\n{text}"))
+                .to_string()
+        };
+        assert!(
+            line("architecture:").starts_with(&format!("architecture:  {arch} (")),
+            "{hint}: {text}"
+        );
+        assert!(
+            line("config:").starts_with(&format!("config:        {summary}")),
+            "{hint}: {text}"
+        );
+        assert!(
+            !text.contains("general.architecture says"),
+            "{hint}: {text}"
+        );
+        assert!(
+            text.contains(&format!("  general.architecture = \"{hint}\"")),
+            "{hint}: {text}"
+        );
+    }
 }

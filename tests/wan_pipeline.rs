@@ -960,6 +960,12 @@ fn fp8_tensors(
 /// its sentencepiece model embedded as the U8 tensor `spiece_model`. CLIP vision and the VAE
 /// are the reference files. No tokenizer is given.
 fn write_fp8_files(name: &str, layout: Fp8Layout) -> (PathBuf, WanFiles) {
+    let spiece = std::fs::read("tests/fixtures/umt5_tokenizer/small/spiece.model").expect("spm");
+    write_fp8_files_with(name, layout, spiece)
+}
+
+/// [`write_fp8_files`] with `spiece` as the umT5's embedded `spiece_model` bytes.
+fn write_fp8_files_with(name: &str, layout: Fp8Layout, spiece: Vec<u8>) -> (PathBuf, WanFiles) {
     let idx = index();
     let (dir, mut wf) = write_files(name, false);
     let fp8 = &idx["fp8_scaled"];
@@ -1001,7 +1007,6 @@ fn write_fp8_files(name: &str, layout: Fp8Layout) -> (PathBuf, WanFiles) {
         .collect();
     let (mut tensors, meta) =
         fp8_tensors(&files["t5"], &fp8["t5"], layout, "", &|n| to_hf[n].clone());
-    let spiece = std::fs::read("tests/fixtures/umt5_tokenizer/small/spiece.model").expect("spm");
     let n = spiece.len() as u64;
     tensors.push(("spiece_model".into(), "U8", vec![n], spiece));
     let t5 = dir.join("umt5_fp8_scaled.safetensors");
@@ -1488,4 +1493,184 @@ fn fp8_weights_on_the_cpu_convert_to_q8_0_when_asked() {
     );
     // Measured 2.6e-2 (the Q8_0 GGUF DiT: 1.5e-2 from its own reference).
     close("final latent, fp8 as Q8_0", &out.latent, &want, 3e-2);
+}
+
+/// An embedded tokenizer (`spiece_model`) that cannot be parsed is reported as such, naming the
+/// file and why, by the library, `nijigen video` and `nijigen convert`; not as a missing
+/// tokenizer with a request for --t5-tokenizer.
+#[test]
+fn a_damaged_embedded_tokenizer_is_reported_as_such() {
+    let idx = index();
+    let bad = b"\x0a\xff\xff\xff\xff\x0fnot a sentencepiece model".to_vec();
+    let (dir, files) = write_fp8_files_with("fp8_bad_spm", Fp8Layout::ScaledFp8, bad);
+    let t5 = files.t5.clone().unwrap();
+    let want = format!(
+        "{}: its embedded tokenizer (spiece_model) could not be read: ",
+        t5.display()
+    );
+    let e = video::with_models(&files, true, &opts(), &mut |_| {}, |_, _| Ok(()))
+        .expect_err("a damaged tokenizer is an error")
+        .to_string();
+    eprintln!("{e}");
+    assert!(e.starts_with(&want), "{e}");
+    assert!(e.len() > want.len(), "no reason given: {e}");
+    assert!(!e.contains("--t5-tokenizer"), "{e}");
+
+    let out = dir.join("bad_spm.mp4");
+    let args = video_args(&idx, &files, &out, &dir.join("bad_spm_frames"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = nijigen(&args);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&want), "{err}");
+    assert!(!out.exists());
+
+    let gguf = dir.join("bad_spm.gguf");
+    let o = nijigen(&[
+        "convert",
+        t5.to_str().unwrap(),
+        "-o",
+        gguf.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("embedded tokenizer could not be read"),
+        "{err}"
+    );
+    assert!(!gguf.exists());
+}
+
+/// A ComfyUI per-layer file whose layers are `nvfp4` (U8 packed weights [out, in / 2], fp8
+/// block scales `weight_scale` [out, in / 16], `weight_scale_2`), one layer kept fp8: `nijigen
+/// info` describes it (the reference DiT's architecture, both quantizations, nvfp4 "not
+/// supported for loading"), while loading it, or running `nijigen video` on it, fails with
+/// one error that names the layer and the format.
+#[test]
+fn nvfp4_files_are_described_but_not_loaded() {
+    let idx = index();
+    let (dir, mut files) = write_files("nvfp4", false);
+    let quantized: Vec<&str> = idx["fp8_scaled"]["dit"]["tensors"]
+        .as_array()
+        .expect("fp8 tensors")
+        .iter()
+        .map(|v| v.as_str().expect("name"))
+        .collect();
+    let f32_bytes = |v: &[f32]| -> Vec<u8> { bytemuck::cast_slice(v).to_vec() };
+    let mut tensors: Vec<common::RawTensor> = Vec::new();
+    let mut nvfp4 = Vec::new();
+    for (name, shape, vals) in recipe(&idx["files"]["dit"]) {
+        let stored = format!("model.diffusion_model.{name}");
+        let Some(k) = quantized.iter().position(|q| *q == name) else {
+            tensors.push((stored, "F32", shape, f32_bytes(&vals)));
+            continue;
+        };
+        let layer = stored
+            .strip_suffix(".weight")
+            .expect("a weight")
+            .to_string();
+        let format = if k == 0 {
+            let (q, scale) = fp8_quantize(&vals);
+            tensors.push((stored, "F8_E4M3", shape, q));
+            tensors.push((
+                format!("{layer}.weight_scale"),
+                "F32",
+                vec![],
+                f32_bytes(&[scale]),
+            ));
+            "float8_e4m3fn"
+        } else {
+            let (out, inp) = (shape[0], shape[1]);
+            let packed: Vec<u8> = (0..out * inp / 2).map(|i| (i * 37 % 251) as u8).collect();
+            let blocks = vec![0x38u8; (out * inp / 16) as usize]; // fp8 1.0
+            tensors.push((stored, "U8", vec![out, inp / 2], packed));
+            tensors.push((
+                format!("{layer}.weight_scale"),
+                "F8_E4M3",
+                vec![out, inp / 16],
+                blocks,
+            ));
+            tensors.push((
+                format!("{layer}.weight_scale_2"),
+                "F32",
+                vec![],
+                f32_bytes(&[0.01]),
+            ));
+            nvfp4.push(layer.clone());
+            "nvfp4"
+        };
+        let conf = serde_json::json!({ "format": format })
+            .to_string()
+            .into_bytes();
+        let n = conf.len() as u64;
+        tensors.push((format!("{layer}.comfy_quant"), "U8", vec![n], conf));
+    }
+    assert!(nvfp4.len() > 10, "{} nvfp4 layers", nvfp4.len());
+    let path = dir.join("dit_nvfp4.safetensors");
+    common::write_safetensors_raw(&path, &[], &tensors);
+    let p = |v: &Path| v.to_str().expect("utf-8 path").to_string();
+
+    let line = |text: &str, key: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+            .to_string()
+    };
+    let o = nijigen(&["info", &p(&files.model)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = common::stdout(&o);
+    let o = nijigen(&["info", &p(&path)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = common::stdout(&o);
+    eprintln!("{text}");
+    assert_eq!(
+        line(&text, "architecture:"),
+        line(&reference, "architecture:")
+    );
+    assert!(
+        text.contains(
+            "quantization:  fp8 scaled (ComfyUI), 1 layers (per-layer comfy_quant, \
+             <layer>.weight_scale); applied at load"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "quantization:  nvfp4 (ComfyUI), {} layers: not supported for loading \
+             (float8_e4m3fn and float8_e5m2 are)",
+            nvfp4.len()
+        )),
+        "{text}"
+    );
+    let o = nijigen(&["info", "--json", &p(&path)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("info json");
+    assert_eq!(v["fp8_scaled"]["layers"], 1);
+    assert_eq!(v["fp8_scaled"]["unsupported"]["nvfp4"], nvfp4.len());
+
+    // Loading names the first nvfp4 layer (in name order) and the format.
+    nvfp4.sort();
+    let want = format!(
+        "layer \"{}\": quantization format \"nvfp4\" is not supported",
+        nvfp4[0]
+    );
+    let store = nijigen::runtime::WeightStore::open_path(&path).expect("opens");
+    let e = store.load_cpu(|_| true).err().expect("refused").to_string();
+    assert!(e.contains(&want), "{e}");
+    assert!(e.contains(&p(&path)), "{e}");
+
+    files.model = path.clone();
+    let out = dir.join("nvfp4.mp4");
+    let args = video_args(&idx, &files, &out, &dir.join("nvfp4_frames"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = nijigen(&args);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    eprintln!("{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains(&want), "{err}");
+    assert!(!out.exists());
 }

@@ -82,6 +82,10 @@ pub fn explain(e: PipelineError) -> anyhow::Error {
             "a path, or a bare file name found in --models-dir, NIJIGEN_MODELS or --comfyui"
         }
         PipelineError::Request(_) => "`--help` lists each option's accepted values",
+        PipelineError::EmbeddedTokenizer { .. } => {
+            "the file may be damaged; --t5-tokenizer tokenizer.json|spiece.model uses another \
+             tokenizer"
+        }
         PipelineError::NothingToPlan { flag, .. } => {
             return anyhow::Error::new(WithHint {
                 error: e.to_string(),

@@ -126,12 +126,21 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(q) = inspected.fp8_scaled() {
-        writeln!(
-            out,
-            "quantization:  fp8 scaled (ComfyUI), {} layers ({}); applied at load",
-            q.layers,
-            q.layout.describe()
-        )?;
+        if q.layers > 0 {
+            writeln!(
+                out,
+                "quantization:  fp8 scaled (ComfyUI), {} layers ({}); applied at load",
+                q.layers,
+                q.layout.describe()
+            )?;
+        }
+        for (format, n) in &q.unsupported {
+            writeln!(
+                out,
+                "quantization:  {format} (ComfyUI), {n} layers: not supported for loading \
+                 (float8_e4m3fn and float8_e5m2 are)"
+            )?;
+        }
     }
     if inspected.has_embedded_tokenizer() {
         writeln!(

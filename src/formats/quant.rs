@@ -64,13 +64,22 @@ pub struct Fp8Scaled {
     /// `comfy_quant` tensors, the `scaled_fp8` marker.
     #[serde(skip)]
     pub aux: BTreeSet<String>,
+    /// Layers in a per-layer format nijigen cannot load (ComfyUI's `nvfp4`, int8 variants):
+    /// format -> number of layers. Such a file can be described, not loaded
+    /// ([`Fp8Scaled::check_loadable`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unsupported: BTreeMap<String, usize>,
+    /// The first such layer (name, format), for the error.
+    #[serde(skip)]
+    first_unsupported: Option<(String, String)>,
 }
 
 /// The suffixes of a layer's quantization tensors besides its weight.
-const AUX_SUFFIXES: [&str; 5] = [
+const AUX_SUFFIXES: [&str; 6] = [
     ".scale_weight",
     ".scale_input",
     ".weight_scale",
+    ".weight_scale_2",
     ".input_scale",
     ".comfy_quant",
 ];
@@ -92,11 +101,12 @@ fn fp8_format(format: &str) -> Option<DType> {
 }
 
 impl Fp8Scaled {
-    /// The scaled fp8 layers of `file`; `None` for a file of neither layout.
+    /// The scaled fp8 layers of `file`; `None` for a file of neither layout. Layers in another
+    /// per-layer format are counted in [`Fp8Scaled::unsupported`], not refused here, so that
+    /// the file can still be described; loading checks [`Fp8Scaled::check_loadable`].
     pub fn read(file: &WeightFile) -> Result<Option<Fp8Scaled>, FormatError> {
         let path = file.paths().first().cloned().unwrap_or_default();
         let bad = |what: String| FormatError::malformed(&path, what);
-        let unsupported = |what: String| FormatError::unsupported(&path, what);
         let names: BTreeSet<&str> = file.tensors().iter().map(|t| t.name.as_str()).collect();
         let aux: BTreeSet<String> = names
             .iter()
@@ -142,14 +152,14 @@ impl Fp8Scaled {
         if !layers.is_empty() {
             let mut scales = BTreeMap::new();
             let mut fpmm = false;
+            let mut unsupported: BTreeMap<String, usize> = BTreeMap::new();
+            let mut first_unsupported = None;
             for (layer, conf) in &layers {
                 let format = conf.get("format").and_then(|f| f.as_str()).unwrap_or("");
                 if fp8_format(format).is_none() {
-                    return Err(unsupported(format!(
-                        "layer \"{layer}\": quantization format \"{format}\" is not supported \
-                         (float8_e4m3fn and float8_e5m2 are); use an fp16, fp8 or GGUF file of \
-                         this model"
-                    )));
+                    *unsupported.entry(format.to_string()).or_default() += 1;
+                    first_unsupported.get_or_insert_with(|| (layer.clone(), format.to_string()));
+                    continue;
                 }
                 fpmm |= conf
                     .get("full_precision_matrix_mult")
@@ -175,6 +185,8 @@ impl Fp8Scaled {
                 scales,
                 full_precision_matrix_mult: fpmm,
                 aux,
+                unsupported,
+                first_unsupported,
             }));
         }
 
@@ -203,7 +215,25 @@ impl Fp8Scaled {
             scales,
             full_precision_matrix_mult: marker.numel() == 2,
             aux,
+            unsupported: BTreeMap::new(),
+            first_unsupported: None,
         }))
+    }
+
+    /// Refuses `file` (the file this was read from) if it has layers in a format nijigen
+    /// cannot load.
+    pub fn check_loadable(&self, file: &WeightFile) -> Result<(), FormatError> {
+        match &self.first_unsupported {
+            None => Ok(()),
+            Some((layer, format)) => Err(FormatError::unsupported(
+                &file.paths().first().cloned().unwrap_or_default(),
+                format!(
+                    "layer \"{layer}\": quantization format \"{format}\" is not supported \
+                     (float8_e4m3fn and float8_e5m2 are); use an fp16, fp8 or GGUF file of this \
+                     model"
+                ),
+            )),
+        }
     }
 
     /// The stored name of the scale of stored weight `name`, if it has one.
@@ -379,6 +409,7 @@ mod tests {
             "blocks.0.ffn.0.scale_input",
             "blocks.0.ffn.0.weight_scale",
             "blocks.0.ffn.0.input_scale",
+            "blocks.0.ffn.0.weight_scale_2",
             "blocks.0.ffn.0.comfy_quant",
         ] {
             assert!(is_aux_name(n), "{n}");

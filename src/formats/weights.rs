@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::gguf::GgufFile;
 use super::safetensors::SafetensorsFile;
-use super::{FormatError, MetaValue, TensorInfo};
+use super::{DType, FormatError, MetaValue, TensorInfo};
 
 /// Container format of a weight file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +167,14 @@ impl WeightFile {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v)
+    }
+
+    /// ComfyUI's embedded sentencepiece tokenizer: the U8 tensor `spiece_model` (or
+    /// `<prefix>.spiece_model`) holding the serialized model, if the file carries one.
+    pub fn spiece_model(&self) -> Option<&TensorInfo> {
+        self.tensors().iter().find(|t| {
+            t.dtype == DType::U8 && (t.name == "spiece_model" || t.name.ends_with(".spiece_model"))
+        })
     }
 
     /// The stored bytes of `t` (a view into the map).

@@ -67,6 +67,9 @@ pub enum PipelineError {
     /// A component the stage needs is in none of the given files.
     #[error("{what}: pass {flag} FILE")]
     MissingComponent { what: String, flag: &'static str },
+    /// A file's embedded tokenizer (ComfyUI's `spiece_model`) that could not be read.
+    #[error("{}: its embedded tokenizer (spiece_model) could not be read: {why}", path.display())]
+    EmbeddedTokenizer { path: PathBuf, why: String },
     #[error("{0}")]
     Mismatch(String),
     #[error("{0}")]

@@ -311,8 +311,18 @@ impl Stores {
         // file as the U8 tensor `spiece_model`; any other safetensors file has none (reading it
         // as one would report a sentencepiece parse error instead of the missing flag).
         let tokenizer = match (&files.t5_tokenizer, t5.1.embedded_spiece()) {
-            (Some(p), _) => Umt5Tokenizer::from_file(p),
-            (None, Some(bytes)) => Umt5Tokenizer::from_spiece_bytes(bytes, &t5_path),
+            (Some(p), _) => {
+                Umt5Tokenizer::from_file(p).map_err(|e| PipelineError::Request(e.to_string()))?
+            }
+            // An embedded tokenizer that cannot be read is reported as such, not as missing.
+            (None, Some(bytes)) => {
+                Umt5Tokenizer::from_spiece_bytes(bytes, &t5_path).map_err(|e| {
+                    PipelineError::EmbeddedTokenizer {
+                        path: t5_path.clone(),
+                        why: e.reason(),
+                    }
+                })?
+            }
             (None, None) if t5.1.file().format() != Format::Gguf => {
                 return Err(PipelineError::MissingComponent {
                     what: format!(
@@ -324,18 +334,13 @@ impl Stores {
                     flag: "--t5-tokenizer",
                 })
             }
-            (None, None) => Umt5Tokenizer::from_gguf_file(&t5_path),
-        }
-        .map_err(|e| {
-            if files.t5_tokenizer.is_none() {
+            (None, None) => Umt5Tokenizer::from_gguf_file(&t5_path).map_err(|e| {
                 PipelineError::MissingComponent {
                     what: format!("{}: no tokenizer in the file ({e})", t5_path.display()),
                     flag: "--t5-tokenizer",
                 }
-            } else {
-                PipelineError::Request(e.to_string())
-            }
-        })?;
+            })?,
+        };
         let clip = if is_i2v {
             let p = files
                 .clip_vision

@@ -234,20 +234,27 @@ pub fn convert(
         });
     }
     let fp8 = Fp8Scaled::read(&file)?;
+    if let Some(q) = &fp8 {
+        q.check_loadable(&file)?;
+    }
     let rules = Rules::new(opts.target, opts.overrides.clone());
     let planned = plan(&file, &rules)?;
     let arch = architecture_name(&file);
     let mut metadata = output_metadata(&file, &rules, &arch);
     // An embedded sentencepiece tokenizer (ComfyUI's `spiece_model`) becomes llama.cpp's
     // `tokenizer.ggml.*` metadata, where GGUF readers (ours, llama.cpp) find it.
-    let spiece = file.tensors().iter().find(|t| {
-        t.dtype == DType::U8 && (t.name == "spiece_model" || t.name.ends_with(".spiece_model"))
-    });
-    if let Some(t) = spiece {
+    if let Some(t) = file.spiece_model() {
         if file.meta("tokenizer.ggml.model").is_none() {
             let path = file.paths().first().cloned().unwrap_or_default();
-            let md = crate::text::umt5::gguf_metadata_from_spiece(file.data(t), &path)
-                .map_err(|e| tensor_err(&file, t, e.to_string()))?;
+            let md =
+                crate::text::umt5::gguf_metadata_from_spiece(file.data(t), &path).map_err(|e| {
+                    let why = e.reason();
+                    tensor_err(
+                        &file,
+                        t,
+                        format!("embedded tokenizer could not be read: {why}"),
+                    )
+                })?;
             metadata.extend(md);
         }
     }

@@ -116,14 +116,7 @@ impl WeightStore {
     /// The embedded sentencepiece tokenizer (ComfyUI's `spiece_model`, a U8 tensor holding the
     /// serialized model), if the file carries one.
     pub fn embedded_spiece(&self) -> Option<&[u8]> {
-        self.file
-            .tensors()
-            .iter()
-            .find(|t| {
-                t.dtype == DType::U8
-                    && (t.name == "spiece_model" || t.name.ends_with(".spiece_model"))
-            })
-            .map(|t| self.file.data(t))
+        self.file.spiece_model().map(|t| self.file.data(t))
     }
 
     /// Bytes stored tensor `t` takes once loaded ([`WeightStore::load_cpu`]): its stored size
@@ -135,6 +128,15 @@ impl WeightStore {
             return 0;
         }
         self.out_type(t).bytes_for(t.numel()).unwrap_or(t.size)
+    }
+
+    /// Refuses to load a file with layers in a quantization format nijigen cannot load (it
+    /// opens, so that `nijigen info` can describe it).
+    fn check_loadable(&self) -> Result<(), LoadError> {
+        match &self.fp8 {
+            Some(q) => Ok(q.check_loadable(&self.file)?),
+            None => Ok(()),
+        }
     }
 
     /// Whether stored tensor `t` carries a scale (it is then always converted).
@@ -299,6 +301,7 @@ impl WeightStore {
         filter: impl Fn(&str) -> bool,
         fp8: Fp8Load,
     ) -> Result<TensorSet<'_>, LoadError> {
+        self.check_loadable()?;
         let sources = self.filtered(filter);
         let gerr = |t: &TensorInfo, e: GgmlError| LoadError::Ggml {
             path: self.path_of(t),
@@ -459,6 +462,7 @@ impl WeightStore {
     /// large as the largest of them, which is never written and stays untouched (no memory).
     /// Never compute with this set: its values are zeros, shared by all tensors.
     pub fn load_meta(&self, filter: impl Fn(&str) -> bool) -> Result<TensorSet<'_>, LoadError> {
+        self.check_loadable()?;
         let sources = self.filtered(filter);
         let mut targets = Vec::with_capacity(sources.len());
         for (name, src) in &sources {
@@ -533,6 +537,12 @@ impl WeightStore {
         }
         if self.scaled(t) {
             self.scale(t)?.apply_from(0, &mut out);
+            // A scaled fp8 weight is F16 once loaded (ComfyUI rounds it to its 16-bit compute
+            // type too), also where it is loaded as F32 (a transposed bigG projection).
+            if matches!(t.dtype, DType::F8E4M3 | DType::F8E5M2) {
+                out.iter_mut()
+                    .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+            }
         }
         Ok(out)
     }

@@ -85,6 +85,17 @@ pub enum Umt5TokenizerError {
 }
 
 impl Umt5TokenizerError {
+    /// What is wrong, without the file's name (for messages that name the file already).
+    pub fn reason(&self) -> String {
+        match self {
+            Umt5TokenizerError::Malformed { what, .. }
+            | Umt5TokenizerError::Unsupported { what, .. }
+            | Umt5TokenizerError::Missing { what, .. } => what.clone(),
+            Umt5TokenizerError::Io { source, .. } => source.to_string(),
+            Umt5TokenizerError::Format(e) => e.to_string(),
+        }
+    }
+
     fn malformed(path: &Path, what: impl Into<String>) -> Self {
         Umt5TokenizerError::Malformed {
             path: path.to_path_buf(),
