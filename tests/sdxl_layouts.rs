@@ -1027,3 +1027,148 @@ fn ztsnr_key_rescales_v_prediction_schedules_only() {
         assert!((got_max - sigma_max).abs() < 1e-3 * sigma_max, "{got_max}");
     }
 }
+
+/// city96's `convert.py` stores SD1/SDXL tensors whose last dim is not a multiple of 256 as rows
+/// of 256 (for the K-quants) and records the true shape in `comfy.gguf.orig_shape.<name>`.
+/// Such a file loads in the true shapes: an F16 one to exactly the tensors of the plain F16
+/// GGUF; a quantized one keeps a tensor quantized where its true rows are whole blocks (the same
+/// bytes) and dequantizes it to F16 where they are not (blocks run along the stored rows, in the
+/// same element order); `nijigen info` describes it as the plain file.
+#[test]
+fn city96_reshaped_sdxl_ggufs_load_in_their_true_shapes() {
+    use nijigen::formats::gguf::{GgufWriter, TensorDecl};
+    use nijigen::formats::weights::WeightFile;
+    use nijigen::formats::{DType, MetaValue};
+    use nijigen::ggml::GgmlType;
+    let plain = unet_gguf("f16");
+    let src = WeightFile::open_path(&plain).expect("open");
+    let dir = work_dir();
+    // (file, quantize the reshaped F16 tensors to Q8_0)
+    let write = |name: &str, q8: bool| {
+        let path = dir.join(name);
+        let mut meta: Vec<(String, MetaValue)> = src.metadata().to_vec();
+        let mut decls = Vec::new();
+        let mut data: Vec<Vec<u8>> = Vec::new();
+        for t in src.tensors() {
+            let n: u64 = t.numel();
+            let bytes = src.data(t).to_vec();
+            let reshape =
+                t.shape.len() > 1 && n >= 512 && n % 256 == 0 && t.shape.last().unwrap() % 256 != 0;
+            let DType::Ggml(ty) = t.dtype else {
+                panic!("{}: {:?}", t.name, t.dtype)
+            };
+            if !reshape {
+                decls.push(TensorDecl::new(t.name.clone(), ty, t.shape.clone()));
+                data.push(bytes);
+                continue;
+            }
+            meta.push((
+                format!("comfy.gguf.orig_shape.{}", t.name),
+                MetaValue::Array(t.shape.iter().map(|&d| MetaValue::U64(d)).collect()),
+            ));
+            let shape = vec![n / 256, 256];
+            if q8 && ty == GgmlType::F16 {
+                let vals: Vec<f32> = bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect();
+                let mut q = vec![0u8; GgmlType::Q8_0.bytes_for(n).unwrap() as usize];
+                nijigen::ggml::quantize(GgmlType::Q8_0, &vals, 256, &mut q).expect("quantize");
+                decls.push(TensorDecl::new(t.name.clone(), GgmlType::Q8_0, shape));
+                data.push(q);
+            } else {
+                decls.push(TensorDecl::new(t.name.clone(), ty, shape));
+                data.push(bytes);
+            }
+        }
+        let f = std::fs::File::create(&path).expect("create");
+        let mut w =
+            GgufWriter::new(&path, std::io::BufWriter::new(f), &meta, &decls).expect("header");
+        for (d, bytes) in decls.iter().zip(&data) {
+            w.write_tensor(&d.name, bytes).expect("tensor");
+        }
+        w.finish().expect("finish");
+        path
+    };
+    let loaded = |path: &Path| {
+        let store = WeightStore::open_path(path).expect("open");
+        assert_eq!(store.detection().architecture, Architecture::SDXL_UNET);
+        let set = store.load_cpu(|_| true).expect("load");
+        set.names()
+            .iter()
+            .map(|n| {
+                let t = set.get(n).unwrap();
+                (
+                    n.clone(),
+                    (t.ty(), t.ne(), nijigen::ggml::tensor_get(t).unwrap()),
+                )
+            })
+            .collect::<HashMap<_, _>>()
+    };
+    let want = loaded(&plain);
+
+    let f16 = write("unet_city96_f16.gguf", false);
+    let file = WeightFile::open_path(&f16).expect("open");
+    let reshaped = file
+        .tensors()
+        .iter()
+        .filter(|t| t.shape.len() == 2 && t.shape[1] == 256)
+        .count();
+    assert!(reshaped > 50, "only {reshaped} tensors reshaped");
+    assert!(
+        loaded(&f16) == want,
+        "the reshaped F16 file loads other tensors"
+    );
+
+    let q8 = write("unet_city96_q8_0.gguf", true);
+    let got = loaded(&q8);
+    let file = WeightFile::open_path(&q8).expect("open");
+    let (mut kept, mut dequantized) = (0, 0);
+    for t in file
+        .tensors()
+        .iter()
+        .filter(|t| t.dtype == DType::Ggml(GgmlType::Q8_0))
+    {
+        let canonical = WeightStore::open_path(&q8)
+            .unwrap()
+            .detection()
+            .normalize(&t.name);
+        let Some(nijigen::formats::names::NameMap::Rename(name)) = canonical else {
+            panic!("{}: {canonical:?}", t.name)
+        };
+        let (ty, ne, bytes) = &got[&name];
+        assert_eq!(*ne, want[&name].1, "{name}: not in its true shape");
+        if ne[0] % 32 == 0 {
+            assert_eq!(*ty, GgmlType::Q8_0, "{name}");
+            assert!(bytes == file.data(t), "{name}: not used as stored");
+            kept += 1;
+        } else {
+            assert_eq!(*ty, GgmlType::F16, "{name}");
+            let mut vals = vec![0f32; t.numel() as usize];
+            nijigen::ggml::dequantize(GgmlType::Q8_0, file.data(t), &mut vals).unwrap();
+            let f16: Vec<u8> = vals
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect();
+            assert!(*bytes == f16, "{name}: not its dequantized values");
+            dequantized += 1;
+        }
+    }
+    assert!(
+        kept > 0 && dequantized > 0,
+        "kept {kept}, dequantized {dequantized}"
+    );
+
+    let o = common::nijigen(&["info", q8.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let plain_info = common::nijigen(&["info", plain.to_str().unwrap()]);
+    let line = |o: &Output, key: &str| {
+        common::stdout(o)
+            .lines()
+            .find(|l| l.starts_with(key))
+            .map(str::to_string)
+    };
+    for key in ["architecture:", "config:"] {
+        assert_eq!(line(&o, key), line(&plain_info, key), "{key}");
+    }
+}

@@ -70,6 +70,9 @@ pub struct WeightStore {
     fp8: Option<Fp8Scaled>,
     /// Where [`WeightStore::load_meta`] points its tensors.
     placeholder: OnceLock<memmap2::Mmap>,
+    /// Shapes city96's tools recorded for tensors stored in another shape, by stored name
+    /// (only where the element counts agree).
+    orig_shapes: std::collections::HashMap<String, Vec<u64>>,
 }
 
 /// How one canonical tensor is made from stored ones.
@@ -88,11 +91,20 @@ impl WeightStore {
         let file = WeightFile::open(paths)?;
         let detection = names::detect(file.tensors(), file.metadata());
         let fp8 = Fp8Scaled::read(&file)?;
+        let orig_shapes = names::orig_shapes(file.metadata())
+            .into_iter()
+            .filter(|(n, shape)| {
+                file.tensor(n)
+                    .is_some_and(|t| t.numel() == shape.iter().product::<u64>())
+            })
+            .map(|(n, shape)| (n.to_string(), shape))
+            .collect();
         Ok(WeightStore {
             file,
             detection,
             fp8,
             placeholder: OnceLock::new(),
+            orig_shapes,
         })
     }
 
@@ -146,13 +158,30 @@ impl WeightStore {
             .is_some_and(|q| q.scale_of(&t.name).is_some())
     }
 
+    /// The PyTorch shape of stored tensor `t`: the one city96's tools recorded where they
+    /// stored it in another shape (`comfy.gguf.orig_shape`), else as stored.
+    fn shape_of<'t>(&'t self, t: &'t TensorInfo) -> &'t [u64] {
+        self.orig_shapes.get(&t.name).map_or(&t.shape, |s| s)
+    }
+
     /// The ggml type stored tensor `t` is loaded as: itself where ggml uses it in place and no
-    /// scale applies, else its conversion.
+    /// scale applies, else its conversion. A quantized tensor whose true rows are not whole
+    /// blocks (city96 stores SD1/SDXL tensors as rows of 256 for the K-quants) is dequantized
+    /// to F16: its blocks run along the stored rows, in the same element order.
     fn out_type(&self, t: &TensorInfo) -> GgmlType {
         if self.scaled(t) {
-            convert_target(t.dtype)
-        } else {
-            loaded_type(t.dtype)
+            return convert_target(t.dtype);
+        }
+        match t.dtype {
+            DType::Ggml(q) if q.is_quantized() && usable_in_place(q) => {
+                let row = self.shape_of(t).last().copied().unwrap_or(1);
+                if row % q.block_size() == 0 {
+                    q
+                } else {
+                    GgmlType::F16
+                }
+            }
+            d => loaded_type(d),
         }
     }
 
@@ -190,12 +219,12 @@ impl WeightStore {
                         n,
                         Source::Direct {
                             info: t,
-                            shape: t.shape.clone(),
+                            shape: self.shape_of(t).to_vec(),
                         },
                     );
                 }
                 NameMap::Reshape(n) => {
-                    let mut shape = t.shape.clone();
+                    let mut shape = self.shape_of(t).to_vec();
                     while shape.len() < 4 {
                         shape.push(1);
                     }
@@ -241,12 +270,13 @@ impl WeightStore {
                 Ok(Some((self.out_type(info), ne)))
             }
             Source::Transposed(info) => {
-                if info.shape.len() != 2 {
+                let shape = self.shape_of(info);
+                if shape.len() != 2 {
                     return Err(self.err(info, "only 2-D tensors can be transposed"));
                 }
                 Ok(Some((
                     GgmlType::F32,
-                    vec![info.shape[0] as i64, info.shape[1] as i64],
+                    vec![shape[0] as i64, shape[1] as i64],
                 )))
             }
             Source::Parts(parts, n) => {
@@ -259,7 +289,8 @@ impl WeightStore {
                     ));
                 }
                 let same = |t: &TensorInfo| {
-                    t.dtype == first.dtype && t.shape.get(1..) == first.shape.get(1..)
+                    t.dtype == first.dtype
+                        && self.shape_of(t).get(1..) == self.shape_of(first).get(1..)
                 };
                 if let Some((_, bad)) = parts.iter().find(|(_, t)| !same(t)) {
                     return Err(self.err(
@@ -267,7 +298,7 @@ impl WeightStore {
                         format!("its parts of '{name}' differ in type or shape"),
                     ));
                 }
-                let shape = fused_shape(&first.shape, *n)
+                let shape = fused_shape(self.shape_of(first), *n)
                     .map_err(|w| self.err(first, format!("part of '{name}': {w}")))?;
                 let ne = ggml_ne(&shape).map_err(|w| self.err(first, w))?;
                 // Parts with their own scales are each converted.
@@ -319,7 +350,7 @@ impl WeightStore {
             };
             match src {
                 Source::Direct { info, .. } => match info.dtype {
-                    DType::Ggml(t) if usable_in_place(t) && !self.scaled(info) => {
+                    DType::Ggml(t) if usable_in_place(t) && !self.scaled(info) && ty == t => {
                         let region = self.file.map(info.shard);
                         set.add_mapped(name, ty, &ne, region, info.offset as usize)
                             .map_err(|e| gerr(info, e))?;
@@ -555,10 +586,11 @@ impl WeightStore {
         Ok(out)
     }
 
-    /// A tensor ggml cannot use as stored, or one with a scale, converted
-    /// ([`convert_target`]): f8 -> f16 (times its scale), f64 -> f32.
+    /// A tensor ggml cannot use as stored, or one with a scale, converted to its
+    /// [`WeightStore::out_type`]: f8 -> f16 (times its scale), f64 -> f32, a quantized tensor
+    /// whose rows are not whole blocks -> f16.
     fn converted(&self, t: &TensorInfo) -> Result<Vec<u8>, LoadError> {
-        let ty = convert_target(t.dtype);
+        let ty = self.out_type(t);
         let vals = self.f32_values(t)?;
         let mut out = vec![0u8; vals.len() * ty.type_size() as usize];
         float::from_f32(DType::Ggml(ty), &vals, &mut out)

@@ -782,6 +782,23 @@ fn resolve(entries: &[Entry<'_>], ctx: &NameContext, c: &Candidate) -> Architect
     }
 }
 
+/// The shapes city96's GGUF tools record for tensors they stored in another shape
+/// (`comfy.gguf.orig_shape.<name>`: 5-D convolutions, and SD1/SDXL tensors whose last dim is not
+/// a multiple of 256, stored as rows of 256 for the K-quants), by stored name.
+pub fn orig_shapes(metadata: &[(String, MetaValue)]) -> HashMap<&str, Vec<u64>> {
+    let mut out = HashMap::new();
+    for (k, v) in metadata {
+        if let (Some(name), MetaValue::Array(items)) = (k.strip_prefix("comfy.gguf.orig_shape."), v)
+        {
+            let dims: Option<Vec<u64>> = items.iter().map(MetaValue::as_u64).collect();
+            if let Some(dims) = dims.filter(|d| d.len() <= 8) {
+                out.insert(name, dims);
+            }
+        }
+    }
+    out
+}
+
 /// What the metadata contributes.
 struct Meta<'a> {
     hint: Option<&'a str>,
@@ -792,25 +809,15 @@ struct Meta<'a> {
 
 impl<'a> Meta<'a> {
     fn read(metadata: &'a [(String, MetaValue)]) -> Meta<'a> {
-        let mut meta = Meta {
-            hint: None,
-            orig_shapes: HashMap::new(),
+        Meta {
+            hint: metadata
+                .iter()
+                .find(|(k, _)| k == "general.architecture")
+                .and_then(|(_, v)| v.as_str()),
+            orig_shapes: orig_shapes(metadata),
             v_pred: false,
             ztsnr: false,
-        };
-        for (k, v) in metadata {
-            if k == "general.architecture" {
-                meta.hint = v.as_str();
-            } else if let Some(name) = k.strip_prefix("comfy.gguf.orig_shape.") {
-                if let MetaValue::Array(items) = v {
-                    let dims: Option<Vec<u64>> = items.iter().map(MetaValue::as_u64).collect();
-                    if let Some(dims) = dims.filter(|d| d.len() <= 8) {
-                        meta.orig_shapes.insert(name, dims);
-                    }
-                }
-            }
         }
-        meta
     }
 }
 
