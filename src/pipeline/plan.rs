@@ -522,6 +522,7 @@ pub(crate) fn stage_plan(
     for spec in &mut components {
         if let Some((_, w)) = fp8.iter().find(|(c, _)| *c == spec.component) {
             spec.cpu_ram = Some(spec.weight_bytes - w.f16 + w.ram(fp8_cpu));
+            spec.held_ram = w.ram(fp8_cpu);
             let in_blocks: u64 = spec.blocks.iter().sum();
             spec.stream_ram = Some(in_blocks.saturating_sub(w.blocks_f16) + w.blocks_stored);
         }

@@ -675,7 +675,7 @@ impl<'w> WanModels<'w> {
     /// [`WanModels::encode_text`] for several prompts with one load of the encoder.
     pub fn encode_texts(&mut self, prompts: &[&str]) -> Result<Vec<Vec<f32>>, PipelineError> {
         let tokens: Vec<Umt5Tokens> = prompts.iter().map(|p| self.tokenize(p)).collect();
-        self.with_t5(|t5| {
+        let out = self.with_t5(|t5| {
             let d = t5.config().d_model;
             tokens
                 .iter()
@@ -685,7 +685,10 @@ impl<'w> WanModels<'w> {
                     Ok(out)
                 })
                 .collect()
-        })
+        })?;
+        // The plan frees the encoder after its use: its compute buffer too, on the CPU.
+        self.t5.runner_mut().release()?;
+        Ok(out)
     }
 
     /// CLIP vision tokens of the first frame (already at the video size), [257, width].
@@ -695,10 +698,14 @@ impl<'w> WanModels<'w> {
                 "this DiT has no image branch (a T2V model)".into(),
             ));
         }
-        self.with_clip(|clip| {
+        let out = self.with_clip(|clip| {
             let pixels = clip.preprocess(&img.rgb, img.width as usize, img.height as usize)?;
             Ok(clip.encode(&pixels)?)
-        })
+        })?;
+        if let Some(c) = self.clip.as_mut() {
+            c.runner_mut().release()?;
+        }
+        Ok(out)
     }
 
     /// Runs `f` on umT5: on the device when the memory plan puts it there (a copy that lives
@@ -760,6 +767,7 @@ impl<'w> WanModels<'w> {
             video[c * frames * plane..][..plane].copy_from_slice(&first[c * plane..][..plane]);
         }
         let mut latent = self.with_vae(|vae| Ok(vae.encode(&video, frames, h, w)?))?;
+        self.vae.runner_mut().release()?;
         normalize(&mut latent, &LATENTS_MEAN[..z], &LATENTS_STD[..z]);
         let t = 1 + (frames - 1) / tf;
         let lplane = (h / s) * (w / s);

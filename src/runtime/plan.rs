@@ -153,6 +153,10 @@ pub struct ComponentSpec {
     /// RAM the streamed blocks' source takes, where it differs from their device bytes (fp8
     /// weights made as F16 at upload from the file's fp8 bytes).
     pub stream_ram: Option<u64>,
+    /// RAM the component holds from its stage's start to its end when it runs on the CPU,
+    /// whichever component is running (fp8 weights converted at load: a run loads a stage's
+    /// weights up front). Part of its own RAM; counted in every other step of its stage too.
+    pub held_ram: u64,
 }
 
 impl ComponentSpec {
@@ -166,6 +170,7 @@ impl ComponentSpec {
             forwards_per_step: 1,
             cpu_ram: None,
             stream_ram: None,
+            held_ram: 0,
         }
     }
 
@@ -319,6 +324,8 @@ pub struct ComponentPlan {
     pub ram_weight_bytes: u64,
     /// Bytes uploaded per sampling step (streamed denoisers).
     pub upload_per_step: u64,
+    /// Host bytes held from the stage's start to its end (see [`ComponentSpec::held_ram`]).
+    pub held_ram_bytes: u64,
 }
 
 impl ComponentPlan {
@@ -612,6 +619,11 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
                     tile: c.tile,
                     ram_weight_bytes: ram_weight,
                     upload_per_step: upload,
+                    held_ram_bytes: if c.placement == Placement::Cpu {
+                        spec.held_ram
+                    } else {
+                        0
+                    },
                 });
             }
             None => {
@@ -685,6 +697,14 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         steps.splice(after..after, three);
     }
     let peak_device = steps.iter().map(|s| s.device_bytes).max().unwrap_or(0);
+    // What a component holds for its whole stage counts in the other steps of that stage.
+    for s in &mut steps {
+        s.ram_bytes += components
+            .iter()
+            .filter(|c| c.stage == s.component.stage() && c.component != s.component)
+            .map(|c| c.held_ram_bytes)
+            .sum::<u64>();
+    }
     let peak_ram = steps.iter().map(|s| s.ram_bytes).max().unwrap_or(0);
     let upload_per_step = components
         .iter()
@@ -1058,6 +1078,46 @@ mod tests {
         let order: Vec<_> = p.components.iter().map(|c| c.component).collect();
         assert_eq!(order, vec![CLIP_L, CLIP_G, UNET, VAE_SDXL]);
         assert_eq!(p.peak_device, 4900 * MIB + GIB);
+    }
+
+    #[test]
+    fn ram_held_for_the_stage_counts_in_its_other_steps() {
+        // A CPU-placed DiT whose fp8 weights were converted at load holds 16 GiB from the
+        // stage's start: the umT5 step before it counts them too; stage 1 does not.
+        let mut dit = ComponentSpec::new(DIT, 17 * GIB).with_compute(GIB);
+        dit.cpu_ram = Some(17 * GIB);
+        dit.held_ram = 16 * GIB;
+        let input = PlanInput {
+            components: vec![
+                ComponentSpec::new(CLIP_L, 235 * MIB).with_compute(MIB),
+                ComponentSpec::new(T5, 6 * GIB).with_compute(400 * MIB),
+                dit,
+            ],
+            budget: None,
+            reserve: 0,
+            options: PlanOptions {
+                offload: Offload::Full,
+                ..PlanOptions::default()
+            },
+        };
+        let p = plan(&input).unwrap();
+        let run = |c: Component| {
+            p.steps
+                .iter()
+                .find(|s| s.component == c && matches!(s.action, Action::Run(_)))
+                .unwrap()
+                .ram_bytes
+        };
+        assert_eq!(run(CLIP_L), 236 * MIB);
+        assert_eq!(run(T5), 6 * GIB + 400 * MIB + 16 * GIB);
+        assert_eq!(run(DIT), 18 * GIB);
+        assert_eq!(p.peak_ram, 6 * GIB + 400 * MIB + 16 * GIB);
+        // On the device the DiT holds nothing for the stage.
+        let mut on_device = input.clone();
+        on_device.options.offload = Offload::Auto;
+        on_device.budget = Some(40 * GIB);
+        let p = plan(&on_device).unwrap();
+        assert!(p.components.iter().all(|c| c.held_ram_bytes == 0));
     }
 
     #[test]

@@ -138,6 +138,15 @@ impl<'w> GraphRunner<'w> {
         self.fresh = false;
     }
 
+    /// Frees the compute buffer and the cached graphs, for a model done for now (an encoder
+    /// after its prompts): the next computation allocates them again.
+    pub fn release(&mut self) -> Result<(), GgmlError> {
+        self.invalidate();
+        self.alloc = self.backend.graph_allocator()?;
+        self.install_meter();
+        Ok(())
+    }
+
     /// Bytes of the allocator's compute buffer (it grows to the largest graph computed).
     pub fn compute_bytes(&self) -> usize {
         self.alloc.buffer_size()

@@ -430,12 +430,9 @@ impl WeightStore {
                     .map_err(gerr)?;
             }
             Fp8Load::Q8_0 if ne[0] % GgmlType::Q8_0.block_size() as i64 == 0 => {
-                let vals = self.f32_values(info)?;
                 let size = GgmlType::Q8_0.bytes_for(n as u64).unwrap_or(0) as usize;
                 let mut q = vec![0u8; size];
-                crate::ggml::quantize(GgmlType::Q8_0, &vals, ne[0] as usize, &mut q)
-                    .map_err(gerr)?;
-                drop(vals);
+                self.fp8_into(info, GgmlType::Q8_0, ne[0] as usize, &mut q)?;
                 set.add_owned(name, GgmlType::Q8_0, ne, &q).map_err(gerr)?;
                 note_converted(q.len());
             }
@@ -465,25 +462,46 @@ impl WeightStore {
     /// Writes fp8 tensor `t` times its scale as F16 into `out` (exactly its F16 bytes), in
     /// chunks on all cores: no copy of the whole tensor beyond `out`.
     fn fp8_to_f16(&self, t: &TensorInfo, out: &mut [u8]) -> Result<(), LoadError> {
+        self.fp8_into(t, GgmlType::F16, 1, out)
+    }
+
+    /// Writes fp8 tensor `t` times its scale as `ty` (F16, or Q8_0 in rows of `row` values)
+    /// into `out` (exactly its bytes), in chunks of whole rows on all cores.
+    fn fp8_into(
+        &self,
+        t: &TensorInfo,
+        ty: GgmlType,
+        row: usize,
+        out: &mut [u8],
+    ) -> Result<(), LoadError> {
         use rayon::prelude::*;
         const CHUNK: usize = 1 << 16;
         let n = t.numel() as usize;
-        if out.len() != 2 * n {
-            return Err(self.err(t, format!("{} bytes for {n} F16 values", out.len())));
+        let row_bytes = ty.bytes_for(row as u64).unwrap_or(0) as usize;
+        if row == 0 || n % row != 0 || out.len() != n / row * row_bytes {
+            return Err(self.err(t, format!("{} bytes for {n} {ty} values", out.len())));
         }
         let scale = self.scale(t)?;
         let data = self.file.data(t);
-        out.par_chunks_mut(2 * CHUNK)
+        let rows = (CHUNK / row).max(1);
+        out.par_chunks_mut(rows * row_bytes)
             .enumerate()
             .try_for_each(|(k, out)| {
-                let start = k * CHUNK;
-                let len = out.len() / 2;
+                let start = k * rows * row;
+                let len = out.len() / row_bytes * row;
                 let mut vals = vec![0f32; len];
-                float::to_f32(t.dtype, &data[start..start + len], &mut vals)?;
+                float::to_f32(t.dtype, &data[start..start + len], &mut vals)
+                    .map_err(|e| e.to_string())?;
                 scale.apply_from(start, &mut vals);
-                float::from_f32(DType::Ggml(GgmlType::F16), &vals, out)
+                if ty == GgmlType::F16 {
+                    float::from_f32(DType::Ggml(ty), &vals, out).map_err(|e| e.to_string())
+                } else {
+                    crate::ggml::quantize(ty, &vals, row, out)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
             })
-            .map_err(|e| self.err(t, e.to_string()))
+            .map_err(|e| self.err(t, e))
     }
 
     /// The tensors [`WeightStore::load_cpu`] would load for `filter`, with the same names,
