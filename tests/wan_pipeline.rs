@@ -964,6 +964,25 @@ fn write_fp8_files(name: &str, layout: Fp8Layout) -> (PathBuf, WanFiles) {
     write_fp8_files_with(name, layout, spiece)
 }
 
+/// The HF names of the umT5 recipe's llama.cpp names (diffusers_names.json).
+fn t5_hf_names() -> std::collections::HashMap<String, String> {
+    let names: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(DIR).join("diffusers_names.json")).expect("names"),
+    )
+    .expect("names json");
+    names["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["from"] == "t5")
+        .expect("t5 names")["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .map(|p| (p[1].as_str().unwrap().into(), p[0].as_str().unwrap().into()))
+        .collect()
+}
+
 /// [`write_fp8_files`] with `spiece` as the umT5's embedded `spiece_model` bytes.
 fn write_fp8_files_with(name: &str, layout: Fp8Layout, spiece: Vec<u8>) -> (PathBuf, WanFiles) {
     let idx = index();
@@ -989,22 +1008,7 @@ fn write_fp8_files_with(name: &str, layout: Fp8Layout, spiece: Vec<u8>) -> (Path
         &|n| n.to_string(),
     );
     write(&dit, tensors, meta);
-    // umT5: the HF names of the recipe's llama.cpp names (diffusers_names.json).
-    let names: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(DIR).join("diffusers_names.json")).expect("names"),
-    )
-    .expect("names json");
-    let to_hf: std::collections::HashMap<String, String> = names["files"]
-        .as_array()
-        .expect("files")
-        .iter()
-        .find(|f| f["from"] == "t5")
-        .expect("t5 names")["tensors"]
-        .as_array()
-        .expect("tensors")
-        .iter()
-        .map(|p| (p[1].as_str().unwrap().into(), p[0].as_str().unwrap().into()))
-        .collect();
+    let to_hf = t5_hf_names();
     let (mut tensors, meta) =
         fp8_tensors(&files["t5"], &fp8["t5"], layout, "", &|n| to_hf[n].clone());
     let n = spiece.len() as u64;
@@ -1673,4 +1677,65 @@ fn nvfp4_files_are_described_but_not_loaded() {
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains(&want), "{err}");
     assert!(!out.exists());
+}
+
+/// Comfy-Org's fp16 umT5 (`umt5_xxl_fp16.safetensors`) carries its tokenizer inside too: an
+/// F16 umT5 with HF names and `spiece_model` runs with no tokenizer flag, tokenizes the
+/// prompts to the reference ids (sentencepiece's), and encodes them as the reference does
+/// within F16 rounding of the weights (measured rel 9.6e-4 / 9.2e-4, tolerance 2e-3).
+#[test]
+fn an_fp16_umt5_with_its_tokenizer_inside_needs_no_tokenizer_flag() {
+    let idx = index();
+    let (dir, mut files) = write_files("fp16_spm", false);
+    let to_hf = t5_hf_names();
+    let mut tensors: Vec<common::RawTensor> = recipe(&idx["files"]["t5"])
+        .into_iter()
+        .map(|(n, shape, vals)| {
+            let bytes = vals
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect();
+            (to_hf[&n].clone(), "F16", shape, bytes)
+        })
+        .collect();
+    let spiece = std::fs::read("tests/fixtures/umt5_tokenizer/small/spiece.model").expect("spm");
+    tensors.push((
+        "spiece_model".into(),
+        "U8",
+        vec![spiece.len() as u64],
+        spiece,
+    ));
+    let t5 = dir.join("umt5_fp16.safetensors");
+    common::write_safetensors_raw(&t5, &[], &tensors);
+    files.t5 = Some(t5);
+    files.t5_tokenizer = None;
+    let req = request(&idx);
+    video::with_models(&files, true, &opts(), &mut |_| {}, |m, _ev| {
+        for (key, prompt, out) in [
+            ("prompt", &req.prompt, "text_prompt"),
+            (
+                "negative",
+                req.negative_prompt.as_ref().unwrap(),
+                "text_negative",
+            ),
+        ] {
+            let want: Vec<u32> = idx["tokens"][key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(m.tokenize(prompt).real(), &want[..], "{key} tokens");
+            let text = m.encode_text(prompt)?;
+            let want = entry(&idx, out);
+            close(
+                &format!("fp16 umT5 {out}"),
+                &text[..want.len()],
+                &want,
+                2e-3,
+            );
+        }
+        Ok(())
+    })
+    .expect("fp16 umT5 with its tokenizer inside");
 }
