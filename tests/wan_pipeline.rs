@@ -302,6 +302,28 @@ fn image_is_the_video_size() {
     );
 }
 
+/// The reference run's prompts: (key in the index's `tokens`, prompt, umT5 output entry).
+fn prompts(req: &WanRequest) -> [(&'static str, &str, &'static str); 2] {
+    [
+        ("prompt", &req.prompt, "text_prompt"),
+        (
+            "negative",
+            req.negative_prompt.as_deref().expect("negative prompt"),
+            "text_negative",
+        ),
+    ]
+}
+
+/// The reference token ids (sentencepiece's) of prompt `key`.
+fn reference_tokens(idx: &Value, key: &str) -> Vec<u32> {
+    idx["tokens"][key]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|v| v.as_u64().expect("id") as u32)
+        .collect()
+}
+
 #[test]
 fn components_match_the_reference() {
     let idx = index();
@@ -312,22 +334,13 @@ fn components_match_the_reference() {
     let (lt, lh, lw) = (1 + (req.frames - 1) / 4, h / 8, w / 8);
     video::with_models(&files, true, &opts(), &mut |_| {}, |m, _ev| {
         // Tokens and umT5 (real rows, then zero rows up to 512).
-        for (key, prompt, out) in [
-            ("prompt", &req.prompt, "text_prompt"),
-            (
-                "negative",
-                req.negative_prompt.as_ref().unwrap(),
-                "text_negative",
-            ),
-        ] {
-            let want: Vec<u32> = idx["tokens"][key]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
+        for (key, prompt, out) in prompts(&req) {
             let tokens = m.tokenize(prompt);
-            assert_eq!(tokens.real(), &want[..], "{key} tokens");
+            assert_eq!(
+                tokens.real(),
+                &reference_tokens(&idx, key)[..],
+                "{key} tokens"
+            );
             let text = m.encode_text(prompt)?;
             let (ref_rows, shape) = read_f32_entry(DIR, &idx[out]);
             let d = shape[1];
@@ -1711,20 +1724,8 @@ fn an_fp16_umt5_with_its_tokenizer_inside_needs_no_tokenizer_flag() {
     files.t5_tokenizer = None;
     let req = request(&idx);
     video::with_models(&files, true, &opts(), &mut |_| {}, |m, _ev| {
-        for (key, prompt, out) in [
-            ("prompt", &req.prompt, "text_prompt"),
-            (
-                "negative",
-                req.negative_prompt.as_ref().unwrap(),
-                "text_negative",
-            ),
-        ] {
-            let want: Vec<u32> = idx["tokens"][key]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
+        for (key, prompt, out) in prompts(&req) {
+            let want = reference_tokens(&idx, key);
             assert_eq!(m.tokenize(prompt).real(), &want[..], "{key} tokens");
             let text = m.encode_text(prompt)?;
             let want = entry(&idx, out);
