@@ -1740,3 +1740,56 @@ fn an_fp16_umt5_with_its_tokenizer_inside_needs_no_tokenizer_flag() {
     })
     .expect("fp16 umT5 with its tokenizer inside");
 }
+
+/// Made at upload as Q8_0 (what a plan chooses where F16 does not fit the budget): the device
+/// gets exactly the bytes the Q8_0 conversion at load makes, the loaded set holds no copy, and
+/// a run with the DiT and umT5 so placed stays as close to the fp8 reference as the Q8_0
+/// conversion on the CPU does (tolerance of `fp8_weights_on_the_cpu_convert_to_q8_0_when_asked`).
+#[test]
+fn fp8_weights_made_q8_0_at_upload_match_the_conversion_at_load() {
+    use nijigen::pipeline::Memory;
+    use nijigen::runtime::plan::Placement;
+    use nijigen::runtime::{Accountant, Fp8Load};
+    let idx = index();
+    let (_dir, files) = write_fp8_files("fp8_q8_upload", Fp8Layout::ScaledFp8);
+    let (at_load, _, _) = placed_tensors(&files.model, Fp8Load::Q8_0);
+    let (at_upload, copied, deferred) = placed_tensors(&files.model, Fp8Load::OnUploadQ8_0);
+    assert_eq!(copied, 0);
+    assert!(deferred > 0);
+    assert!(at_upload == at_load, "made at upload != converted at load");
+    assert!(at_upload.iter().any(|(_, ty, _)| *ty == GgmlType::Q8_0));
+
+    let (dit, t5) = (
+        nijigen::models::DIT.component,
+        nijigen::models::T5.component,
+    );
+    let memory = Memory {
+        accountant: Accountant::with_budget(256 << 20),
+        placements: vec![
+            (t5, Placement::Resident),
+            (nijigen::models::CLIP_VISION.component, Placement::Resident),
+            (dit, Placement::Resident),
+            (nijigen::models::VAE_WAN.component, Placement::Resident),
+        ],
+        fp8: vec![(dit, Fp8Load::OnUploadQ8_0), (t5, Fp8Load::OnUploadQ8_0)],
+        ..Default::default()
+    };
+    assert_eq!(memory.fp8_load(dit), Fp8Load::OnUploadQ8_0);
+    let o = RunOptions {
+        memory: Some(memory),
+        ..opts()
+    };
+    let req = request(&idx);
+    let out = video::generate(&files, &req, &o, &mut |_| {}).expect("fp8 as Q8_0 at upload");
+    let want = read_f32_entry(DIR, &idx["fp8_scaled"]["final_latent"]).0;
+    eprintln!(
+        "fp8 as Q8_0 at upload: final latent rel {:.2e} from the fp8 reference",
+        rel_err(&out.latent, &want)
+    );
+    close(
+        "final latent, fp8 as Q8_0 at upload",
+        &out.latent,
+        &want,
+        3e-2,
+    );
+}

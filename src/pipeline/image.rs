@@ -1098,7 +1098,7 @@ pub fn plan_image(
     let mut names = vec![(UNET.component, unet.file_name())];
     let mut fp8: Vec<_> = unet
         .fp8()
-        .map(|w| (UNET.component, w))
+        .map(|w| (UNET.component, w, unet.q8_spec(&specs[0])))
         .into_iter()
         .collect();
     for (net, explicit) in [
@@ -1109,7 +1109,13 @@ pub fn plan_image(
         let part = open_required(opened, explicit.as_ref().unwrap_or(model), net)?;
         specs.push(spec(net, &part, &shapes)?);
         names.push((net.component, part.file_name()));
-        fp8.extend(part.fp8().map(|w| (net.component, w)));
+        fp8.extend(part.fp8().map(|w| {
+            (
+                net.component,
+                w,
+                part.q8_spec(specs.last().expect("pushed")),
+            )
+        }));
     }
     let what = format!("image {}x{}", req.width, req.height);
     stage_plan(memory, req.vae_tile, specs, names, fp8, what)

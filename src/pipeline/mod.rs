@@ -135,9 +135,10 @@ impl Memory {
     /// device, else as the plan decided for the CPU.
     pub fn fp8_load(&self, c: Component) -> Fp8Load {
         let planned = self.fp8.iter().find(|(k, _)| *k == c).map(|(_, l)| *l);
+        let upload = |l: &Fp8Load| matches!(l, Fp8Load::OnUpload | Fp8Load::OnUploadQ8_0);
         match self.placement(c) {
-            Placement::Cpu => planned.unwrap_or_default(),
-            _ => Fp8Load::OnUpload,
+            Placement::Cpu => planned.filter(|l| !upload(l)).unwrap_or_default(),
+            _ => planned.filter(upload).unwrap_or(Fp8Load::OnUpload),
         }
     }
 

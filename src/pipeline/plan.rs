@@ -141,7 +141,7 @@ impl Fp8Weights {
         match how {
             Fp8Load::F16 => self.f16,
             Fp8Load::Q8_0 => self.q8_0,
-            Fp8Load::OnUpload => 0,
+            Fp8Load::OnUpload | Fp8Load::OnUploadQ8_0 => 0,
         }
     }
 }
@@ -205,6 +205,9 @@ pub struct StagePlan {
     pub notes: Vec<String>,
     /// What fp8 weights of a component on the CPU become in this plan.
     pub fp8_cpu: Fp8Load,
+    /// What fp8 weights of a component on the device become (F16, or Q8_0 where F16 does not
+    /// fit the budget), made as they are uploaded.
+    pub fp8_device: Fp8Load,
 }
 
 impl StagePlan {
@@ -243,7 +246,14 @@ impl StagePlan {
                 .plan
                 .components
                 .iter()
-                .map(|c| (c.component, self.fp8_cpu))
+                .map(|c| {
+                    let how = if c.placement == Placement::Cpu {
+                        self.fp8_cpu
+                    } else {
+                        self.fp8_device
+                    };
+                    (c.component, how)
+                })
                 .collect(),
         })
     }
@@ -455,19 +465,52 @@ impl Part {
     /// Device bytes of the weights as loaded (fp8 as F16), each tensor padded as device buffers
     /// place it.
     pub(crate) fn bytes(&self) -> u64 {
-        self.tensors()
-            .map(|t| padded(self.store.loaded_size(t)))
-            .sum()
+        self.bytes_with(false)
+    }
+
+    /// [`Part::bytes`], with the fp8 weights as Q8_0 where their rows allow when `q8`.
+    fn bytes_with(&self, q8: bool) -> u64 {
+        self.tensors().map(|t| padded(self.loaded_as(t, q8))).sum()
+    }
+
+    /// Bytes tensor `t` takes on the device: as loaded, or for an fp8 weight made Q8_0 (`q8`)
+    /// where its rows allow.
+    fn loaded_as(&self, t: &crate::formats::TensorInfo, q8: bool) -> u64 {
+        let row = t.shape.last().copied().unwrap_or(1);
+        if q8
+            && matches!(t.dtype, DType::F8E4M3 | DType::F8E5M2)
+            && t.numel() > 0
+            && row % GgmlType::Q8_0.block_size() == 0
+        {
+            GgmlType::Q8_0.bytes_for(t.numel()).unwrap_or(0)
+        } else {
+            self.store.loaded_size(t)
+        }
+    }
+
+    /// `spec` (this part's) with its fp8 weights made Q8_0 on the device.
+    pub(crate) fn q8_spec(&self, spec: &ComponentSpec) -> ComponentSpec {
+        let mut q = spec.clone();
+        q.weight_bytes = self.bytes_with(true);
+        if !q.blocks.is_empty() {
+            q.blocks = self.blocks_with(true);
+        }
+        q
     }
 
     /// Bytes per block in execution order (UNet: input, middle, output).
     pub(crate) fn blocks(&self) -> Vec<u64> {
+        self.blocks_with(false)
+    }
+
+    /// [`Part::blocks`], with the fp8 weights as Q8_0 where their rows allow when `q8`.
+    fn blocks_with(&self, q8: bool) -> Vec<u64> {
         let mut by: Vec<(u32, usize, String, u64)> = Vec::new();
         for t in self.tensors() {
             let Some(key) = block_key(&t.name) else {
                 continue;
             };
-            let size = padded(self.store.loaded_size(t));
+            let size = padded(self.loaded_as(t, q8));
             if let Some(e) = by.iter_mut().find(|e| e.2 == key) {
                 e.3 += size;
                 continue;
@@ -498,9 +541,16 @@ impl Part {
     }
 }
 
-/// "15.3 GiB".
+/// "15.3 GiB", "512.0 MiB", "3.5 KiB".
 fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    let b = bytes as f64;
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
 }
 
 pub(crate) fn nothing_to_plan(what: &'static str, flag: &'static str) -> PipelineError {
@@ -513,14 +563,16 @@ pub(crate) fn stage_plan(
     vae_tile: Option<u32>,
     mut components: Vec<ComponentSpec>,
     files: Vec<(Component, String)>,
-    fp8: Vec<(Component, Fp8Weights)>,
+    fp8: Vec<(Component, Fp8Weights, ComponentSpec)>,
     what: String,
 ) -> Result<StagePlan, PipelineError> {
     let device = memory.device;
     let budget = device_budget(device, memory.vram_budget)?;
-    let fp8_cpu = memory.fp8_cpu.resolve(fp8.iter().map(|(_, w)| w.f16).sum());
+    let fp8_cpu = memory
+        .fp8_cpu
+        .resolve(fp8.iter().map(|(_, w, _)| w.f16).sum());
     for spec in &mut components {
-        if let Some((_, w)) = fp8.iter().find(|(c, _)| *c == spec.component) {
+        if let Some((_, w, _)) = fp8.iter().find(|(c, _, _)| *c == spec.component) {
             spec.cpu_ram = Some(spec.weight_bytes - w.f16 + w.ram(fp8_cpu));
             spec.held_ram = w.ram(fp8_cpu);
             let in_blocks: u64 = spec.blocks.iter().sum();
@@ -547,16 +599,29 @@ pub(crate) fn stage_plan(
             vae_tile,
         },
     };
-    let plan = plan::plan(&input)?;
+    // fp8 weights on the device are made F16; where that does not fit the budget, Q8_0.
+    let (plan, fp8_device) = match plan::plan(&input) {
+        Ok(p) => (p, Fp8Load::OnUpload),
+        Err(e @ PlanError::Short { .. }) if !fp8.is_empty() => {
+            let mut q8 = input.clone();
+            for spec in &mut q8.components {
+                if let Some((_, _, q)) = fp8.iter().find(|(c, _, _)| *c == spec.component) {
+                    spec.weight_bytes = q.weight_bytes;
+                    spec.blocks = q.blocks.clone();
+                }
+            }
+            match plan::plan(&q8) {
+                Ok(p) => (p, Fp8Load::OnUploadQ8_0),
+                Err(_) => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     let notes = fp8
         .iter()
-        .filter_map(|(c, w)| {
+        .filter_map(|(c, w, _)| {
             let on_cpu = plan.get(*c)?.placement == Placement::Cpu;
-            Some(fp8_note(
-                *c,
-                w,
-                if on_cpu { fp8_cpu } else { Fp8Load::OnUpload },
-            ))
+            Some(fp8_note(*c, w, if on_cpu { fp8_cpu } else { fp8_device }))
         })
         .collect();
     Ok(StagePlan {
@@ -566,6 +631,7 @@ pub(crate) fn stage_plan(
         device,
         notes,
         fp8_cpu,
+        fp8_device,
     })
 }
 
@@ -587,6 +653,12 @@ pub(crate) fn fp8_note(c: Component, w: &Fp8Weights, how: Fp8Load) -> String {
              ({} as F16)",
             gib(w.f16)
         ),
+        Fp8Load::OnUploadQ8_0 => format!(
+            "{head}, made Q8_0 tensor by tensor as they are copied to the device, as F16 ({}) \
+             does not fit the budget: no copy in RAM ({} as Q8_0)",
+            gib(w.f16),
+            gib(w.q8_0)
+        ),
         Fp8Load::F16 => format!(
             "{head}, converted to F16 at load: {} of RAM for the whole run",
             gib(w.f16)
@@ -603,6 +675,68 @@ pub(crate) fn fp8_note(c: Component, w: &Fp8Weights, how: Fp8Load) -> String {
 #[cfg(test)]
 mod tests {
     use super::{block_key, gpu_budget, DRIVER_MARGIN};
+
+    #[test]
+    fn fp8_weights_on_the_device_become_q8_0_only_where_f16_does_not_fit() {
+        use super::{stage_plan, Fp8Weights, MemoryOptions};
+        use crate::runtime::plan::ComponentSpec;
+        use crate::runtime::Fp8Load;
+        let (gib, mib) = (1u64 << 30, 1u64 << 20);
+        let dit = crate::models::DIT.component;
+        // A DiT that cannot stream: 1 GiB as F16, 544 MiB as Q8_0, 100 MiB of compute.
+        let w = Fp8Weights {
+            scaled: true,
+            stored: 512 * mib,
+            f16: gib,
+            q8_0: 544 * mib,
+            ..Fp8Weights::default()
+        };
+        let f16 = ComponentSpec::new(dit, gib).with_compute(100 * mib);
+        let q8 = ComponentSpec::new(dit, 544 * mib).with_compute(100 * mib);
+        let at = |budget: u64| {
+            let memory = MemoryOptions {
+                vram_budget: Some(budget),
+                ..Default::default()
+            };
+            let fp8 = vec![(dit, w, q8.clone())];
+            stage_plan(
+                &memory,
+                None,
+                vec![f16.clone()],
+                vec![],
+                fp8,
+                "video".into(),
+            )
+        };
+        let roomy = at(2 * gib).expect("fits as F16");
+        assert_eq!(roomy.fp8_device, Fp8Load::OnUpload);
+        assert_eq!(roomy.plan.components[0].device_weight_bytes, gib);
+        assert!(
+            roomy.notes[0].contains("made F16 tensor by tensor"),
+            "{:?}",
+            roomy.notes
+        );
+        let tight = at(gib).expect("fits as Q8_0");
+        assert_eq!(tight.fp8_device, Fp8Load::OnUploadQ8_0);
+        assert_eq!(tight.plan.components[0].device_weight_bytes, 544 * mib);
+        assert_eq!(
+            tight.notes,
+            vec![
+                "dit: fp8 scaled (ComfyUI) weights, 512.0 MiB in the file, made Q8_0 tensor by \
+                  tensor as they are copied to the device, as F16 (1.0 GiB) does not fit the \
+                  budget: no copy in RAM (544.0 MiB as Q8_0)"
+                    .to_string()
+            ]
+        );
+        let memory = tight.memory().expect("budgeted");
+        assert_eq!(memory.fp8_load(dit), Fp8Load::OnUploadQ8_0);
+        // Too small for Q8_0 too: the F16 plan's error.
+        let e = match at(600 * mib) {
+            Ok(p) => panic!("planned: {:?}", p.notes),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("short by") && e.contains("1124 MiB"), "{e}");
+    }
 
     #[test]
     fn a_gpu_budget_never_exceeds_the_free_memory_less_the_margin() {

@@ -1049,7 +1049,11 @@ pub fn plan_video(
     let forwards = if req.cfg == 1.0 { 1 } else { 2 };
     let mut specs = vec![spec(&DIT, &dit, &shapes)?.with_forwards(forwards)];
     let mut names = vec![(DIT.component, dit.file_name())];
-    let mut fp8: Vec<_> = dit.fp8().map(|w| (DIT.component, w)).into_iter().collect();
+    let mut fp8: Vec<_> = dit
+        .fp8()
+        .map(|w| (DIT.component, w, dit.q8_spec(&specs[0])))
+        .into_iter()
+        .collect();
     for (net, path, required) in [
         (&T5, &files.t5, true),
         (&CLIP_VISION, &files.clip_vision, false),
@@ -1064,7 +1068,13 @@ pub fn plan_video(
         let part = open_required(opened, path, net)?;
         specs.push(spec(net, &part, &shapes)?);
         names.push((net.component, part.file_name()));
-        fp8.extend(part.fp8().map(|w| (net.component, w)));
+        fp8.extend(part.fp8().map(|w| {
+            (
+                net.component,
+                w,
+                part.q8_spec(specs.last().expect("pushed")),
+            )
+        }));
     }
     let what = format!("video {}x{}x{}", req.width, req.height, req.frames);
     stage_plan(memory, req.vae_tile, specs, names, fp8, what)

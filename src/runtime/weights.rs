@@ -49,6 +49,9 @@ pub enum Fp8Load {
     /// deferred tensor): no copy in RAM. For a component placed on the device only: the CPU
     /// cannot compute with a deferred tensor.
     OnUpload,
+    /// As [`Fp8Load::OnUpload`], made as Q8_0 where the rows allow (else F16): half of F16's
+    /// device memory and uploads, within Q8_0's rounding (when F16 does not fit the budget).
+    OnUploadQ8_0,
 }
 
 impl Fp8Load {
@@ -58,6 +61,7 @@ impl Fp8Load {
             Fp8Load::F16 => "F16 at load",
             Fp8Load::Q8_0 => "Q8_0 at load",
             Fp8Load::OnUpload => "F16 at upload, tensor by tensor",
+            Fp8Load::OnUploadQ8_0 => "Q8_0 at upload, tensor by tensor",
         }
     }
 }
@@ -420,16 +424,22 @@ impl WeightStore {
         };
         let n = info.numel() as usize;
         match how {
-            Fp8Load::OnUpload => {
+            Fp8Load::OnUpload | Fp8Load::OnUploadQ8_0 => {
                 // Check now what can be checked, so that the upload does not fail later.
                 self.scale(info)?;
-                let region = self.placeholder(2 * n as u64)?;
-                let fill =
-                    move |out: &mut [u8]| self.fp8_to_f16(info, out).map_err(|e| e.to_string());
-                set.add_deferred(name, GgmlType::F16, ne, region, Box::new(fill))
+                let (ty, row) = if how == Fp8Load::OnUploadQ8_0 && q8_rows(ne) {
+                    (GgmlType::Q8_0, ne[0] as usize)
+                } else {
+                    (GgmlType::F16, 1)
+                };
+                let region = self.placeholder(ty.bytes_for(n as u64).unwrap_or(u64::MAX))?;
+                let fill = move |out: &mut [u8]| {
+                    self.fp8_into(info, ty, row, out).map_err(|e| e.to_string())
+                };
+                set.add_deferred(name, ty, ne, region, Box::new(fill))
                     .map_err(gerr)?;
             }
-            Fp8Load::Q8_0 if ne[0] % GgmlType::Q8_0.block_size() as i64 == 0 => {
+            Fp8Load::Q8_0 if q8_rows(ne) => {
                 let size = GgmlType::Q8_0.bytes_for(n as u64).unwrap_or(0) as usize;
                 let mut q = vec![0u8; size];
                 self.fp8_into(info, GgmlType::Q8_0, ne[0] as usize, &mut q)?;
@@ -615,6 +625,12 @@ impl WeightStore {
             .map_err(|e| self.err(t, e.to_string()))?;
         Ok(out)
     }
+}
+
+/// Whether a tensor of ggml shape `ne` can be Q8_0: its rows are whole Q8_0 blocks.
+pub fn q8_rows(ne: &[i64]) -> bool {
+    ne.first()
+        .is_some_and(|&r| r % GgmlType::Q8_0.block_size() as i64 == 0)
 }
 
 /// Types ggml computes with directly from the file.
