@@ -704,21 +704,7 @@ fn wan_lora_on_an_fp8_scaled_base_patches_the_dequantized_weights() {
                     half::f16::from_f32(v).to_le_bytes()
                 })
                 .collect();
-            let layer = stored.strip_suffix(".weight").unwrap().to_string();
-            let conf = br#"{"format": "float8_e4m3fn"}"#.to_vec();
-            fp8.push((
-                format!("{layer}.comfy_quant"),
-                "U8",
-                vec![conf.len() as u64],
-                conf,
-            ));
-            fp8.push((
-                format!("{layer}.weight_scale"),
-                "F32",
-                vec![],
-                f32_bytes(&[scale]),
-            ));
-            fp8.push((stored.clone(), "F8_E4M3", shape.clone(), q));
+            fp8.extend(common::comfy_quant_layer(&stored, shape.clone(), q, scale));
             plain.push((stored, "F16", shape, deq));
         } else {
             fp8.push((stored.clone(), "F32", shape.clone(), f32_bytes(&vals)));
@@ -940,21 +926,7 @@ fn kijai_style_wan_lora_on_fp8_and_gguf_bases_matches_the_merged_reference() {
             })
             .collect();
         fp8_base.push((name.clone(), shape.clone(), deq));
-        let layer = stored.strip_suffix(".weight").unwrap().to_string();
-        let conf = br#"{"format": "float8_e4m3fn"}"#.to_vec();
-        fp8.push((
-            format!("{layer}.comfy_quant"),
-            "U8",
-            vec![conf.len() as u64],
-            conf,
-        ));
-        fp8.push((
-            format!("{layer}.weight_scale"),
-            "F32",
-            vec![],
-            f32_bytes(&[scale]),
-        ));
-        fp8.push((stored, "F8_E4M3", shape.clone(), q));
+        fp8.extend(common::comfy_quant_layer(&stored, shape.clone(), q, scale));
     }
     let fp8_path = dir.path().join("wan_fp8_scaled.safetensors");
     write_safetensors_raw(&fp8_path, &[], &fp8);

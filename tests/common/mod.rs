@@ -206,3 +206,26 @@ pub fn fp8_quantize(vals: &[f32]) -> (Vec<u8>, f32) {
         .expect("f8");
     (q, scale)
 }
+
+/// The tensors ComfyUI's per-layer fp8 layout stores for one Linear weight `stored`
+/// (`<layer>.weight`): `<layer>.comfy_quant` (the JSON format), the F32 scalar
+/// `<layer>.weight_scale` and the F8_E4M3 weight `q` of PyTorch shape `shape`.
+pub fn comfy_quant_layer(stored: &str, shape: Vec<u64>, q: Vec<u8>, scale: f32) -> Vec<RawTensor> {
+    let layer = stored.strip_suffix(".weight").expect("a .weight name");
+    let conf = br#"{"format": "float8_e4m3fn"}"#.to_vec();
+    vec![
+        (
+            format!("{layer}.comfy_quant"),
+            "U8",
+            vec![conf.len() as u64],
+            conf,
+        ),
+        (
+            format!("{layer}.weight_scale"),
+            "F32",
+            vec![],
+            scale.to_le_bytes().to_vec(),
+        ),
+        (stored.to_string(), "F8_E4M3", shape, q),
+    ]
+}
