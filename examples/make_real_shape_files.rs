@@ -14,6 +14,9 @@
 //! - `wan2.1_i2v_480p_14B_fp8_scaled.safetensors` and its 4-block cut: as Comfy-Org's scaled
 //!   fp8 files (`scaled_fp8` marker; every 2-D Linear weight F8_E4M3 with an F32 scalar
 //!   `<layer>.scale_weight`; the rest F16). The scales read as zero: plan and time only;
+//! - `Wan2.2-I2V-A14B-{HighNoise,LowNoise}-Q4_K_M.gguf`: Wan2.2 I2V-A14B's two experts as
+//!   QuantStack's files (the Wan2.1 I2V DiT without the CLIP image branch, original names,
+//!   Q4_K_M rules), and `wan2.2_i2v_{high,low}_noise_14B_fp8_scaled.safetensors` as Comfy-Org's;
 //! - `sdxl_checkpoint_f16.safetensors`: an SDXL single-file checkpoint (ldm UNet, CLIP-L HF
 //!   names, bigG open_clip names, ldm VAE), F16.
 //!
@@ -41,6 +44,15 @@ fn push(v: &mut Shapes, name: impl Into<String>, shape: &[u64]) {
 /// Wan2.1 I2V 14B DiT: dim 5120, ffn 13824, 40 blocks, in 36, text 4096, CLIP 1280.
 fn wan_dit() -> Shapes {
     wan_dit_blocks(40)
+}
+
+/// A Wan2.2 I2V-A14B expert: [`wan_dit`] without the CLIP image branch (`img_emb.*`,
+/// `k_img`, `v_img`, `norm_k_img`).
+fn wan22_expert() -> Shapes {
+    wan_dit()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("img_emb.") && !n.contains("_img"))
+        .collect()
 }
 
 /// [`wan_dit`] with `blocks` blocks.
@@ -606,13 +618,15 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
 
     let rules = Rules::new(Target::parse("q4_k_m").map_err(anyhow::Error::msg)?, vec![]);
-    let dit: Vec<(String, Vec<u64>, GgmlType)> = wan_dit()
-        .into_iter()
-        .map(|(n, s)| {
-            let ty = rules.choose(&n, &s, DType::Ggml(GgmlType::F16)).ty;
-            (n, s, ty)
-        })
-        .collect();
+    let quantized = |t: Shapes| -> Vec<(String, Vec<u64>, GgmlType)> {
+        t.into_iter()
+            .map(|(n, s)| {
+                let ty = rules.choose(&n, &s, DType::Ggml(GgmlType::F16)).ty;
+                (n, s, ty)
+            })
+            .collect()
+    };
+    let dit = quantized(wan_dit());
     let arch = |a: &str| {
         vec![(
             "general.architecture".to_string(),
@@ -635,6 +649,20 @@ fn main() -> anyhow::Result<()> {
         "F16",
     )?;
     safetensors(&dir.join("wan_2.1_vae.safetensors"), &wan_vae(), "BF16")?;
+    // Wan2.2 I2V-A14B: two experts of the same shapes, without the CLIP image branch.
+    for which in ["High", "Low"] {
+        gguf(
+            &dir.join(format!("Wan2.2-I2V-A14B-{which}Noise-Q4_K_M.gguf")),
+            &arch("wan"),
+            &quantized(wan22_expert()),
+        )?;
+        let (t, ty) = fp8_scaled(&wan22_expert());
+        let name = format!(
+            "wan2.2_i2v_{}_noise_14B_fp8_scaled.safetensors",
+            which.to_lowercase()
+        );
+        safetensors_typed(&dir.join(name), &t, ty)?;
+    }
     // The same DiT as ComfyUI ships it in float8 (16.4 GB, a hole on disk), and a 4-block cut
     // of it (1.8 GB) for what a full f8 load would need to stay within a small machine's RAM.
     safetensors_typed(

@@ -348,7 +348,7 @@ fn i2v_errors_are_one_line_with_a_hint_before_any_work() {
         (
             "T2V DiT as --video-model",
             with(base.clone(), "--video-model", Some(&s(&t2v))),
-            "not a Wan2.1 image-to-video DiT",
+            "not an image-to-video DiT (Wan2.1 I2V",
         ),
         (
             "CLIP-L as --t5",
@@ -358,7 +358,7 @@ fn i2v_errors_are_one_line_with_a_hint_before_any_work() {
         (
             "SDXL checkpoint as --video-model",
             with(base.clone(), "--video-model", Some(&sdxl)),
-            "not a Wan2.1 image-to-video DiT",
+            "not a Wan",
         ),
         (
             "Wan DiT as --image-model",

@@ -1495,7 +1495,7 @@ fn i2v_checks_compare_the_model_configs() {
         t5_tokenizer: Some(dir.path().join("tokenizer.json")),
         clip_vision: Some(clip.clone()),
         vae: Some(vae.to_path_buf()),
-        loras: vec![],
+        ..WanFiles::default()
     };
     check_video_files(&files(&t5, &vae)).expect("matching files");
     let err = |f: WanFiles| match check_video_files(&f) {

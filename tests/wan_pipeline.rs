@@ -208,7 +208,7 @@ fn write_files(name: &str, q8: bool) -> (PathBuf, WanFiles) {
         t5_tokenizer: None,
         clip_vision: Some(clip),
         vae: Some(vae),
-        loras: vec![],
+        ..WanFiles::default()
     };
     (dir, wf)
 }
@@ -245,6 +245,7 @@ fn request(idx: &Value) -> WanRequest {
         seed: s["seed"].as_u64().expect("seed"),
         vae_tile: None,
         keep_decoded: true,
+        ..WanRequest::default()
     }
 }
 
@@ -1791,5 +1792,483 @@ fn fp8_weights_made_q8_0_at_upload_match_the_conversion_at_load() {
         &out.latent,
         &want,
         3e-2,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wan2.2 I2V-A14B: two experts (tools/reference/make_wan22_fixtures.py). Two tiny experts
+// without the CLIP image branch, stored as QuantStack's GGUFs (original names, F32), umT5 and
+// the VAE of the Wan2.1 fixture above; diffusers' WanImageToVideoPipeline(transformer=high,
+// transformer_2=low, boundary_ratio=0.9) over ComfyUI's `simple` sigmas at shift 5 with euler:
+// 4 steps, the high-noise expert (cfg 4) for steps 1-2, the low-noise one (cfg 3) for 3-4.
+// Tolerances as the Wan2.1 run above (F32): first forwards rel 1e-5, final latent rel 1e-5,
+// frames at most 1 LSB off on 0.1% of the values. Measured values are printed.
+
+const W22: &str = "tests/fixtures/wan22";
+
+fn wan22_index() -> Value {
+    let text = std::fs::read_to_string(Path::new(W22).join("index.json")).expect("index.json");
+    serde_json::from_str(&text).expect("index.json parses")
+}
+
+fn w22(entry: &Value) -> Vec<f32> {
+    read_f32_entry(W22, entry).0
+}
+
+fn w22_frames(entry: &Value) -> Vec<u8> {
+    assert_eq!(entry["dtype"], "u8");
+    std::fs::read(Path::new(W22).join(entry["file"].as_str().expect("file"))).expect("u8")
+}
+
+/// The Wan2.1 fixture's umT5 and VAE plus the two experts as QuantStack GGUFs (and, with
+/// `loras`, each expert's LoRA in its community layout) in a fresh directory.
+fn write_wan22_files(name: &str, loras: bool) -> (PathBuf, WanFiles) {
+    let idx = wan22_index();
+    let (dir, base) = write_files(&format!("wan22_{name}"), false);
+    let files = &idx["files"];
+    for key in ["t5", "vae"] {
+        assert_eq!(
+            files[key]["same_as"],
+            "tests/fixtures/wan_pipeline/index.json"
+        );
+    }
+    let expert = |key: &str| {
+        let path = dir.join(files[key]["file"].as_str().expect("file"));
+        write_gguf(&path, &files[key], vec![], &[]);
+        path
+    };
+    let mut wf = WanFiles {
+        model: expert("low"),
+        high_noise_model: Some(expert("high")),
+        clip_vision: None,
+        ..base
+    };
+    if loras {
+        let lora = |key: &str| {
+            let l = &idx["lora"][key];
+            let path = dir.join(l["file"].as_str().expect("file"));
+            write_st(&path, l);
+            (path, l["multiplier"].as_f64().expect("multiplier") as f32)
+        };
+        wf.loras = vec![lora("low")];
+        wf.high_noise_loras = vec![lora("high")];
+    }
+    (dir, wf)
+}
+
+/// `out`'s final latent (rel 1e-5) and frames (1 LSB on 0.1%) against `reference`'s
+/// (`final_latent`, `frames`).
+fn matches_w22(what: &str, out: &nijigen::pipeline::video::WanOutput, reference: &Value) {
+    let want = w22(&reference["final_latent"]);
+    close(&format!("final latent ({what})"), &out.latent, &want, 1e-5);
+    let got: Vec<u8> = out.frames.concat();
+    let want = w22_frames(&reference["frames"]);
+    frames_close(&format!("frames ({what})"), &got, &want, 0.001);
+}
+
+/// A change that must show: `got` at least rel 1e-3 from `want`.
+fn differs(what: &str, got: &[f32], want: &[f32]) {
+    let e = rel_err(got, want);
+    eprintln!("{what}: rel {e:.2e} from the other run");
+    assert!(e > 1e-3, "{what}: no effect (rel {e})");
+}
+
+fn wan22_request(idx: &Value) -> WanRequest {
+    let s = &idx["settings"];
+    assert_eq!(
+        (s["sampler"].as_str(), s["scheduler"].as_str()),
+        (Some("euler"), Some("simple"))
+    );
+    WanRequest {
+        image: Some(image()),
+        prompt: s["prompt"].as_str().expect("prompt").into(),
+        negative_prompt: Some(s["negative_prompt"].as_str().expect("negative").into()),
+        width: s["width"].as_u64().expect("width") as u32,
+        height: s["height"].as_u64().expect("height") as u32,
+        frames: s["frames"].as_u64().expect("frames") as usize,
+        steps: s["steps"].as_u64().expect("steps") as usize,
+        cfg: s["cfg_low"].as_f64().expect("cfg") as f32,
+        high_noise_cfg: Some(s["cfg_high"].as_f64().expect("cfg") as f32),
+        // The shift and the boundary are Wan2.2 I2V's defaults (5, 0.9): left to the pipeline.
+        shift: None,
+        boundary: None,
+        sampler: SamplerKind::Euler,
+        scheduler: Scheduler::Simple,
+        seed: s["seed"].as_u64().expect("seed"),
+        ..WanRequest::default()
+    }
+}
+
+#[test]
+fn wan22_experts_first_forwards_match_the_reference() {
+    let idx = wan22_index();
+    let (_dir, files) = write_wan22_files("forwards", false);
+    let req = wan22_request(&idx);
+    let s = &idx["settings"];
+    let thw = (2, 6, 8);
+    video::with_models(&files, true, &opts(), &mut |_| {}, |m, _| {
+        assert!(
+            m.has_experts() && m.clip.is_none(),
+            "two experts, no CLIP vision"
+        );
+        let y = m.image_condition(req.image.as_ref().unwrap(), req.frames)?;
+        close("y (mask + image latent)", &y, &w22(&idx["y"]), 1e-5);
+        let text = m.encode_text(s["prompt"].as_str().unwrap())?;
+        let neg = m.encode_text(s["negative_prompt"].as_str().unwrap())?;
+        for (key, expert) in [("high", video::Expert::High), ("low", video::Expert::Low)] {
+            let f = &idx["first_forward"][key];
+            let x = match f["x"].as_str().unwrap() {
+                "noise" => w22(&idx["noise"]),
+                file => {
+                    read_f32_entry(
+                        W22,
+                        &serde_json::json!({"file": file, "shape": [16, 2, 6, 8]}),
+                    )
+                    .0
+                }
+            };
+            let t = f["timestep"].as_f64().unwrap() as f32;
+            let vc = m.expert_forward(expert, &x, t, &text, Some(&y), thw)?;
+            close(
+                &format!("{key} expert v_cond at t {t}"),
+                &vc,
+                &w22(&f["v_cond"]),
+                1e-5,
+            );
+            let vu = m.expert_forward(expert, &x, t, &neg, Some(&y), thw)?;
+            close(
+                &format!("{key} expert v_uncond"),
+                &vu,
+                &w22(&f["v_uncond"]),
+                1e-5,
+            );
+        }
+        Ok(())
+    })
+    .expect("models");
+}
+
+#[test]
+fn wan22_two_experts_reproduce_the_reference_frames() {
+    let idx = wan22_index();
+    let (_dir, files) = write_wan22_files("generate", false);
+    let req = wan22_request(&idx);
+    let out = video::generate(&files, &req, &opts(), &mut |_| {}).expect("generate");
+    assert_eq!(out.shift, 5.0, "Wan2.2 I2V's shift");
+    let high: Vec<u64> = idx["settings"]["high_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        out.high_noise_steps,
+        Some(high.len()),
+        "the switch by boundary 0.9"
+    );
+    matches_w22("two experts", &out, &idx);
+
+    // ComfyUI's split (two KSamplerAdvanced runs handing over the latent with its leftover
+    // noise): with euler the same result, up to the round trip through 1 - sigma.
+    let split = WanRequest {
+        high_noise_steps: Some(2),
+        ..req.clone()
+    };
+    let out2 = video::generate(&files, &split, &opts(), &mut |_| {}).expect("split");
+    assert_eq!(out2.high_noise_steps, Some(2));
+    close(
+        "final latent (--high-noise-steps 2)",
+        &out2.latent,
+        &w22(&idx["final_latent"]),
+        1e-5,
+    );
+    // Switching after 1 step instead is another video: the switch is real.
+    let one = WanRequest {
+        high_noise_steps: Some(1),
+        ..req
+    };
+    let out1 = video::generate(&files, &one, &opts(), &mut |_| {}).expect("one step");
+    differs(
+        "switching after 1 step",
+        &out1.latent,
+        &w22(&idx["final_latent"]),
+    );
+}
+
+#[test]
+fn wan22_loras_on_each_expert_match_the_reference_at_cfg_1() {
+    let idx = wan22_index();
+    let (_dir, files) = write_wan22_files("lora", true);
+    let l = &idx["lora"];
+    let req = WanRequest {
+        cfg: 1.0,
+        high_noise_cfg: Some(1.0),
+        ..wan22_request(&idx)
+    };
+    let mut phases = Vec::new();
+    let out = video::generate(&files, &req, &opts(), &mut |e| {
+        if let nijigen::pipeline::Event::Loaded { component, .. } = e {
+            phases.push(component);
+        }
+    })
+    .expect("generate");
+    assert!(
+        phases.contains(&"dit_high") && phases.contains(&"dit"),
+        "{phases:?}"
+    );
+    matches_w22("LoRAs, cfg 1", &out, l);
+    // Each expert's LoRA matters: without the high-noise one the video differs.
+    let files_no_high = WanFiles {
+        high_noise_loras: vec![],
+        ..files
+    };
+    let out = video::generate(&files_no_high, &req, &opts(), &mut |_| {}).expect("generate");
+    differs(
+        "without the high-noise LoRA",
+        &out.latent,
+        &w22(&l["final_latent"]),
+    );
+}
+
+/// `nijigen video` with both experts: the reference frames, the switch and both experts (and
+/// their LoRAs) in the sidecar JSON; a given --clip-vision is ignored with a warning.
+#[test]
+fn cli_wan22_video_reproduces_the_reference_frames() {
+    let idx = wan22_index();
+    let (dir, files) = write_wan22_files("cli", false);
+    let s = &idx["settings"];
+    let out = dir.join("w22.mp4");
+    let frames_dir = dir.join("frames");
+    let p = |v: &Path| v.to_str().unwrap().to_string();
+    let clip = write_files("wan22_cli_clip", false).1.clip_vision.unwrap();
+    let mut args: Vec<String> = vec![
+        "video",
+        "--model",
+        &p(&files.model),
+        "--high-noise-model",
+        &p(files.high_noise_model.as_ref().unwrap()),
+        "--t5",
+        &p(files.t5.as_ref().unwrap()),
+        "--vae",
+        &p(files.vae.as_ref().unwrap()),
+        "--clip-vision",
+        &p(&clip),
+        "-i",
+        &p(&Path::new(DIR).join("image.png")),
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    for (flag, v) in [
+        ("-p", s["prompt"].as_str().unwrap().to_string()),
+        ("-n", s["negative_prompt"].as_str().unwrap().to_string()),
+        ("--width", s["width"].to_string()),
+        ("--height", s["height"].to_string()),
+        ("--frames", s["frames"].to_string()),
+        ("--steps", s["steps"].to_string()),
+        ("--cfg", s["cfg_low"].to_string()),
+        ("--high-noise-cfg", s["cfg_high"].to_string()),
+        ("--sampler", "euler".into()),
+        ("--scheduler", "simple".into()),
+        ("--seed", s["seed"].to_string()),
+        ("--threads", "2".into()),
+        ("-o", p(&out)),
+        ("--frames-dir", p(&frames_dir)),
+    ] {
+        args.push(flag.into());
+        args.push(v);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = nijigen(&refs);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("is not used") && err.contains("no CLIP image branch"),
+        "{err}"
+    );
+    assert!(
+        err.contains("I2V-A14B: high-noise expert for 2 of 4 steps (boundary 0.9)"),
+        "{err}"
+    );
+    let mut pngs: Vec<PathBuf> = std::fs::read_dir(&frames_dir)
+        .expect("frames dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    pngs.sort();
+    let mut got = Vec::new();
+    for f in &pngs {
+        got.extend_from_slice(&nijigen::media::image::load_rgb(f).expect("png").0);
+    }
+    frames_close(
+        "frames (nijigen video, two experts)",
+        &got,
+        &w22_frames(&idx["frames"]),
+        0.001,
+    );
+    let sidecar: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("w22.mp4.json")).expect("sidecar"))
+            .expect("sidecar parses");
+    assert_eq!(
+        sidecar["high_noise_model"],
+        "wan2.2_i2v_high_noise_tiny.gguf"
+    );
+    assert_eq!(sidecar["model"], "wan2.2_i2v_low_noise_tiny.gguf");
+    assert_eq!(sidecar["high_noise_steps"], 2);
+    assert_eq!(sidecar["boundary"], 0.9);
+    assert_eq!(
+        sidecar["shift"], 5.0,
+        "Wan2.2 I2V's shift when none is given"
+    );
+    assert_eq!(sidecar["high_noise_cfg"], 4.0);
+}
+
+/// A Wan2.1 DiT where a Wan2.2 expert goes, and the reverse: one-line errors with a hint,
+/// before anything runs.
+#[test]
+fn wan21_and_wan22_dits_do_not_mix() {
+    let (dir, files) = write_wan22_files("mix", false);
+    let wan21 = dir.join("dit.gguf");
+    let run = |model: &Path, high: &Path| {
+        let p = |v: &Path| v.to_str().unwrap().to_string();
+        let args = [
+            "plan".to_string(),
+            "video".into(),
+            "--model".into(),
+            p(model),
+            "--high-noise-model".into(),
+            p(high),
+            "--t5".into(),
+            p(files.t5.as_ref().unwrap()),
+            "--vae".into(),
+            p(files.vae.as_ref().unwrap()),
+            "--vram-budget".into(),
+            "4G".into(),
+            "-W".into(),
+            "64".into(),
+            "-H".into(),
+            "48".into(),
+            "--frames".into(),
+            "5".into(),
+        ];
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        nijigen(&refs)
+    };
+    let o = run(&files.model, &wan21);
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("is a Wan2.1 I2V DiT (with the CLIP image branch), not a Wan2.2 expert")
+            && e.contains("for Wan2.1 leave --high-noise-model out"),
+        "{e}"
+    );
+    let o = run(&wan21, files.high_noise_model.as_ref().unwrap());
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("pass Wan2.2's low-noise expert as --model"),
+        "{e}"
+    );
+    // The pair plans: both experts listed, the high-noise one freed before the other is placed.
+    let o = run(&files.model, files.high_noise_model.as_ref().unwrap());
+    let out = common::stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let order = out
+        .lines()
+        .find(|l| l.starts_with("order:"))
+        .expect("order line");
+    let (free_high, load_low) = (
+        order.find("free dit_high").expect("dit_high freed"),
+        order.find("load dit,").expect("dit loaded"),
+    );
+    assert!(free_high < load_low, "{order}");
+    assert!(
+        out.contains("wan2.2_i2v_high_noise_tiny.gguf") && out.contains("two experts"),
+        "{out}"
+    );
+    // What `nijigen info` calls them.
+    let o = nijigen(&[
+        "info",
+        files.high_noise_model.as_ref().unwrap().to_str().unwrap(),
+    ]);
+    let out = common::stdout(&o);
+    assert!(
+        out.contains("Wan2.2 I2V-A14B expert, dim 256")
+            && out.contains("the high-noise expert by its name"),
+        "{out}"
+    );
+}
+
+/// Wan2.2 T2V-A14B: the same flags without an image. Two T2V experts (the tiny experts with a
+/// 16-channel patch embedding): T2V's official shift (12) and boundary (0.875) apply, the
+/// switch by boundary equals ComfyUI's split at the same step (euler), and both experts count.
+#[test]
+fn wan22_t2v_experts_run_with_the_same_flags() {
+    let idx = wan22_index();
+    let (dir, base) = write_wan22_files("t2v", false);
+    let t2v = |key: &str| {
+        let mut file = idx["files"][key].clone();
+        for t in file["tensors"].as_array_mut().unwrap() {
+            if t["name"] == "patch_embedding.weight" {
+                t["shape"][1] = 16.into();
+            }
+        }
+        let path = dir.join(format!("wan2.2_t2v_{key}_noise_tiny.gguf"));
+        write_gguf(&path, &file, vec![], &[]);
+        path
+    };
+    let files = WanFiles {
+        model: t2v("low"),
+        high_noise_model: Some(t2v("high")),
+        ..base
+    };
+    let req = WanRequest {
+        image: None,
+        steps: 6,
+        ..wan22_request(&idx)
+    };
+    let out = video::generate(&files, &req, &opts(), &mut |_| {}).expect("t2v pair");
+    assert_eq!(out.shift, 12.0, "Wan2.2 T2V's shift");
+    let sampling =
+        nijigen::sampling::ModelSampling::Flow(nijigen::sampling::FlowSchedule::new(12.0).unwrap());
+    let sigmas = sampling.sigmas(Scheduler::Simple, 6).unwrap();
+    let n = video::boundary_steps(&sampling, &sigmas, video::BOUNDARY_T2V);
+    assert!(
+        n > 0 && n < 6,
+        "the boundary switches mid-way: {n} of 6 ({sigmas:?})"
+    );
+    assert_eq!(out.high_noise_steps, Some(n));
+    let split = video::generate(
+        &files,
+        &WanRequest {
+            high_noise_steps: Some(n),
+            ..req.clone()
+        },
+        &opts(),
+        &mut |_| {},
+    )
+    .expect("split");
+    close(
+        "T2V: boundary vs --high-noise-steps",
+        &split.latent,
+        &out.latent,
+        1e-5,
+    );
+    let low_only = video::generate(
+        &WanFiles {
+            high_noise_model: None,
+            ..files.clone()
+        },
+        &WanRequest {
+            shift: Some(12.0),
+            ..req
+        },
+        &opts(),
+        &mut |_| {},
+    )
+    .expect("low expert alone");
+    differs(
+        "the low-noise expert alone (T2V)",
+        &low_only.latent,
+        &out.latent,
     );
 }

@@ -16,8 +16,9 @@ use super::settings::{self, Layers};
 #[command(
     after_help = "Keys of nijigen.toml: models_dir, comfyui, threads, vram_budget; \
     [image] model, clip_l, clip_g, vae, steps, cfg, sampler, scheduler, negative_prompt, width, \
-    height; [video] model, t5, t5_tokenizer, clip_vision, vae, steps, cfg, shift, sampler, \
-    scheduler, negative_prompt, width, height, frames, fps.\n\
+    height; [video] model, high_noise_model, t5, t5_tokenizer, clip_vision, vae, steps, cfg, \
+    shift, sampler, scheduler, negative_prompt, width, height, frames, fps, boundary, \
+    high_noise_steps, high_noise_cfg, high_noise_sampler.\n\
     The file: $NIJIGEN_CONFIG, else ./nijigen.toml, else $XDG_CONFIG_HOME/nijigen/nijigen.toml \
     (~/.config/nijigen/nijigen.toml). Flags override it."
 )]
@@ -79,7 +80,7 @@ fn section_rows(
             let src = Source::File(file.clone().unwrap_or_default()).label();
             let slot = match (name, key.as_str()) {
                 ("image", "model") => Some(Slot::Checkpoint),
-                ("video", "model") => Some(Slot::Diffusion),
+                ("video", "model" | "high_noise_model") => Some(Slot::Diffusion),
                 (_, "vae") => Some(Slot::Vae),
                 (_, "clip_vision") => Some(Slot::ClipVision),
                 (_, "clip_l" | "clip_g" | "t5" | "t5_tokenizer") => Some(Slot::TextEncoder),

@@ -123,6 +123,7 @@ fn demo_run(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vRun> {
             seed: a.seed(),
             vae_tile: None,
             keep_decoded: false,
+            ..WanRequest::default()
         },
     };
     let memory = MemoryOptions {

@@ -58,9 +58,13 @@ pub struct I2vArgs {
     #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = parse_lora, help_heading = "Models: still (stage 1)")]
     pub image_lora: Vec<(PathBuf, f32)>,
 
-    /// Stage 2: Wan2.1 image-to-video DiT (GGUF of any quant, ComfyUI safetensors, diffusers).
+    /// Stage 2: Wan image-to-video DiT (GGUF of any quant, ComfyUI safetensors, diffusers):
+    /// Wan2.1 I2V, or Wan2.2 I2V-A14B's low-noise expert.
     #[arg(long, value_name = "FILE", help_heading = "Models: video (stage 2)")]
     pub video_model: Option<PathBuf>,
+    /// Wan2.2 I2V-A14B's high-noise expert; it samples the first steps.
+    #[arg(long, value_name = "FILE", help_heading = "Models: video (stage 2)")]
+    pub video_high_noise_model: Option<PathBuf>,
     /// umT5-XXL encoder: GGUF (tokenizer inside) or safetensors (with --t5-tokenizer).
     #[arg(long, value_name = "FILE", help_heading = "Models: video (stage 2)")]
     pub t5: Option<PathBuf>,
@@ -73,9 +77,14 @@ pub struct I2vArgs {
     /// Wan2.1 VAE (wan_2.1_vae.safetensors).
     #[arg(long, value_name = "FILE", help_heading = "Models: video (stage 2)")]
     pub video_vae: Option<PathBuf>,
-    /// LoRA FILE[:WEIGHT] for the Wan DiT, repeatable.
+    /// LoRA FILE[:WEIGHT] for the Wan DiT (the low-noise expert of a pair), repeatable.
     #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = parse_lora, help_heading = "Models: video (stage 2)")]
     pub video_lora: Vec<(PathBuf, f32)>,
+    /// LoRA FILE[:WEIGHT] for the high-noise expert, repeatable.
+    #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = parse_lora, help_heading = "Models: video (stage 2)")]
+    pub video_high_noise_lora: Vec<(PathBuf, f32)>,
+    #[command(flatten)]
+    pub experts: super::video::ExpertArgs,
 
     // The defaults in "[default: ..]" are those of `settings` (a test checks they agree).
     /// What the still shows (appearance). Weights: (text:1.2) [default: ""]
@@ -213,6 +222,9 @@ pub struct I2vSettings {
     pub clip_vision: Option<Setting<PathBuf>>,
     pub video_vae: Option<Setting<PathBuf>>,
     pub video_lora: Vec<(PathBuf, f32)>,
+    pub video_high_noise_model: Option<Setting<PathBuf>>,
+    pub video_high_noise_lora: Vec<(PathBuf, f32)>,
+    pub experts: super::video::ExpertArgs,
     pub prompt: String,
     pub negative_prompt: Setting<String>,
     /// `None`: the prompt.
@@ -272,6 +284,21 @@ impl I2vSettings {
             clip_vision: path("--clip-vision", args.clip_vision, &v.clip_vision),
             video_vae: path("--video-vae", args.video_vae, &v.vae),
             video_lora: args.video_lora,
+            video_high_noise_model: path(
+                "--video-high-noise-model",
+                args.video_high_noise_model,
+                &v.high_noise_model,
+            ),
+            video_high_noise_lora: args.video_high_noise_lora,
+            experts: super::video::ExpertArgs {
+                boundary: args.experts.boundary.or(v.boundary),
+                high_noise_steps: args.experts.high_noise_steps.or(v.high_noise_steps),
+                high_noise_cfg: args.experts.high_noise_cfg.or(v.high_noise_cfg),
+                high_noise_sampler: args.experts.high_noise_sampler.or(settings::file_sampler(
+                    &v.high_noise_sampler,
+                    "video.high_noise_sampler",
+                )?),
+            },
             prompt: args.prompt.unwrap_or_else(|| settings::PROMPT.into()),
             negative_prompt: Pick::flag("--negative-prompt", args.negative_prompt)
                 .file(l, i.negative_prompt.clone())
@@ -446,6 +473,9 @@ impl I2vSettings {
     ) -> VideoSettings {
         VideoSettings {
             model,
+            high_noise_model: self.video_high_noise_model.clone(),
+            high_noise_lora: self.video_high_noise_lora.clone(),
+            experts: self.experts.clone(),
             t5: self.t5.clone(),
             t5_tokenizer: self.t5_tokenizer.clone(),
             clip_vision: self.clip_vision.clone(),
@@ -514,6 +544,13 @@ impl I2vSettings {
             video_vae: at(&self.video_vae, Slot::Vae, "--video-vae")?,
             image_lora: find.loras(&self.image_lora, "--image-lora")?,
             video_lora: find.loras(&self.video_lora, "--video-lora")?,
+            video_high_noise_model: at(
+                &self.video_high_noise_model,
+                Slot::Diffusion,
+                "--video-high-noise-model",
+            )?,
+            video_high_noise_lora: find
+                .loras(&self.video_high_noise_lora, "--video-high-noise-lora")?,
             ..self.clone()
         })
     }
@@ -584,15 +621,16 @@ pub fn execute(s: &I2vSettings, quiet: bool, find: &Search) -> anyhow::Result<I2
     let (ia, va) = s.stages()?;
     image::validate(&super::image::request(&ia, seed)?).map_err(explain)?;
     let video_seed = va.seed.unwrap_or(seed);
-    video::validate(&super::video::request(&va, None, video_seed)).map_err(explain)?;
+    video::validate(&super::video::request(&va, None, video_seed, None)).map_err(explain)?;
     let (ia, va) = s.located(find)?.stages()?;
-    let request = I2vRequest {
-        image: super::image::request(&ia, seed)?,
-        video: super::video::request(&va, None, video_seed),
-    };
     let files = I2vFiles {
         image: super::image::files(&ia, find)?,
         video: super::video::files(&va, find)?,
+    };
+    let wan22 = video::wan22_defaults(&files.video).map_err(explain)?;
+    let request = I2vRequest {
+        image: super::image::request(&ia, seed)?,
+        video: super::video::request(&va, None, video_seed, wan22),
     };
     let memory = MemoryOptions {
         fp8_cpu: Default::default(),
@@ -811,7 +849,7 @@ mod tests {
             loaded: crate::cli::settings::Loaded::from_text(
                 cfg,
                 "[image]\nmodel = \"sdxl.safetensors\"\nsteps = 12\nnegative_prompt = \"bad\"\n\
-                 [video]\nmodel = \"wan.gguf\"\nsteps = 4\nwidth = 640\nnegative_prompt = \"still\"\n",
+            [video]\nmodel = \"wan.gguf\"\nsteps = 4\nwidth = 640\nnegative_prompt = \"still\"\n",
             ),
             ..Layers::default()
         };

@@ -176,7 +176,8 @@ fn plan_of_image(s: &ImageSettings, find: &Search) -> anyhow::Result<StagePlan> 
 /// The plan of `nijigen video` with `s`, its files found with `find` first.
 fn plan_of_video(s: &VideoSettings, find: &Search) -> anyhow::Result<StagePlan> {
     let files = super::video::files(s, find)?;
-    let req = super::video::request(s, None, 0);
+    let wan22 = crate::pipeline::video::wan22_defaults(&files).map_err(super::common::explain)?;
+    let req = super::video::request(s, None, 0, wan22);
     plan_video(
         &Default::default(),
         &files,

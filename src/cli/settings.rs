@@ -181,6 +181,12 @@ pub struct ImageSection {
 #[serde(default, deny_unknown_fields)]
 pub struct VideoSection {
     pub model: Option<PathBuf>,
+    /// Wan2.2 A14B's high-noise expert.
+    pub high_noise_model: Option<PathBuf>,
+    pub boundary: Option<f64>,
+    pub high_noise_steps: Option<usize>,
+    pub high_noise_cfg: Option<f32>,
+    pub high_noise_sampler: Option<String>,
     pub t5: Option<PathBuf>,
     pub t5_tokenizer: Option<PathBuf>,
     pub clip_vision: Option<PathBuf>,

@@ -23,10 +23,15 @@ use crate::sampling::{SamplerKind, Scheduler};
     --clip-vision clip_vision_h.safetensors --vae wan_2.1_vae.safetensors \\\n    \
     -i still.png -p 'she turns her head and smiles, hair blowing in the wind' -o clip.mp4")]
 pub struct VideoArgs {
-    /// Wan2.1 DiT: GGUF (any quant), ComfyUI .safetensors, or a diffusers folder.
-    /// A path, or a file name in --models-dir / --comfyui; default: `model` in nijigen.toml.
+    /// Wan DiT: GGUF (any quant), ComfyUI .safetensors, or a diffusers folder; for Wan2.2
+    /// A14B the low-noise expert (or either expert alone). A path, or a file name in
+    /// --models-dir / --comfyui; default: `model` in nijigen.toml.
     #[arg(long, short = 'm', value_name = "FILE", help_heading = "Models")]
     pub model: Option<PathBuf>,
+    /// Wan2.2 A14B: the high-noise expert (e.g. wan2.2_i2v_high_noise_14B_fp8_scaled
+    /// .safetensors); it samples the first steps, then --model the rest.
+    #[arg(long, value_name = "FILE", help_heading = "Models")]
+    pub high_noise_model: Option<PathBuf>,
     /// umT5-XXL encoder: GGUF (tokenizer inside) or safetensors (with --t5-tokenizer).
     #[arg(long, value_name = "FILE", help_heading = "Models")]
     pub t5: Option<PathBuf>,
@@ -39,9 +44,13 @@ pub struct VideoArgs {
     /// Wan2.1 VAE (wan_2.1_vae.safetensors or the diffusers VAE).
     #[arg(long, value_name = "FILE", help_heading = "Models")]
     pub vae: Option<PathBuf>,
-    /// LoRA FILE[:WEIGHT] for the DiT (PEFT, kohya, ComfyUI diff), repeatable.
+    /// LoRA FILE[:WEIGHT] for the DiT (PEFT, kohya, ComfyUI diff), repeatable; with two
+    /// experts, for the low-noise one (--model).
     #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = super::common::parse_lora, help_heading = "Models")]
     pub lora: Vec<(PathBuf, f32)>,
+    /// LoRA FILE[:WEIGHT] for the high-noise expert, repeatable.
+    #[arg(long, value_name = "FILE[:WEIGHT]", value_parser = super::common::parse_lora, help_heading = "Models")]
+    pub high_noise_lora: Vec<(PathBuf, f32)>,
 
     // The defaults in "[default: ..]" are those of `settings` (a test checks they agree).
     /// The first frame (I2V models).
@@ -67,13 +76,15 @@ pub struct VideoArgs {
     #[arg(long, help_heading = "Video")]
     pub fps: Option<u32>,
 
-    /// Sampling steps (4-8 with a distill LoRA such as lightx2v, with --cfg 1) [default: 30]
+    /// Sampling steps (4-8 with a distill LoRA such as lightx2v, with --cfg 1; Wan2.2 A14B:
+    /// 40) [default: 30]
     #[arg(long, help_heading = "Sampling")]
     pub steps: Option<usize>,
-    /// Classifier-free guidance (1 = no negative pass, twice as fast) [default: 5]
+    /// Classifier-free guidance (1 = no negative pass, twice as fast; Wan2.2: 3.5 for I2V,
+    /// 3.0 for T2V) [default: 5]
     #[arg(long, help_heading = "Sampling")]
     pub cfg: Option<f32>,
-    /// Flow shift (default 3.0 up to 480p, 5.0 above).
+    /// Flow shift (default 3.0 up to 480p, 5.0 above; Wan2.2 A14B: 5.0 for I2V, 12 for T2V).
     #[arg(long, help_heading = "Sampling")]
     pub shift: Option<f64>,
     /// Sampler: uni_pc (official), euler, dpmpp_2m, ... [default: uni_pc]
@@ -85,6 +96,8 @@ pub struct VideoArgs {
     /// Seed (default: random, printed).
     #[arg(long, help_heading = "Sampling")]
     pub seed: Option<u64>,
+    #[command(flatten)]
+    pub experts: ExpertArgs,
     /// Noise generator: torch (torch.randn on the CPU, as ComfyUI; same seed, same noise)
     /// [default: torch]
     #[arg(long, value_parser = [settings::RNG], help_heading = "Sampling")]
@@ -132,6 +145,27 @@ pub struct VideoArgs {
     pub text_encoder_device: Option<EncoderDevice>,
 }
 
+/// How Wan2.2 A14B switches from the high-noise expert to the low-noise one (`nijigen video`,
+/// `nijigen i2v`, `nijigen plan`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct ExpertArgs {
+    /// Two experts: the high-noise one samples while the timestep is at or above
+    /// X x 1000 (default 0.9 for I2V, 0.875 for T2V, as Wan2.2).
+    #[arg(long, value_name = "X", help_heading = "Sampling: Wan2.2 experts")]
+    pub boundary: Option<f64>,
+    /// Two experts: switch after N steps instead of by --boundary, in two sampler runs as
+    /// ComfyUI's two KSamplerAdvanced nodes (its lightx2v 4-step template: 2).
+    #[arg(long, value_name = "N", help_heading = "Sampling: Wan2.2 experts")]
+    pub high_noise_steps: Option<usize>,
+    /// Guidance of the high-noise expert (default: --cfg; Wan2.2 T2V: 4.0).
+    #[arg(long, value_name = "X", help_heading = "Sampling: Wan2.2 experts")]
+    pub high_noise_cfg: Option<f32>,
+    /// Sampler of the high-noise expert (default: --sampler); a different one samples the
+    /// phases in two runs.
+    #[arg(long, value_parser = super::common::parse_sampler, help_heading = "Sampling: Wan2.2 experts")]
+    pub high_noise_sampler: Option<SamplerKind>,
+}
+
 /// `nijigen video` resolved: each value from its flag, else nijigen.toml (`[video]` and the
 /// top-level keys), else [`settings::VIDEO`]; made once, never changed. The settings a config
 /// file can give carry their [`Source`](super::common::Source).
@@ -139,6 +173,10 @@ pub struct VideoArgs {
 pub struct VideoSettings {
     /// As given (a bare name is found when the run starts).
     pub model: Setting<PathBuf>,
+    pub high_noise_model: Option<Setting<PathBuf>>,
+    pub high_noise_lora: Vec<(PathBuf, f32)>,
+    /// The switch between Wan2.2's experts; `high_noise_cfg` from the flag or the file.
+    pub experts: ExpertArgs,
     pub t5: Option<Setting<PathBuf>>,
     pub t5_tokenizer: Option<Setting<PathBuf>>,
     pub clip_vision: Option<Setting<PathBuf>>,
@@ -187,8 +225,24 @@ impl VideoSettings {
             error: "no model: pass --model FILE".into(),
             hint: "or set `model` under [video] in nijigen.toml (`nijigen config` shows it)".into(),
         })?;
+        let experts = ExpertArgs {
+            boundary: args.experts.boundary.or(f.boundary),
+            high_noise_steps: args.experts.high_noise_steps.or(f.high_noise_steps),
+            high_noise_cfg: args.experts.high_noise_cfg.or(f.high_noise_cfg),
+            high_noise_sampler: args.experts.high_noise_sampler.or(settings::file_sampler(
+                &f.high_noise_sampler,
+                "video.high_noise_sampler",
+            )?),
+        };
         Ok(VideoSettings {
             model,
+            high_noise_model: path(
+                "--high-noise-model",
+                args.high_noise_model,
+                &f.high_noise_model,
+            ),
+            high_noise_lora: args.high_noise_lora,
+            experts,
             t5: path("--t5", args.t5, &f.t5),
             t5_tokenizer: path("--t5-tokenizer", args.t5_tokenizer, &f.t5_tokenizer),
             clip_vision: path("--clip-vision", args.clip_vision, &f.clip_vision),
@@ -237,13 +291,55 @@ impl VideoSettings {
     }
 }
 
-/// The request `s` describes, with `image` as the first frame.
-pub(super) fn request(s: &VideoSettings, image: Option<InitImage>, seed: u64) -> WanRequest {
+/// The request `s` describes, with `image` as the first frame; `wan22`: the official settings
+/// of the Wan2.2 model given ([`video::wan22_defaults`]), which replace the built-in defaults
+/// of the settings nobody set.
+pub(super) fn request(
+    s: &VideoSettings,
+    image: Option<InitImage>,
+    seed: u64,
+    wan22: Option<video::Wan22Defaults>,
+) -> WanRequest {
     let (dw, dh) = match &image {
         Some(img) => video::size_for_image(img.width, img.height),
         None => settings::VIDEO.size,
     };
     let value = |v: &Option<Setting<u32>>| v.as_ref().map(|v| v.value);
+    let defaulted = |source: &super::common::Source| *source == super::common::Source::Default;
+    let (steps, cfg, shift, high_noise_cfg) = match wan22 {
+        Some(d) => (
+            if defaulted(&s.steps.source) {
+                d.steps
+            } else {
+                s.steps.value
+            },
+            if defaulted(&s.cfg.source) {
+                d.cfg
+            } else {
+                s.cfg.value
+            },
+            s.shift.as_ref().map_or(d.shift, |v| v.value),
+            // The high-noise expert's guidance follows --cfg when it is given.
+            s.experts.high_noise_cfg.or(if defaulted(&s.cfg.source) {
+                Some(d.high_noise_cfg)
+            } else {
+                None
+            }),
+        ),
+        None => (
+            s.steps.value,
+            s.cfg.value,
+            s.shift.as_ref().map_or_else(
+                || {
+                    let w = value(&s.width).unwrap_or(dw);
+                    let h = value(&s.height).unwrap_or(dh);
+                    video::default_shift(w, h)
+                },
+                |v| v.value,
+            ),
+            s.experts.high_noise_cfg,
+        ),
+    };
     WanRequest {
         image,
         prompt: s.prompt.clone(),
@@ -251,14 +347,20 @@ pub(super) fn request(s: &VideoSettings, image: Option<InitImage>, seed: u64) ->
         width: value(&s.width).unwrap_or(dw),
         height: value(&s.height).unwrap_or(dh),
         frames: s.frames.value,
-        steps: s.steps.value,
-        cfg: s.cfg.value,
-        shift: s.shift.as_ref().map(|v| v.value),
+        steps,
+        cfg,
+        shift: Some(shift),
         sampler: s.sampler.value,
         scheduler: s.scheduler.value,
         seed,
         vae_tile: s.vae_tile,
         keep_decoded: false,
+        // The model's boundary (I2V or T2V), so that the metadata written before the run
+        // names the switch it makes.
+        boundary: s.experts.boundary.or(wan22.map(|d| d.boundary)),
+        high_noise_steps: s.experts.high_noise_steps,
+        high_noise_cfg,
+        high_noise_sampler: s.experts.high_noise_sampler,
     }
 }
 
@@ -266,6 +368,12 @@ pub(super) fn request(s: &VideoSettings, image: Option<InitImage>, seed: u64) ->
 pub(super) fn files(s: &VideoSettings, find: &Search) -> anyhow::Result<WanFiles> {
     Ok(WanFiles {
         model: find.resolve(&s.model.value, Slot::Diffusion, "--model")?,
+        high_noise_model: find.resolve_opt(
+            s.high_noise_model.as_ref(),
+            Slot::Diffusion,
+            "--high-noise-model",
+        )?,
+        high_noise_loras: find.loras(&s.high_noise_lora, "--high-noise-lora")?,
         t5: find.resolve_opt(s.t5.as_ref(), Slot::TextEncoder, "--t5")?,
         t5_tokenizer: find.resolve_opt(
             s.t5_tokenizer.as_ref(),
@@ -276,6 +384,35 @@ pub(super) fn files(s: &VideoSettings, find: &Search) -> anyhow::Result<WanFiles
         vae: find.resolve_opt(s.vae.as_ref(), Slot::Vae, "--vae")?,
         loras: find.loras(&s.lora, "--lora")?,
     })
+}
+
+/// "Wan2.2 I2V-A14B: high-noise expert for steps 1-2 of 4 (boundary 0.9), cfg 3.5 / 3.5":
+/// what a run with two experts (or one Wan2.2 expert) does, for stderr.
+pub(super) fn experts_line(
+    files: &WanFiles,
+    req: &WanRequest,
+    wan22: Option<video::Wan22Defaults>,
+) -> Option<String> {
+    let model = wan22.map_or("Wan2.2", |d| d.model);
+    if files.high_noise_model.is_none() {
+        return wan22.map(|_| format!("{model}, one expert: {} steps, cfg {}", req.steps, req.cfg));
+    }
+    let shift = req
+        .shift
+        .unwrap_or_else(|| video::default_shift(req.width, req.height));
+    let n = video::switch_step(req, shift).ok()?;
+    let how = match (req.high_noise_steps, req.boundary) {
+        (Some(_), _) => "--high-noise-steps".to_string(),
+        (None, Some(b)) => format!("boundary {b}"),
+        (None, None) => "boundary".to_string(),
+    };
+    Some(format!(
+        "{model}: high-noise expert for {n} of {} steps ({how}), then the low-noise expert; \
+            cfg {} / {}",
+        req.steps,
+        req.high_noise_cfg.unwrap_or(req.cfg),
+        req.cfg
+    ))
 }
 
 /// Where `s` puts the video.
@@ -311,11 +448,13 @@ pub fn run(s: &VideoSettings, quiet: bool, find: &Search) -> anyhow::Result<()> 
         }
         None => None,
     };
-    let req = request(s, image, seed);
-    video::validate(&req).map_err(explain)?;
     // An output format we cannot write is refused before any model file is looked at.
     crate::media::video::VideoFormat::from_path(&s.output)?;
-    let job = video::prepare(files(s, find)?, req, &memory).map_err(explain)?;
+    let files = files(s, find)?;
+    let wan22 = video::wan22_defaults(&files).map_err(explain)?;
+    let req = request(s, image, seed, wan22);
+    video::validate(&req).map_err(explain)?;
+    let job = video::prepare(files, req, &memory).map_err(explain)?;
     let req = &job.request;
     let memory = job.memory();
     let shift = req
@@ -333,6 +472,9 @@ pub fn run(s: &VideoSettings, quiet: bool, find: &Search) -> anyhow::Result<()> 
             "seed {seed}; {}x{}, {} frames, shift {shift}",
             req.width, req.height, req.frames
         );
+        if let Some(line) = experts_line(&job.files, req, wan22) {
+            eprintln!("{line}");
+        }
     }
     let start = Instant::now();
     let mut progress = Progress::new(quiet);
@@ -367,4 +509,77 @@ pub fn run(s: &VideoSettings, quiet: bool, find: &Search) -> anyhow::Result<()> 
         writeln!(stdout, "{}", summary.line())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `nijigen video -m m.gguf ARGS` resolved with no environment and no config file.
+    fn parse(args: &[&str]) -> VideoSettings {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: VideoArgs,
+        }
+        let a = Wrap::try_parse_from(["video", "-m", "m.gguf"].iter().chain(args).copied())
+            .unwrap()
+            .a;
+        VideoSettings::resolve(a, &Layers::default()).unwrap()
+    }
+
+    #[test]
+    fn wan22_models_get_the_official_settings_where_none_is_given() {
+        let i2v = Some(video::WAN22_I2V);
+        let r = request(&parse(&[]), None, 1, i2v);
+        assert_eq!((r.steps, r.cfg, r.shift), (40, 3.5, Some(5.0)));
+        assert_eq!((r.high_noise_cfg, r.boundary), (Some(3.5), Some(0.9)));
+        let t2v = request(&parse(&[]), None, 1, Some(video::WAN22_T2V));
+        assert_eq!(
+            (t2v.cfg, t2v.high_noise_cfg, t2v.shift),
+            (3.0, Some(4.0), Some(12.0))
+        );
+        assert_eq!(t2v.boundary, Some(0.875));
+        // Flags win; the high-noise guidance follows --cfg unless given itself.
+        let s = parse(&[
+            "--steps",
+            "4",
+            "--cfg",
+            "1",
+            "--shift",
+            "8",
+            "--boundary",
+            "0.8",
+        ]);
+        let r = request(&s, None, 1, i2v);
+        assert_eq!(
+            (r.steps, r.cfg, r.shift, r.boundary),
+            (4, 1.0, Some(8.0), Some(0.8))
+        );
+        assert_eq!(r.high_noise_cfg, None);
+        let r = request(
+            &parse(&["--cfg", "1", "--high-noise-cfg", "2"]),
+            None,
+            1,
+            i2v,
+        );
+        assert_eq!((r.cfg, r.high_noise_cfg), (1.0, Some(2.0)));
+        // Wan2.1: the built-in defaults, the shift by area.
+        let r = request(&parse(&[]), None, 1, None);
+        assert_eq!(
+            (r.steps, r.cfg, r.shift, r.boundary),
+            (30, 5.0, Some(3.0), None)
+        );
+        let r = request(
+            &parse(&["--high-noise-steps", "2", "--high-noise-sampler", "euler"]),
+            None,
+            1,
+            None,
+        );
+        assert_eq!(
+            (r.high_noise_steps, r.high_noise_sampler),
+            (Some(2), Some(SamplerKind::Euler))
+        );
+    }
 }

@@ -586,6 +586,11 @@ impl std::fmt::Debug for GgufFile {
 }
 
 impl GgufFile {
+    /// Drops the file's pages from the resident set ([`crate::ggml::release_pages`]).
+    pub fn release_pages(&self) -> std::io::Result<()> {
+        crate::ggml::release_pages(&self.map)
+    }
+
     /// Opens, maps and parses `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FormatError> {
         let path = path.as_ref();

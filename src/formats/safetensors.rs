@@ -365,6 +365,13 @@ pub struct SafetensorsFile {
     by_name: HashMap<String, usize>,
 }
 
+impl SafetensorsFile {
+    /// Drops every shard's pages from the resident set ([`crate::ggml::release_pages`]).
+    pub fn release_pages(&self) -> std::io::Result<()> {
+        self.maps.iter().try_for_each(crate::ggml::release_pages)
+    }
+}
+
 impl fmt::Debug for SafetensorsFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SafetensorsFile")

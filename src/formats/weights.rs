@@ -127,6 +127,15 @@ impl WeightFile {
         WeightFile::open(&[path.to_path_buf()])
     }
 
+    /// Drops the file's pages from this process's resident set; tensors used in place fault
+    /// them in again when next read ([`crate::ggml::release_pages`]).
+    pub fn release_pages(&self) -> std::io::Result<()> {
+        match &self.inner {
+            Inner::Gguf(g) => g.release_pages(),
+            Inner::Safetensors(s) => s.release_pages(),
+        }
+    }
+
     pub fn format(&self) -> Format {
         match self.inner {
             Inner::Gguf(_) => Format::Gguf,

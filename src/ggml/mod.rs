@@ -22,7 +22,7 @@ pub use backend::{
     Buffer, Device, DeviceKind, GraphAllocator, Upload, CPU_BUFFER_ALIGNMENT,
 };
 pub use context::{Context, Graph, Tensor, MAX_DIMS};
-pub use mmap::map_file;
+pub use mmap::{map_file, release_pages};
 pub use quant::{can_quantize, dequantize, quantize};
 pub use tensor_set::{Fill, TensorSet};
 pub use types::GgmlType;

@@ -20,7 +20,7 @@ pub use place::Place;
 pub use umt5::{Umt5Config, Umt5Encoder, Umt5Error};
 pub use unet_sdxl::{Attention as UnetAttention, SdxlUnet, UnetConfig, UnetError};
 pub use vae_sdxl::{SdxlVae, VaeConfig, VaeError};
-pub use wan_dit::{Attention as WanAttention, WanDit, WanDitConfig, WanDitError};
+pub use wan_dit::{Attention as WanAttention, WanDit, WanDitConfig, WanDitError, WanDitKind};
 pub use wan_vae::{WanVae, WanVaeConfig, WanVaeError};
 
 /// The networks by their planner names, for the pipelines.
@@ -29,5 +29,6 @@ pub use clip_vision::NETWORK as CLIP_VISION;
 pub use umt5::NETWORK as T5;
 pub use unet_sdxl::NETWORK as UNET;
 pub use vae_sdxl::NETWORK as VAE_SDXL;
+pub use wan_dit::HIGH_NOISE_NETWORK as DIT_HIGH;
 pub use wan_dit::NETWORK as DIT;
 pub use wan_vae::NETWORK as VAE_WAN;

@@ -126,6 +126,8 @@ pub static NETWORKS: [&Network; 8] = [
     &super::wan_vae::NETWORK,
     &super::wan_dit::NETWORK,
 ];
+// Not listed: `wan_dit::HIGH_NOISE_NETWORK`, a second instance of the DiT's network for the
+// planner (Wan2.2's high-noise expert); its files are recognised and described as the DiT's.
 
 /// The registered network a component belongs to.
 pub fn of(component: Component) -> Option<&'static Network> {

@@ -127,9 +127,41 @@ impl WanDitConfig {
         Ok(())
     }
 
+    /// Whether the model takes the first frame: through a CLIP image branch (Wan2.1 I2V) or
+    /// only as latent channels concatenated to the noise (Wan2.2 I2V-A14B: more input than
+    /// output channels).
     pub fn is_i2v(&self) -> bool {
+        self.image_dim.is_some() || self.in_channels > self.out_channels
+    }
+
+    /// Whether the model has Wan2.1's CLIP image branch (`img_emb`, `k_img` / `v_img`): it
+    /// needs CLIP vision tokens.
+    pub fn has_image_branch(&self) -> bool {
         self.image_dim.is_some()
     }
+
+    /// What kind of Wan DiT this is, from its shapes (a Wan2.2 T2V-A14B expert has a Wan2.1
+    /// T2V DiT's shapes: only its name tells them apart, see [`crate::formats::names::wan`]).
+    pub fn kind(&self) -> WanDitKind {
+        if self.has_image_branch() {
+            WanDitKind::Wan21I2v
+        } else if self.in_channels > self.out_channels {
+            WanDitKind::Wan22I2vExpert
+        } else {
+            WanDitKind::T2v
+        }
+    }
+}
+
+/// The kinds of Wan DiT, by their shapes ([`WanDitConfig::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WanDitKind {
+    /// Wan2.1 I2V (or FLF2V): the first frame as latent channels and CLIP vision tokens.
+    Wan21I2v,
+    /// A Wan2.2 I2V-A14B expert: the first frame as latent channels only, no CLIP branch.
+    Wan22I2vExpert,
+    /// Text-to-video: Wan2.1 T2V or a Wan2.2 T2V-A14B expert (the same shapes).
+    T2v,
 }
 
 /// (t, h, w) widths of the head dim given to each RoPE axis (diffusers `WanRotaryPosEmbed`).
@@ -880,17 +912,37 @@ pub static RECOGNITION: Recognition = Recognition {
     hints: &["wan"],
 };
 
-/// The Wan2.1 DiT (I2V or T2V).
+/// The Wan DiT (Wan2.1 I2V or T2V; for Wan2.2 A14B, the low-noise expert).
 pub static NETWORK: Network = Network {
     component: Component {
         name: "dit",
         role: Role::Denoiser,
         stage: Stage::Video,
-        order: 3,
+        order: 4,
         uses: &[Use::now("sample")],
     },
-    label: "a Wan2.1 DiT",
+    label: "a Wan DiT",
     flag: "--model",
+    architectures: &[Architecture::WAN_DIT_I2V, Architecture::WAN_DIT_T2V],
+    recognitions: &[&RECOGNITION],
+    streams: true,
+    memory,
+    describe,
+};
+
+/// Wan2.2 A14B's high-noise expert: a second DiT of the same architecture that samples the
+/// first steps, planned as its own component so that it is freed before the low-noise expert
+/// ([`NETWORK`]) is placed: the two are never on the device together.
+pub static HIGH_NOISE_NETWORK: Network = Network {
+    component: Component {
+        name: "dit_high",
+        role: Role::Denoiser,
+        stage: Stage::Video,
+        order: 3,
+        uses: &[Use::now("sample (high noise)")],
+    },
+    label: "a Wan2.2 high-noise expert",
+    flag: "--high-noise-model",
     architectures: &[Architecture::WAN_DIT_I2V, Architecture::WAN_DIT_T2V],
     recognitions: &[&RECOGNITION],
     streams: true,
@@ -919,20 +971,16 @@ fn memory(set: &TensorSet<'_>, prefix: &str, r: &Request) -> Result<Memory, Mode
 }
 
 /// The kind of DiT: the Wan2.1 CLIP image branch (with `img_emb.emb_pos` for first-last-frame),
-/// latent-only image conditioning (more input than output channels, Wan2.2 I2V), or T2V.
+/// latent-only image conditioning (more input than output channels: a Wan2.2 I2V-A14B expert),
+/// or T2V (`crate::pipeline::inspect` names a Wan2.2 T2V-A14B expert by its file name).
 fn describe(set: &TensorSet<'_>, prefix: &str) -> Result<Description, ModelError> {
     let c = WanDitConfig::from_weights(set, prefix)?;
     let first_last_frame = Weights::new(set, prefix).contains("img_emb.emb_pos");
-    let kind = if c.is_i2v() {
-        if first_last_frame {
-            "Wan2.1 FLF2V DiT"
-        } else {
-            "Wan2.1 I2V DiT"
-        }
-    } else if c.in_channels > c.out_channels {
-        "Wan I2V DiT (no CLIP image branch)"
-    } else {
-        "Wan T2V DiT"
+    let kind = match c.kind() {
+        WanDitKind::Wan21I2v if first_last_frame => "Wan2.1 FLF2V DiT",
+        WanDitKind::Wan21I2v => "Wan2.1 I2V DiT",
+        WanDitKind::Wan22I2vExpert => "Wan2.2 I2V-A14B expert",
+        WanDitKind::T2v => "Wan T2V DiT",
     };
     let summary = format!(
         "{kind}, dim {}, {} blocks, {} heads, ffn {}",

@@ -168,14 +168,15 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
             return Err(wrong(
                 &files.model,
                 &dit,
-                "a Wan2.1 image-to-video DiT (I2V, e.g. wan2.1-i2v-14b-480p-Q4_K_M.gguf)",
+                "an image-to-video DiT (Wan2.1 I2V, e.g. wan2.1-i2v-14b-480p-Q4_K_M.gguf, or \
+            Wan2.2 I2V-A14B's low-noise expert)",
             ))
         }
         _ => {
             return Err(wrong(
                 &files.model,
                 &dit,
-                "a Wan2.1 image-to-video DiT (--video-model)",
+                "a Wan image-to-video DiT (--video-model)",
             ))
         }
     }
@@ -202,25 +203,31 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
             return Err(PipelineError::MissingComponent {
                 what: format!(
                     "{}: no tokenizer in the file (tokenizer.json or spiece.model of \
-                     google/umt5-xxl)",
+            google/umt5-xxl)",
                     t5_path.display()
                 ),
                 flag: flags::T5_TOKENIZER,
             });
         }
     }
-    let clip_path = need(
-        &files.clip_vision,
-        "the CLIP vision encoder (clip_vision_h.safetensors)",
-        flags::CLIP_VISION,
-    )?;
-    let clip = open(opened, &clip_path)?;
-    if clip.detection().architecture != Architecture::CLIP_VISION_H {
-        return Err(wrong(
-            &clip_path,
-            &clip,
-            "a CLIP vision H encoder (--clip-vision)",
-        ));
+    super::video::check_pair(opened, files)?;
+    // Wan2.2's experts take the image as latent channels only: no CLIP vision (a given one
+    // is ignored with a warning when the run opens its files).
+    let dit_cfg = meta_config(&dit, |s| WanDitConfig::from_weights(s, "").ok());
+    if dit_cfg.as_ref().is_none_or(|c| c.has_image_branch()) {
+        let clip_path = need(
+            &files.clip_vision,
+            "the CLIP vision encoder (clip_vision_h.safetensors)",
+            flags::CLIP_VISION,
+        )?;
+        let clip = open(opened, &clip_path)?;
+        if clip.detection().architecture != Architecture::CLIP_VISION_H {
+            return Err(wrong(
+                &clip_path,
+                &clip,
+                "a CLIP vision H encoder (--clip-vision)",
+            ));
+        }
     }
     let vae_path = need(
         &files.vae,
@@ -233,7 +240,6 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
     }
     // The model configs from the tensor tables; a file whose config cannot be read fails
     // later, when it loads, with the model's own error.
-    let dit_cfg = meta_config(&dit, |s| WanDitConfig::from_weights(s, "").ok());
     let t5_cfg = meta_config(&t5, |s| Umt5Config::from_weights(s, "").ok());
     let vae_cfg = meta_config(&vae, |s| WanVaeConfig::from_weights(s, "").ok());
     if let Some(c) = dit_cfg {
@@ -241,7 +247,7 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
         if let Some(d) = t5_cfg.map(|t| t.d_model).filter(|&d| d != text) {
             return Err(PipelineError::Mismatch(format!(
                 "{}: umT5 gives {d}-wide tokens but {} takes {text}: wrong --t5 for this \
-                 model?",
+            model?",
                 t5_path.display(),
                 files.model.display()
             )));
@@ -250,7 +256,7 @@ fn check_video_files_in(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pipe
         if let Some(z) = vae_cfg.map(|v| v.z_dim).filter(|&z| 2 * z + 4 != inc) {
             return Err(PipelineError::Mismatch(format!(
                 "{}: the DiT takes {inc} input channels, the VAE has {z} latent channels \
-                 (an I2V DiT takes 2 x {z} + 4): wrong --video-vae for this model?",
+            (an I2V DiT takes 2 x {z} + 4): wrong --video-vae for this model?",
                 vae_path.display()
             )));
         }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde_json::{json, Map, Value};
 
 use super::PipelineError;
-use crate::formats::names::{Architecture, Detection, SDXL_CHECKPOINT_PREFIXES};
+use crate::formats::names::{wan, Architecture, Detection, SDXL_CHECKPOINT_PREFIXES};
 use crate::formats::weights::WeightFile;
 use crate::models::network::{self, Description, Network};
 use crate::runtime::WeightStore;
@@ -64,6 +64,9 @@ pub fn inspect(store: &WeightStore) -> Inspection {
                 || det.architecture.description().to_string(),
                 |c| c.summary.clone(),
             );
+            if matches!(arch, Architecture::WAN_DIT_I2V | Architecture::WAN_DIT_T2V) {
+                wan22_by_name(store, &mut summary);
+            }
             if det.hint_disagrees {
                 if let Some(h) = &det.hint {
                     summary.push_str(&format!(" (general.architecture says \"{h}\")"));
@@ -74,6 +77,22 @@ pub fn inspect(store: &WeightStore) -> Inspection {
                 config: main.map_or(Value::Null, |c| c.config.clone()),
                 components,
             }
+        }
+    }
+}
+
+/// What only a Wan DiT's file name tells: a Wan2.2 T2V-A14B expert (a Wan2.1 T2V DiT's shapes)
+/// and which expert of the pair a file is.
+fn wan22_by_name(store: &WeightStore, summary: &mut String) {
+    let Some(path) = store.file().paths().first() else {
+        return;
+    };
+    if summary.starts_with("Wan T2V DiT") && wan::is_wan22_by_name(path) {
+        *summary = summary.replacen("Wan T2V DiT", "Wan2.2 T2V-A14B expert", 1);
+    }
+    if summary.starts_with("Wan2.2 ") {
+        if let Some(e) = wan::expert_by_name(path) {
+            summary.push_str(&format!(", the {} expert by its name", e.words()));
         }
     }
 }

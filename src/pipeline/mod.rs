@@ -225,7 +225,23 @@ where
     D: crate::sampling::Denoiser<Error = PipelineError>,
 {
     let total = stepper.total_steps();
-    while !stepper.is_finished() {
+    run_steps_until(stepper, denoiser, opts, events, total, (0, total))
+}
+
+/// [`run_steps`] up to step `end` (exclusive) of the stepper, reporting its step `i` as step
+/// `offset + i` of `total` (one phase of a run sampled in parts).
+pub(crate) fn run_steps_until<D>(
+    stepper: &mut crate::sampling::Stepper<'_>,
+    denoiser: &mut D,
+    opts: &RunOptions,
+    events: &mut dyn FnMut(Event),
+    end: usize,
+    (offset, total): (usize, usize),
+) -> Result<(), PipelineError>
+where
+    D: crate::sampling::Denoiser<Error = PipelineError>,
+{
+    while !stepper.is_finished() && stepper.current_step() < end {
         opts.check_cancel()?;
         let ts = std::time::Instant::now();
         let report = stepper.step(denoiser).map_err(|e| match e {
@@ -236,7 +252,7 @@ where
             m.accountant.sample();
         }
         events(Event::Step {
-            step: report.step + 1,
+            step: offset + report.step + 1,
             total,
             sigma: report.sigma,
             elapsed: ts.elapsed(),

@@ -83,27 +83,43 @@ fn parameters_json(target: &VideoTarget, files: &WanFiles, req: &WanRequest) -> 
         .unwrap_or_else(|| video::default_shift(req.width, req.height));
     let v = serde_json::json!({
         "prompt": req.prompt,
-        "negative_prompt": req.negative_prompt.clone().unwrap_or_else(|| video::DEFAULT_NEGATIVE_PROMPT.into()),
+            "negative_prompt": req.negative_prompt.clone().unwrap_or_else(|| video::DEFAULT_NEGATIVE_PROMPT.into()),
         "image": target.image_file.as_ref().map(name),
-        "model": name(&files.model),
+            "model": name(&files.model),
         "t5": files.t5.as_ref().map(name),
-        "clip_vision": files.clip_vision.as_ref().map(name),
+            "clip_vision": files.clip_vision.as_ref().map(name),
         "vae": files.vae.as_ref().map(name),
-        "loras": files.loras.iter().map(|(p, w)| serde_json::json!({"file": name(p), "weight": w})).collect::<Vec<_>>(),
-        "width": req.width,
+            "loras": files.loras.iter().map(|(p, w)| serde_json::json!({"file": name(p), "weight": w})).collect::<Vec<_>>(),
+            "width": req.width,
         "height": req.height,
-        "frames": req.frames,
+            "frames": req.frames,
         "fps": target.fps,
-        "steps": req.steps,
+            "steps": req.steps,
         "cfg": req.cfg,
-        "shift": shift,
+            "shift": shift,
         "sampler": req.sampler.name(),
-        "scheduler": req.scheduler.name(),
+            "scheduler": req.scheduler.name(),
         "seed": req.seed,
-        "rng": "torch",
-        "vae_tile": req.vae_tile,
+            "rng": "torch",
+            "vae_tile": req.vae_tile,
         "version": crate::media::params::nijigen_version(),
     });
+    let mut v = v;
+    if let (Some(high), serde_json::Value::Object(map)) = (&files.high_noise_model, &mut v) {
+        // Wan2.2 A14B: both experts, their LoRAs and where the run switches.
+        let experts = serde_json::json!({
+            "high_noise_model": name(high),
+            "high_noise_loras": files.high_noise_loras.iter().map(|(p, w)| serde_json::json!({"file": name(p), "weight": w})).collect::<Vec<_>>(),
+            "high_noise_steps": video::switch_step(req, shift).ok(),
+            "switch": if req.high_noise_steps.is_some() { "steps" } else { "boundary" },
+            "boundary": req.boundary.unwrap_or(if req.image.is_some() { video::BOUNDARY_I2V } else { video::BOUNDARY_T2V }),
+            "high_noise_cfg": req.high_noise_cfg.unwrap_or(req.cfg),
+            "high_noise_sampler": req.high_noise_sampler.unwrap_or(req.sampler).name(),
+        });
+        if let serde_json::Value::Object(e) = experts {
+            map.extend(e);
+        }
+    }
     v.to_string()
 }
 

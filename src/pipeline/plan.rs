@@ -542,7 +542,7 @@ impl Part {
 }
 
 /// "15.3 GiB", "512.0 MiB", "3.5 KiB".
-fn gib(bytes: u64) -> String {
+pub(crate) fn gib(bytes: u64) -> String {
     let b = bytes as f64;
     if bytes >= 1 << 30 {
         format!("{:.1} GiB", b / (1u64 << 30) as f64)

@@ -26,18 +26,18 @@ use super::plan::{
 };
 pub use super::{from_rgb8, to_rgb8, InitImage};
 use super::{inspect, placed, Event, Options, PipelineError, RunOptions, Timings};
-use crate::formats::names::Architecture;
+use crate::formats::names::{self, Architecture};
 use crate::formats::weights::Format;
 use crate::ggml::TensorSet;
 use crate::lora::{Adapters, LoraError, LoraFile, LoraTarget};
 use crate::models::network;
 use crate::models::wan_vae::{denormalize, normalize, LATENTS_MEAN, LATENTS_STD};
-use crate::models::{ClipVision, Umt5Encoder, WanAttention, WanDit, WanVae};
-use crate::models::{CLIP_VISION, DIT, T5, VAE_WAN};
+use crate::models::{ClipVision, Umt5Encoder, WanAttention, WanDit, WanDitKind, WanVae};
+use crate::models::{CLIP_VISION, DIT, DIT_HIGH, T5, VAE_WAN};
 use crate::runtime::{Fp8Load, WeightStore};
 use crate::sampling::{
-    apply_cfg, comfy_sampler_noise, Denoiser, FlowSchedule, ModelSampling, Parameterization,
-    SamplerConfig, SamplerKind, Scheduler, TorchGenerator,
+    apply_cfg, comfy_sampler_noise, Denoiser, FlowSchedule, ModelSampling, NoiseSource,
+    Parameterization, SamplerConfig, SamplerKind, Scheduler, TorchGenerator,
 };
 use crate::text::umt5::{Umt5Tokenizer, Umt5Tokens, TEXT_LEN};
 
@@ -51,18 +51,66 @@ pub const AREA_480P: u32 = 832 * 480;
 /// Frames per second of Wan2.1's training data (`sample_fps`).
 pub const DEFAULT_FPS: u32 = 16;
 
+/// Wan2.2 A14B's switch between its experts for image-to-video: the high-noise expert samples
+/// while the timestep is at or above `boundary x 1000` (`wan/configs/wan_i2v_A14B.py`).
+pub const BOUNDARY_I2V: f64 = 0.9;
+/// As [`BOUNDARY_I2V`] for text-to-video (`wan/configs/wan_t2v_A14B.py`).
+pub const BOUNDARY_T2V: f64 = 0.875;
+
+/// The official sampling settings of a Wan2.2 A14B model, which apply where the user gives
+/// none (Wan2.2's `wan/configs/wan_{i2v,t2v}_A14B.py`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Wan22Defaults {
+    /// "I2V-A14B" or "T2V-A14B".
+    pub model: &'static str,
+    pub shift: f64,
+    /// Guidance of the low-noise expert (`--cfg`).
+    pub cfg: f32,
+    /// Guidance of the high-noise expert (`--high-noise-cfg`).
+    pub high_noise_cfg: f32,
+    pub steps: usize,
+    pub boundary: f64,
+}
+
+/// Wan2.2 I2V-A14B: shift 5, guidance 3.5 for both experts, 40 steps, boundary 0.9.
+pub const WAN22_I2V: Wan22Defaults = Wan22Defaults {
+    model: "I2V-A14B",
+    shift: 5.0,
+    cfg: 3.5,
+    high_noise_cfg: 3.5,
+    steps: 40,
+    boundary: BOUNDARY_I2V,
+};
+
+/// Wan2.2 T2V-A14B: shift 12, guidance 3.0 (low noise) and 4.0 (high noise), 40 steps,
+/// boundary 0.875.
+pub const WAN22_T2V: Wan22Defaults = Wan22Defaults {
+    model: "T2V-A14B",
+    shift: 12.0,
+    cfg: 3.0,
+    high_noise_cfg: 4.0,
+    steps: 40,
+    boundary: BOUNDARY_T2V,
+};
+
 /// The weight files of stage 2.
 #[derive(Clone, Debug, Default)]
 pub struct WanFiles {
     /// The DiT: a GGUF / safetensors file or a diffusers folder (then the other components
-    /// default to its subfolders).
+    /// default to its subfolders). For Wan2.2 A14B, the low-noise expert (or either expert
+    /// alone).
     pub model: PathBuf,
+    /// Wan2.2 A14B: the high-noise expert, which samples the first steps.
+    pub high_noise_model: Option<PathBuf>,
     pub t5: Option<PathBuf>,
     /// tokenizer.json or spiece.model, for a umT5 file without tokenizer metadata.
     pub t5_tokenizer: Option<PathBuf>,
     pub clip_vision: Option<PathBuf>,
     pub vae: Option<PathBuf>,
+    /// LoRAs of `model` (the low-noise expert of a pair).
     pub loras: Vec<(PathBuf, f32)>,
+    /// LoRAs of the high-noise expert.
+    pub high_noise_loras: Vec<(PathBuf, f32)>,
 }
 
 /// What to generate.
@@ -89,6 +137,18 @@ pub struct WanRequest {
     pub vae_tile: Option<u32>,
     /// Keep the decoded float video in [`WanOutput::decoded`] (tests; 4 bytes per value).
     pub keep_decoded: bool,
+    /// With two experts: the high-noise expert samples while the timestep is at or above
+    /// `boundary x 1000`; `None`: [`BOUNDARY_I2V`] or [`BOUNDARY_T2V`].
+    pub boundary: Option<f64>,
+    /// With two experts: the high-noise expert samples this many steps instead, in a sampler
+    /// run of its own, and the low-noise expert the rest in a second one (ComfyUI's two
+    /// KSamplerAdvanced nodes: a multistep sampler starts its history again at the switch).
+    pub high_noise_steps: Option<usize>,
+    /// The high-noise expert's guidance; `None`: `cfg`.
+    pub high_noise_cfg: Option<f32>,
+    /// The high-noise expert's sampler; `None`: `sampler`. A different one samples the two
+    /// phases in two runs, as [`WanRequest::high_noise_steps`].
+    pub high_noise_sampler: Option<SamplerKind>,
 }
 
 impl Default for WanRequest {
@@ -108,6 +168,10 @@ impl Default for WanRequest {
             seed: 0,
             vae_tile: None,
             keep_decoded: false,
+            boundary: None,
+            high_noise_steps: None,
+            high_noise_cfg: None,
+            high_noise_sampler: None,
         }
     }
 }
@@ -147,6 +211,8 @@ pub struct WanOutput {
     pub latent: Vec<f32>,
     pub seed: u64,
     pub shift: f64,
+    /// With two experts: the steps the high-noise expert sampled (the switch step).
+    pub high_noise_steps: Option<usize>,
     pub timings: Timings,
 }
 
@@ -194,12 +260,68 @@ pub fn validate(req: &WanRequest) -> Result<(), PipelineError> {
             return bad(format!("shift {s}: must be > 0"));
         }
     }
+    if let Some(b) = req.boundary {
+        if !(b.is_finite() && b > 0.0 && b < 1.0) {
+            return bad(format!(
+                "boundary {b}: use a number between 0 and 1 (Wan2.2: 0.9 for I2V, 0.875 for T2V)"
+            ));
+        }
+    }
+    if let Some(n) = req.high_noise_steps {
+        if n > req.steps {
+            return bad(format!(
+                "--high-noise-steps {n}: more than the {} steps of the run",
+                req.steps
+            ));
+        }
+    }
+    if let Some(c) = req.high_noise_cfg {
+        if !c.is_finite() || c < 0.0 {
+            return bad(format!("high-noise cfg {c}: must be a number >= 0"));
+        }
+    }
     Ok(())
+}
+
+/// The number of steps the high-noise expert samples: those whose timestep (1000 sigma) is at
+/// or above `boundary x 1000`, as the official code and diffusers pick the expert per step.
+pub fn boundary_steps(sampling: &ModelSampling, sigmas: &[f32], boundary: f64) -> usize {
+    let steps = sigmas.len().saturating_sub(1);
+    // Timesteps run to 1000 (sigma 1).
+    let limit = boundary * 1000.0;
+    sigmas[..steps]
+        .iter()
+        .take_while(|&&s| f64::from(sampling.timestep(s)) >= limit)
+        .count()
+}
+
+/// The step after which a run of `req` with two experts switches to the low-noise one:
+/// `--high-noise-steps`, else by the boundary (default: [`BOUNDARY_I2V`] with a first frame,
+/// [`BOUNDARY_T2V`] without) on the request's sigmas at `shift`.
+pub fn switch_step(req: &WanRequest, shift: f64) -> Result<usize, PipelineError> {
+    if let Some(n) = req.high_noise_steps {
+        return Ok(n.min(req.steps));
+    }
+    let sampling = ModelSampling::Flow(FlowSchedule::new(shift)?);
+    let sigmas = sampling.sigmas(req.scheduler, req.steps)?;
+    Ok(boundary_steps(
+        &sampling,
+        &sigmas,
+        boundary_of(req, req.image.is_some()),
+    ))
+}
+
+/// The boundary of `req`: given, or Wan2.2's for I2V or T2V.
+fn boundary_of(req: &WanRequest, i2v: bool) -> f64 {
+    req.boundary
+        .unwrap_or(if i2v { BOUNDARY_I2V } else { BOUNDARY_T2V })
 }
 
 /// Where each component is.
 struct Stores {
     dit: (PathBuf, Arc<WeightStore>),
+    /// Wan2.2's high-noise expert.
+    high: Option<(PathBuf, Arc<WeightStore>)>,
     t5: (PathBuf, Arc<WeightStore>),
     clip: Option<(PathBuf, Arc<WeightStore>)>,
     vae: (PathBuf, Arc<WeightStore>),
@@ -217,6 +339,15 @@ fn diffusers_folder(dir: &Path, files: &mut WanFiles) -> Result<(), PipelineErro
         .map(|c| dir.join(sub).join(c))
         .find(|p| p.is_file())
     };
+    // Wan2.2 A14B in diffusers: `transformer` is the high-noise expert, `transformer_2` the
+    // low-noise one.
+    if let Some(low) = pick("transformer_2", "diffusion_pytorch_model") {
+        if files.high_noise_model.is_none() {
+            files.high_noise_model = pick("transformer", "diffusion_pytorch_model");
+        }
+        files.model = low;
+        return fill_components(dir, files, &pick);
+    }
     let Some(dit) = pick("transformer", "diffusion_pytorch_model") else {
         return Err(PipelineError::MissingComponent {
             what: format!(
@@ -227,6 +358,15 @@ fn diffusers_folder(dir: &Path, files: &mut WanFiles) -> Result<(), PipelineErro
         });
     };
     files.model = dit;
+    fill_components(dir, files, &pick)
+}
+
+/// The other components of a diffusers folder, where not given.
+fn fill_components(
+    dir: &Path,
+    files: &mut WanFiles,
+    pick: &dyn Fn(&str, &str) -> Option<PathBuf>,
+) -> Result<(), PipelineError> {
     if files.t5.is_none() {
         files.t5 = pick("text_encoder", "model");
     }
@@ -243,6 +383,47 @@ fn diffusers_folder(dir: &Path, files: &mut WanFiles) -> Result<(), PipelineErro
         files.vae = pick("vae", "diffusion_pytorch_model");
     }
     Ok(())
+}
+
+/// Checks the pair of experts `files` names, if any ([`check_experts`]), from their tensor
+/// tables: before a run computes anything.
+pub(crate) fn check_pair(opened: &OpenFiles, files: &WanFiles) -> Result<(), PipelineError> {
+    let mut files = files.clone();
+    if files.model.is_dir() {
+        let dir = files.model.clone();
+        diffusers_folder(&dir, &mut files)?;
+    }
+    let Some(high) = &files.high_noise_model else {
+        return Ok(());
+    };
+    let archs = [Architecture::WAN_DIT_I2V, Architecture::WAN_DIT_T2V];
+    let low = open_as(opened, &files.model, &archs, "a Wan DiT")?;
+    let high = open_as(opened, high, &archs, "a Wan2.2 high-noise expert")?;
+    check_experts(&low, dit_kind(&low)?, &high, dit_kind(&high)?)
+}
+
+/// The official settings of the Wan2.2 A14B model `files` name, `None` for other models: a
+/// pair of experts, an I2V expert alone (no CLIP branch), or a T2V DiT named as a Wan2.2 one.
+/// Reads the tensor tables only.
+pub fn wan22_defaults(files: &WanFiles) -> Result<Option<Wan22Defaults>, PipelineError> {
+    let mut files = files.clone();
+    if files.model.is_dir() {
+        let dir = files.model.clone();
+        diffusers_folder(&dir, &mut files)?;
+    }
+    let opened = OpenFiles::default();
+    let dit = open_as(
+        &opened,
+        &files.model,
+        &[Architecture::WAN_DIT_I2V, Architecture::WAN_DIT_T2V],
+        "a Wan DiT",
+    )?;
+    Ok(match (dit_kind(&dit)?, files.high_noise_model.is_some()) {
+        (WanDitKind::Wan22I2vExpert, _) => Some(WAN22_I2V),
+        (WanDitKind::T2v, true) => Some(WAN22_T2V),
+        (WanDitKind::T2v, false) if names::wan::is_wan22_by_name(&files.model) => Some(WAN22_T2V),
+        _ => None,
+    })
 }
 
 fn open_as(
@@ -278,9 +459,23 @@ impl Stores {
             opened,
             &files.model,
             &[Architecture::WAN_DIT_I2V, Architecture::WAN_DIT_T2V],
-            "a Wan2.1 DiT",
+            "a Wan DiT",
         )?;
-        let is_i2v = dit.1.detection().architecture == Architecture::WAN_DIT_I2V;
+        let kind = dit_kind(&dit)?;
+        let high = match &files.high_noise_model {
+            Some(p) => {
+                let high = open_as(
+                    opened,
+                    p,
+                    &[Architecture::WAN_DIT_I2V, Architecture::WAN_DIT_T2V],
+                    "a Wan2.2 high-noise expert",
+                )?;
+                check_experts(&dit, kind, &high, dit_kind(&high)?)?;
+                Some(high)
+            }
+            None => None,
+        };
+        let is_i2v = kind != WanDitKind::T2v;
         if is_i2v && !needs_image {
             return Err(PipelineError::MissingComponent {
                 what: format!(
@@ -293,7 +488,7 @@ impl Stores {
         if !is_i2v && needs_image {
             return Err(PipelineError::Request(format!(
                 "{} is a text-to-video model (no image branch): leave out --image, or pass an \
-                 I2V model (e.g. wan2.1-i2v-14b-480p-Q4_K_M.gguf)",
+            I2V model (e.g. wan2.1-i2v-14b-480p-Q4_K_M.gguf)",
                 files.model.display()
             )));
         }
@@ -327,7 +522,7 @@ impl Stores {
                 return Err(PipelineError::MissingComponent {
                     what: format!(
                         "{}: a {} umT5 has no tokenizer (tokenizer.json or spiece.model of \
-                         google/umt5-xxl)",
+            google/umt5-xxl)",
                         t5_path.display(),
                         t5.1.file().format().name()
                     ),
@@ -341,7 +536,7 @@ impl Stores {
                 }
             })?,
         };
-        let clip = if is_i2v {
+        let clip = if kind == WanDitKind::Wan21I2v {
             let p = files
                 .clip_vision
                 .clone()
@@ -357,6 +552,18 @@ impl Stores {
                 "a CLIP vision encoder",
             )?)
         } else {
+            if let Some(p) = &files.clip_vision {
+                tracing::warn!(
+                    "{} is not used: {} has no CLIP image branch ({})",
+                    p.display(),
+                    files.model.display(),
+                    if is_i2v {
+                        "Wan2.2 takes the first frame as latent channels only"
+                    } else {
+                        "a text-to-video model"
+                    }
+                );
+            }
             None
         };
         let vae_path = files.vae.clone().ok_or(PipelineError::MissingComponent {
@@ -366,12 +573,105 @@ impl Stores {
         let vae = open_as(opened, &vae_path, &[Architecture::WAN_VAE], "a Wan2.1 VAE")?;
         Ok(Stores {
             dit,
+            high,
             t5,
             clip,
             vae,
             tokenizer,
         })
     }
+}
+
+/// The kind of a Wan DiT file, from its tensor table (no weight read).
+fn dit_kind((path, store): &(PathBuf, Arc<WeightStore>)) -> Result<WanDitKind, PipelineError> {
+    let set = store.load_meta(|_| true)?;
+    let c = crate::models::WanDitConfig::from_weights(&set, "")
+        .map_err(|e| PipelineError::Mismatch(format!("{}: {e}", path.display())))?;
+    Ok(c.kind())
+}
+
+/// What a file is, for the expert checks: "a Wan2.1 I2V DiT", "a Wan2.2 I2V-A14B expert", ...
+fn kind_words(kind: WanDitKind, path: &Path) -> &'static str {
+    match kind {
+        WanDitKind::Wan21I2v => "a Wan2.1 I2V DiT (with the CLIP image branch)",
+        WanDitKind::Wan22I2vExpert => "a Wan2.2 I2V-A14B expert",
+        WanDitKind::T2v if names::wan::is_wan22_by_name(path) => "a Wan2.2 T2V-A14B expert",
+        WanDitKind::T2v => "a Wan T2V DiT",
+    }
+}
+
+/// Checks a pair of Wan2.2 experts: no Wan2.1 I2V DiT (it has the CLIP branch and no second
+/// expert), both I2V or both T2V, the same sizes; warns when their names look swapped.
+fn check_experts(
+    low: &(PathBuf, Arc<WeightStore>),
+    low_kind: WanDitKind,
+    high: &(PathBuf, Arc<WeightStore>),
+    high_kind: WanDitKind,
+) -> Result<(), PipelineError> {
+    let example = |which: &str| {
+        format!("e.g. wan2.2_i2v_{which}_noise_14B_fp8_scaled.safetensors or Wan2.2-I2V-A14B-{}Noise-Q4_K_M.gguf",
+            if which == "high" { "High" } else { "Low" })
+    };
+    if high_kind == WanDitKind::Wan21I2v {
+        return Err(PipelineError::Request(format!(
+            "--high-noise-model {} is {}, not a Wan2.2 expert: it takes Wan2.2's high-noise \
+            expert ({}); for Wan2.1 leave --high-noise-model out",
+            high.0.display(),
+            kind_words(high_kind, &high.0),
+            example("high")
+        )));
+    }
+    if low_kind == WanDitKind::Wan21I2v {
+        return Err(PipelineError::Request(format!(
+            "--model {} is {}, but --high-noise-model is a Wan2.2 expert: pass Wan2.2's \
+            low-noise expert as --model ({})",
+            low.0.display(),
+            kind_words(low_kind, &low.0),
+            example("low")
+        )));
+    }
+    if low_kind != high_kind {
+        return Err(PipelineError::Request(format!(
+            "the experts do not match: --model {} is {} but --high-noise-model {} is {}",
+            low.0.display(),
+            kind_words(low_kind, &low.0),
+            high.0.display(),
+            kind_words(high_kind, &high.0)
+        )));
+    }
+    let sizes = |s: &(PathBuf, Arc<WeightStore>)| -> Result<_, PipelineError> {
+        let set = s.1.load_meta(|_| true)?;
+        let c = crate::models::WanDitConfig::from_weights(&set, "")
+            .map_err(|e| PipelineError::Mismatch(format!("{}: {e}", s.0.display())))?;
+        Ok((c.dim, c.layers, c.in_channels, c.text_dim))
+    };
+    let (a, b) = (sizes(low)?, sizes(high)?);
+    if a != b {
+        return Err(PipelineError::Mismatch(format!(
+            "the experts differ in size: --model {} has dim {}, {} blocks, {} input channels; \
+            --high-noise-model {} has dim {}, {} blocks, {} input channels",
+            low.0.display(),
+            a.0,
+            a.1,
+            a.2,
+            high.0.display(),
+            b.0,
+            b.1,
+            b.2
+        )));
+    }
+    use names::wan::{expert_by_name, ExpertName};
+    if expert_by_name(&low.0) == Some(ExpertName::HighNoise)
+        || expert_by_name(&high.0) == Some(ExpertName::LowNoise)
+    {
+        tracing::warn!(
+            "the experts look swapped by their names: --model takes the low-noise expert, \
+            --high-noise-model the high-noise one ({} / {})",
+            low.0.display(),
+            high.0.display()
+        );
+    }
+    Ok(())
 }
 
 fn load<'s>(
@@ -389,6 +689,44 @@ fn load<'s>(
     Ok(set)
 }
 
+/// Opens `loras` (path, multiplier) and checks that they are for a Wan DiT.
+fn open_loras(loras: &[(PathBuf, f32)]) -> Result<Vec<LoraFile>, PipelineError> {
+    Ok(loras
+        .iter()
+        .map(|(path, _)| {
+            let f = LoraFile::open(path)?;
+            f.check_targets(&[LoraTarget::WanDit])?;
+            Ok(f)
+        })
+        .collect::<Result<Vec<_>, LoraError>>()?)
+}
+
+/// The adapters of `files` (with the multipliers of `loras`) on the DiT `set`; `None` without
+/// LoRAs. `what` names the DiT in the log.
+fn adapters_for(
+    set: &TensorSet<'_>,
+    files: &[LoraFile],
+    loras: &[(PathBuf, f32)],
+    what: &str,
+) -> Result<Option<Adapters>, PipelineError> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let pairs: Vec<(&LoraFile, f32)> = files.iter().zip(loras).map(|(f, (_, w))| (f, *w)).collect();
+    let a = Adapters::build(set, "", LoraTarget::WanDit, &pairs)?;
+    for r in a.reports() {
+        tracing::info!(
+            file = %r.file.display(),
+            modules = r.applied,
+            multiplier = r.multiplier,
+            unmatched = r.unmatched.len(),
+            unsupported = r.unsupported.len(),
+            "LoRA applied to {what}"
+        );
+    }
+    Ok(Some(a))
+}
+
 /// Receives each RGB8 frame (index, pixels) as soon as it is decoded.
 pub type FrameSink<'a> = dyn FnMut(usize, &[u8]) -> Result<(), PipelineError> + 'a;
 
@@ -396,12 +734,25 @@ pub type FrameSink<'a> = dyn FnMut(usize, &[u8]) -> Result<(), PipelineError> + 
 pub struct WanModels<'w> {
     pub t5: Umt5Encoder<'w>,
     pub clip: Option<ClipVision<'w>>,
+    /// The DiT; with two experts, the low-noise one.
     pub dit: WanDit<'w>,
+    /// Wan2.2's high-noise expert.
+    pub high: Option<WanDit<'w>>,
     pub vae: WanVae<'w>,
     tokenizer: &'w Umt5Tokenizer,
     sets: Sets<'w>,
     adapters: Option<&'w Adapters>,
+    high_adapters: Option<&'w Adapters>,
+    /// The high-noise expert's file: its pages are released once it is done.
+    high_store: Option<&'w WeightStore>,
     opts: RunOptions,
+}
+
+/// Which DiT computes: the only one, or the low-noise expert of a pair; or the high-noise one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expert {
+    Low,
+    High,
 }
 
 /// The loaded weight sets (memory-mapped), which device copies are made from.
@@ -409,6 +760,7 @@ struct Sets<'w> {
     t5: &'w TensorSet<'w>,
     clip: Option<&'w TensorSet<'w>>,
     dit: &'w TensorSet<'w>,
+    high: Option<&'w TensorSet<'w>>,
     vae: &'w TensorSet<'w>,
 }
 
@@ -435,20 +787,13 @@ fn with_models_in<R>(
 ) -> Result<R, PipelineError> {
     events(Event::Stage { name: "load" });
     let stores = Stores::open(opened, files, needs_image)?;
-    let lora_files = files
-        .loras
-        .iter()
-        .map(|(path, _)| {
-            let f = LoraFile::open(path)?;
-            f.check_targets(&[LoraTarget::WanDit])?;
-            Ok(f)
-        })
-        .collect::<Result<Vec<_>, LoraError>>()?;
-    let pairs: Vec<(&LoraFile, f32)> = lora_files
-        .iter()
-        .zip(&files.loras)
-        .map(|(f, (_, w))| (f, *w))
-        .collect();
+    if stores.high.is_none() && !files.high_noise_loras.is_empty() {
+        return Err(PipelineError::Request(
+            "--high-noise-lora needs --high-noise-model (the expert it applies to)".into(),
+        ));
+    }
+    let lora_files = open_loras(&files.loras)?;
+    let high_lora_files = open_loras(&files.high_noise_loras)?;
     let threads = opts.cpu_threads();
     // What fp8 weights become: made at upload for a component on the device (no copy in RAM),
     // converted at load for one on the CPU.
@@ -460,29 +805,43 @@ fn with_models_in<R>(
     if let Some(c) = &stores.clip {
         parts.push((CLIP_VISION.component, &*c.1, ""));
     }
+    if let Some(h) = &stores.high {
+        parts.push((DIT_HIGH.component, &*h.1, ""));
+    }
     let fp8 = opts.fp8_loads(&parts);
-    let t5_set = load(&stores.t5, "t5", fp8[0], events)?;
+    let fp8_of = |c| {
+        parts
+            .iter()
+            .zip(&fp8)
+            .find(|((pc, _, _), _)| *pc == c)
+            .map(|(_, f)| *f)
+            .expect("each part has its fp8 choice")
+    };
+    let t5_set = load(&stores.t5, "t5", fp8_of(T5.component), events)?;
     let clip_set = match &stores.clip {
-        Some(c) => Some(load(c, "clip_vision", fp8[3], events)?),
+        Some(c) => Some(load(
+            c,
+            "clip_vision",
+            fp8_of(CLIP_VISION.component),
+            events,
+        )?),
         None => None,
     };
-    let dit_set = load(&stores.dit, "dit", fp8[1], events)?;
-    let vae_set = load(&stores.vae, "vae", fp8[2], events)?;
-    let adapters = if pairs.is_empty() {
-        None
-    } else {
-        let a = Adapters::build(&dit_set, "", LoraTarget::WanDit, &pairs)?;
-        for r in a.reports() {
-            tracing::info!(
-                file = %r.file.display(),
-                modules = r.applied,
-                multiplier = r.multiplier,
-                unmatched = r.unmatched.len(),
-                unsupported = r.unsupported.len(),
-                "LoRA applied to the DiT"
-            );
-        }
-        Some(a)
+    let high_set = match &stores.high {
+        Some(h) => Some(load(h, "dit_high", fp8_of(DIT_HIGH.component), events)?),
+        None => None,
+    };
+    let dit_set = load(&stores.dit, "dit", fp8_of(DIT.component), events)?;
+    let vae_set = load(&stores.vae, "vae", fp8_of(VAE_WAN.component), events)?;
+    let adapters = adapters_for(&dit_set, &lora_files, &files.loras, "the DiT")?;
+    let high_adapters = match &high_set {
+        Some(set) => adapters_for(
+            set,
+            &high_lora_files,
+            &files.high_noise_loras,
+            "the high-noise expert",
+        )?,
+        None => None,
     };
     let t5 = Umt5Encoder::new(&t5_set, "", threads)?;
     let clip = match &clip_set {
@@ -494,6 +853,17 @@ fn with_models_in<R>(
     if let Some(a) = &adapters {
         dit.set_adapters(Some(a))?;
     }
+    let high = match &high_set {
+        Some(set) => {
+            let mut h = WanDit::new(set, "", threads)?;
+            h.set_attention(WanAttention::Flash);
+            if let Some(a) = &high_adapters {
+                h.set_adapters(Some(a))?;
+            }
+            Some(h)
+        }
+        None => None,
+    };
     let vae = WanVae::new(&vae_set, "", threads)?;
     let cfg = dit.config();
     if t5.config().d_model != cfg.text_dim {
@@ -514,10 +884,17 @@ fn with_models_in<R>(
     }
     let z = vae.config().z_dim;
     let wanted_in = if cfg.is_i2v() { 2 * z + 4 } else { z };
+    if cfg.is_i2v() && cfg.in_channels != wanted_in {
+        return Err(PipelineError::Mismatch(format!(
+            "the DiT takes {} channels, an image-to-video DiT over a {z}-channel VAE takes \
+            {wanted_in} (noise, 4 mask, image latent): wrong --vae for this model?",
+            cfg.in_channels
+        )));
+    }
     if cfg.in_channels != wanted_in || cfg.out_channels != z {
         return Err(PipelineError::Mismatch(format!(
             "the DiT takes {} channels and returns {}, the VAE has {z} latent channels: wrong \
-             --vae for this model?",
+            --vae for this model?",
             cfg.in_channels, cfg.out_channels
         )));
     }
@@ -525,15 +902,19 @@ fn with_models_in<R>(
         t5,
         clip,
         dit,
+        high,
         vae,
         tokenizer: &stores.tokenizer,
         sets: Sets {
             t5: &t5_set,
             clip: clip_set.as_ref(),
             dit: &dit_set,
+            high: high_set.as_ref(),
             vae: &vae_set,
         },
         adapters: adapters.as_ref(),
+        high_adapters: high_adapters.as_ref(),
+        high_store: stores.high.as_ref().map(|h| &*h.1),
         opts: opts.clone(),
     };
     f(&mut models, events)
@@ -628,6 +1009,7 @@ pub(crate) fn prepare_in(
     memory: &MemoryOptions,
 ) -> Result<VideoJob, PipelineError> {
     validate(&request)?;
+    check_pair(&opened, &files)?;
     let plan = when_budgeted(memory, || plan_video(&opened, &files, &request, memory))?;
     if let Some(p) = &plan {
         request.vae_tile = request.vae_tile.or(p.tile(VAE_WAN.component));
@@ -737,17 +1119,38 @@ impl<'w> WanModels<'w> {
         placed::<WanVae, _>(&self.opts, &VAE_WAN, &mut self.vae, set, None, f)
     }
 
-    /// As [`WanModels::with_t5`] for the DiT: resident, or its blocks streamed through the
-    /// plan's slots, with the LoRA adapters attached.
-    fn with_dit<R>(
+    /// As [`WanModels::with_t5`] for a DiT: resident, or its blocks streamed through the
+    /// plan's slots, with its LoRA adapters attached. Its device copy lives for this call, so
+    /// the two experts of a pair are never on the device together.
+    fn with_expert<R>(
         &mut self,
+        expert: Expert,
         f: impl for<'x> FnOnce(&mut WanDit<'x>, &RunOptions) -> Result<R, PipelineError>,
     ) -> Result<R, PipelineError> {
         let opts = &self.opts;
-        let set = (self.sets.dit, "");
-        placed::<WanDit, _>(opts, &DIT, &mut self.dit, set, self.adapters, |m| {
-            f(m, opts)
-        })
+        match expert {
+            Expert::Low => {
+                let set = (self.sets.dit, "");
+                placed::<WanDit, _>(opts, &DIT, &mut self.dit, set, self.adapters, |m| {
+                    f(m, opts)
+                })
+            }
+            Expert::High => {
+                let (Some(cpu), Some(set)) = (self.high.as_mut(), self.sets.high) else {
+                    return Err(PipelineError::Request(
+                        "no high-noise expert (--high-noise-model)".into(),
+                    ));
+                };
+                placed::<WanDit, _>(opts, &DIT_HIGH, cpu, (set, ""), self.high_adapters, |m| {
+                    f(m, opts)
+                })
+            }
+        }
+    }
+
+    /// Whether a high-noise expert is loaded (Wan2.2 A14B with both experts).
+    pub fn has_experts(&self) -> bool {
+        self.high.is_some()
     }
 
     /// The I2V condition `y` [4 + z, T, h, w]: the mask, then the normalised VAE latent of
@@ -777,6 +1180,23 @@ impl<'w> WanModels<'w> {
         }
         y.extend_from_slice(&latent);
         Ok(y)
+    }
+
+    /// `expert`'s velocity for the latent `x` [z, t, h, w] at `timestep` (1000 sigma), placed
+    /// as the plan says, with its LoRAs; `y`: the I2V condition.
+    #[allow(clippy::too_many_arguments)]
+    pub fn expert_forward(
+        &mut self,
+        expert: Expert,
+        x: &[f32],
+        timestep: f32,
+        text: &[f32],
+        y: Option<&[f32]>,
+        thw: (usize, usize, usize),
+    ) -> Result<Vec<f32>, PipelineError> {
+        self.with_expert(expert, |dit, _| {
+            dit_forward(dit, x, timestep, text, None, y, thw)
+        })
     }
 
     /// The DiT's velocity for the latent `x` [z, t, h, w] at `timestep` (1000 sigma).
@@ -846,7 +1266,8 @@ impl<'w> WanModels<'w> {
         let t_enc = Instant::now();
         events(Event::Stage { name: "encode" });
         let (width, height) = (req.width, req.height);
-        let use_cfg = req.cfg != 1.0;
+        let use_cfg =
+            req.cfg != 1.0 || (self.high.is_some() && req.high_noise_cfg.is_some_and(|c| c != 1.0));
         let neg = req
             .negative_prompt
             .as_deref()
@@ -868,46 +1289,50 @@ impl<'w> WanModels<'w> {
                 let rgb =
                     crate::media::image::fit_rgb(&img.rgb, img.width, img.height, width, height)?;
                 let fitted = InitImage { rgb, width, height };
-                let clip = self.encode_image(&fitted)?;
+                // CLIP vision tokens for Wan2.1's image branch; Wan2.2 has none.
+                let clip = match self.clip.is_some() {
+                    true => Some(self.encode_image(&fitted)?),
+                    false => None,
+                };
                 let y = self.image_condition(&fitted, req.frames)?;
-                (Some(clip), Some(y))
+                (clip, Some(y))
             }
             None => (None, None),
         };
         timings.encode_s = t_enc.elapsed().as_secs_f64();
 
-        let shift = req.shift.unwrap_or_else(|| default_shift(width, height));
+        let shift = req
+            .shift
+            .unwrap_or_else(|| self.default_shift(width, height));
         let sampling = ModelSampling::Flow(FlowSchedule::new(shift)?);
         let sigmas = sampling.sigmas(req.scheduler, req.steps)?;
-        let param = sampling.parameterization();
         let n = z * t * lh * lw;
         let noise = TorchGenerator::new(req.seed).randn(n);
-        let x = param.noise_scaling(sigmas[0], &noise, &vec![0f32; n], true);
-        let config = SamplerConfig::new(req.sampler, sampling.clone(), sigmas)?;
-        let noise_source: Option<Box<dyn crate::sampling::NoiseSource + Send>> = config
-            .needs_noise()
-            .then(|| Box::new(comfy_sampler_noise(req.seed)) as _);
-        let mut stepper = config.stepper(x, noise_source)?;
-
+        let cond = Conditions {
+            text: &text,
+            neg_text: neg_text.as_deref(),
+            clip: clip.as_deref(),
+            y: y.as_deref(),
+            thw: (t, lh, lw),
+        };
         events(Event::Stage { name: "sample" });
         let t_sample = Instant::now();
-        self.with_dit(|dit, opts| {
-            let mut denoiser = WanDenoiser {
-                dit,
-                opts,
-                sampling: &sampling,
-                param,
-                text: &text,
-                neg_text: neg_text.as_deref(),
-                clip: clip.as_deref(),
-                y: y.as_deref(),
-                cfg: req.cfg,
-                thw: (t, lh, lw),
-            };
-            super::run_steps(&mut stepper, &mut denoiser, opts, events)
-        })?;
-        let mut latent = stepper.into_x();
-        param.inverse_noise_scaling(0.0, &mut latent);
+        let (mut latent, high_noise_steps) = match self.high.is_some() {
+            false => {
+                let phase = Phase::all(Expert::Low, req.sampler, req.cfg, req.steps);
+                let x = self.sample_phase(
+                    &sampling, &sigmas, &noise, None, &phase, req.seed, &cond, events,
+                )?;
+                (x, None)
+            }
+            true => {
+                let (x, n) = self.sample_experts(req, &sampling, &sigmas, &noise, &cond, events)?;
+                (x, Some(n))
+            }
+        };
+        sampling
+            .parameterization()
+            .inverse_noise_scaling(0.0, &mut latent);
         timings.sample_s = t_sample.elapsed().as_secs_f64();
 
         events(Event::Stage { name: "decode" });
@@ -952,8 +1377,266 @@ impl<'w> WanModels<'w> {
             latent,
             seed: req.seed,
             shift,
+            high_noise_steps,
             timings,
         })
+    }
+
+    /// The shift when the request gives none: Wan2.2 A14B's official one for an expert (5 for
+    /// I2V, 12 for T2V), else Wan2.1's by area ([`default_shift`]).
+    fn default_shift(&self, width: u32, height: u32) -> f64 {
+        match self.wan22() {
+            Some(d) => d.shift,
+            None => default_shift(width, height),
+        }
+    }
+
+    /// The official Wan2.2 settings when these models are Wan2.2 A14B experts: a pair, or one
+    /// I2V expert (no CLIP branch, latent conditioning).
+    fn wan22(&self) -> Option<Wan22Defaults> {
+        let c = self.dit.config();
+        match (self.high.is_some(), c.kind()) {
+            (_, WanDitKind::Wan22I2vExpert) => Some(WAN22_I2V),
+            (true, WanDitKind::T2v) => Some(WAN22_T2V),
+            _ => None,
+        }
+    }
+
+    /// Samples with both experts: the high-noise one for the first steps (by the boundary, or
+    /// `high_noise_steps`), then the low-noise one. One sampler run over all steps switching
+    /// the model (the official code, diffusers), or, with `--high-noise-steps` or a second
+    /// sampler, two runs that hand over the latent (ComfyUI's two KSamplerAdvanced nodes).
+    /// Returns the latent still scaled at sigma 0 and the switch step.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_experts(
+        &mut self,
+        req: &WanRequest,
+        sampling: &ModelSampling,
+        sigmas: &[f32],
+        noise: &[f32],
+        cond: &Conditions<'_>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<(Vec<f32>, usize), PipelineError> {
+        let steps = sigmas.len() - 1;
+        let boundary = boundary_of(req, self.dit.config().is_i2v());
+        let high_steps = req
+            .high_noise_steps
+            .unwrap_or_else(|| boundary_steps(sampling, sigmas, boundary))
+            .min(steps);
+        let high_sampler = req.high_noise_sampler.unwrap_or(req.sampler);
+        let high_cfg = req.high_noise_cfg.unwrap_or(req.cfg);
+        let split = req.high_noise_steps.is_some() || high_sampler != req.sampler;
+        tracing::info!(
+            high_steps,
+            steps,
+            boundary,
+            split,
+            "two experts: the high-noise one samples the first steps"
+        );
+        let high = Phase {
+            expert: Expert::High,
+            sampler: high_sampler,
+            cfg: high_cfg,
+            steps: 0..high_steps,
+            total: steps,
+        };
+        let low = Phase {
+            expert: Expert::Low,
+            sampler: req.sampler,
+            cfg: req.cfg,
+            steps: high_steps..steps,
+            total: steps,
+        };
+        let seed = req.seed;
+        let x = if !split || high_steps == 0 || high_steps == steps {
+            // One run over all steps; the sampler of the phase that starts it.
+            let sampler = if high_steps == 0 {
+                req.sampler
+            } else {
+                high_sampler
+            };
+            let config = SamplerConfig::new(sampler, sampling.clone(), sigmas.to_vec())?;
+            let mut stepper = start_stepper(&config, noise, None, seed)?;
+            if !high.steps.is_empty() {
+                self.run_phase(&mut stepper, sampling, &high, cond, events)?;
+                self.high_done();
+            }
+            if !low.steps.is_empty() {
+                self.run_phase(&mut stepper, sampling, &low, cond, events)?;
+            }
+            stepper.into_x()
+        } else {
+            // ComfyUI: the first KSamplerAdvanced returns its latent with the leftover noise
+            // (inverse-scaled at its last sigma); the second adds no noise and scales it back.
+            let param = sampling.parameterization();
+            let s = sigmas[high_steps];
+            let mut x = self.sample_phase(
+                sampling,
+                &sigmas[..=high_steps],
+                noise,
+                None,
+                &high,
+                seed,
+                cond,
+                events,
+            )?;
+            self.high_done();
+            param.inverse_noise_scaling(s, &mut x);
+            let zeros = vec![0f32; x.len()];
+            let x = param.noise_scaling(s, &zeros, &x, false);
+            self.sample_phase(
+                sampling,
+                &sigmas[high_steps..],
+                &zeros,
+                Some(x),
+                &low,
+                seed,
+                cond,
+                events,
+            )?
+        };
+        Ok((x, high_steps))
+    }
+
+    /// The high-noise expert is done: its file's pages leave the resident set (the low-noise
+    /// expert reads its own), whether its weights were used in place or copied to the device.
+    fn high_done(&self) {
+        if let Some(store) = self.high_store {
+            if let Err(e) = store.file().release_pages() {
+                tracing::debug!("could not release the high-noise expert's pages: {e}");
+            }
+        }
+    }
+
+    /// One sampler run of `phase` over `sigmas` from `noise` (or from `start`, a latent
+    /// already at `sigmas[0]`); the latent at the last sigma, not inverse-scaled.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_phase(
+        &mut self,
+        sampling: &ModelSampling,
+        sigmas: &[f32],
+        noise: &[f32],
+        start: Option<Vec<f32>>,
+        phase: &Phase,
+        seed: u64,
+        cond: &Conditions<'_>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<f32>, PipelineError> {
+        let config = SamplerConfig::new(phase.sampler, sampling.clone(), sigmas.to_vec())?;
+        let mut stepper = start_stepper(&config, noise, start, seed)?;
+        let local = Phase {
+            steps: 0..stepper.total_steps(),
+            ..phase.clone()
+        };
+        let offset = phase.steps.start;
+        self.run_phase_at(&mut stepper, sampling, &local, offset, cond, events)?;
+        Ok(stepper.into_x())
+    }
+
+    /// Runs `phase.steps` of `stepper` with `phase.expert` placed for them.
+    fn run_phase(
+        &mut self,
+        stepper: &mut crate::sampling::Stepper<'_>,
+        sampling: &ModelSampling,
+        phase: &Phase,
+        cond: &Conditions<'_>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<(), PipelineError> {
+        self.run_phase_at(stepper, sampling, phase, 0, cond, events)
+    }
+
+    /// [`WanModels::run_phase`], reporting step `i` of the stepper as step `offset + i` of
+    /// `phase.total`.
+    fn run_phase_at(
+        &mut self,
+        stepper: &mut crate::sampling::Stepper<'_>,
+        sampling: &ModelSampling,
+        phase: &Phase,
+        offset: usize,
+        cond: &Conditions<'_>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<(), PipelineError> {
+        let param = sampling.parameterization();
+        self.with_expert(phase.expert, |dit, opts| {
+            let mut denoiser = WanDenoiser {
+                dit,
+                opts,
+                sampling,
+                param,
+                text: cond.text,
+                neg_text: cond.neg_text.filter(|_| phase.cfg != 1.0),
+                clip: cond.clip,
+                y: cond.y,
+                cfg: phase.cfg,
+                thw: cond.thw,
+            };
+            super::run_steps_until(
+                stepper,
+                &mut denoiser,
+                opts,
+                events,
+                phase.steps.end,
+                (offset, phase.total),
+            )
+        })
+    }
+}
+
+/// A run of `config` from `start` (a latent at its first sigma) or from `noise` scaled to it,
+/// with ComfyUI's sampler noise for `seed` when the sampler draws noise.
+fn start_stepper<'c>(
+    config: &'c SamplerConfig,
+    noise: &[f32],
+    start: Option<Vec<f32>>,
+    seed: u64,
+) -> Result<crate::sampling::Stepper<'c>, PipelineError> {
+    let x = match start {
+        Some(x) => x,
+        None => config.sampling().parameterization().noise_scaling(
+            config.sigmas()[0],
+            noise,
+            &vec![0f32; noise.len()],
+            true,
+        ),
+    };
+    let source = config
+        .needs_noise()
+        .then(|| Box::new(comfy_sampler_noise(seed)) as Box<dyn NoiseSource + Send>);
+    Ok(config.stepper(x, source)?)
+}
+
+/// What every DiT pass of a run sees besides the latent.
+struct Conditions<'a> {
+    text: &'a [f32],
+    /// The negative prompt's text (when some phase uses CFG).
+    neg_text: Option<&'a [f32]>,
+    clip: Option<&'a [f32]>,
+    y: Option<&'a [f32]>,
+    thw: (usize, usize, usize),
+}
+
+/// The steps one expert samples, with its sampler and guidance.
+#[derive(Clone, Debug)]
+struct Phase {
+    expert: Expert,
+    sampler: SamplerKind,
+    cfg: f32,
+    /// Step indices of the whole run.
+    steps: std::ops::Range<usize>,
+    /// Steps of the whole run (for progress).
+    total: usize,
+}
+
+impl Phase {
+    /// All `steps` by one model.
+    fn all(expert: Expert, sampler: SamplerKind, cfg: f32, steps: usize) -> Phase {
+        Phase {
+            expert,
+            sampler,
+            cfg,
+            steps: 0..steps,
+            total: steps,
+        }
     }
 }
 
@@ -1042,18 +1725,37 @@ pub fn plan_video(
         frames: req.frames,
         vae_tile: req.vae_tile,
     };
+    check_pair(opened, files)?;
+    let mut files = files.clone();
+    if files.model.is_dir() {
+        let dir = files.model.clone();
+        diffusers_folder(&dir, &mut files)?;
+    }
+    let files = &files;
     let dit = open_net(opened, &files.model, &DIT)?.ok_or_else(|| PipelineError::NotA {
         path: files.model.clone(),
         what: DIT.label,
     })?;
-    let forwards = if req.cfg == 1.0 { 1 } else { 2 };
-    let mut specs = vec![spec(&DIT, &dit, &shapes)?.with_forwards(forwards)];
+    let forwards = |cfg: f32| if cfg == 1.0 { 1 } else { 2 };
+    let mut specs = vec![spec(&DIT, &dit, &shapes)?.with_forwards(forwards(req.cfg))];
     let mut names = vec![(DIT.component, dit.file_name())];
     let mut fp8: Vec<_> = dit
         .fp8()
         .map(|w| (DIT.component, w, dit.q8_spec(&specs[0])))
         .into_iter()
         .collect();
+    // Wan2.2's high-noise expert: its own component, freed before the low-noise one is placed.
+    if let Some(path) = &files.high_noise_model {
+        let high = open_required(opened, path, &DIT_HIGH)?;
+        let cfg = req.high_noise_cfg.unwrap_or(req.cfg);
+        specs.push(spec(&DIT_HIGH, &high, &shapes)?.with_forwards(forwards(cfg)));
+        names.push((DIT_HIGH.component, high.file_name()));
+        let last = specs.last().expect("pushed");
+        fp8.extend(
+            high.fp8()
+                .map(|w| (DIT_HIGH.component, w, high.q8_spec(last))),
+        );
+    }
     for (net, path, required) in [
         (&T5, &files.t5, true),
         (&CLIP_VISION, &files.clip_vision, false),
@@ -1077,7 +1779,19 @@ pub fn plan_video(
         }));
     }
     let what = format!("video {}x{}x{}", req.width, req.height, req.frames);
-    stage_plan(memory, req.vae_tile, specs, names, fp8, what)
+    let two = files.high_noise_model.is_some();
+    let mut plan = stage_plan(memory, req.vae_tile, specs, names, fp8, what)?;
+    if two {
+        let ram = |c| plan.plan.get(c).map_or(0, |p| p.ram_peak());
+        plan.notes.push(format!(
+            "two experts, one after the other: dit_high samples the first steps and is freed \
+             (device memory, and its file's pages released: {} of RAM) before dit is placed; \
+             both files stay mapped, which takes no RAM until read ({} while dit samples)",
+            super::plan::gib(ram(DIT_HIGH.component)),
+            super::plan::gib(ram(DIT.component)),
+        ));
+    }
+    Ok(plan)
 }
 
 #[cfg(test)]

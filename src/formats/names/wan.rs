@@ -217,3 +217,50 @@ pub(crate) fn vae_context(ctx: &mut NameContext, layout: Layout, raw: &Shapes) {
         ctx.wan_vae_res_blocks = r - 1;
     }
 }
+
+/// Which Wan2.2 A14B expert a file is, as its name says (the weights of the two experts have
+/// the same shapes): Comfy-Org's `wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors`,
+/// QuantStack's `Wan2.2-I2V-A14B-HighNoise-Q4_K_M.gguf`, lightx2v's `..._high_noise.safetensors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertName {
+    HighNoise,
+    LowNoise,
+}
+
+impl ExpertName {
+    /// "high-noise" / "low-noise".
+    pub fn words(self) -> &'static str {
+        match self {
+            ExpertName::HighNoise => "high-noise",
+            ExpertName::LowNoise => "low-noise",
+        }
+    }
+}
+
+/// The letters and digits of a file name, lower case ("Wan2.2-I2V-A14B" -> "wan22i2va14b").
+fn squashed(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect()
+}
+
+/// The expert a Wan2.2 file's name says it is ("high_noise", "HighNoise", "low-noise", ...).
+pub fn expert_by_name(path: &std::path::Path) -> Option<ExpertName> {
+    let s = squashed(path);
+    match (s.contains("highnoise"), s.contains("lownoise")) {
+        (true, false) => Some(ExpertName::HighNoise),
+        (false, true) => Some(ExpertName::LowNoise),
+        _ => None,
+    }
+}
+
+/// Whether a DiT file's name says Wan2.2 A14B ("wan2.2", "wan22", "a14b", or an expert's
+/// "high_noise" / "low_noise"): a Wan2.2 T2V-A14B expert has a Wan2.1 T2V DiT's shapes.
+pub fn is_wan22_by_name(path: &std::path::Path) -> bool {
+    let s = squashed(path);
+    s.contains("wan22") || s.contains("a14b") || expert_by_name(path).is_some()
+}
