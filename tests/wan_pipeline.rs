@@ -2272,3 +2272,88 @@ fn wan22_t2v_experts_run_with_the_same_flags() {
         &out.latent,
     );
 }
+
+/// `nijigen i2v` with Wan2.2's experts for stage 2 (the demo SDXL draws the still): the video
+/// flags of a pair (`--video-high-noise-model`, `--video-high-noise-lora`, the switch flags)
+/// reach the run and its sidecar; no CLIP vision is asked for.
+#[test]
+fn cli_i2v_runs_wan22_experts() {
+    let (dir, files) = write_wan22_files("i2v", true);
+    let demo = nijigen::demo::ensure(&dir.join("demo")).expect("demo models");
+    let p = |v: &Path| v.to_str().unwrap().to_string();
+    let out = dir.join("i2v.mp4");
+    let (lora, w) = &files.high_noise_loras[0];
+    let args: Vec<String> = [
+        "i2v",
+        "--image-model",
+        &p(&demo.sdxl),
+        "--video-model",
+        &p(&files.model),
+        "--video-high-noise-model",
+        &p(files.high_noise_model.as_ref().unwrap()),
+        "--video-high-noise-lora",
+        &format!("{}:{w}", p(lora)),
+        "--t5",
+        &p(files.t5.as_ref().unwrap()),
+        "--video-vae",
+        &p(files.vae.as_ref().unwrap()),
+        "--image-width",
+        "128",
+        "--image-height",
+        "96",
+        "--image-steps",
+        "2",
+        "-W",
+        "64",
+        "-H",
+        "48",
+        "--frames",
+        "5",
+        "--video-steps",
+        "4",
+        "--video-cfg",
+        "1",
+        "--high-noise-steps",
+        "1",
+        "--high-noise-sampler",
+        "euler",
+        "--video-sampler",
+        "uni_pc",
+        "-p",
+        "a girl",
+        "--seed",
+        "3",
+        "--threads",
+        "2",
+        "-o",
+        &p(&out),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = nijigen(&refs);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let sidecar: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("i2v.mp4.json")).expect("sidecar"))
+            .expect("sidecar parses");
+    assert_eq!(
+        sidecar["high_noise_model"],
+        "wan2.2_i2v_high_noise_tiny.gguf"
+    );
+    assert_eq!(
+        sidecar["high_noise_loras"][0]["file"],
+        "wan2.2_i2v_high_noise_lora_tiny.safetensors"
+    );
+    assert_eq!(sidecar["high_noise_steps"], 1);
+    assert_eq!(sidecar["switch"], "steps");
+    assert_eq!(
+        (
+            sidecar["sampler"].as_str(),
+            sidecar["high_noise_sampler"].as_str()
+        ),
+        (Some("uni_pc"), Some("euler"))
+    );
+    assert_eq!(sidecar["shift"], 5.0, "Wan2.2 I2V's shift");
+}
