@@ -2156,6 +2156,11 @@ fn wan21_and_wan22_dits_do_not_mix() {
     let o = run(&files.model, &wan21);
     let e = stderr(&o);
     assert!(!o.status.success());
+    let lines: Vec<&str> = e.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0].starts_with("error: ") && lines[1].starts_with("hint: "),
+        "one error line and one hint: {e}"
+    );
     assert!(
         e.contains("is a Wan2.1 I2V DiT (with the CLIP image branch), not a Wan2.2 expert")
             && e.contains("for Wan2.1 leave --high-noise-model out"),
@@ -2184,6 +2189,40 @@ fn wan21_and_wan22_dits_do_not_mix() {
     assert!(
         out.contains("wan2.2_i2v_high_noise_tiny.gguf") && out.contains("two experts"),
         "{out}"
+    );
+    // A high-noise LoRA needs the high-noise expert.
+    let p = |v: &Path| v.to_str().unwrap().to_string();
+    let o = nijigen(&[
+        "plan",
+        "video",
+        "--model",
+        &p(&files.model),
+        "--high-noise-lora",
+        &p(&dir.join("dit.gguf")),
+        "--t5",
+        &p(files.t5.as_ref().unwrap()),
+        "--vae",
+        &p(files.vae.as_ref().unwrap()),
+        "--vram-budget",
+        "4G",
+    ]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("--high-noise-lora without a high-noise expert"));
+    assert!(e.contains("hint: add --high-noise-model FILE"), "{e}");
+    // Either expert alone runs (the image through the latent only, Wan2.2's shift).
+    let alone = WanFiles {
+        model: files.high_noise_model.clone().unwrap(),
+        high_noise_model: None,
+        ..files.clone()
+    };
+    let req = WanRequest {
+        steps: 2,
+        ..wan22_request(&wan22_index())
+    };
+    let out = video::generate(&alone, &req, &opts(), &mut |_| {}).expect("one expert alone");
+    assert_eq!(
+        (out.shift, out.high_noise_steps, out.frames.len()),
+        (5.0, None, 5)
     );
     // What `nijigen info` calls them.
     let o = nijigen(&[
@@ -2221,6 +2260,21 @@ fn wan22_t2v_experts_run_with_the_same_flags() {
         high_noise_model: Some(t2v("high")),
         ..base
     };
+    // Only the name tells a Wan2.2 T2V expert from a Wan2.1 T2V DiT.
+    let info = |p: &Path| common::stdout(&nijigen(&["info", p.to_str().unwrap()]));
+    let out = info(files.high_noise_model.as_ref().unwrap());
+    assert!(
+        out.contains("Wan2.2 T2V-A14B expert, dim 256")
+            && out.contains("the high-noise expert by its name"),
+        "{out}"
+    );
+    let plain = dir.join("wan_t2v_tiny.gguf");
+    std::fs::copy(&files.model, &plain).expect("copy");
+    assert!(
+        info(&plain).contains("Wan T2V DiT, dim 256"),
+        "{}",
+        info(&plain)
+    );
     let req = WanRequest {
         image: None,
         steps: 6,
@@ -2356,4 +2410,62 @@ fn cli_i2v_runs_wan22_experts() {
         (Some("uni_pc"), Some("euler"))
     );
     assert_eq!(sidecar["shift"], 5.0, "Wan2.2 I2V's shift");
+}
+
+/// The two experts under a simulated budget: resident or streamed, the video is bit-identical
+/// to the run without one, and they are never on the device together: with both resident the
+/// peak is that of the larger one alone (each expert's weights would otherwise add up).
+#[test]
+fn wan22_experts_are_never_on_the_device_together() {
+    use nijigen::pipeline::Memory;
+    use nijigen::runtime::plan::Placement;
+    use nijigen::runtime::Accountant;
+    let idx = wan22_index();
+    let (_dir, files) = write_wan22_files("budget", false);
+    let req = wan22_request(&idx);
+    let base = video::generate(&files, &req, &opts(), &mut |_| {}).expect("unconstrained");
+    let streamed = Placement::Streamed {
+        blocks: vec![0, 0],
+        slots: 2,
+    };
+    let run = |high: Placement, low: Placement| {
+        let memory = Memory {
+            accountant: Accountant::with_budget(1 << 30),
+            placements: vec![
+                (nijigen::models::T5.component, Placement::Cpu),
+                (nijigen::models::DIT_HIGH.component, high),
+                (nijigen::models::DIT.component, low),
+                (nijigen::models::VAE_WAN.component, Placement::Cpu),
+            ],
+            ..Default::default()
+        };
+        let o = RunOptions {
+            memory: Some(memory.clone()),
+            ..opts()
+        };
+        let out = video::generate(&files, &req, &o, &mut |_| {}).expect("budgeted");
+        assert!(
+            out.latent == base.latent && out.frames == base.frames,
+            "output differs"
+        );
+        assert_eq!(memory.accountant.used(), 0, "everything given back");
+        let peak = memory.accountant.peak();
+        eprintln!("peak {peak} bytes {:?}", memory.accountant.peak_breakdown());
+        peak
+    };
+    let high = run(Placement::Resident, Placement::Cpu);
+    let low = run(Placement::Cpu, Placement::Resident);
+    let both = run(Placement::Resident, Placement::Resident);
+    let weights = |p: &Path| std::fs::metadata(p).expect("expert file").len();
+    let low_weights = weights(&files.model);
+    assert!(
+        high > low_weights && low > low_weights,
+        "{high} {low} {low_weights}"
+    );
+    assert_eq!(
+        both,
+        high.max(low),
+        "both resident: the larger expert's peak alone"
+    );
+    run(streamed.clone(), streamed);
 }

@@ -92,6 +92,7 @@ pub fn explain(e: PipelineError) -> anyhow::Error {
                 hint: format!("give it with {flag}"),
             })
         }
+        PipelineError::Experts { hint, .. } => hint,
         PipelineError::Plan(p) => match p.hint() {
             Some(h) => h,
             None => return anyhow::Error::new(e),

@@ -21,7 +21,11 @@ use crate::sampling::{SamplerKind, Scheduler};
 #[command(after_help = "Example (12 GB card, city96 GGUF files):\n  \
     nijigen video --model wan2.1-i2v-14b-480p-Q4_K_M.gguf --t5 umt5-xxl-encoder-Q8_0.gguf \\\n    \
     --clip-vision clip_vision_h.safetensors --vae wan_2.1_vae.safetensors \\\n    \
-    -i still.png -p 'she turns her head and smiles, hair blowing in the wind' -o clip.mp4")]
+    -i still.png -p 'she turns her head and smiles, hair blowing in the wind' -o clip.mp4\n\n\
+    Wan2.2 I2V-A14B (two experts; no CLIP vision; official settings by default):\n  \
+    nijigen video --model Wan2.2-I2V-A14B-LowNoise-Q4_K_M.gguf \\\n    \
+    --high-noise-model Wan2.2-I2V-A14B-HighNoise-Q4_K_M.gguf --t5 umt5-xxl-encoder-Q8_0.gguf \\\n    \
+    --vae wan_2.1_vae.safetensors -i still.png -p 'she waves' -o clip.mp4")]
 pub struct VideoArgs {
     /// Wan DiT: GGUF (any quant), ComfyUI .safetensors, or a diffusers folder; for Wan2.2
     /// A14B the low-noise expert (or either expert alone). A path, or a file name in

@@ -74,6 +74,9 @@ pub enum PipelineError {
     Mismatch(String),
     #[error("{0}")]
     Request(String),
+    /// Wan2.2's pair of experts is not a pair (a Wan2.1 DiT, I2V with T2V, other sizes).
+    #[error("{message}")]
+    Experts { message: String, hint: String },
     #[error(transparent)]
     Lora(#[from] crate::lora::LoraError),
     #[error(transparent)]

@@ -388,6 +388,7 @@ fn fill_components(
 /// Checks the pair of experts `files` names, if any ([`check_experts`]), from their tensor
 /// tables: before a run computes anything.
 pub(crate) fn check_pair(opened: &OpenFiles, files: &WanFiles) -> Result<(), PipelineError> {
+    check_high_loras(files)?;
     let mut files = files.clone();
     if files.model.is_dir() {
         let dir = files.model.clone();
@@ -400,6 +401,20 @@ pub(crate) fn check_pair(opened: &OpenFiles, files: &WanFiles) -> Result<(), Pip
     let low = open_as(opened, &files.model, &archs, "a Wan DiT")?;
     let high = open_as(opened, high, &archs, "a Wan2.2 high-noise expert")?;
     check_experts(&low, dit_kind(&low)?, &high, dit_kind(&high)?)
+}
+
+/// High-noise LoRAs need the high-noise expert (a diffusers folder with `transformer_2` has
+/// one).
+fn check_high_loras(files: &WanFiles) -> Result<(), PipelineError> {
+    let pair = files.high_noise_model.is_some()
+        || (files.model.is_dir() && files.model.join("transformer_2").is_dir());
+    if pair || files.high_noise_loras.is_empty() {
+        return Ok(());
+    }
+    Err(PipelineError::Experts {
+        message: "--high-noise-lora without a high-noise expert".into(),
+        hint: "add --high-noise-model FILE (the expert it applies to), or use --lora".into(),
+    })
 }
 
 /// The official settings of the Wan2.2 A14B model `files` name, `None` for other models: a
@@ -609,35 +624,53 @@ fn check_experts(
     high_kind: WanDitKind,
 ) -> Result<(), PipelineError> {
     let example = |which: &str| {
-        format!("e.g. wan2.2_i2v_{which}_noise_14B_fp8_scaled.safetensors or Wan2.2-I2V-A14B-{}Noise-Q4_K_M.gguf",
-            if which == "high" { "High" } else { "Low" })
+        let cap = if which == "high" { "High" } else { "Low" };
+        format!(
+            "e.g. wan2.2_i2v_{which}_noise_14B_fp8_scaled.safetensors or \
+             Wan2.2-I2V-A14B-{cap}Noise-Q4_K_M.gguf"
+        )
     };
+    let err = |message: String, hint: String| Err(PipelineError::Experts { message, hint });
     if high_kind == WanDitKind::Wan21I2v {
-        return Err(PipelineError::Request(format!(
-            "--high-noise-model {} is {}, not a Wan2.2 expert: it takes Wan2.2's high-noise \
-            expert ({}); for Wan2.1 leave --high-noise-model out",
-            high.0.display(),
-            kind_words(high_kind, &high.0),
-            example("high")
-        )));
+        return err(
+            format!(
+                "--high-noise-model {} is {}, not a Wan2.2 expert",
+                high.0.display(),
+                kind_words(high_kind, &high.0)
+            ),
+            format!(
+                "it takes Wan2.2's high-noise expert ({}); for Wan2.1 leave \
+                 --high-noise-model out",
+                example("high")
+            ),
+        );
     }
     if low_kind == WanDitKind::Wan21I2v {
-        return Err(PipelineError::Request(format!(
-            "--model {} is {}, but --high-noise-model is a Wan2.2 expert: pass Wan2.2's \
-            low-noise expert as --model ({})",
-            low.0.display(),
-            kind_words(low_kind, &low.0),
-            example("low")
-        )));
+        return err(
+            format!(
+                "--model {} is {}, but --high-noise-model is a Wan2.2 expert",
+                low.0.display(),
+                kind_words(low_kind, &low.0)
+            ),
+            format!(
+                "pass Wan2.2's low-noise expert as --model ({})",
+                example("low")
+            ),
+        );
     }
     if low_kind != high_kind {
-        return Err(PipelineError::Request(format!(
-            "the experts do not match: --model {} is {} but --high-noise-model {} is {}",
-            low.0.display(),
-            kind_words(low_kind, &low.0),
-            high.0.display(),
-            kind_words(high_kind, &high.0)
-        )));
+        return err(
+            format!(
+                "the experts do not match: --model {} is {} but --high-noise-model {} is {}",
+                low.0.display(),
+                kind_words(low_kind, &low.0),
+                high.0.display(),
+                kind_words(high_kind, &high.0)
+            ),
+            "give the two experts of one model: both I2V (wan2.2_i2v_*) or both T2V \
+             (wan2.2_t2v_*)"
+                .into(),
+        );
     }
     let sizes = |s: &(PathBuf, Arc<WeightStore>)| -> Result<_, PipelineError> {
         let set = s.1.load_meta(|_| true)?;
@@ -647,18 +680,21 @@ fn check_experts(
     };
     let (a, b) = (sizes(low)?, sizes(high)?);
     if a != b {
-        return Err(PipelineError::Mismatch(format!(
-            "the experts differ in size: --model {} has dim {}, {} blocks, {} input channels; \
-            --high-noise-model {} has dim {}, {} blocks, {} input channels",
-            low.0.display(),
-            a.0,
-            a.1,
-            a.2,
-            high.0.display(),
-            b.0,
-            b.1,
-            b.2
-        )));
+        return err(
+            format!(
+                "the experts differ in size: --model {} has dim {}, {} blocks; \
+                 --high-noise-model {} has dim {}, {} blocks",
+                low.0.display(),
+                a.0,
+                a.1,
+                high.0.display(),
+                b.0,
+                b.1
+            ),
+            "give the two experts of one model (Wan2.2 A14B: dim 5120, 40 blocks each); \
+             `nijigen info FILE` shows what a file is"
+                .into(),
+        );
     }
     use names::wan::{expert_by_name, ExpertName};
     if expert_by_name(&low.0) == Some(ExpertName::HighNoise)
@@ -787,11 +823,7 @@ fn with_models_in<R>(
 ) -> Result<R, PipelineError> {
     events(Event::Stage { name: "load" });
     let stores = Stores::open(opened, files, needs_image)?;
-    if stores.high.is_none() && !files.high_noise_loras.is_empty() {
-        return Err(PipelineError::Request(
-            "--high-noise-lora needs --high-noise-model (the expert it applies to)".into(),
-        ));
-    }
+    check_high_loras(files)?;
     let lora_files = open_loras(&files.loras)?;
     let high_lora_files = open_loras(&files.high_noise_loras)?;
     let threads = opts.cpu_threads();
@@ -1142,6 +1174,8 @@ impl<'w> WanModels<'w> {
                     ));
                 };
                 placed::<WanDit, _>(opts, &DIT_HIGH, cpu, (set, ""), self.high_adapters, |m| {
+                    // Its buffers are leased under its own name ("dit_high compute").
+                    m.runner_mut().set_name(DIT_HIGH.component.name());
                     f(m, opts)
                 })
             }

@@ -739,3 +739,35 @@ fn orig_shape_metadata_overrides_stored_shape() {
         Architecture::WAN_DIT_I2V
     );
 }
+
+#[test]
+fn wan22_experts_are_named_by_their_files() {
+    use super::wan::{expert_by_name, is_wan22_by_name, ExpertName};
+    use std::path::Path;
+    let cases = [
+        (
+            "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+            Some(ExpertName::HighNoise),
+            true,
+        ),
+        (
+            "Wan2.2-I2V-A14B-LowNoise-Q4_K_M.gguf",
+            Some(ExpertName::LowNoise),
+            true,
+        ),
+        (
+            "wan2.2_t2v_low_noise_14B_fp16.safetensors",
+            Some(ExpertName::LowNoise),
+            true,
+        ),
+        ("wan22-t2v-a14b.gguf", None, true),
+        ("wan2.1_t2v_14B_fp16.safetensors", None, false),
+        ("wan2.1-i2v-14b-480p-Q4_K_M.gguf", None, false),
+        ("high_noise_and_low_noise.gguf", None, false),
+    ];
+    for (name, expert, wan22) in cases {
+        let p = Path::new("/models").join(name);
+        assert_eq!(expert_by_name(&p), expert, "{name}");
+        assert_eq!(is_wan22_by_name(&p), wan22, "{name}");
+    }
+}
