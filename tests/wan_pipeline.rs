@@ -2469,3 +2469,126 @@ fn wan22_experts_are_never_on_the_device_together() {
     );
     run(streamed.clone(), streamed);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Step caching (tools/reference/make_step_cache_fixtures.py): the Wan2.1 run above over 20
+// steps, EasyCache's decision code as its script runs it (tools/reference/STEP_CACHE.md) on
+// diffusers' DiT. The decisions must be the same letter for letter (the closest one is 6.5 %
+// from its threshold); the final latent within rel 1e-5 (measured 1.8e-6 and 1.6e-6).
+
+const SC: &str = "tests/fixtures/step_cache";
+
+#[test]
+fn easycache_makes_the_reference_decisions() {
+    use nijigen::pipeline::step_cache::{CacheMethod, CacheSettings};
+    let idx: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(SC).join("index.json")).expect("index.json"),
+    )
+    .expect("index parses");
+    let s = &idx["settings"];
+    let steps = s["steps"].as_u64().unwrap() as usize;
+    let (_dir, files) = write_files("step_cache", false);
+    let req = WanRequest {
+        steps,
+        keep_decoded: false,
+        ..request(&index())
+    };
+    assert_eq!(
+        (req.cfg, req.shift),
+        (5.0, Some(3.0)),
+        "the reference's settings"
+    );
+    let off = video::generate(&files, &req, &opts(), &mut |_| {}).expect("no cache");
+    assert!(off.cache.is_none());
+    let want_off = read_f32_entry(SC, &idx["final_latent_off"]).0;
+    close("no cache, 20 steps", &off.latent, &want_off, 1e-5);
+    let mut checked = 0;
+    for run in idx["runs"].as_array().unwrap() {
+        let p = &run["params"];
+        if run["method"] != "easycache" || p["residual"] != "output space (velocity - latent)" {
+            continue;
+        }
+        let retain_steps = p["ret_steps_calls"].as_u64().unwrap() as f32 / 2.0;
+        let settings = CacheSettings {
+            method: CacheMethod::EasyCache,
+            threshold: p["thresh"].as_f64().unwrap() as f32,
+            retain: retain_steps / steps as f32,
+        };
+        let cached = WanRequest {
+            cache: Some(settings),
+            ..req.clone()
+        };
+        let out = video::generate(&files, &cached, &opts(), &mut |_| {}).expect("cache");
+        let r = out.cache.expect("cache report");
+        let name = run["name"].as_str().unwrap();
+        assert_eq!(
+            r.pattern[0],
+            run["pattern_cond"].as_str().unwrap(),
+            "{name}: cond"
+        );
+        assert_eq!(
+            r.pattern[1],
+            run["pattern_uncond"].as_str().unwrap(),
+            "{name}: uncond"
+        );
+        assert_eq!(
+            r.skipped_total() as u64,
+            run["skipped_calls"].as_u64().unwrap(),
+            "{name}"
+        );
+        eprintln!(
+            "{name}: {} ({} of {} passes skipped)",
+            r.pattern[0],
+            r.skipped_total(),
+            2 * steps
+        );
+        if settings.threshold == 0.0 {
+            assert!(
+                out.latent == off.latent,
+                "{name}: threshold 0 is not bit-identical"
+            );
+        } else {
+            let want = read_f32_entry(SC, &run["final_latent"]).0;
+            close(&format!("{name}: final latent"), &out.latent, &want, 1e-5);
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "the reference's EasyCache runs");
+}
+
+/// `nijigen video --cache easycache:1 --json`: the counts in the summary, the setting in the
+/// sidecar, and the same skips as the library run above.
+#[test]
+fn cli_video_reports_the_cache() {
+    let idx = index();
+    let (dir, files) = write_files("cli_cache", false);
+    let out = dir.join("cached.mp4");
+    let frames_dir = dir.join("frames");
+    let mut args = video_args(&idx, &files, &out, &frames_dir);
+    let at = args.iter().position(|a| a == "--steps").unwrap();
+    args[at + 1] = "20".into();
+    args.extend(["--cache".into(), "easycache:1".into(), "--json".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = nijigen(&refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: Value = serde_json::from_str(common::stdout(&o).trim()).expect("one JSON object");
+    let c = &j["cache"];
+    assert_eq!(c["method"], "easycache");
+    assert_eq!(
+        (c["computed"].as_u64(), c["skipped"].as_u64()),
+        (Some(16), Some(24)),
+        "{c}"
+    );
+    assert_eq!(c["pattern"][0], "CCCCsCsssCsssssCsssC");
+    let sidecar: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("cached.mp4.json")).expect("sidecar"),
+    )
+    .expect("sidecar parses");
+    assert_eq!(sidecar["cache"], "easycache:1");
+    let bad = nijigen(&["video", "-m", "x.gguf", "--cache", "magic"]);
+    let e = stderr(&bad);
+    assert!(
+        !bad.status.success() && e.contains("use off or easycache"),
+        "{e}"
+    );
+}

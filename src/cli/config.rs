@@ -18,7 +18,7 @@ use super::settings::{self, Layers};
     [image] model, clip_l, clip_g, vae, steps, cfg, sampler, scheduler, negative_prompt, width, \
     height; [video] model, high_noise_model, t5, t5_tokenizer, clip_vision, vae, steps, cfg, \
     shift, sampler, scheduler, negative_prompt, width, height, frames, fps, boundary, \
-    high_noise_steps, high_noise_cfg, high_noise_sampler.\n\
+    high_noise_steps, high_noise_cfg, high_noise_sampler, cache.\n\
     The file: $NIJIGEN_CONFIG, else ./nijigen.toml, else $XDG_CONFIG_HOME/nijigen/nijigen.toml \
     (~/.config/nijigen/nijigen.toml). Flags override it."
 )]
@@ -55,6 +55,7 @@ fn default_value(section: &str, key: &str) -> serde_json::Value {
         ("video", "scheduler") => v.scheduler.to_string(),
         ("video", "frames") => v.frames.to_string(),
         ("video", "fps") => v.fps.to_string(),
+        ("video", "cache") => "off".to_string(),
         _ => String::new(),
     };
     if text.is_empty() {

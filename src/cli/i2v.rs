@@ -191,6 +191,10 @@ pub struct I2vArgs {
     /// Video: decode with the Wan VAE in spatial tiles of SIZE pixels.
     #[arg(long, value_name = "SIZE", help_heading = "Performance")]
     pub video_vae_tile: Option<u32>,
+    /// Video: step caching, off or easycache[:THRESH] (as `nijigen video --cache`)
+    /// [default: off]
+    #[arg(long, value_name = "METHOD", help_heading = "Performance")]
+    pub video_cache: Option<String>,
     /// Device memory each stage may use: 12G, 11.5GiB, 900M. Both stages' plans must fit it
     /// (checked before computing). Default on a GPU: its free memory less 256 MiB; with
     /// --device cpu a budget is simulated.
@@ -258,6 +262,8 @@ pub struct I2vSettings {
     pub threads: Setting<usize>,
     pub image_vae_tile: Option<u32>,
     pub video_vae_tile: Option<u32>,
+    /// `--video-cache`; `None`: off.
+    pub video_cache: Option<crate::pipeline::step_cache::CacheSettings>,
     pub vram_budget: Option<Setting<u64>>,
     pub offload: Offload,
     pub text_encoder_device: EncoderDevice,
@@ -361,6 +367,9 @@ impl I2vSettings {
             threads: layers.threads(args.threads),
             image_vae_tile: args.image_vae_tile,
             video_vae_tile: args.video_vae_tile,
+            video_cache: super::video::parse_cache(
+                args.video_cache.or(v.cache.clone()).as_deref(),
+            )?,
             vram_budget: layers.vram_budget(args.vram_budget)?,
             offload: args.offload.unwrap_or_default(),
             text_encoder_device: args.text_encoder_device.unwrap_or_default(),
@@ -501,6 +510,7 @@ impl I2vSettings {
             json: self.json,
             device: self.device.clone(),
             vae_tile: self.video_vae_tile,
+            cache: self.video_cache,
             threads: self.threads.clone(),
             vram_budget: self.vram_budget.clone(),
             offload: self.offload,
@@ -585,6 +595,9 @@ pub struct I2vSummary {
     pub peak_ram_bytes: Option<u64>,
     /// Resident memory between the stages, after stage 1 released its models.
     pub ram_between_stages_bytes: Option<u64>,
+    /// With `--video-cache`: as `nijigen video --json`'s `cache`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<serde_json::Value>,
     /// With a budget: the accountant's peak over both stages (on a GPU, or simulated with
     /// --device cpu), and the budget.
     #[serde(flatten)]
@@ -742,6 +755,11 @@ pub fn execute_job(run: &I2vRun, quiet: bool, chatty: bool) -> anyhow::Result<I2
         total_s: start.elapsed().as_secs_f64(),
         peak_ram_bytes: peak_rss_bytes(),
         ram_between_stages_bytes: ram_between,
+        cache: video_req
+            .cache
+            .as_ref()
+            .zip(out.video.cache.as_ref())
+            .map(|(s, r)| super::progress::Summary::cache_json(s, r)),
         device: super::progress::DeviceUse::of(memory.as_ref()),
     })
 }

@@ -364,6 +364,7 @@ pub fn run(s: &ImageSettings, quiet: bool, find: &Search) -> anyhow::Result<()> 
         .with_context(|| format!("writing {}", path.display()))?;
     }
     let summary = Summary {
+        cache: None,
         outputs: paths.clone(),
         seed,
         timings: out.timings.clone(),

@@ -21,6 +21,10 @@ pub struct Summary {
     /// Where the run computed and the device memory it used.
     #[serde(flatten)]
     pub device: DeviceUse,
+    /// With `--cache`: the method, its threshold and the DiT passes computed and skipped
+    /// (both CFG branches together, and per branch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<serde_json::Value>,
 }
 
 /// The device part of a run's summary (flattened into its JSON).
@@ -67,14 +71,41 @@ impl DeviceUse {
 impl Summary {
     /// "seed 42; load 1.0 s, encode ..., total 9.9 s; peak RAM 1.2 GiB".
     pub fn line(&self) -> String {
+        let cache = match &self.cache {
+            Some(c) => format!(
+                "; cache {}: {} of {} DiT passes skipped",
+                c["setting"].as_str().unwrap_or("?"),
+                c["skipped"],
+                c["skipped"].as_u64().unwrap_or(0) + c["computed"].as_u64().unwrap_or(0)
+            ),
+            None => String::new(),
+        };
         format!(
-            "seed {}; {}, total {:.1} s; peak RAM {}{}",
+            "seed {}; {}, total {:.1} s; peak RAM {}{}{cache}",
             self.seed,
             timings_text(&self.timings),
             self.total_s,
             ram_text(self.peak_ram_bytes),
             self.device.text()
         )
+    }
+
+    /// The `cache` object of a run that used `settings` and did `report`.
+    pub fn cache_json(
+        settings: &crate::pipeline::step_cache::CacheSettings,
+        report: &crate::pipeline::step_cache::CacheReport,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "method": settings.method,
+            "threshold": settings.threshold,
+            "retain": settings.retain,
+            "setting": settings.to_string(),
+            "computed": report.computed_total(),
+            "skipped": report.skipped_total(),
+            "computed_per_branch": report.computed,
+            "skipped_per_branch": report.skipped,
+            "pattern": report.pattern,
+        })
     }
 }
 

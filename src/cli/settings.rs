@@ -183,10 +183,6 @@ pub struct VideoSection {
     pub model: Option<PathBuf>,
     /// Wan2.2 A14B's high-noise expert.
     pub high_noise_model: Option<PathBuf>,
-    pub boundary: Option<f64>,
-    pub high_noise_steps: Option<usize>,
-    pub high_noise_cfg: Option<f32>,
-    pub high_noise_sampler: Option<String>,
     pub t5: Option<PathBuf>,
     pub t5_tokenizer: Option<PathBuf>,
     pub clip_vision: Option<PathBuf>,
@@ -201,6 +197,13 @@ pub struct VideoSection {
     pub height: Option<u32>,
     pub frames: Option<usize>,
     pub fps: Option<u32>,
+    /// Wan2.2 A14B's switch between its experts.
+    pub boundary: Option<f64>,
+    pub high_noise_steps: Option<usize>,
+    pub high_noise_cfg: Option<f32>,
+    pub high_noise_sampler: Option<String>,
+    /// `--cache`: off or easycache[:THRESH].
+    pub cache: Option<String>,
 }
 
 /// nijigen.toml.

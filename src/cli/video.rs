@@ -131,6 +131,10 @@ pub struct VideoArgs {
     /// Decode with the VAE in spatial tiles of SIZE pixels (less memory; seams blended).
     #[arg(long, value_name = "SIZE", help_heading = "Performance")]
     pub vae_tile: Option<u32>,
+    /// Step caching: off, or easycache[:THRESH] (skips DiT passes predicted to change little;
+    /// EasyCache's default threshold 0.05, higher skips more) [default: off]
+    #[arg(long, value_name = "METHOD", help_heading = "Performance")]
+    pub cache: Option<String>,
     /// CPU threads (default: all cores) [default: 0]
     #[arg(long, short = 't', help_heading = "Performance")]
     pub threads: Option<usize>,
@@ -210,6 +214,8 @@ pub struct VideoSettings {
     pub json: bool,
     pub device: String,
     pub vae_tile: Option<u32>,
+    /// `--cache`; `None`: off.
+    pub cache: Option<crate::pipeline::step_cache::CacheSettings>,
     pub threads: Setting<usize>,
     pub vram_budget: Option<Setting<u64>>,
     pub offload: Offload,
@@ -287,6 +293,7 @@ impl VideoSettings {
             json: args.json,
             device: args.device.unwrap_or_else(|| settings::DEVICE.into()),
             vae_tile: args.vae_tile,
+            cache: parse_cache(args.cache.or(f.cache.clone()).as_deref())?,
             threads: layers.threads(args.threads),
             vram_budget: layers.vram_budget(args.vram_budget)?,
             offload: args.offload.unwrap_or_default(),
@@ -365,6 +372,23 @@ pub(super) fn request(
         high_noise_steps: s.experts.high_noise_steps,
         high_noise_cfg,
         high_noise_sampler: s.experts.high_noise_sampler,
+        cache: s.cache,
+    }
+}
+
+/// `--cache` (or `cache` in nijigen.toml): `None` when off or not given.
+pub(super) fn parse_cache(
+    v: Option<&str>,
+) -> anyhow::Result<Option<crate::pipeline::step_cache::CacheSettings>> {
+    match v {
+        None => Ok(None),
+        Some(v) => crate::pipeline::step_cache::CacheSettings::parse(v).map_err(|e| {
+            WithHint {
+                error: e,
+                hint: "e.g. --cache easycache:0.1 (higher skips more steps)".into(),
+            }
+            .into()
+        }),
     }
 }
 
@@ -490,6 +514,11 @@ pub fn run(s: &VideoSettings, quiet: bool, find: &Search) -> anyhow::Result<()> 
     let frames_note = outputs.frames_note();
     let paths = outputs.finish()?;
     let summary = Summary {
+        cache: req
+            .cache
+            .as_ref()
+            .zip(out.cache.as_ref())
+            .map(|(s, r)| Summary::cache_json(s, r)),
         outputs: paths.clone(),
         seed,
         timings: out.timings.clone(),

@@ -6,6 +6,7 @@ pub mod image;
 pub mod inspect;
 pub mod output;
 pub mod plan;
+pub mod step_cache;
 pub mod video;
 
 use std::path::PathBuf;

@@ -102,6 +102,7 @@ fn parameters_json(target: &VideoTarget, files: &WanFiles, req: &WanRequest) -> 
         "seed": req.seed,
             "rng": "torch",
             "vae_tile": req.vae_tile,
+        "cache": req.cache.map(|c| c.to_string()),
         "version": crate::media::params::nijigen_version(),
     });
     let mut v = v;

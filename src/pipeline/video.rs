@@ -24,6 +24,7 @@ use super::plan::{
     nothing_to_plan, open_net, open_required, spec, stage_plan, when_budgeted, Finished, Job,
     MemoryOptions, OpenFiles, StagePlan,
 };
+use super::step_cache::{CacheReport, CacheSettings, EasyCache};
 pub use super::{from_rgb8, to_rgb8, InitImage};
 use super::{inspect, placed, Event, Options, PipelineError, RunOptions, Timings};
 use crate::formats::names::{self, Architecture};
@@ -149,6 +150,8 @@ pub struct WanRequest {
     /// The high-noise expert's sampler; `None`: `sampler`. A different one samples the two
     /// phases in two runs, as [`WanRequest::high_noise_steps`].
     pub high_noise_sampler: Option<SamplerKind>,
+    /// Step caching (`--cache`); `None`: every DiT pass is computed.
+    pub cache: Option<CacheSettings>,
 }
 
 impl Default for WanRequest {
@@ -172,6 +175,7 @@ impl Default for WanRequest {
             high_noise_steps: None,
             high_noise_cfg: None,
             high_noise_sampler: None,
+            cache: None,
         }
     }
 }
@@ -213,6 +217,8 @@ pub struct WanOutput {
     pub shift: f64,
     /// With two experts: the steps the high-noise expert sampled (the switch step).
     pub high_noise_steps: Option<usize>,
+    /// With `--cache`: the DiT passes computed and skipped.
+    pub cache: Option<CacheReport>,
     pub timings: Timings,
 }
 
@@ -278,6 +284,20 @@ pub fn validate(req: &WanRequest) -> Result<(), PipelineError> {
     if let Some(c) = req.high_noise_cfg {
         if !c.is_finite() || c < 0.0 {
             return bad(format!("high-noise cfg {c}: must be a number >= 0"));
+        }
+    }
+    if let Some(c) = &req.cache {
+        // The cache counts one model call per step and branch.
+        for s in [Some(req.sampler), req.high_noise_sampler]
+            .into_iter()
+            .flatten()
+        {
+            if s == SamplerKind::Heun {
+                return bad(format!(
+                    "--cache {c} with the heun sampler: the cache needs a sampler with one \
+                     model call per step (euler, uni_pc, dpmpp_2m, ...)"
+                ));
+            }
         }
     }
     Ok(())
@@ -781,6 +801,8 @@ pub struct WanModels<'w> {
     high_adapters: Option<&'w Adapters>,
     /// The high-noise expert's file: its pages are released once it is done.
     high_store: Option<&'w WeightStore>,
+    /// What `--cache` did in the run so far.
+    cache_report: Option<CacheReport>,
     opts: RunOptions,
 }
 
@@ -947,6 +969,7 @@ fn with_models_in<R>(
         adapters: adapters.as_ref(),
         high_adapters: high_adapters.as_ref(),
         high_store: stores.high.as_ref().map(|h| &*h.1),
+        cache_report: None,
         opts: opts.clone(),
     };
     f(&mut models, events)
@@ -1348,7 +1371,9 @@ impl<'w> WanModels<'w> {
             clip: clip.as_deref(),
             y: y.as_deref(),
             thw: (t, lh, lw),
+            cache: req.cache,
         };
+        self.cache_report = req.cache.map(|_| CacheReport::default());
         events(Event::Stage { name: "sample" });
         let t_sample = Instant::now();
         let (mut latent, high_noise_steps) = match self.high.is_some() {
@@ -1412,6 +1437,7 @@ impl<'w> WanModels<'w> {
             seed: req.seed,
             shift,
             high_noise_steps,
+            cache: self.cache_report.take(),
             timings,
         })
     }
@@ -1591,18 +1617,25 @@ impl<'w> WanModels<'w> {
         events: &mut dyn FnMut(Event),
     ) -> Result<(), PipelineError> {
         let param = sampling.parameterization();
-        self.with_expert(phase.expert, |dit, opts| {
+        let neg_text = cond.neg_text.filter(|_| phase.cfg != 1.0);
+        // Each phase (expert) its own cache, counting the whole run's steps.
+        let mut cache = cond.cache.map(|c| {
+            let per_step = if neg_text.is_some() { 2 } else { 1 };
+            EasyCache::new(&c, phase.total, per_step, offset + phase.steps.start)
+        });
+        let r = self.with_expert(phase.expert, |dit, opts| {
             let mut denoiser = WanDenoiser {
                 dit,
                 opts,
                 sampling,
                 param,
                 text: cond.text,
-                neg_text: cond.neg_text.filter(|_| phase.cfg != 1.0),
+                neg_text,
                 clip: cond.clip,
                 y: cond.y,
                 cfg: phase.cfg,
                 thw: cond.thw,
+                cache: cache.as_mut(),
             };
             super::run_steps_until(
                 stepper,
@@ -1612,7 +1645,11 @@ impl<'w> WanModels<'w> {
                 phase.steps.end,
                 (offset, phase.total),
             )
-        })
+        });
+        if let (Some(total), Some(c)) = (self.cache_report.as_mut(), &cache) {
+            total.add(c.report());
+        }
+        r
     }
 }
 
@@ -1647,6 +1684,7 @@ struct Conditions<'a> {
     clip: Option<&'a [f32]>,
     y: Option<&'a [f32]>,
     thw: (usize, usize, usize),
+    cache: Option<CacheSettings>,
 }
 
 /// The steps one expert samples, with its sampler and guidance.
@@ -1720,6 +1758,26 @@ struct WanDenoiser<'m, 'x> {
     y: Option<&'m [f32]>,
     cfg: f32,
     thw: (usize, usize, usize),
+    /// `--cache`: decides which passes run.
+    cache: Option<&'m mut EasyCache>,
+}
+
+impl WanDenoiser<'_, '_> {
+    /// One DiT pass on `x_in` with `text`, through the cache when there is one.
+    fn forward(
+        &mut self,
+        x_in: &[f32],
+        timestep: f32,
+        text: &[f32],
+    ) -> Result<Vec<f32>, PipelineError> {
+        let (dit, clip, y, thw) = (&mut *self.dit, self.clip, self.y, self.thw);
+        match self.cache.as_deref_mut() {
+            Some(c) => c.call(x_in, || {
+                dit_forward(dit, x_in, timestep, text, clip, y, thw)
+            }),
+            None => dit_forward(dit, x_in, timestep, text, clip, y, thw),
+        }
+    }
 }
 
 impl Denoiser for WanDenoiser<'_, '_> {
@@ -1728,14 +1786,12 @@ impl Denoiser for WanDenoiser<'_, '_> {
     fn denoise(&mut self, x: &[f32], sigma: f32) -> Result<Vec<f32>, PipelineError> {
         let timestep = self.sampling.timestep(sigma);
         let x_in = self.param.scale_input(sigma, x);
-        let vc = dit_forward(
-            self.dit, &x_in, timestep, self.text, self.clip, self.y, self.thw,
-        )?;
+        let vc = self.forward(&x_in, timestep, self.text)?;
         let dc = self.param.denoised(sigma, &vc, x);
         match self.neg_text {
             Some(neg) => {
                 self.opts.check_cancel()?;
-                let vu = dit_forward(self.dit, &x_in, timestep, neg, self.clip, self.y, self.thw)?;
+                let vu = self.forward(&x_in, timestep, neg)?;
                 let du = self.param.denoised(sigma, &vu, x);
                 let mut out = vec![0f32; x.len()];
                 apply_cfg(&du, &dc, self.cfg, &mut out);
