@@ -1221,7 +1221,7 @@ fn wan_i2v_14b_real_size() {
     assert_eq!(d.architecture, Architecture::WAN_DIT_I2V);
     assert_eq!(
         described(&list, "", &[]).summary,
-        "Wan I2V DiT (no CLIP image branch), dim 5120, 40 blocks, 40 heads, ffn 13824"
+        "Wan2.2 I2V-A14B expert, dim 5120, 40 blocks, 40 heads, ffn 13824"
     );
 }
 
@@ -1530,12 +1530,7 @@ fn community_gguf_architecture_values_are_recognised_by_info() {
     let unet = sdxl_unet(32, &[1, 2], &[0, 1], 2, 64, 80);
     let umt5 = fixture("umt5_gguf.txt");
     let cases = [
-        (
-            "wan",
-            &wan22_i2v,
-            "wan-dit-i2v",
-            "Wan I2V DiT (no CLIP image branch)",
-        ),
+        ("wan", &wan22_i2v, "wan-dit-i2v", "Wan2.2 I2V-A14B expert"),
         ("wan", &wan21_i2v, "wan-dit-i2v", "Wan2.1 I2V DiT"),
         ("wan", &wan_t2v, "wan-dit-t2v", "Wan T2V DiT"),
         ("sdxl", &unet, "sdxl-unet", "SDXL UNet"),

@@ -2479,7 +2479,7 @@ fn wan22_experts_are_never_on_the_device_together() {
 const SC: &str = "tests/fixtures/step_cache";
 
 #[test]
-fn easycache_makes_the_reference_decisions() {
+fn step_caches_make_the_reference_decisions() {
     use nijigen::pipeline::step_cache::{CacheMethod, CacheSettings};
     let idx: Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(SC).join("index.json")).expect("index.json"),
@@ -2505,14 +2505,36 @@ fn easycache_makes_the_reference_decisions() {
     let mut checked = 0;
     for run in idx["runs"].as_array().unwrap() {
         let p = &run["params"];
-        if run["method"] != "easycache" || p["residual"] != "output space (velocity - latent)" {
-            continue;
-        }
-        let retain_steps = p["ret_steps_calls"].as_u64().unwrap() as f32 / 2.0;
-        let settings = CacheSettings {
-            method: CacheMethod::EasyCache,
-            threshold: p["thresh"].as_f64().unwrap() as f32,
-            retain: retain_steps / steps as f32,
+        let threshold = p["thresh"].as_f64().unwrap() as f32;
+        let settings = match run["method"].as_str().unwrap() {
+            // The script's residual (velocity - latent), not the token-space variant.
+            "easycache" if p["residual"] == "output space (velocity - latent)" => CacheSettings {
+                method: CacheMethod::EasyCache,
+                threshold,
+                retain: p["ret_steps_calls"].as_u64().unwrap() as f32 / 2.0 / steps as f32,
+                max_skips: 0,
+            },
+            // The use_ret_steps variant (480P) is the one we run.
+            "teacache" if p["use_ret_steps"] == true => {
+                assert_eq!(p["coefficients_of"], "i2v-480P use_ret_steps=True");
+                assert_eq!(p["ret_steps_calls"], 10);
+                CacheSettings {
+                    method: CacheMethod::TeaCache,
+                    threshold,
+                    retain: 0.0,
+                    max_skips: 0,
+                }
+            }
+            "magcache" => {
+                assert_eq!(p["mag_ratios_of"], "i2v-480P");
+                CacheSettings {
+                    method: CacheMethod::MagCache,
+                    threshold,
+                    retain: p["retention_ratio"].as_f64().unwrap() as f32,
+                    max_skips: p["K"].as_u64().unwrap() as usize,
+                }
+            }
+            _ => continue,
         };
         let cached = WanRequest {
             cache: Some(settings),
@@ -2553,7 +2575,7 @@ fn easycache_makes_the_reference_decisions() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 3, "the reference's EasyCache runs");
+    assert_eq!(checked, 8, "the reference's runs of the three methods");
 }
 
 /// `nijigen video --cache easycache:1 --json`: the counts in the summary, the setting in the
@@ -2588,7 +2610,7 @@ fn cli_video_reports_the_cache() {
     let bad = nijigen(&["video", "-m", "x.gguf", "--cache", "magic"]);
     let e = stderr(&bad);
     assert!(
-        !bad.status.success() && e.contains("use off or easycache"),
+        !bad.status.success() && e.contains("use off, easycache"),
         "{e}"
     );
 }

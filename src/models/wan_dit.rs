@@ -236,7 +236,24 @@ const K_TEXT: usize = 2;
 const K_COS: usize = 3;
 const K_SIN: usize = 4;
 const K_OUT: usize = 5;
-const K_IMAGE: usize = 6;
+/// Staged graphs: the hidden state carried between blocks, and the time modulation `e0`.
+const K_STATE_X: usize = 6;
+const K_STATE_E0: usize = 7;
+const K_IMAGE: usize = 8;
+
+/// Step caching over the block stack (TeaCache, MagCache): asked after the embeddings of
+/// each forward whether the blocks can be skipped, in which case the hidden state entering
+/// them plus the cached residual goes to the head.
+pub trait BlockCache {
+    /// Whether this call skips the blocks, given the time embedding's modulation `e0`
+    /// ([6, dim] row-major); only when it has a residual for it.
+    fn skip_blocks(&mut self, e0: &[f32]) -> bool;
+    /// The residual to add on a skip: [tokens, dim] row-major.
+    fn residual(&self) -> Option<&[f32]>;
+    /// The blocks ran: their residual (hidden state after the last block minus the one
+    /// entering the first).
+    fn store_residual(&mut self, residual: Vec<f32>);
+}
 
 struct Inputs<'c> {
     patches: Tensor<'c>,
@@ -398,6 +415,20 @@ impl<'w> WanDit<'w> {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>, WanDitError> {
+        self.forward_cached(x, timestep, text, image, (f, h, w), None)
+    }
+
+    /// [`WanDit::forward`] with a [`BlockCache`] deciding whether the blocks run (the graphs
+    /// are then staged: embeddings, blocks, head).
+    pub fn forward_cached(
+        &mut self,
+        x: &[f32],
+        timestep: f32,
+        text: &[f32],
+        image: Option<&[f32]>,
+        (f, h, w): (usize, usize, usize),
+        cache: Option<&mut dyn BlockCache>,
+    ) -> Result<Vec<f32>, WanDitError> {
         let cfg = self.config.clone();
         if f == 0 || h == 0 || w == 0 || h % 2 != 0 || w % 2 != 0 {
             return Err(WanDitError::Input(format!(
@@ -441,7 +472,7 @@ impl<'w> WanDit<'w> {
         let _span = tracing::debug_span!("wan_dit", dim = cfg.dim, tokens).entered();
 
         let shape: Shape = ((f, hp, wp), text.len() / cfg.text_dim, img_len);
-        let staged = self.stream.is_some();
+        let staged = self.stream.is_some() || cache.is_some();
         let key = [
             f,
             hp,
@@ -498,7 +529,25 @@ impl<'w> WanDit<'w> {
         }
         g.compute(0)?;
         let mut stats = StreamStats::default();
-        if staged {
+        if let Some(c) = cache {
+            let e0 = ggml::tensor_get_f32(g.tensor(K_STATE_E0)?)?;
+            let x0 = ggml::tensor_get_f32(g.tensor(K_STATE_X)?)?;
+            if c.skip_blocks(&e0) {
+                let r = c
+                    .residual()
+                    .filter(|r| r.len() == x0.len())
+                    .ok_or_else(|| {
+                        WanDitError::Input("the step cache skipped without a residual".into())
+                    })?;
+                let x: Vec<f32> = x0.iter().zip(r).map(|(a, b)| a + b).collect();
+                ggml::tensor_set_f32(g.tensor(K_STATE_X)?, &x)?;
+            } else {
+                stats = g.run_blocks::<WanDitError>(1, cfg.layers, stream)?;
+                let xl = ggml::tensor_get_f32(g.tensor(K_STATE_X)?)?;
+                c.store_residual(xl.iter().zip(&x0).map(|(a, b)| a - b).collect());
+            }
+            g.compute(g.len() - 1)?;
+        } else if staged {
             stats = g.run_blocks::<WanDitError>(1, cfg.layers, stream)?;
             g.compute(g.len() - 1)?;
         }
@@ -540,13 +589,13 @@ impl<'w> WanDit<'w> {
             let inp = self.inputs(ctx, (f, hp, wp), text_len, img_len, staged);
             let emb = self.embed(ctx, &inp)?;
             let mut keep = vec![inp.patches, inp.temb, inp.text, inp.cos, inp.sin];
-            let (graphs, state, out) = if staged {
+            let (graphs, state, out, carried) = if staged {
                 // Carried activations: copies of the embeddings' outputs.
                 let like = |t: Tensor<'_>| ctx.new_f32(&t.ne());
                 let st = Embedded {
-                    x: like(emb.x),
+                    x: like(emb.x).set_name("wan.state_x"),
                     e: like(emb.e),
-                    e0: like(emb.e0),
+                    e0: like(emb.e0).set_name("wan.state_e0"),
                     context: like(emb.context),
                     img: emb.img.map(like),
                 };
@@ -568,16 +617,18 @@ impl<'w> WanDit<'w> {
                 }
                 let out = self.head(ctx, st.x, st.e)?;
                 graphs.push(vec![out]);
-                (graphs, state, out)
+                (graphs, state, out, [st.x, st.e0])
             } else {
                 let mut x = emb.x;
                 for i in 0..layers {
                     x = self.block_of(ctx, i, x, &emb, &inp)?;
                 }
                 let out = self.head(ctx, x, emb.e)?;
-                (vec![vec![out]], Vec::new(), out)
+                // No carried state in one graph: the inputs stand in at its places.
+                (vec![vec![out]], Vec::new(), out, [inp.temb, inp.temb])
             };
             keep.push(out);
+            keep.extend(carried);
             keep.extend(inp.image);
             Ok(GraphSetParts {
                 keep,

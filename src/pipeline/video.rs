@@ -24,7 +24,7 @@ use super::plan::{
     nothing_to_plan, open_net, open_required, spec, stage_plan, when_budgeted, Finished, Job,
     MemoryOptions, OpenFiles, StagePlan,
 };
-use super::step_cache::{CacheReport, CacheSettings, EasyCache};
+use super::step_cache::{BlockStepCache, CacheReport, CacheSettings, Calibration, EasyCache};
 pub use super::{from_rgb8, to_rgb8, InitImage};
 use super::{inspect, placed, Event, Options, PipelineError, RunOptions, Timings};
 use crate::formats::names::{self, Architecture};
@@ -1252,7 +1252,7 @@ impl<'w> WanModels<'w> {
         thw: (usize, usize, usize),
     ) -> Result<Vec<f32>, PipelineError> {
         self.with_expert(expert, |dit, _| {
-            dit_forward(dit, x, timestep, text, None, y, thw)
+            dit_forward(dit, x, timestep, text, None, y, thw, None)
         })
     }
 
@@ -1269,7 +1269,7 @@ impl<'w> WanModels<'w> {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>, PipelineError> {
-        dit_forward(&mut self.dit, x, timestep, text, image, y, (t, h, w))
+        dit_forward(&mut self.dit, x, timestep, text, image, y, (t, h, w), None)
     }
 
     /// Decodes a normalised latent [z, t, h, w], handing each frame ([3, H, W] in [-1, 1]) to
@@ -1319,6 +1319,14 @@ impl<'w> WanModels<'w> {
         on_frame: &mut FrameSink<'_>,
     ) -> Result<WanOutput, PipelineError> {
         validate(req)?;
+        if let Some(c) = req.cache.filter(|c| c.is_block_cache()) {
+            if self.dit.config().kind() != WanDitKind::Wan21I2v || self.high.is_some() {
+                return Err(PipelineError::Request(format!(
+                    "--cache {c}: its published calibration is for Wan2.1 I2V 14B (480p, \
+                     720p) only; use --cache easycache for this model"
+                )));
+            }
+        }
         let mut timings = Timings::default();
         let t_enc = Instant::now();
         events(Event::Stage { name: "encode" });
@@ -1621,7 +1629,14 @@ impl<'w> WanModels<'w> {
         // Each phase (expert) its own cache, counting the whole run's steps.
         let mut cache = cond.cache.map(|c| {
             let per_step = if neg_text.is_some() { 2 } else { 1 };
-            EasyCache::new(&c, phase.total, per_step, offset + phase.steps.start)
+            let first = offset + phase.steps.start;
+            if c.is_block_cache() {
+                let (_, lh, lw) = cond.thw;
+                let cal = Calibration::for_size(8 * lw as u32, 8 * lh as u32);
+                StepCache::Block(BlockStepCache::new(&c, cal, phase.total, per_step, first))
+            } else {
+                StepCache::Easy(EasyCache::new(&c, phase.total, per_step, first))
+            }
         });
         let r = self.with_expert(phase.expert, |dit, opts| {
             let mut denoiser = WanDenoiser {
@@ -1647,7 +1662,10 @@ impl<'w> WanModels<'w> {
             )
         });
         if let (Some(total), Some(c)) = (self.cache_report.as_mut(), &cache) {
-            total.add(c.report());
+            total.add(match c {
+                StepCache::Easy(e) => e.report(),
+                StepCache::Block(b) => b.report(),
+            });
         }
         r
     }
@@ -1674,6 +1692,12 @@ fn start_stepper<'c>(
         .needs_noise()
         .then(|| Box::new(comfy_sampler_noise(seed)) as Box<dyn NoiseSource + Send>);
     Ok(config.stepper(x, source)?)
+}
+
+/// A phase's step cache.
+enum StepCache {
+    Easy(EasyCache),
+    Block(BlockStepCache),
 }
 
 /// What every DiT pass of a run sees besides the latent.
@@ -1712,7 +1736,9 @@ impl Phase {
     }
 }
 
-/// The DiT's velocity for `x` [z, t, h, w], with the I2V condition `y` appended as channels.
+/// The DiT's velocity for `x` [z, t, h, w], with the I2V condition `y` appended as channels;
+/// `cache` may skip its blocks.
+#[allow(clippy::too_many_arguments)]
 fn dit_forward(
     dit: &mut WanDit<'_>,
     x: &[f32],
@@ -1721,6 +1747,7 @@ fn dit_forward(
     image: Option<&[f32]>,
     y: Option<&[f32]>,
     (t, h, w): (usize, usize, usize),
+    cache: Option<&mut BlockStepCache>,
 ) -> Result<Vec<f32>, PipelineError> {
     let input;
     let x_in = match y {
@@ -1733,7 +1760,8 @@ fn dit_forward(
         }
         None => x,
     };
-    let out = dit.forward(x_in, timestep, text, image, t, h, w)?;
+    let cache = cache.map(|c| c as &mut dyn crate::models::wan_dit::BlockCache);
+    let out = dit.forward_cached(x_in, timestep, text, image, (t, h, w), cache)?;
     let s = dit.last_stream_stats();
     if s.uploaded_bytes > 0 {
         tracing::debug!(
@@ -1758,8 +1786,8 @@ struct WanDenoiser<'m, 'x> {
     y: Option<&'m [f32]>,
     cfg: f32,
     thw: (usize, usize, usize),
-    /// `--cache`: decides which passes run.
-    cache: Option<&'m mut EasyCache>,
+    /// `--cache`: decides which passes (or which block stacks) run.
+    cache: Option<&'m mut StepCache>,
 }
 
 impl WanDenoiser<'_, '_> {
@@ -1772,10 +1800,13 @@ impl WanDenoiser<'_, '_> {
     ) -> Result<Vec<f32>, PipelineError> {
         let (dit, clip, y, thw) = (&mut *self.dit, self.clip, self.y, self.thw);
         match self.cache.as_deref_mut() {
-            Some(c) => c.call(x_in, || {
-                dit_forward(dit, x_in, timestep, text, clip, y, thw)
+            Some(StepCache::Easy(c)) => c.call(x_in, || {
+                dit_forward(dit, x_in, timestep, text, clip, y, thw, None)
             }),
-            None => dit_forward(dit, x_in, timestep, text, clip, y, thw),
+            Some(StepCache::Block(c)) => {
+                dit_forward(dit, x_in, timestep, text, clip, y, thw, Some(c))
+            }
+            None => dit_forward(dit, x_in, timestep, text, clip, y, thw, None),
         }
     }
 }
