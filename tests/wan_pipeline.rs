@@ -2614,3 +2614,116 @@ fn cli_video_reports_the_cache() {
         "{e}"
     );
 }
+
+/// A block cache on a DiT streamed through a simulated budget gives exactly the resident run's
+/// video (a skipped step uploads no block), and the plan states what the cache keeps in RAM.
+#[test]
+fn step_caches_stream_and_plan() {
+    use nijigen::pipeline::step_cache::CacheSettings;
+    use nijigen::pipeline::Memory;
+    use nijigen::runtime::plan::Placement;
+    use nijigen::runtime::Accountant;
+    let (_dir, files) = write_files("cache_stream", false);
+    let req = WanRequest {
+        steps: 20,
+        keep_decoded: false,
+        cache: CacheSettings::parse("magcache:0.24,6,0.2").unwrap(),
+        ..request(&index())
+    };
+    let run = |dit: Placement| {
+        let memory = Memory {
+            accountant: Accountant::with_budget(1 << 30),
+            placements: vec![
+                (nijigen::models::T5.component, Placement::Cpu),
+                (nijigen::models::CLIP_VISION.component, Placement::Cpu),
+                (nijigen::models::DIT.component, dit),
+                (nijigen::models::VAE_WAN.component, Placement::Cpu),
+            ],
+            ..Default::default()
+        };
+        let o = RunOptions {
+            memory: Some(memory),
+            ..opts()
+        };
+        video::generate(&files, &req, &o, &mut |_| {}).expect("cached run")
+    };
+    let resident = run(Placement::Resident);
+    let streamed = run(Placement::Streamed {
+        blocks: vec![0, 0],
+        slots: 1,
+    });
+    let r = resident.cache.as_ref().unwrap();
+    assert_eq!(
+        r.pattern[0], "CCCCssssssCssssCssCs",
+        "the reference's magcache pattern"
+    );
+    assert_eq!(streamed.cache.as_ref().unwrap().pattern, r.pattern);
+    assert!(
+        streamed.latent == resident.latent,
+        "streamed and resident differ"
+    );
+    assert!(r.computed_s > 0.0 && r.skipped_s >= 0.0);
+
+    // `nijigen plan video --cache`: the residuals in RAM.
+    let p = |v: &Path| v.to_str().unwrap().to_string();
+    let o = nijigen(&[
+        "plan",
+        "video",
+        "--model",
+        &p(&files.model),
+        "--t5",
+        &p(files.t5.as_ref().unwrap()),
+        "--clip-vision",
+        &p(files.clip_vision.as_ref().unwrap()),
+        "--vae",
+        &p(files.vae.as_ref().unwrap()),
+        "-W",
+        "64",
+        "-H",
+        "48",
+        "--frames",
+        "5",
+        "--vram-budget",
+        "4G",
+        "--cache",
+        "teacache",
+    ]);
+    let out = common::stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // 2 branches x 2 x 3 x 4 tokens x 256 wide x 4 bytes.
+    assert!(
+        out.contains("note: cache teacache:0.2: 2 block residual(s) kept in RAM, 48.0 KiB"),
+        "{out}"
+    );
+}
+
+/// TeaCache and MagCache carry calibrations for Wan2.1 I2V only: on Wan2.2's experts they are
+/// refused with a hint to use easycache, which runs.
+#[test]
+fn block_caches_need_a_calibrated_model() {
+    use nijigen::pipeline::step_cache::CacheSettings;
+    let idx = wan22_index();
+    let (_dir, files) = write_wan22_files("cache_refused", false);
+    let req = WanRequest {
+        cache: CacheSettings::parse("teacache").unwrap(),
+        ..wan22_request(&idx)
+    };
+    let e = video::generate(&files, &req, &opts(), &mut |_| {})
+        .expect_err("no calibration")
+        .to_string();
+    assert!(
+        e.contains("Wan2.1 I2V 14B") && e.contains("use --cache easycache"),
+        "{e}"
+    );
+    let req = WanRequest {
+        cache: CacheSettings::parse("easycache:0.5").unwrap(),
+        ..req
+    };
+    let out = video::generate(&files, &req, &opts(), &mut |_| {}).expect("easycache runs");
+    let r = out.cache.expect("report");
+    assert_eq!(
+        r.computed_total() + r.skipped_total(),
+        8,
+        "4 steps x 2 branches"
+    );
+}

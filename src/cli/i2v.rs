@@ -634,7 +634,11 @@ pub fn execute(s: &I2vSettings, quiet: bool, find: &Search) -> anyhow::Result<I2
     let (ia, va) = s.stages()?;
     image::validate(&super::image::request(&ia, seed)?).map_err(explain)?;
     let video_seed = va.seed.unwrap_or(seed);
-    video::validate(&super::video::request(&va, None, video_seed, None)).map_err(explain)?;
+    let early = video::WanRequest {
+        high_noise_steps: None,
+        ..super::video::request(&va, None, video_seed, None)
+    };
+    video::validate(&early).map_err(explain)?;
     let (ia, va) = s.located(find)?.stages()?;
     let files = I2vFiles {
         image: super::image::files(&ia, find)?,

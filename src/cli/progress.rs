@@ -73,10 +73,11 @@ impl Summary {
     pub fn line(&self) -> String {
         let cache = match &self.cache {
             Some(c) => format!(
-                "; cache {}: {} of {} DiT passes skipped",
+                "; cache {}: {} of {} DiT passes skipped, about {:.1} s saved",
                 c["setting"].as_str().unwrap_or("?"),
                 c["skipped"],
-                c["skipped"].as_u64().unwrap_or(0) + c["computed"].as_u64().unwrap_or(0)
+                c["skipped"].as_u64().unwrap_or(0) + c["computed"].as_u64().unwrap_or(0),
+                c["saved_s"].as_f64().unwrap_or(0.0)
             ),
             None => String::new(),
         };
@@ -105,6 +106,9 @@ impl Summary {
             "computed_per_branch": report.computed,
             "skipped_per_branch": report.skipped,
             "pattern": report.pattern,
+            "computed_s": report.computed_s,
+            "skipped_s": report.skipped_s,
+            "saved_s": report.saved_s(),
         })
     }
 }

@@ -476,7 +476,13 @@ pub fn run(s: &VideoSettings, quiet: bool, find: &Search) -> anyhow::Result<()> 
         }
         None => None,
     };
-    // An output format we cannot write is refused before any model file is looked at.
+    // A bad size or frame count and an output format we cannot write are refused before any
+    // model file is looked at (the switch step is checked once the model's steps are known).
+    let early = WanRequest {
+        high_noise_steps: None,
+        ..request(s, None, seed, None)
+    };
+    video::validate(&early).map_err(explain)?;
     crate::media::video::VideoFormat::from_path(&s.output)?;
     let files = files(s, find)?;
     let wan22 = video::wan22_defaults(&files).map_err(explain)?;

@@ -242,6 +242,10 @@ pub struct CacheReport {
     pub skipped: [usize; 2],
     /// Per branch, one letter per step: `C` computed, `s` skipped.
     pub pattern: [String; 2],
+    /// Seconds spent in computed passes and in skipped ones (a skipped TeaCache or MagCache
+    /// pass still runs the embeddings and the head).
+    pub computed_s: f64,
+    pub skipped_s: f64,
 }
 
 impl CacheReport {
@@ -252,6 +256,28 @@ impl CacheReport {
             self.skipped[b] += other.skipped[b];
             self.pattern[b].push_str(&other.pattern[b]);
         }
+        self.computed_s += other.computed_s;
+        self.skipped_s += other.skipped_s;
+    }
+
+    /// Counts the time of a pass that was `skipped` or not.
+    pub fn time(&mut self, skipped: bool, secs: f64) {
+        if skipped {
+            self.skipped_s += secs;
+        } else {
+            self.computed_s += secs;
+        }
+    }
+
+    /// The time the skipped passes saved: what they would have taken at the computed
+    /// passes' mean, less what they took.
+    pub fn saved_s(&self) -> f64 {
+        let computed = self.computed_total();
+        if computed == 0 {
+            return 0.0;
+        }
+        let mean = self.computed_s / computed as f64;
+        (mean * self.skipped_total() as f64 - self.skipped_s).max(0.0)
     }
 
     /// DiT passes computed, both branches.
@@ -352,6 +378,11 @@ impl BlockStepCache {
     /// What the cache did so far.
     pub fn report(&self) -> &CacheReport {
         &self.report
+    }
+
+    /// As [`BlockStepCache::report`], to add timings.
+    pub fn report_mut(&mut self) -> &mut CacheReport {
+        &mut self.report
     }
 
     /// The decision of the call `self.call` on branch `b`, before the residual check.
@@ -557,6 +588,11 @@ impl EasyCache {
     /// What the cache did so far.
     pub fn report(&self) -> &CacheReport {
         &self.report
+    }
+
+    /// As [`EasyCache::report`], to add timings.
+    pub fn report_mut(&mut self) -> &mut CacheReport {
+        &mut self.report
     }
 }
 

@@ -1799,12 +1799,23 @@ impl WanDenoiser<'_, '_> {
         text: &[f32],
     ) -> Result<Vec<f32>, PipelineError> {
         let (dit, clip, y, thw) = (&mut *self.dit, self.clip, self.y, self.thw);
+        let t0 = Instant::now();
         match self.cache.as_deref_mut() {
-            Some(StepCache::Easy(c)) => c.call(x_in, || {
-                dit_forward(dit, x_in, timestep, text, clip, y, thw, None)
-            }),
+            Some(StepCache::Easy(c)) => {
+                let before = c.report().skipped_total();
+                let out = c.call(x_in, || {
+                    dit_forward(dit, x_in, timestep, text, clip, y, thw, None)
+                })?;
+                let skipped = c.report().skipped_total() > before;
+                c.report_mut().time(skipped, t0.elapsed().as_secs_f64());
+                Ok(out)
+            }
             Some(StepCache::Block(c)) => {
-                dit_forward(dit, x_in, timestep, text, clip, y, thw, Some(c))
+                let before = c.report().skipped_total();
+                let out = dit_forward(dit, x_in, timestep, text, clip, y, thw, Some(&mut *c))?;
+                let skipped = c.report().skipped_total() > before;
+                c.report_mut().time(skipped, t0.elapsed().as_secs_f64());
+                Ok(out)
             }
             None => dit_forward(dit, x_in, timestep, text, clip, y, thw, None),
         }
@@ -1902,6 +1913,24 @@ pub fn plan_video(
     let what = format!("video {}x{}x{}", req.width, req.height, req.frames);
     let two = files.high_noise_model.is_some();
     let mut plan = stage_plan(memory, req.vae_tile, specs, names, fp8, what)?;
+    if let Some(c) = &req.cache {
+        // What the cache keeps, per CFG branch, in RAM (never on the device).
+        let branches: u64 = if req.cfg != 1.0 { 2 } else { 1 };
+        let latent_t = 1 + (req.frames as u64 - 1) / 4;
+        let (lh, lw) = (u64::from(req.height) / 8, u64::from(req.width) / 8);
+        let (what, bytes) = if c.is_block_cache() {
+            let set = dit.store.load_meta(|_| true)?;
+            let cfg = crate::models::WanDitConfig::from_weights(&set, "")?;
+            let tokens = latent_t * (lh / 2) * (lw / 2);
+            ("block residual", tokens * cfg.dim as u64 * 4)
+        } else {
+            ("velocity - latent difference", latent_t * lh * lw * 16 * 4)
+        };
+        plan.notes.push(format!(
+            "cache {c}: {branches} {what}(s) kept in RAM, {} (no device memory)",
+            super::plan::gib(branches * bytes)
+        ));
+    }
     if two {
         let ram = |c| plan.plan.get(c).map_or(0, |p| p.ram_peak());
         plan.notes.push(format!(
