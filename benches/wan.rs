@@ -30,6 +30,18 @@
 //! prints the copy time per forward, how long the compute waited for copies, and the
 //! accountant's peak; a comma-separated list runs each placement on the same file.
 //!
+//! `dit --cache [--reports a.json,b.json,...] [--steps 30]`: the cost of a step cache (`--cache`
+//! of `nijigen video`). After the plain forwards, `--forwards` forwards that compute the blocks
+//! and keep their residual (TeaCache / MagCache on a computed step), then as many that skip the
+//! blocks and add the residual (a skipped TeaCache / MagCache step: embeddings and head only,
+//! no block upload when streamed), and the cost of an EasyCache skip (`latent + cached change`
+//! over the 16-channel latent, no DiT at all). Prints seconds per CFG step for each and their
+//! extrapolation to 40 blocks (skipped + 40/layers x the blocks' share of a computed forward).
+//! `--reports` reads `nijigen video --json` outputs (their `cache.pattern`: one letter per step
+//! and branch, `C` computed, `s` skipped) and prints, for each, the predicted time of a run of
+//! `--steps` steps at these widths with that pattern (scaled to `--steps` when the pattern is
+//! longer or shorter: the skipped fraction is kept).
+//!
 //! Figures only; asserts nothing. Runs in the `bench` profile; `--profile dev` reuses a debug
 //! build (ggml itself is optimised in both).
 
@@ -45,6 +57,7 @@ use nijigen::formats::gguf::{GgufWriter, TensorDecl};
 use nijigen::formats::{DType, GgmlType, MetaValue};
 use nijigen::ggml::quantize;
 use nijigen::ggml::{Backend, TensorSet};
+use nijigen::models::wan_dit::BlockCache;
 use nijigen::models::wan_vae::{denormalize, LATENTS_MEAN, LATENTS_STD};
 use nijigen::models::{WanDit, WanVae};
 use nijigen::quantize::{Rules, Target};
@@ -760,6 +773,18 @@ fn dit(opts: &Args, threads: usize) {
                 2.0 * full
             );
         }
+        if opts.flag("cache") {
+            cache_costs(
+                &mut model,
+                &x,
+                &text,
+                &image,
+                (f, h, w),
+                forwards,
+                layers,
+                opts,
+            );
+        }
         if dw.is_some() {
             println!(
                 "  accountant peak (simulated device): {:.0} MiB {:?}",
@@ -774,4 +799,155 @@ fn dit(opts: &Args, threads: usize) {
     drop(set);
     drop(store);
     drop(file); // deletes the GGUF
+}
+
+/// A [`BlockCache`] that computes or skips on command (the decisions of TeaCache / MagCache
+/// are not what is measured here, only what a computed and a skipped pass cost).
+struct FixedCache {
+    skip: bool,
+    residual: Option<Vec<f32>>,
+}
+
+impl BlockCache for FixedCache {
+    fn skip_blocks(&mut self, _e0: &[f32]) -> bool {
+        self.skip && self.residual.is_some()
+    }
+    fn residual(&self) -> Option<&[f32]> {
+        self.residual.as_deref()
+    }
+    fn store_residual(&mut self, residual: Vec<f32>) {
+        self.residual = Some(residual);
+    }
+}
+
+/// `dit --cache`: seconds per CFG step computed, skipped by a block cache, skipped by
+/// EasyCache; predicted run times for the skip patterns of `--reports`.
+#[allow(clippy::too_many_arguments)]
+fn cache_costs(
+    model: &mut WanDit<'_>,
+    x: &[f32],
+    text: &[f32],
+    image: &[f32],
+    (f, h, w): (usize, usize, usize),
+    forwards: usize,
+    layers: usize,
+    opts: &Args,
+) {
+    let mut cache = FixedCache {
+        skip: false,
+        residual: None,
+    };
+    let mut timed = |skip: bool, cache: &mut FixedCache| {
+        cache.skip = skip;
+        let mut times = Vec::new();
+        for i in 0..forwards.max(1) {
+            let t = Instant::now();
+            let out = model
+                .forward_cached(
+                    x,
+                    999.0 - i as f32,
+                    text,
+                    Some(image),
+                    (f, h, w),
+                    Some(&mut *cache as &mut dyn BlockCache),
+                )
+                .expect("forward");
+            times.push(t.elapsed().as_secs_f64());
+            assert_eq!(out.len(), 16 * f * h * w);
+        }
+        times
+    };
+    let computed = timed(false, &mut cache);
+    let skipped = timed(true, &mut cache);
+    // An EasyCache skip: the cached change added to the 16-channel latent.
+    let latent = &x[..16 * f * h * w];
+    let change: Vec<f32> = latent.iter().map(|v| v * 0.5).collect();
+    let t = Instant::now();
+    let reps = 20;
+    let mut sink = 0.0f32;
+    for _ in 0..reps {
+        let out: Vec<f32> = latent.iter().zip(&change).map(|(a, b)| a + b).collect();
+        sink += out[out.len() / 2];
+    }
+    let easy = t.elapsed().as_secs_f64() / reps as f64;
+    std::hint::black_box(sink);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|t| format!("{t:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (c, s) = (mean(&computed), mean(&skipped));
+    let full = s + (c - s) * 40.0 / layers as f64;
+    println!(
+        "  step cache, per CFG step (2 passes), {layers} blocks: computed {:.2} s ({}), \
+         blocks skipped (TeaCache/MagCache) {:.3} s ({}), EasyCache skip {:.5} s",
+        2.0 * c,
+        list(&computed),
+        2.0 * s,
+        list(&skipped),
+        2.0 * easy
+    );
+    println!(
+        "  extrapolated to 40 blocks: computed {:.1} s per CFG step, blocks skipped {:.3} s, \
+         EasyCache skip {:.5} s",
+        2.0 * full,
+        2.0 * s,
+        2.0 * easy
+    );
+    let steps: usize = opts.get("steps", 30);
+    let Some(reports) = opts.0.get("reports") else {
+        return;
+    };
+    println!(
+        "  predicted {steps}-step runs at these widths, 40 blocks, with the skip patterns of:"
+    );
+    println!(
+        "    {:<28} {:>10} {:>10}   no cache {:.0} s",
+        "report",
+        "skipped",
+        "total",
+        2.0 * full * steps as f64
+    );
+    for path in reports.split(',') {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let v: serde_json::Value = text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{path}: no JSON line"));
+        let cache = &v["cache"];
+        let method = cache["setting"].as_str().unwrap_or("?").to_string();
+        let pattern: Vec<&str> = cache["pattern"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p.as_str()).collect())
+            .unwrap_or_default();
+        let (mut passes, mut skips) = (0usize, 0usize);
+        for p in &pattern {
+            passes += p.len();
+            skips += p.chars().filter(|&ch| ch == 's').count();
+        }
+        if passes == 0 {
+            panic!("{path}: no cache pattern (was it run with --cache?)");
+        }
+        let skip_cost = if method.starts_with("easycache") {
+            easy
+        } else {
+            s
+        };
+        // Per pass, as measured; the pattern's skipped fraction applied to `steps` CFG steps.
+        let frac = skips as f64 / passes as f64;
+        let total_passes = 2.0 * steps as f64;
+        let total = total_passes * ((1.0 - frac) * full + frac * skip_cost);
+        println!(
+            "    {:<28} {:>4}/{:<5} {:>8.0} s   ({:.2}x) {}",
+            method,
+            skips,
+            passes,
+            total,
+            2.0 * full * steps as f64 / total,
+            pattern.join(" | ")
+        );
+    }
 }

@@ -14,3 +14,4 @@ pub mod quantize;
 pub mod runtime;
 pub mod sampling;
 pub mod text;
+pub mod workflow;

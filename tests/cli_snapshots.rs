@@ -357,7 +357,7 @@ fn error_cases(tmp: &Path) -> (Vec<Case>, Vec<String>) {
         c("image-rng", "image --rng philox"),
         c("video-rng", "video --rng philox"),
         c("i2v-rng", "i2v --rng philox"),
-        c("video-sampler", "video --sampler ddim"),
+        c("video-sampler", "video --sampler dpm_adaptive"),
         c("video-qp", "video --qp 300"),
         c("i2v-vram-budget", "i2v --vram-budget lots"),
         c("plan-video-vram-budget", "plan video --vram-budget=-1G"),

@@ -118,7 +118,7 @@ fn demo_run(m: &DemoModels, a: &DemoArgs) -> anyhow::Result<I2vRun> {
             steps: 4,
             cfg: 5.0,
             shift: None,
-            sampler: SamplerKind::UniPc,
+            sampler: SamplerKind::UniPcWan,
             scheduler: Scheduler::Simple,
             seed: a.seed(),
             vae_tile: None,

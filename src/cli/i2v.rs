@@ -126,11 +126,11 @@ pub struct I2vArgs {
     /// Still: classifier-free guidance scale [default: 6]
     #[arg(long, help_heading = "Sampling")]
     pub image_cfg: Option<f32>,
-    /// Still: sampler (euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, lcm, uni_pc)
-    /// [default: euler]
+    /// Still: sampler (ComfyUI's: euler, dpmpp_2m, dpmpp_2m_sde, uni_pc, ...; see `image
+    /// --help`) [default: euler]
     #[arg(long, value_parser = parse_sampler, help_heading = "Sampling")]
     pub image_sampler: Option<SamplerKind>,
-    /// Still: scheduler (normal, karras, exponential, simple, sgm_uniform) [default: normal]
+    /// Still: scheduler (ComfyUI's: normal, karras, simple, beta, ...) [default: normal]
     #[arg(long, value_parser = parse_scheduler, help_heading = "Sampling")]
     pub image_scheduler: Option<Scheduler>,
     /// Video: sampling steps (4-8 with a distill LoRA such as lightx2v, with --video-cfg 1)
@@ -143,7 +143,8 @@ pub struct I2vArgs {
     /// Video: flow shift (default 3.0 up to 480p, 5.0 above).
     #[arg(long, help_heading = "Sampling")]
     pub shift: Option<f64>,
-    /// Video: sampler (uni_pc is the official one) [default: uni_pc]
+    /// Video: sampler (unipc_wan is the official Wan solver; uni_pc is ComfyUI's)
+    /// [default: unipc_wan]
     #[arg(long, value_parser = parse_sampler, help_heading = "Sampling")]
     pub video_sampler: Option<SamplerKind>,
     /// Video: scheduler [default: simple]

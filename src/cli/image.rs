@@ -84,11 +84,12 @@ pub struct ImageArgs {
     /// Classifier-free guidance scale (1 = no negative prompt pass) [default: 6]
     #[arg(long, help_heading = "Sampling")]
     pub cfg: Option<f32>,
-    /// Sampler: euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, lcm, uni_pc [default:
-    /// euler]
+    /// Sampler (ComfyUI's): euler, euler_ancestral, heun, dpmpp_2m, dpmpp_sde, dpmpp_2m_sde,
+    /// dpmpp_3m_sde, res_multistep, er_sde, ddim, lcm, uni_pc, uni_pc_bh2 [default: euler]
     #[arg(long, value_parser = super::common::parse_sampler, help_heading = "Sampling")]
     pub sampler: Option<SamplerKind>,
-    /// Scheduler: normal, karras, exponential, simple, sgm_uniform [default: normal]
+    /// Scheduler (ComfyUI's): normal, karras, exponential, simple, sgm_uniform, ddim_uniform,
+    /// beta, linear_quadratic, kl_optimal [default: normal]
     #[arg(long, value_parser = super::common::parse_scheduler, help_heading = "Sampling")]
     pub scheduler: Option<Scheduler>,
     /// Seed (default: random, printed).

@@ -95,7 +95,7 @@ pub const VIDEO: VideoDefaults = VideoDefaults {
     fps: DEFAULT_FPS,
     steps: 30,
     cfg: 5.0,
-    sampler: SamplerKind::UniPc,
+    sampler: SamplerKind::UniPcWan,
     scheduler: Scheduler::Simple,
     qp: 20,
     output: "nijigen.mp4",

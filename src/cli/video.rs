@@ -91,10 +91,11 @@ pub struct VideoArgs {
     /// Flow shift (default 3.0 up to 480p, 5.0 above; Wan2.2 A14B: 5.0 for I2V, 12 for T2V).
     #[arg(long, help_heading = "Sampling")]
     pub shift: Option<f64>,
-    /// Sampler: uni_pc (official), euler, dpmpp_2m, ... [default: uni_pc]
+    /// Sampler: unipc_wan (the official Wan solver), or a ComfyUI sampler: uni_pc, euler,
+    /// dpmpp_2m, ... (`nijigen image --help` lists them) [default: unipc_wan]
     #[arg(long, value_parser = super::common::parse_sampler, help_heading = "Sampling")]
     pub sampler: Option<SamplerKind>,
-    /// Scheduler: simple, normal, ... [default: simple]
+    /// Scheduler: simple, normal, beta, ... (ComfyUI's) [default: simple]
     #[arg(long, value_parser = super::common::parse_scheduler, help_heading = "Sampling")]
     pub scheduler: Option<Scheduler>,
     /// Seed (default: random, printed).

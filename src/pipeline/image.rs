@@ -38,7 +38,7 @@ use crate::models::{ClipTextModel, SdxlUnet, SdxlVae, UnetAttention};
 use crate::models::{CLIP_G, CLIP_L, UNET, VAE_SDXL};
 use crate::runtime::{Fp8Load, WeightStore};
 use crate::sampling::{
-    apply_cfg, comfy_sampler_noise, Denoiser, DiscreteSchedule, ModelSampling, Parameterization,
+    apply_cfg, ksampler_sigmas, Denoiser, DiscreteSchedule, ModelSampling, Parameterization,
     SamplerConfig, SamplerKind, Scheduler, TorchGenerator,
 };
 use crate::text::sdxl::{
@@ -685,20 +685,24 @@ pub fn validate(req: &SdxlRequest) -> Result<(), PipelineError> {
     Ok(())
 }
 
-/// The sigmas of a `steps`-step run at img2img `strength` (ComfyUI `KSampler.set_steps` with
-/// `denoise`): all of them at strength 1, else the last `steps + 1` of `int(steps / strength)`.
+/// The sigmas of a `steps`-step run of `sampler` at img2img `strength`: ComfyUI's KSampler
+/// with `denoise` = strength ([`ksampler_sigmas`]: all of them at strength 1, else the last
+/// `steps + 1` of `int(steps / strength)`; `uni_pc` drops the penultimate sigma).
 pub fn img2img_sigmas(
     sampling: &ModelSampling,
+    sampler: SamplerKind,
     scheduler: Scheduler,
     steps: usize,
     strength: f32,
 ) -> Result<Vec<f32>, PipelineError> {
-    if strength >= 1.0 {
-        return Ok(sampling.sigmas(scheduler, steps)?);
-    }
-    let total = ((steps as f64) / f64::from(strength)) as usize;
-    let all = sampling.sigmas(scheduler, total.max(steps))?;
-    Ok(all[all.len() - (steps + 1)..].to_vec())
+    let denoise = if strength >= 1.0 {
+        1.0
+    } else {
+        f64::from(strength)
+    };
+    Ok(ksampler_sigmas(
+        sampler, sampling, scheduler, steps, denoise,
+    )?)
 }
 
 fn lcm(a: usize, b: usize) -> usize {
@@ -911,7 +915,13 @@ impl<'w> SdxlModels<'w> {
         } else {
             1.0
         };
-        let sigmas = img2img_sigmas(&self.sampling, req.scheduler, req.steps, strength)?;
+        let sigmas = img2img_sigmas(
+            &self.sampling,
+            req.sampler,
+            req.scheduler,
+            req.steps,
+            strength,
+        )?;
         let sigma_max = self.sampling.sigma_max();
         let max_denoise =
             (sigmas[0] - sigma_max).abs() <= 1e-5 * sigma_max || sigmas[0] > sigma_max;
@@ -920,9 +930,7 @@ impl<'w> SdxlModels<'w> {
         let noise = TorchGenerator::new(req.seed).randn(per * req.batch);
         let x = param.noise_scaling(sigmas[0], &noise, &batch_latent, max_denoise);
         let config = SamplerConfig::new(req.sampler, self.sampling.clone(), sigmas)?;
-        let noise_source: Option<Box<dyn crate::sampling::NoiseSource + Send>> = config
-            .needs_noise()
-            .then(|| Box::new(comfy_sampler_noise(req.seed)) as _);
+        let noise_source = config.comfy_noise(per * req.batch, req.seed)?;
         let mut stepper = config.stepper(x, noise_source)?;
 
         // cond and uncond with the same token count (one UNet graph for both).

@@ -37,8 +37,8 @@ use crate::models::{ClipVision, Umt5Encoder, WanAttention, WanDit, WanDitKind, W
 use crate::models::{CLIP_VISION, DIT, DIT_HIGH, T5, VAE_WAN};
 use crate::runtime::{Fp8Load, WeightStore};
 use crate::sampling::{
-    apply_cfg, comfy_sampler_noise, Denoiser, FlowSchedule, ModelSampling, NoiseSource,
-    Parameterization, SamplerConfig, SamplerKind, Scheduler, TorchGenerator,
+    apply_cfg, ksampler_sigmas, Denoiser, FlowSchedule, ModelSampling, Parameterization,
+    SamplerConfig, SamplerKind, Scheduler, TorchGenerator,
 };
 use crate::text::umt5::{Umt5Tokenizer, Umt5Tokens, TEXT_LEN};
 
@@ -166,7 +166,7 @@ impl Default for WanRequest {
             steps: 30,
             cfg: 5.0,
             shift: None,
-            sampler: SamplerKind::UniPc,
+            sampler: SamplerKind::UniPcWan,
             scheduler: Scheduler::Simple,
             seed: 0,
             vae_tile: None,
@@ -292,9 +292,9 @@ pub fn validate(req: &WanRequest) -> Result<(), PipelineError> {
             .into_iter()
             .flatten()
         {
-            if s == SamplerKind::Heun {
+            if matches!(s, SamplerKind::Heun | SamplerKind::DpmppSde) {
                 return bad(format!(
-                    "--cache {c} with the heun sampler: the cache needs a sampler with one \
+                    "--cache {c} with the {s} sampler: the cache needs a sampler with one \
                      model call per step (euler, uni_pc, dpmpp_2m, ...)"
                 ));
             }
@@ -323,7 +323,7 @@ pub fn switch_step(req: &WanRequest, shift: f64) -> Result<usize, PipelineError>
         return Ok(n.min(req.steps));
     }
     let sampling = ModelSampling::Flow(FlowSchedule::new(shift)?);
-    let sigmas = sampling.sigmas(req.scheduler, req.steps)?;
+    let sigmas = ksampler_sigmas(req.sampler, &sampling, req.scheduler, req.steps, 1.0)?;
     Ok(boundary_steps(
         &sampling,
         &sigmas,
@@ -1370,7 +1370,7 @@ impl<'w> WanModels<'w> {
             .shift
             .unwrap_or_else(|| self.default_shift(width, height));
         let sampling = ModelSampling::Flow(FlowSchedule::new(shift)?);
-        let sigmas = sampling.sigmas(req.scheduler, req.steps)?;
+        let sigmas = ksampler_sigmas(req.sampler, &sampling, req.scheduler, req.steps, 1.0)?;
         let n = z * t * lh * lw;
         let noise = TorchGenerator::new(req.seed).randn(n);
         let cond = Conditions {
@@ -1536,11 +1536,14 @@ impl<'w> WanModels<'w> {
         } else {
             // ComfyUI: the first KSamplerAdvanced returns its latent with the leftover noise
             // (inverse-scaled at its last sigma); the second adds no noise and scales it back.
+            // Each KSamplerAdvanced computes the schedule for its own sampler (uni_pc drops
+            // the penultimate sigma, the others do not) and takes its steps from it.
             let param = sampling.parameterization();
-            let s = sigmas[high_steps];
+            let high_sigmas = ksampler_sigmas(high_sampler, sampling, req.scheduler, steps, 1.0)?;
+            let s = high_sigmas[high_steps];
             let mut x = self.sample_phase(
                 sampling,
-                &sigmas[..=high_steps],
+                &high_sigmas[..=high_steps],
                 noise,
                 None,
                 &high,
@@ -1551,7 +1554,7 @@ impl<'w> WanModels<'w> {
             self.high_done();
             param.inverse_noise_scaling(s, &mut x);
             let zeros = vec![0f32; x.len()];
-            let x = param.noise_scaling(s, &zeros, &x, false);
+            let x = param.noise_scaling(sigmas[high_steps], &zeros, &x, false);
             self.sample_phase(
                 sampling,
                 &sigmas[high_steps..],
@@ -1688,9 +1691,7 @@ fn start_stepper<'c>(
             true,
         ),
     };
-    let source = config
-        .needs_noise()
-        .then(|| Box::new(comfy_sampler_noise(seed)) as Box<dyn NoiseSource + Send>);
+    let source = config.comfy_noise(x.len(), seed)?;
     Ok(config.stepper(x, source)?)
 }
 

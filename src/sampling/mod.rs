@@ -3,7 +3,12 @@
 //! * [`rng`]: [`TorchGenerator`], bit-exact `torch.randn` on PyTorch's CPU generator, so a seed
 //!   gives the same initial latent (and ancestral noise) as ComfyUI.
 //! * [`schedule`]: the SDXL discrete and Wan flow schedules ([`ModelSampling`]) and ComfyUI's
-//!   schedulers ([`Scheduler`]: normal, karras, exponential, simple, sgm_uniform).
+//!   schedulers ([`Scheduler`]: normal, karras, exponential, simple, sgm_uniform,
+//!   ddim_uniform, beta, linear_quadratic, kl_optimal); [`ksampler_sigmas`], the sigma list
+//!   ComfyUI's KSampler builds from them for a sampler, steps and denoise.
+//! * [`brownian`]: [`BrownianTreeNoise`], ComfyUI's torchsde Brownian-tree noise
+//!   (`BrownianTreeNoiseSampler`) for the SDE samplers, bit-exact.
+//! * [`special`]: the incomplete beta function and its inverse (for the `beta` scheduler).
 //! * [`param`]: eps / v / flow parameterisation, input scaling, noise scaling, CFG.
 //! * [`sampler`]: the samplers ([`SamplerKind`]) as an immutable [`SamplerConfig`] that builds a
 //!   stateful [`Stepper`], driven by a caller-supplied [`Denoiser`].
@@ -28,11 +33,16 @@
 //! assert_eq!(out.len(), 16);
 //! ```
 
+pub mod brownian;
+mod ksampler;
 pub mod param;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod special;
 
+pub use brownian::BrownianTreeNoise;
+pub use ksampler::ksampler_sigmas;
 pub use param::{apply_cfg, Parameterization};
 pub use rng::{comfy_initial_noise, comfy_sampler_noise, NormalKernel, TorchGenerator};
 pub use sampler::{

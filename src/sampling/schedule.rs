@@ -7,6 +7,9 @@
 //! * [`FlowSchedule`]: Wan's rectified flow (`ModelSamplingDiscreteFlow`, `CONST`):
 //!   sigma(t) = shift t / (1 + (shift - 1) t), model timestep = 1000 sigma.
 //!
+//! Schedulers ([`Scheduler`], `comfy.samplers.calculate_sigmas`): normal, karras, exponential,
+//! simple, sgm_uniform, ddim_uniform, beta, linear_quadratic, kl_optimal.
+//!
 //! The arithmetic follows ComfyUI's tensor code operation by operation, in float32 where ComfyUI
 //! uses float32 tensors (and float64 where it uses Python floats), so the lists agree with
 //! ComfyUI's to the last bit or within one ulp (see `tests/sampling_reference.rs`).
@@ -15,6 +18,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::param::Parameterization;
+use super::special::beta_ppf;
 use super::SamplingError;
 
 /// `torch.linspace(start, end, steps)` for float32 on the CPU (the kernel computes
@@ -465,8 +469,11 @@ impl ModelSampling {
         }
     }
 
-    /// The sigma list of `steps` steps for a ComfyUI scheduler, ending with 0.0
-    /// (`steps + 1` values).
+    /// The sigma list of `steps` steps for a ComfyUI scheduler (`comfy.samplers.calculate_sigmas`),
+    /// ending with 0.0: `steps + 1` values, except for `beta`, which drops repeated timesteps
+    /// (fewer values for many steps), and `ddim_uniform`, whose stride `1000 / steps` (integer
+    /// division) can give a step or more extra. `kl_optimal` needs at least 2 steps (ComfyUI
+    /// divides by `steps - 1` and gets NaN).
     pub fn sigmas(&self, scheduler: Scheduler, steps: usize) -> Result<Vec<f32>, SamplingError> {
         if steps == 0 {
             return Err(SamplingError::ZeroSteps);
@@ -486,6 +493,14 @@ impl ModelSampling {
                 f64::from(self.sigma_min()),
                 f64::from(self.sigma_max()),
             ),
+            Scheduler::DdimUniform => self.ddim_uniform_scheduler(steps),
+            Scheduler::Beta => self.beta_scheduler(steps, 0.6, 0.6),
+            Scheduler::LinearQuadratic => linear_quadratic(steps, 0.025, self.sigma_max()),
+            Scheduler::KlOptimal => kl_optimal(
+                steps,
+                f64::from(self.sigma_min()),
+                f64::from(self.sigma_max()),
+            )?,
         })
     }
 
@@ -527,6 +542,102 @@ impl ModelSampling {
         sigmas.push(0.0);
         sigmas
     }
+
+    /// `comfy.samplers.ddim_scheduler`: table entries 1, 1 + s, 1 + 2s, ... below 1000 with
+    /// stride `s = max(1000 / steps, 1)` (integer division), largest first, then 0 (when
+    /// table entry 1 is 0 ComfyUI takes one step more and appends no 0; never the case for
+    /// the schedules here, whose sigmas are all positive).
+    fn ddim_uniform_scheduler(&self, steps: usize) -> Vec<f32> {
+        let len = self.table_len();
+        let mut steps = steps;
+        let mut sigmas = Vec::new();
+        let append_zero = f64::from(self.table(1)).abs() > 0.00001;
+        if !append_zero {
+            steps += 1;
+        }
+        let stride = (len / steps).max(1);
+        let mut x = 1;
+        while x < len {
+            sigmas.push(self.table(x));
+            x += stride;
+        }
+        sigmas.reverse();
+        if append_zero {
+            sigmas.push(0.0);
+        }
+        sigmas
+    }
+
+    /// `comfy.samplers.beta_scheduler` (Lee et al. 2024, arXiv 2407.12173): the timesteps
+    /// `rint(beta.ppf(1 - i / steps, alpha, beta) * 999)` for `i < steps` (numpy's float64
+    /// `linspace(0, 1, steps, endpoint=False)`, round half to even), each table sigma taken once
+    /// (a timestep equal to the previous one is skipped), then 0. The quantile is our own
+    /// [`beta_ppf`](super::special::beta_ppf) (scipy's to ~1e-15).
+    fn beta_scheduler(&self, steps: usize, alpha: f64, beta: f64) -> Vec<f32> {
+        let total = (self.table_len() - 1) as f64;
+        let step = 1.0 / steps as f64;
+        let mut sigmas = Vec::with_capacity(steps + 1);
+        let mut last: Option<f64> = None;
+        for i in 0..steps {
+            let q = 1.0 - i as f64 * step;
+            let t = (beta_ppf(q, alpha, beta) * total).round_ties_even();
+            if last != Some(t) {
+                sigmas.push(self.table(t as usize));
+            }
+            last = Some(t);
+        }
+        sigmas.push(0.0);
+        sigmas
+    }
+}
+
+/// `comfy.samplers.linear_quadratic_schedule` (from Mochi): `steps / 2` steps linear in sigma
+/// down to `1 - threshold_noise`, then quadratic, computed in float64 as Python does, stored as
+/// float32 and multiplied by the (float32) largest sigma; one step is `[1, 0] * sigma_max`.
+fn linear_quadratic(steps: usize, threshold_noise: f64, sigma_max: f32) -> Vec<f32> {
+    let schedule: Vec<f64> = if steps == 1 {
+        vec![1.0, 0.0]
+    } else {
+        let linear_steps = steps / 2;
+        let ls = linear_steps as f64;
+        let mut v: Vec<f64> = (0..linear_steps)
+            .map(|i| i as f64 * threshold_noise / ls)
+            .collect();
+        let step_diff = ls - threshold_noise * steps as f64;
+        let quadratic_steps = steps - linear_steps;
+        // Python integer arithmetic: exact.
+        let qs2 = (quadratic_steps * quadratic_steps) as f64;
+        let quadratic_coef = step_diff / (linear_steps * quadratic_steps * quadratic_steps) as f64;
+        let linear_coef = threshold_noise / ls - 2.0 * step_diff / qs2;
+        let constant = quadratic_coef * (linear_steps * linear_steps) as f64;
+        v.extend(
+            (linear_steps..steps)
+                .map(|i| quadratic_coef * (i * i) as f64 + linear_coef * i as f64 + constant),
+        );
+        v.push(1.0);
+        v.into_iter().map(|x| 1.0 - x).collect()
+    };
+    schedule.into_iter().map(|x| x as f32 * sigma_max).collect()
+}
+
+/// `comfy.samplers.kl_optimal_scheduler` (from AUTOMATIC1111's webui PR 15608):
+/// `tan(w_i atan(sigma_min) + (1 - w_i) atan(sigma_max))` with `w_i = i / (n - 1)`, all in
+/// float32 (the arctangents are Python floats rounded to float32 by the tensor product), then 0.
+fn kl_optimal(n: usize, sigma_min: f64, sigma_max: f64) -> Result<Vec<f32>, SamplingError> {
+    if n < 2 {
+        return Err(SamplingError::InvalidSchedule {
+            reason: "kl_optimal needs at least 2 steps (ComfyUI divides by steps - 1)".to_owned(),
+        });
+    }
+    let (amin, amax) = (sigma_min.atan() as f32, sigma_max.atan() as f32);
+    let denom = (n - 1) as f32;
+    Ok((0..n)
+        .map(|i| {
+            let w = i as f32 / denom;
+            (w * amin + (1.0 - w) * amax).tan()
+        })
+        .chain(std::iter::once(0.0))
+        .collect())
 }
 
 /// k-diffusion `get_sigmas_karras` (float32 tensors, Python-float endpoints), with 0 appended.
@@ -565,16 +676,31 @@ pub enum Scheduler {
     Simple,
     /// `sgm_uniform`: like `normal` with `steps + 1` points, the last dropped.
     SgmUniform,
+    /// `ddim_uniform`: table entries at an integer stride `1000 / steps` from entry 1 (may give
+    /// a step or more extra).
+    DdimUniform,
+    /// `beta`: table entries at the quantiles of a Beta(0.6, 0.6) distribution (more steps at
+    /// both ends); repeated timesteps are dropped.
+    Beta,
+    /// `linear_quadratic`: Mochi's schedule, linear then quadratic in sigma (threshold 0.025).
+    LinearQuadratic,
+    /// `kl_optimal`: uniform in `atan(sigma)` (at least 2 steps).
+    KlOptimal,
 }
 
 impl Scheduler {
-    /// All schedulers, in ComfyUI's menu order.
-    pub const ALL: [Scheduler; 5] = [
+    /// All schedulers: the first five in ComfyUI's older menu order, then the ones ComfyUI
+    /// added since, in its order.
+    pub const ALL: [Scheduler; 9] = [
         Scheduler::Normal,
         Scheduler::Karras,
         Scheduler::Exponential,
         Scheduler::SgmUniform,
         Scheduler::Simple,
+        Scheduler::DdimUniform,
+        Scheduler::Beta,
+        Scheduler::LinearQuadratic,
+        Scheduler::KlOptimal,
     ];
 
     /// The ComfyUI name.
@@ -585,6 +711,10 @@ impl Scheduler {
             Scheduler::Exponential => "exponential",
             Scheduler::Simple => "simple",
             Scheduler::SgmUniform => "sgm_uniform",
+            Scheduler::DdimUniform => "ddim_uniform",
+            Scheduler::Beta => "beta",
+            Scheduler::LinearQuadratic => "linear_quadratic",
+            Scheduler::KlOptimal => "kl_optimal",
         }
     }
 }
@@ -696,9 +826,18 @@ mod tests {
         ] {
             for s in Scheduler::ALL {
                 for steps in [1, 2, 7, 50] {
+                    if s == Scheduler::KlOptimal && steps == 1 {
+                        assert!(ms.sigmas(s, steps).is_err());
+                        continue;
+                    }
                     let v = ms.sigmas(s, steps).unwrap();
-                    assert_eq!(v.len(), steps + 1, "{s} {steps}");
-                    assert_eq!(v[steps], 0.0);
+                    match s {
+                        // Repeated timesteps dropped; stride 1000 / steps rounded down.
+                        Scheduler::Beta => assert!(v.len() <= steps + 1 && v.len() >= 2),
+                        Scheduler::DdimUniform => assert!(v.len() > steps),
+                        _ => assert_eq!(v.len(), steps + 1, "{s} {steps}"),
+                    }
+                    assert_eq!(v[v.len() - 1], 0.0);
                     assert!(v.windows(2).all(|w| w[0] >= w[1]), "{s} {steps} {v:?}");
                 }
                 assert!(matches!(ms.sigmas(s, 0), Err(SamplingError::ZeroSteps)));

@@ -1,8 +1,11 @@
 //! [`SamplerConfig`]: an immutable, validated sampling plan; [`SamplerConfig::stepper`] (in
 //! `stepper.rs`, which this file does not import) starts a run of it.
 
+use super::denoiser::NoiseSource;
 use super::kind::{SamplerKind, SamplerOptions};
-use super::{dpmpp_2m_sde, euler_ancestral, heun};
+use super::{dpmpp_2m_sde, dpmpp_sde, er_sde, euler_ancestral, heun};
+use crate::sampling::brownian::BrownianTreeNoise;
+use crate::sampling::rng::comfy_sampler_noise;
 use crate::sampling::schedule::ModelSampling;
 use crate::sampling::SamplingError;
 
@@ -107,30 +110,68 @@ impl SamplerConfig {
         self.sigmas.len() - 1
     }
 
-    /// How many denoiser calls a full run makes.
+    /// How many denoiser calls a full run makes: one per step, except `heun` and `dpmpp_sde`
+    /// (two per step, one on a step to sigma 0).
     pub fn model_evaluations(&self) -> usize {
         match self.kind {
             SamplerKind::Heun => heun::model_evaluations(&self.sigmas),
+            SamplerKind::DpmppSde => dpmpp_sde::model_evaluations(&self.sigmas),
             SamplerKind::Euler
             | SamplerKind::EulerAncestral
             | SamplerKind::Dpmpp2m
             | SamplerKind::Dpmpp2mSde
+            | SamplerKind::Dpmpp3mSde
             | SamplerKind::Lcm
-            | SamplerKind::UniPc => self.steps(),
+            | SamplerKind::UniPcWan
+            | SamplerKind::ResMultistep
+            | SamplerKind::ErSde
+            | SamplerKind::Ddim
+            | SamplerKind::UniPc
+            | SamplerKind::UniPcBh2 => self.steps(),
         }
     }
 
-    /// Whether a run draws noise (and so needs a [`NoiseSource`]).
+    /// Whether a run draws noise (and so needs a [`NoiseSource`](super::NoiseSource)).
     pub fn needs_noise(&self) -> bool {
         match self.kind {
             SamplerKind::EulerAncestral => {
                 euler_ancestral::needs_noise(self.sampling.is_flow(), &self.options)
             }
-            SamplerKind::Dpmpp2mSde => dpmpp_2m_sde::needs_noise(&self.options),
-            SamplerKind::Lcm => true,
-            SamplerKind::Euler | SamplerKind::Heun | SamplerKind::Dpmpp2m | SamplerKind::UniPc => {
-                false
+            SamplerKind::Dpmpp2mSde | SamplerKind::Dpmpp3mSde => {
+                dpmpp_2m_sde::needs_noise(&self.options)
             }
+            SamplerKind::DpmppSde => dpmpp_sde::needs_noise(&self.options),
+            SamplerKind::ErSde => er_sde::needs_noise(&self.options),
+            SamplerKind::Lcm => true,
+            SamplerKind::Euler
+            | SamplerKind::Heun
+            | SamplerKind::Dpmpp2m
+            | SamplerKind::UniPcWan
+            | SamplerKind::ResMultistep
+            | SamplerKind::Ddim
+            | SamplerKind::UniPc
+            | SamplerKind::UniPcBh2 => false,
         }
+    }
+
+    /// The noise ComfyUI's sampler draws for this run over a latent of `len` values (the whole
+    /// batch) with the sampling seed `seed`, or `None` when the run draws none: a Brownian
+    /// tree over this plan's sigmas seeded with `seed` for `dpmpp_sde`, `dpmpp_2m_sde` and
+    /// `dpmpp_3m_sde` ([`BrownianTreeNoise`]); else torch's CPU generator seeded with
+    /// `seed + 1` ([`comfy_sampler_noise`]). Each sampler run (each KSamplerAdvanced of a
+    /// split) builds its own, as ComfyUI does.
+    pub fn comfy_noise(
+        &self,
+        len: usize,
+        seed: u64,
+    ) -> Result<Option<Box<dyn NoiseSource + Send>>, SamplingError> {
+        if !self.needs_noise() {
+            return Ok(None);
+        }
+        if self.kind.uses_brownian_tree() {
+            let tree = BrownianTreeNoise::from_sigmas(len, &self.sigmas, seed)?;
+            return Ok(Some(Box::new(tree)));
+        }
+        Ok(Some(Box::new(comfy_sampler_noise(seed))))
     }
 }

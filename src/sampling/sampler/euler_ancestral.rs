@@ -62,7 +62,7 @@ fn step_discrete(x: &mut [f32], den: &[f32], ctx: &StepCtx<'_>, noise: &mut Nois
 }
 
 /// k-diffusion `get_ancestral_step` on float32 scalars: `(sigma_down, sigma_up)`.
-fn ancestral_step(from: f32, to: f32, eta: f32) -> (f32, f32) {
+pub(super) fn ancestral_step(from: f32, to: f32, eta: f32) -> (f32, f32) {
     if eta == 0.0 {
         return (to, 0.0);
     }

@@ -7,9 +7,13 @@ use super::config::SamplerConfig;
 use super::denoiser::{Denoiser, NoiseSource};
 use super::dpmpp_2m::Dpmpp2m;
 use super::dpmpp_2m_sde::Dpmpp2mSde;
+use super::dpmpp_3m_sde::Dpmpp3mSde;
+use super::er_sde::ErSde;
 use super::kind::{SamplerKind, SamplerOptions};
-use super::uni_pc::UniPc;
-use super::{dpmpp_2m_sde, euler, euler_ancestral, heun, lcm, uni_pc};
+use super::res_multistep::ResMultistep;
+use super::uni_pc::{UniPc, Variant};
+use super::unipc_wan::UniPcWan;
+use super::{ddim, dpmpp_2m_sde, dpmpp_sde, euler, euler_ancestral, heun, lcm, unipc_wan};
 use crate::sampling::{SamplingError, StepError};
 
 /// What one step did.
@@ -47,11 +51,19 @@ enum Sampler {
     Dpmpp2m(Dpmpp2m),
     Dpmpp2mSde(Dpmpp2mSde),
     Lcm,
+    UniPcWan(UniPcWan),
+    DpmppSde,
+    Dpmpp3mSde(Dpmpp3mSde),
+    ResMultistep(ResMultistep),
+    ErSde(ErSde),
+    Ddim,
     UniPc(UniPc),
 }
 
 impl Sampler {
-    fn new(kind: SamplerKind, options: &SamplerOptions) -> Self {
+    /// The state for a run over `sigmas` (the ones in use) from `x`, which ComfyUI's UniPC
+    /// rewrites as its model input.
+    fn new(kind: SamplerKind, options: &SamplerOptions, sigmas: &[f32], x: &mut [f32]) -> Self {
         match kind {
             SamplerKind::Euler => Sampler::Euler,
             SamplerKind::EulerAncestral => Sampler::EulerAncestral,
@@ -59,7 +71,14 @@ impl Sampler {
             SamplerKind::Dpmpp2m => Sampler::Dpmpp2m(Dpmpp2m::default()),
             SamplerKind::Dpmpp2mSde => Sampler::Dpmpp2mSde(Dpmpp2mSde::default()),
             SamplerKind::Lcm => Sampler::Lcm,
-            SamplerKind::UniPc => Sampler::UniPc(UniPc::new(options.unipc_order)),
+            SamplerKind::UniPcWan => Sampler::UniPcWan(UniPcWan::new(options.unipc_order)),
+            SamplerKind::DpmppSde => Sampler::DpmppSde,
+            SamplerKind::Dpmpp3mSde => Sampler::Dpmpp3mSde(Dpmpp3mSde::default()),
+            SamplerKind::ResMultistep => Sampler::ResMultistep(ResMultistep::default()),
+            SamplerKind::ErSde => Sampler::ErSde(ErSde::default()),
+            SamplerKind::Ddim => Sampler::Ddim,
+            SamplerKind::UniPc => Sampler::UniPc(UniPc::new(Variant::Bh1, sigmas, x)),
+            SamplerKind::UniPcBh2 => Sampler::UniPc(UniPc::new(Variant::Bh2, sigmas, x)),
         }
     }
 }
@@ -101,7 +120,7 @@ impl Noise<'_> {
 /// A sampling run in progress over one latent.
 pub struct Stepper<'a> {
     config: &'a SamplerConfig,
-    /// The sigmas actually used (dpmpp_2m_sde on flow offsets the first one).
+    /// The sigmas actually used (see [`Stepper::sigmas`]).
     sigmas: Vec<f32>,
     x: Vec<f32>,
     denoised: Vec<f32>,
@@ -163,15 +182,20 @@ impl SamplerConfig {
         }
         let mut sigmas = self.sigmas().to_vec();
         match self.kind() {
-            SamplerKind::Dpmpp2mSde => {
-                dpmpp_2m_sde::offset_first_sigma(self.sampling(), &mut sigmas)
-            }
-            SamplerKind::UniPc => uni_pc::offset_first_sigma(self.sampling(), &mut sigmas),
+            SamplerKind::Dpmpp2mSde
+            | SamplerKind::DpmppSde
+            | SamplerKind::Dpmpp3mSde
+            | SamplerKind::ErSde => dpmpp_2m_sde::offset_first_sigma(self.sampling(), &mut sigmas),
+            SamplerKind::UniPcWan => unipc_wan::offset_first_sigma(self.sampling(), &mut sigmas),
             SamplerKind::Euler
             | SamplerKind::EulerAncestral
             | SamplerKind::Heun
             | SamplerKind::Dpmpp2m
-            | SamplerKind::Lcm => {}
+            | SamplerKind::Lcm
+            | SamplerKind::ResMultistep
+            | SamplerKind::Ddim
+            | SamplerKind::UniPc
+            | SamplerKind::UniPcBh2 => {}
         }
         let noise_len = if self.needs_noise() { x.len() } else { 0 };
         Ok(Stepper::new(self, sigmas, x, noise, noise_len))
@@ -184,10 +208,11 @@ impl<'a> Stepper<'a> {
     pub(super) fn new(
         config: &'a SamplerConfig,
         sigmas: Vec<f32>,
-        x: Vec<f32>,
+        mut x: Vec<f32>,
         noise: Option<Box<dyn NoiseSource + Send + 'a>>,
         noise_len: usize,
     ) -> Self {
+        let sampler = Sampler::new(config.kind(), config.options(), &sigmas, &mut x);
         Stepper {
             config,
             sigmas,
@@ -196,7 +221,7 @@ impl<'a> Stepper<'a> {
             index: 0,
             noise,
             noise_buf: vec![0.0; noise_len],
-            sampler: Sampler::new(config.kind(), config.options()),
+            sampler,
         }
     }
 
@@ -226,8 +251,10 @@ impl<'a> Stepper<'a> {
     }
 
     /// The sigmas in use: the plan's, except that on flow models a first sigma of 1 is offset
-    /// by dpmpp_2m_sde (to `percent_to_sigma(1e-4)`, as ComfyUI) and by uni_pc (to 1 - 1e-6, as
-    /// diffusers).
+    /// by dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde and er_sde (to `percent_to_sigma(1e-4)`, as
+    /// ComfyUI's `offset_first_sigma_for_snr`) and by unipc_wan (to 1 - 1e-6, as diffusers).
+    /// (`uni_pc` / `uni_pc_bh2` replace a last sigma 0 by 0.001 internally; they report the
+    /// plan's.)
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
     }
@@ -293,6 +320,27 @@ impl<'a> Stepper<'a> {
             }
             Sampler::Lcm => {
                 lcm::step(x, &den, &ctx, &mut noise);
+                1
+            }
+            Sampler::UniPcWan(st) => {
+                st.step(x, &den, &ctx)?;
+                1
+            }
+            Sampler::DpmppSde => dpmpp_sde::step(x, &den, &ctx, &mut noise, model)?,
+            Sampler::Dpmpp3mSde(st) => {
+                st.step(x, &den, &ctx, &mut noise);
+                1
+            }
+            Sampler::ResMultistep(st) => {
+                st.step(x, &den, &ctx);
+                1
+            }
+            Sampler::ErSde(st) => {
+                st.step(x, &den, &ctx, &mut noise);
+                1
+            }
+            Sampler::Ddim => {
+                ddim::step(x, &den, &ctx);
                 1
             }
             Sampler::UniPc(st) => {
