@@ -904,32 +904,59 @@ fn cache_costs(
         "  predicted {steps}-step runs at these widths, 40 blocks, with the skip patterns of:"
     );
     println!(
-        "    {:<28} {:>10} {:>10}   no cache {:.0} s",
+        "    {:<40} {:>10} {:>10}   no cache {:.0} s",
         "report",
         "skipped",
         "total",
         2.0 * full * steps as f64
     );
+    // (setting, [cond pattern, uncond pattern]) from `nijigen video --json` outputs, or every
+    // run of the step-cache fixture (tests/fixtures/step_cache/index.json, the Python
+    // reference's decisions on the tiny model).
+    let mut runs: Vec<(String, Vec<String>)> = Vec::new();
     for path in reports.split(',') {
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let v: serde_json::Value = text
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .unwrap_or_else(|| panic!("{path}: no JSON line"));
-        let cache = &v["cache"];
-        let method = cache["setting"].as_str().unwrap_or("?").to_string();
-        let pattern: Vec<&str> = cache["pattern"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|p| p.as_str()).collect())
-            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .ok()
+            .or_else(|| {
+                text.lines()
+                    .rev()
+                    .find_map(|l| serde_json::from_str(l).ok())
+            })
+            .unwrap_or_else(|| panic!("{path}: no JSON"));
+        let strs = |a: &serde_json::Value| -> Vec<String> {
+            a.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if let Some(list) = v["runs"].as_array() {
+            for r in list {
+                let name = format!(
+                    "{} (fixture {})",
+                    r["method"].as_str().unwrap_or("?"),
+                    r["name"].as_str().unwrap_or("?")
+                );
+                let p = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                runs.push((name, vec![p("pattern_cond"), p("pattern_uncond")]));
+            }
+        } else {
+            let cache = &v["cache"];
+            let setting = cache["setting"].as_str().unwrap_or("?").to_string();
+            runs.push((setting, strs(&cache["pattern"])));
+        }
+    }
+    for (method, pattern) in &runs {
         let (mut passes, mut skips) = (0usize, 0usize);
-        for p in &pattern {
+        for p in pattern {
             passes += p.len();
             skips += p.chars().filter(|&ch| ch == 's').count();
         }
         if passes == 0 {
-            panic!("{path}: no cache pattern (was it run with --cache?)");
+            panic!("{method}: no cache pattern (was it run with --cache?)");
         }
         let skip_cost = if method.starts_with("easycache") {
             easy
@@ -941,7 +968,7 @@ fn cache_costs(
         let total_passes = 2.0 * steps as f64;
         let total = total_passes * ((1.0 - frac) * full + frac * skip_cost);
         println!(
-            "    {:<28} {:>4}/{:<5} {:>8.0} s   ({:.2}x) {}",
+            "    {:<40} {:>4}/{:<5} {:>8.0} s   ({:.2}x) {}",
             method,
             skips,
             passes,
