@@ -14,6 +14,7 @@ pub mod plan;
 pub mod progress;
 pub mod settings;
 pub mod video;
+pub mod workflow;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ pub enum Command {
     /// Print the memory plan of an image, video or i2v run without computing: placement of every
     /// component, predicted peak device memory and RAM, bytes uploaded per step.
     Plan(plan::PlanArgs),
+    /// Run a ComfyUI workflow (JSON, or a PNG / WebP / MP4 that carries one), or show the
+    /// nijigen command lines it translates to.
+    Workflow(workflow::WorkflowArgs),
 }
 
 /// Sets up `tracing` on stderr. `RUST_LOG` wins over `-v`.
@@ -95,6 +99,12 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
 /// struct, which the command then runs from.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let quiet = cli.quiet;
+    let globals = workflow::Globals {
+        quiet,
+        verbose: cli.verbose,
+        models_dir: cli.models_dir.clone(),
+        comfyui: cli.comfyui.clone(),
+    };
     let layers = || settings::Layers::read(cli.models_dir.clone(), cli.comfyui.clone());
     match cli.command {
         Command::Convert(args) => convert::run(args, quiet),
@@ -118,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args, quiet),
         Command::Config(args) => config::run(args, &layers()?),
         Command::Plan(args) => plan::run(args, &layers()?),
+        Command::Workflow(args) => workflow::run(args, &globals),
     }
 }
 

@@ -85,6 +85,15 @@ pub enum WorkflowError {
         message: String,
     },
 
+    /// The graph is valid, but what a node does (or one of its settings) has no equivalent on
+    /// nijigen's command line.
+    #[error("node {id} ({class_type}): {message}")]
+    Untranslatable {
+        id: String,
+        class_type: String,
+        message: String,
+    },
+
     /// The nodes reachable from the outputs form a cycle.
     #[error("the workflow has a cycle through nodes {}", nodes.join(", "))]
     Cycle { nodes: Vec<String> },

@@ -38,6 +38,7 @@
 //! an output. Mute or delete such nodes in ComfyUI first.
 
 mod api;
+pub mod command;
 mod container;
 mod error;
 pub mod expr;
@@ -50,6 +51,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
+pub use command::{
+    commands, commands_with, shell_line, BuiltinVocabulary, CommandOptions, DateTime, Vocabulary,
+    WorkflowCommand,
+};
 pub use error::WorkflowError;
 pub use expr::{MathResult, Number};
 pub use graph::{value_as_i64, Graph, Input, Node, NodeId};
