@@ -394,3 +394,58 @@ fn samplers_match_comfyui_on_a_toy_denoiser() {
     }
     println!("{} runs", cases.len());
 }
+
+/// The stochastic samplers with ComfyUI's own noise (no noise sampler injected): what
+/// `SamplerConfig::comfy_noise` builds for a seed (the Brownian tree over the run's sigmas for
+/// the SDE samplers, torch's generator at seed + 1 for the others) gives ComfyUI's result,
+/// seeds above 2^32 included.
+#[test]
+fn stochastic_samplers_with_comfyuis_own_noise() {
+    let f = fixture("e2e_noise.json");
+    let target = floats(&f["target"]);
+    let n = target.len();
+    let mut worst = Err::default();
+    let cases = f["cases"].as_array().unwrap();
+    for c in cases {
+        let name = c["sampler"].as_str().unwrap();
+        let kind: SamplerKind = name.parse().unwrap();
+        let model = c["model"].as_str().unwrap();
+        let ms = model_sampling(model);
+        let sched: Scheduler = c["scheduler"].as_str().unwrap().parse().unwrap();
+        let steps = usize_of(&c["steps"]);
+        let seed: u64 = c["seed"].as_str().unwrap().parse().unwrap();
+        let label = format!("{name} {model} {sched} {steps} steps seed {seed}");
+        let sigmas = ksampler_sigmas(kind, &ms, sched, steps, 1.0).unwrap();
+        sigma_err(
+            &label,
+            &sigmas,
+            &floats(&c["sigmas"]),
+            1e-6,
+            &mut Err::default(),
+        );
+        let x = ms.parameterization().noise_scaling(
+            sigmas[0],
+            &comfy_initial_noise(seed, n),
+            &vec![0.0; n],
+            max_denoise(&ms, sigmas[0]),
+        );
+        let cfg = SamplerConfig::new(kind, ms.clone(), sigmas.clone()).unwrap();
+        let noise = cfg.comfy_noise(n, seed).unwrap();
+        assert!(noise.is_some(), "{label}: draws noise");
+        let mut calls = Vec::new();
+        let mut model_fn = toy(target.clone(), &mut calls);
+        let mut out = sample(&cfg, x, noise, &mut model_fn, |_| {}).unwrap();
+        ms.parameterization()
+            .inverse_noise_scaling(sigmas[sigmas.len() - 1], &mut out);
+        let mut e = Err::default();
+        e.add(&out, &floats(&c["result"]));
+        assert!(e.max_rel <= 1e-5, "{label}: {}", e.line());
+        worst.merge(&e);
+    }
+    assert_eq!(cases.len(), 6 * 3 * 2);
+    println!(
+        "{} runs with ComfyUI's own noise: {}",
+        cases.len(),
+        worst.line()
+    );
+}

@@ -339,6 +339,32 @@ def samplers_fixture(samplers, mss):
             "cases": cases}
 
 
+def e2e_fixture(samplers, mss):
+    """Stochastic samplers with ComfyUI's OWN noise: no noise_sampler given, so each sampler
+    builds what ComfyUI builds from extra_args["seed"] (BrownianTreeNoiseSampler over the
+    sigmas for the SDE ones, default_noise_sampler with seed + 1 on the CPU for the others)."""
+    n = int(np.prod(SHAPE))
+    target = torch.linspace(-1.5, 1.25, n).reshape(SHAPE)
+    zeros = torch.zeros(SHAPE)
+    cases = []
+    for name in ["dpmpp_2m_sde", "dpmpp_sde", "dpmpp_3m_sde", "euler_ancestral", "er_sde", "lcm"]:
+        for model, ms in mss.items():
+            for steps, seed in [(4, 7), (6, 2**32 + 5)]:
+                patcher = FakePatcher(ms)
+                sched = SCHEDS[model][0]
+                sigmas = samplers.KSampler(patcher, steps, "cpu", sampler=name,
+                                           scheduler=sched).sigmas
+                guider = ToyGuider(ms, target)
+                sampler = samplers.ksampler(name)
+                noise = torch.randn(SHAPE, generator=torch.manual_seed(seed), device="cpu")
+                out = sampler.sample(guider, sigmas.clone(), {"model_options": {}, "seed": seed},
+                                     None, noise, latent_image=zeros.clone(), disable_pbar=True)
+                cases.append({"sampler": name, "model": model, "scheduler": sched,
+                              "steps": steps, "seed": str(seed), "sigmas": bits(sigmas),
+                              "result": bits(out)})
+    return {"shape": SHAPE, "target": bits(target), "cases": cases}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--comfyui", default="/work/comfy_ref",
@@ -350,7 +376,7 @@ def main():
     meta = {"torch": torch.__version__, "numpy": np.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for fname, fn in [("schedulers.json", schedulers_fixture), ("ksampler.json", ksampler_fixture),
-                      ("samplers.json", samplers_fixture)]:
+                      ("samplers.json", samplers_fixture), ("e2e_noise.json", e2e_fixture)]:
         data = {"meta": meta, **fn(samplers, mss)}
         path = os.path.join(OUT, fname)
         with open(path, "w") as f:
